@@ -1,0 +1,142 @@
+//! Command-line interface: argument parsing, logging setup, exit codes. One file per subcommand;
+//! this module holds only what they share.
+//!
+//! Exit codes: 0 success; 1 runtime failure; 64 bad usage or bad config (reported before any port
+//! is bound); 65 an app could not be loaded (bad manifest, bad wasm, missing files).
+//! Must not: hold logic other modules need.
+#![forbid(unsafe_code)]
+
+mod info;
+mod run;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::ops::logging::{self, LogFormat};
+
+/// Outpost: serve standard wasi:http components at the edge.
+///
+/// Apps are WASI 0.2 `wasi:http/proxy` components (what `wasmtime serve` and Spin run). Each request
+/// gets a fresh, isolated instance from a pool sized to this machine; apps get no files, network,
+/// environment or variables unless their manifest (`outpost.toml`) grants them.
+#[derive(Debug, Parser)]
+#[command(name = "outpost", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "human", env = "OUTPOST_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Default log level (error, warn, info, debug, trace); OUTPOST_LOG takes full directives.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve apps for development: each PATH is an app directory (with outpost.toml) or a bare
+    /// .wasm component (served at /). Like `spin up`.
+    Serve(serve::ServeArgs),
+    /// Run the daemon from a config file; with no --config, an embedded default config serves
+    /// the built-in demo app on 127.0.0.1:8080 with the admin listener on 127.0.0.1:9090.
+    Run(run::RunArgs),
+    /// Print the detected hardware and every pool size derived from it, with the reason.
+    Info(info::InfoArgs),
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    pub fn config(e: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 64,
+            error: e.into(),
+        }
+    }
+    pub fn app(e: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 65,
+            error: e.into(),
+        }
+    }
+    pub fn runtime(e: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+pub type CliResult = Result<(), CliError>;
+
+/// Entry point used by `main.rs`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, &cli.log_level);
+    let result = match cli.command {
+        Command::Serve(a) => serve::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Info(a) => info::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{:#}", e.error);
+            // Also plainly on stderr: the error must be readable with logging filtered or JSON.
+            eprintln!("error: {:#}", e.error);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// A multi-threaded tokio runtime with `threads` workers.
+fn tokio_runtime(threads: usize) -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("outpost-worker")
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::runtime(anyhow::anyhow!("cannot start the async runtime: {e}")))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => tracing::info!("SIGTERM received; shutting down"),
+                _ = i.recv() => tracing::info!("SIGINT received; shutting down"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Where `outpost serve` caches compiled code: `$XDG_CACHE_HOME/outpost` or `~/.cache/outpost`.
+fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("outpost").join("compiled"))
+}
+
+/// Prints a bound address on stdout — the contract supervisors and tests rely on (port 0 works).
+fn announce(what: &str, addr: std::net::SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{what} http://{addr}");
+    let _ = out.flush();
+}

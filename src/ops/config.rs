@@ -1,0 +1,1163 @@
+//! The daemon config file (`outpost run --config FILE`) and the embedded default used without one.
+//!
+//! Owns: parsing and validating the config into [`Config`], resolving its relative paths against
+//! the file's directory, and the fallbacks for the state directory and node name.
+//! Must not: bind sockets, load apps or interpret `[runtime]` beyond turning human-friendly sizes
+//! and durations into plain numbers — `runtime::sizing` owns what those numbers mean.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::ops::units::{Field, FieldError, Fields, line_col, quote};
+use crate::runtime::outbound::HostPattern;
+
+/// The configuration `outpost run` uses when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
+/// How [`DEFAULT_CONFIG`] is named in errors.
+pub const EMBEDDED_ORIGIN: &str = "<embedded default config>";
+/// Drain deadline when `listen.drain_timeout` is not set.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Apps compiled into the binary, addressed as `builtin:<name>`.
+pub const BUILTIN_APPS: &[&str] = &["demo"];
+/// Node name when none is configured and the hostname is unusable.
+pub const FALLBACK_NODE_NAME: &str = "outpost";
+/// Last-resort state directory: not persistent across reboots, but always writable.
+pub const FALLBACK_STATE_DIR: &str = "/tmp/outpost-state";
+
+const TOP_KEYS: &[&str] = &["node", "listen", "runtime", "app"];
+const NODE_KEYS: &[&str] = &["state_dir", "name"];
+const LISTEN_KEYS: &[&str] = &["http", "admin", "drain_timeout"];
+const APP_KEYS: &[&str] = &["source", "hosts"];
+/// `[runtime]` keys that take a size; they reach `runtime::sizing` as integer bytes.
+const RUNTIME_SIZE_KEYS: &[&str] = &[
+    "memory_reservation",
+    "memory_guard",
+    "max_memory_per_instance",
+    "default_memory_limit",
+];
+/// Longest node name: a full DNS name, since the default is the hostname.
+const MAX_NODE_NAME: usize = 253;
+
+/// A validated daemon config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub listen: ListenConfig,
+    /// In file order.
+    pub apps: Vec<AppConfig>,
+    /// `[runtime]` with sizes and `default_timeout` already normalised to numbers.
+    runtime: toml::Table,
+    /// Where the config came from (file path or [`EMBEDDED_ORIGIN`]), for later errors.
+    origin: String,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Absolute after [`Config::load`]; see [`resolve_state_dir`] for the default.
+    pub state_dir: Option<PathBuf>,
+    /// See [`resolve_node_name`] for the default.
+    pub name: Option<String>,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    /// Tenant HTTP listeners; at least one.
+    pub http: Vec<SocketAddr>,
+    /// `/healthz`, `/readyz`, `/metrics`; `None` runs without an admin listener.
+    pub admin: Option<SocketAddr>,
+    pub drain_timeout: Duration,
+}
+
+/// One `[[app]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppConfig {
+    pub source: AppLocation,
+    /// Host names this app answers, validated and canonical (lowercase, no trailing dot): `*`,
+    /// `*.example.com` or an exact name; at least one, `["*"]` by default. Matching them is the
+    /// router's job.
+    pub hosts: Vec<String>,
+}
+
+/// Where an app comes from. Whether a path is a directory (with `outpost.toml`) or a bare
+/// `.wasm` is decided when it is opened, not here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppLocation {
+    /// `builtin:<name>`, one of [`BUILTIN_APPS`].
+    Builtin(String),
+    /// Absolute after [`Config::load`].
+    Path(PathBuf),
+}
+
+impl std::fmt::Display for AppLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Builtin(name) => write!(f, "builtin:{name}"),
+            Self::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Why a config could not be used. Displays as `<origin>: <key>: <problem>`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: config file not found", path.display())]
+    NotFound { path: PathBuf },
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}:{column}: invalid TOML: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: {key}: {problem}")]
+    Invalid {
+        origin: String,
+        key: String,
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    /// The key path the error is about, for validation errors.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    fn invalid(origin: &str, e: FieldError) -> Self {
+        Self::Invalid {
+            origin: origin.to_owned(),
+            key: e.key,
+            problem: e.problem,
+        }
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Parses and validates config `text`; `origin` (usually the file path) prefixes errors.
+    /// Relative paths are kept relative; [`Config::load`] resolves them.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            ConfigError::Syntax {
+                origin: origin.to_owned(),
+                line,
+                column,
+                message: e.message().trim_end().to_owned(),
+            }
+        })?;
+        let (mut config, raw_runtime) =
+            parse_table(table).map_err(|e| ConfigError::invalid(origin, e))?;
+        config.runtime = normalise_runtime_table_at(&raw_runtime, origin)?;
+        config.origin = origin.to_owned();
+        Ok(config)
+    }
+
+    /// Reads and parses the config file at `path`, resolving relative paths in it against the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ConfigError::NotFound {
+                path: path.to_owned(),
+            },
+            _ => ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        // Absolute paths make logs and `outpost info` unambiguous; if the working directory is
+        // gone, relative ones still work for opening files.
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+        config.resolve_relative_to(&dir);
+        Ok(config)
+    }
+
+    /// The embedded default config ([`DEFAULT_CONFIG`]).
+    pub fn embedded_default() -> Self {
+        // A unit test asserts the embedded text parses to exactly `builtin_default()`, so this
+        // fallback only exists to keep a panic out of the startup path.
+        Self::parse(DEFAULT_CONFIG, EMBEDDED_ORIGIN).unwrap_or_else(|_| builtin_default())
+    }
+
+    /// Makes relative `state_dir` and app paths relative to `base` instead of the working
+    /// directory.
+    pub fn resolve_relative_to(&mut self, base: &Path) {
+        if let Some(dir) = &mut self.node.state_dir
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
+        for app in &mut self.apps {
+            if let AppLocation::Path(p) = &mut app.source
+                && p.is_relative()
+            {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// `[runtime]`, already normalised by [`normalise_runtime_table`] (which is idempotent);
+    /// empty when absent. The caller deserializes it into `runtime::sizing::Overrides`.
+    pub fn runtime_table(&self) -> &toml::Table {
+        &self.runtime
+    }
+
+    /// Where this config came from: the path given to [`Config::parse`] / [`Config::load`], or
+    /// [`EMBEDDED_ORIGIN`]. Callers prefix it to errors they find later (e.g. in `[runtime]`).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn apps(&self) -> &[AppConfig] {
+        &self.apps
+    }
+
+    pub fn http_listen(&self) -> &[SocketAddr] {
+        &self.listen.http
+    }
+
+    pub fn admin_listen(&self) -> Option<SocketAddr> {
+        self.listen.admin
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        self.listen.drain_timeout
+    }
+
+    /// The app source as a path for `runtime::app::AppSource::from_path`: the (already
+    /// resolved) path, or `builtin:<name>` literally, which that function recognises.
+    pub fn resolve_source(&self, source: &AppLocation) -> PathBuf {
+        match source {
+            AppLocation::Builtin(_) => PathBuf::from(source.to_string()),
+            AppLocation::Path(p) => p.clone(),
+        }
+    }
+
+    /// The node name: configured, else the kernel hostname, else [`FALLBACK_NODE_NAME`].
+    pub fn node_name(&self) -> String {
+        resolve_node_name(self, || {
+            std::fs::read_to_string("/proc/sys/kernel/hostname").ok()
+        })
+    }
+
+    /// The state directory, resolved against the process environment.
+    pub fn state_dir(&self) -> PathBuf {
+        resolve_state_dir(self, |k| std::env::var(k).ok())
+    }
+}
+
+/// The same config as `config/default.toml`, built by hand.
+fn builtin_default() -> Config {
+    Config {
+        node: NodeConfig::default(),
+        listen: ListenConfig {
+            http: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        },
+        apps: vec![AppConfig {
+            source: AppLocation::Builtin("demo".to_owned()),
+            hosts: vec!["*".to_owned()],
+        }],
+        runtime: toml::Table::new(),
+        origin: EMBEDDED_ORIGIN.to_owned(),
+    }
+}
+
+/// The state directory: `node.state_dir`, else `$STATE_DIRECTORY` (first entry; systemd's
+/// `StateDirectory=`), else `$XDG_STATE_HOME/outpost`, else `$HOME/.local/state/outpost`, else
+/// [`FALLBACK_STATE_DIR`]. Environment values that are empty or relative are skipped, as the XDG
+/// spec asks. `env` may return `String`s (`std::env::var(k).ok()`) or `OsString`s
+/// (`std::env::var_os(k)`).
+pub fn resolve_state_dir<S: Into<OsString>>(
+    cfg: &Config,
+    env: impl Fn(&str) -> Option<S>,
+) -> PathBuf {
+    if let Some(dir) = &cfg.node.state_dir {
+        return dir.clone();
+    }
+    let var = |k: &str| env(k).map(Into::into);
+    let absolute = |p: PathBuf| p.is_absolute().then_some(p);
+    let from_systemd = var("STATE_DIRECTORY")
+        .and_then(|v| std::env::split_paths(&v).next())
+        .and_then(absolute);
+    let from_xdg = || {
+        var("XDG_STATE_HOME")
+            .and_then(|v| absolute(PathBuf::from(v)))
+            .map(|p| p.join("outpost"))
+    };
+    let from_home = || {
+        var("HOME")
+            .and_then(|v| absolute(PathBuf::from(v)))
+            .map(|p| p.join(".local/state/outpost"))
+    };
+    from_systemd
+        .or_else(from_xdg)
+        .or_else(from_home)
+        .unwrap_or_else(|| PathBuf::from(FALLBACK_STATE_DIR))
+}
+
+/// The node name: `node.name`, else `hostname()` if it is a valid name, else
+/// [`FALLBACK_NODE_NAME`].
+pub fn resolve_node_name(cfg: &Config, hostname: impl FnOnce() -> Option<String>) -> String {
+    if let Some(name) = &cfg.node.name {
+        return name.clone();
+    }
+    hostname()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| is_valid_node_name(h))
+        .unwrap_or_else(|| FALLBACK_NODE_NAME.to_owned())
+}
+
+fn is_valid_node_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NODE_NAME
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// Turns the size keys of `[runtime]` (`memory_reservation`, `memory_guard`,
+/// `max_memory_per_instance`, `default_memory_limit`) from strings like `"256MiB"` into integer
+/// bytes, and `default_timeout` (a duration string or milliseconds) into `default_timeout_ms`.
+/// Other keys pass through untouched for the caller's typed deserialization to judge.
+///
+/// Idempotent. [`Config::parse`] already applies it (with the file as origin), so
+/// [`Config::runtime_table`] is normalised and this cannot fail on it; errors from a table built
+/// elsewhere name the origin `[runtime]`.
+pub fn normalise_runtime_table(table: &toml::Table) -> Result<toml::Table, ConfigError> {
+    normalise_runtime_table_at(table, "[runtime]")
+}
+
+fn normalise_runtime_table_at(
+    table: &toml::Table,
+    origin: &str,
+) -> Result<toml::Table, ConfigError> {
+    let invalid = |e: FieldError| ConfigError::invalid(origin, e);
+    let field = |key: &str, value: &toml::Value| Field {
+        key: format!("runtime.{key}"),
+        value: value.clone(),
+    };
+    let too_large = |key: &str, what: &str| FieldError {
+        key: format!("runtime.{key}"),
+        problem: format!("{what} is too large; expected at most {}", i64::MAX),
+    };
+    let mut out = table.clone();
+    for &key in RUNTIME_SIZE_KEYS {
+        if let Some(value) = table.get(key) {
+            let bytes = field(key, value).bytes().map_err(invalid)?;
+            let bytes = i64::try_from(bytes)
+                .map_err(|_| invalid(too_large(key, &format!("{bytes} bytes"))))?;
+            out.insert(key.to_owned(), toml::Value::Integer(bytes));
+        }
+    }
+    if let Some(value) = out.remove("default_timeout") {
+        if table.contains_key("default_timeout_ms") {
+            return Err(invalid(FieldError {
+                key: "runtime.default_timeout".to_owned(),
+                problem: "set either default_timeout or default_timeout_ms, not both".to_owned(),
+            }));
+        }
+        let timeout = field("default_timeout", &value)
+            .duration()
+            .map_err(invalid)?;
+        let ms = i64::try_from(timeout.as_millis()).map_err(|_| {
+            invalid(too_large(
+                "default_timeout",
+                &format!("{}ms", timeout.as_millis()),
+            ))
+        })?;
+        out.insert("default_timeout_ms".to_owned(), toml::Value::Integer(ms));
+    }
+    Ok(out)
+}
+
+// === parsing ===
+
+fn parse_table(table: toml::Table) -> Result<(Config, toml::Table), FieldError> {
+    let mut top = Fields::new("", table);
+    let node = match top.take("node") {
+        Some(f) => parse_node(f.table()?)?,
+        None => NodeConfig::default(),
+    };
+    let listen = parse_listen(
+        top.required(
+            "listen",
+            "a [listen] table with http = [\"127.0.0.1:8080\"]",
+        )?
+        .table()?,
+    )?;
+    let runtime = match top.take("runtime") {
+        Some(f) => f.table()?.into_table(),
+        None => toml::Table::new(),
+    };
+    let mut apps = Vec::new();
+    if let Some(f) = top.take("app") {
+        if matches!(f.value, toml::Value::Table(_)) {
+            return Err(f.error("expected an array of tables, written [[app]] (two brackets)"));
+        }
+        for item in f.array()? {
+            apps.push(parse_app(item.table()?)?);
+        }
+    }
+    top.finish(TOP_KEYS)?;
+    Ok((
+        Config {
+            node,
+            listen,
+            apps,
+            runtime: toml::Table::new(),
+            origin: String::new(),
+        },
+        runtime,
+    ))
+}
+
+fn parse_node(mut t: Fields) -> Result<NodeConfig, FieldError> {
+    let state_dir = match t.take("state_dir") {
+        Some(f) => {
+            let key = f.key.clone();
+            let raw = f.string()?;
+            Some(host_path(&raw).map_err(|problem| FieldError { key, problem })?)
+        }
+        None => None,
+    };
+    let name = match t.take("name") {
+        Some(f) => {
+            let key = f.key.clone();
+            let name = f.string()?;
+            if !is_valid_node_name(&name) {
+                return Err(FieldError {
+                    key,
+                    problem: format!(
+                        "invalid node name {:?}; expected 1 to {MAX_NODE_NAME} letters, digits, \
+                         '.', '-' or '_'",
+                        quote(&name)
+                    ),
+                });
+            }
+            Some(name)
+        }
+        None => None,
+    };
+    t.finish(NODE_KEYS)?;
+    Ok(NodeConfig { state_dir, name })
+}
+
+fn parse_listen(mut t: Fields) -> Result<ListenConfig, FieldError> {
+    let http_field = t.required("http", "a list of addresses like [\"127.0.0.1:8080\"]")?;
+    let http_key = http_field.key.clone();
+    let mut http: Vec<SocketAddr> = Vec::new();
+    let mut http_keys: Vec<String> = Vec::new();
+    for (key, raw) in http_field.strings()? {
+        let addr = socket_addr(&raw).map_err(|problem| FieldError {
+            key: key.clone(),
+            problem,
+        })?;
+        // Two ephemeral-port listeners on one address are fine; anything else would fail to bind.
+        if let Some(i) = http.iter().position(|a| *a == addr && addr.port() != 0) {
+            return Err(FieldError {
+                key,
+                problem: format!("{addr} is already listed as {}", http_keys[i]),
+            });
+        }
+        http.push(addr);
+        http_keys.push(key);
+    }
+    if http.is_empty() {
+        return Err(FieldError {
+            key: http_key,
+            problem: "no addresses; expected at least one, like [\"127.0.0.1:8080\"]".to_owned(),
+        });
+    }
+    let admin = match t.take("admin") {
+        Some(f) => {
+            let key = f.key.clone();
+            let addr = socket_addr(&f.string()?).map_err(|problem| FieldError {
+                key: key.clone(),
+                problem,
+            })?;
+            if let Some(i) = http.iter().position(|a| *a == addr && addr.port() != 0) {
+                return Err(FieldError {
+                    key,
+                    problem: format!(
+                        "{addr} is also a tenant listener ({}); expected a separate address",
+                        http_keys[i]
+                    ),
+                });
+            }
+            Some(addr)
+        }
+        None => None,
+    };
+    let drain_timeout = match t.take("drain_timeout") {
+        Some(f) => f.duration()?,
+        None => DEFAULT_DRAIN_TIMEOUT,
+    };
+    t.finish(LISTEN_KEYS)?;
+    Ok(ListenConfig {
+        http,
+        admin,
+        drain_timeout,
+    })
+}
+
+fn socket_addr(raw: &str) -> Result<SocketAddr, String> {
+    raw.parse().map_err(|_| {
+        format!(
+            "expected an IP address and port like \"127.0.0.1:8080\" or \"[::1]:8080\" \
+             (host names are not resolved), got {:?}",
+            quote(raw)
+        )
+    })
+}
+
+fn parse_app(mut t: Fields) -> Result<AppConfig, FieldError> {
+    let source_field = t.required(
+        "source",
+        "\"builtin:demo\", a directory containing outpost.toml, or a .wasm file",
+    )?;
+    let source_key = source_field.key.clone();
+    let raw = source_field.string()?;
+    let source = app_location(&raw).map_err(|problem| FieldError {
+        key: source_key,
+        problem,
+    })?;
+
+    let hosts = match t.take("hosts") {
+        None => vec!["*".to_owned()],
+        Some(f) => {
+            let hosts_key = f.key.clone();
+            let mut hosts: Vec<String> = Vec::new();
+            let mut host_keys: Vec<String> = Vec::new();
+            for (key, raw) in f.strings()? {
+                let host = app_host(&raw).map_err(|problem| FieldError {
+                    key: key.clone(),
+                    problem,
+                })?;
+                if let Some(i) = hosts.iter().position(|h| *h == host) {
+                    return Err(FieldError {
+                        key,
+                        problem: format!("host {host} is already listed as {}", host_keys[i]),
+                    });
+                }
+                hosts.push(host);
+                host_keys.push(key);
+            }
+            if hosts.is_empty() {
+                return Err(FieldError {
+                    key: hosts_key,
+                    problem: "no hosts; expected at least one, like [\"*\"] or \
+                              [\"example.com\"] (leave hosts out to answer any host)"
+                        .to_owned(),
+                });
+            }
+            hosts
+        }
+    };
+    t.finish(APP_KEYS)?;
+    Ok(AppConfig { source, hosts })
+}
+
+fn app_location(raw: &str) -> Result<AppLocation, String> {
+    if let Some(name) = raw.strip_prefix("builtin:") {
+        if BUILTIN_APPS.contains(&name) {
+            return Ok(AppLocation::Builtin(name.to_owned()));
+        }
+        let known: Vec<String> = BUILTIN_APPS
+            .iter()
+            .map(|b| format!("builtin:{b}"))
+            .collect();
+        return Err(format!(
+            "unknown built-in app {:?}; expected one of {}",
+            quote(raw),
+            known.join(", ")
+        ));
+    }
+    if raw.contains("://") {
+        return Err(format!(
+            "{:?} looks like a URL; expected \"builtin:demo\", a directory containing \
+             outpost.toml, or a .wasm file",
+            quote(raw)
+        ));
+    }
+    host_path(raw).map(AppLocation::Path)
+}
+
+/// A file-system path from the config: non-empty, no `~` (nothing here expands it).
+fn host_path(raw: &str) -> Result<PathBuf, String> {
+    if raw.is_empty() {
+        return Err(
+            "empty path; expected an absolute path or one relative to the config file".to_owned(),
+        );
+    }
+    if raw.starts_with('~') {
+        return Err(format!(
+            "{:?} starts with '~', which is not expanded; expected an absolute path or one \
+             relative to the config file",
+            quote(raw)
+        ));
+    }
+    if raw.contains('\0') {
+        return Err("path contains a NUL byte".to_owned());
+    }
+    Ok(PathBuf::from(raw))
+}
+
+/// Validates an app host and returns its canonical form.
+fn app_host(raw: &str) -> Result<String, String> {
+    let expected = "expected \"*\", \"*.example.com\" or a host name, without a port";
+    // One colon reads as host:port; more is an IPv6 address, which HostPattern explains.
+    if !raw.starts_with('[') && raw.matches(':').count() == 1 {
+        return Err(format!(
+            "{:?}: hosts are matched without the port; {expected}",
+            quote(raw)
+        ));
+    }
+    HostPattern::parse(raw)
+        .map(|h| h.to_string())
+        .map_err(|problem| format!("{:?}: {problem}; {expected}", quote(raw)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const ORIGIN: &str = "/etc/outpost/config.toml";
+    const LISTEN: &str = "[listen]\nhttp = [\"127.0.0.1:8080\"]\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, ORIGIN)
+    }
+
+    /// Asserts the config fails at `key` with a message containing `needle`, and that the
+    /// message names the origin and the key.
+    fn assert_rejects(text: &str, key: &str, needle: &str) {
+        let err = parse(text).expect_err(key);
+        let msg = err.to_string();
+        assert_eq!(err.key(), Some(key), "{msg}");
+        assert!(msg.starts_with(&format!("{ORIGIN}: {key}: ")), "{msg}");
+        assert!(msg.contains(needle), "{msg:?} should contain {needle:?}");
+    }
+
+    #[test]
+    fn embedded_default_parses_to_the_documented_values() {
+        let parsed = Config::parse(DEFAULT_CONFIG, EMBEDDED_ORIGIN).expect("default.toml parses");
+        assert_eq!(parsed, builtin_default());
+        assert_eq!(Config::embedded_default(), builtin_default());
+        assert_eq!(parsed.node.state_dir, None);
+        assert_eq!(parsed.listen.drain_timeout, Duration::from_secs(10));
+        assert_eq!(parsed.apps[0].source.to_string(), "builtin:demo");
+        assert_eq!(parsed.origin(), EMBEDDED_ORIGIN);
+        assert_eq!(
+            parsed.resolve_source(&parsed.apps[0].source),
+            PathBuf::from("builtin:demo")
+        );
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../config/example.toml");
+        let c = Config::parse(text, "config/example.toml").expect("example.toml parses");
+        assert_eq!(c.node.state_dir, Some(PathBuf::from("/var/lib/outpost")));
+        assert_eq!(c.node.name.as_deref(), Some("gw-01"));
+        assert_eq!(c.listen.http.len(), 2);
+        assert_eq!(c.listen.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.apps.len(), 3);
+    }
+
+    #[test]
+    fn parses_a_full_config() {
+        let text = r#"
+[node]
+state_dir = "state"
+name = "gw-01"
+
+[listen]
+http = ["127.0.0.1:8080", "[::1]:0", "[::1]:0"]
+admin = "127.0.0.1:9090"
+drain_timeout = 1500
+
+[runtime]
+instance_slots = 64
+memory_reservation = "4GiB"
+memory_guard = 65536
+default_timeout = "30s"
+pooling = "off"
+
+[[app]]
+source = "apps/hello"
+hosts = ["Example.COM", "*.example.com", "10.0.0.1", "[::1]"]
+
+[[app]]
+source = "/srv/x.wasm"
+"#;
+        let c = parse(text).expect("valid config");
+        assert_eq!(c.node.state_dir, Some(PathBuf::from("state")));
+        assert_eq!(c.listen.http.len(), 3);
+        assert_eq!(c.listen.http[1], "[::1]:0".parse().expect("addr"));
+        assert_eq!(
+            c.listen.admin,
+            Some("127.0.0.1:9090".parse().expect("addr"))
+        );
+        assert_eq!(c.listen.drain_timeout, Duration::from_millis(1500));
+        let rt = c.runtime_table();
+        assert_eq!(rt.get("instance_slots"), Some(&toml::Value::Integer(64)));
+        assert_eq!(
+            rt.get("memory_reservation"),
+            Some(&toml::Value::Integer(4 << 30))
+        );
+        assert_eq!(rt.get("memory_guard"), Some(&toml::Value::Integer(65536)));
+        assert_eq!(
+            rt.get("default_timeout_ms"),
+            Some(&toml::Value::Integer(30_000))
+        );
+        assert_eq!(rt.get("default_timeout"), None);
+        assert_eq!(rt.get("pooling"), Some(&toml::Value::String("off".into())));
+        assert_eq!(
+            c.apps[0].hosts,
+            ["example.com", "*.example.com", "10.0.0.1", "[::1]"]
+        );
+        assert_eq!(c.apps[1].hosts, ["*"]);
+        assert_eq!(c.apps[1].source, AppLocation::Path("/srv/x.wasm".into()));
+
+        let mut resolved = c.clone();
+        resolved.resolve_relative_to(Path::new("/etc/outpost"));
+        assert_eq!(
+            resolved.node.state_dir,
+            Some(PathBuf::from("/etc/outpost/state"))
+        );
+        assert_eq!(
+            resolved.apps[0].source,
+            AppLocation::Path("/etc/outpost/apps/hello".into())
+        );
+        assert_eq!(
+            resolved.apps[1].source,
+            AppLocation::Path("/srv/x.wasm".into())
+        );
+    }
+
+    #[test]
+    fn runtime_table_deserializes_into_sizing_overrides() {
+        let c = parse(&format!(
+            "{LISTEN}[runtime]\nmax_memory_per_instance = \"256MiB\"\ndefault_timeout = \"2s\"\n"
+        ))
+        .expect("valid");
+        let o: crate::runtime::sizing::Overrides = toml::Value::Table(c.runtime_table().clone())
+            .try_into()
+            .expect("overrides");
+        assert_eq!(o.max_memory_per_instance, Some(256 << 20));
+        assert_eq!(o.default_timeout_ms, Some(2000));
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let err = parse("[listen]\nhttp = [\"127.0.0.1:8080\"\n").expect_err("syntax");
+        let msg = err.to_string();
+        assert!(msg.starts_with(&format!("{ORIGIN}:")), "{msg}");
+        assert!(msg.contains("invalid TOML"), "{msg}");
+        let ConfigError::Syntax { line, column, .. } = err else {
+            panic!("expected a syntax error: {msg}");
+        };
+        assert!(line >= 2 && column >= 1, "{line}:{column}");
+    }
+
+    #[test]
+    fn top_level_is_validated() {
+        assert_rejects("", "listen", "missing; expected a [listen] table");
+        assert_rejects(
+            &format!("{LISTEN}apps = []\n"),
+            "apps",
+            "unknown top-level key; expected one of node, listen, runtime, app (did you mean \"app\"?)",
+        );
+        assert_rejects(
+            &format!("{LISTEN}node = 1\n"),
+            "node",
+            "expected a table, got 1",
+        );
+        assert_rejects(
+            &format!("{LISTEN}runtime = \"big\"\n"),
+            "runtime",
+            "expected a table, got \"big\"",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[app]\nsource = \"builtin:demo\"\n"),
+            "app",
+            "[[app]] (two brackets)",
+        );
+        assert_rejects(
+            &format!("{LISTEN}app = [1]\n"),
+            "app[0]",
+            "expected a table, got 1",
+        );
+    }
+
+    #[test]
+    fn node_is_validated() {
+        assert_rejects(
+            &format!("{LISTEN}[node]\nstate_dir = \"\"\n"),
+            "node.state_dir",
+            "empty path",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[node]\nstate_dir = \"~/state\"\n"),
+            "node.state_dir",
+            "not expanded",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[node]\nstate_dir = 5\n"),
+            "node.state_dir",
+            "expected a string, got 5",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[node]\nname = \"gw 01\"\n"),
+            "node.name",
+            "invalid node name \"gw 01\"",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[node]\nname = \"\"\n"),
+            "node.name",
+            "invalid node name",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[node]\nstatedir = \"/x\"\n"),
+            "node.statedir",
+            "unknown key in [node]; expected one of state_dir, name (did you mean \"state_dir\"?)",
+        );
+    }
+
+    #[test]
+    fn listen_is_validated() {
+        assert_rejects("[listen]\n", "listen.http", "missing");
+        assert_rejects("[listen]\nhttp = []\n", "listen.http", "no addresses");
+        assert_rejects(
+            "[listen]\nhttp = \"127.0.0.1:80\"\n",
+            "listen.http",
+            "expected an array",
+        );
+        assert_rejects(
+            "[listen]\nhttp = [\"localhost:8080\"]\n",
+            "listen.http[0]",
+            "host names are not resolved), got \"localhost:8080\"",
+        );
+        assert_rejects(
+            "[listen]\nhttp = [\"127.0.0.1\"]\n",
+            "listen.http[0]",
+            "expected an IP address and port",
+        );
+        assert_rejects(
+            "[listen]\nhttp = [\"::1:8080\"]\n",
+            "listen.http[0]",
+            "expected an IP address and port",
+        );
+        assert_rejects(
+            "[listen]\nhttp = [\"127.0.0.1:65536\"]\n",
+            "listen.http[0]",
+            "expected an IP address and port",
+        );
+        assert_rejects(
+            "[listen]\nhttp = [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n",
+            "listen.http[1]",
+            "127.0.0.1:80 is already listed as listen.http[0]",
+        );
+        assert_rejects(
+            "[listen]\nhttp = [\"127.0.0.1:80\"]\nadmin = \"127.0.0.1:80\"\n",
+            "listen.admin",
+            "also a tenant listener (listen.http[0])",
+        );
+        assert_rejects(
+            "[listen]\nhttp = [\"127.0.0.1:80\"]\nadmin = \"nope\"\n",
+            "listen.admin",
+            "expected an IP address",
+        );
+        assert_rejects(
+            "[listen]\nhttp = [\"127.0.0.1:80\"]\ndrain_timeout = \"forever\"\n",
+            "listen.drain_timeout",
+            "expected a duration like",
+        );
+        assert_rejects(
+            "[listen]\nhttp = [\"127.0.0.1:80\"]\ndrain_timeout = -1\n",
+            "listen.drain_timeout",
+            "negative duration",
+        );
+        assert_rejects(
+            "[listen]\nhttp = [\"127.0.0.1:80\"]\nhttps = []\n",
+            "listen.https",
+            "unknown key in [listen]",
+        );
+        let c = parse("[listen]\nhttp = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\n")
+            .expect("port 0 twice is fine");
+        assert_eq!(c.listen.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    }
+
+    #[test]
+    fn apps_are_validated() {
+        let app = |body: &str| format!("{LISTEN}[[app]]\n{body}\n");
+        assert_rejects(
+            &app("hosts = [\"*\"]"),
+            "app[0].source",
+            "missing; expected \"builtin:demo\"",
+        );
+        assert_rejects(
+            &app("source = \"builtin:nope\""),
+            "app[0].source",
+            "unknown built-in app \"builtin:nope\"; expected one of builtin:demo",
+        );
+        assert_rejects(
+            &app("source = \"https://example.com/app.wasm\""),
+            "app[0].source",
+            "looks like a URL",
+        );
+        assert_rejects(&app("source = \"\""), "app[0].source", "empty path");
+        assert_rejects(
+            &app("source = \"~/apps/x\""),
+            "app[0].source",
+            "not expanded",
+        );
+        assert_rejects(
+            &app("source = \"x\"\nhosts = []"),
+            "app[0].hosts",
+            "no hosts",
+        );
+        assert_rejects(
+            &app("source = \"x\"\nhosts = \"*\""),
+            "app[0].hosts",
+            "expected an array",
+        );
+        assert_rejects(
+            &app("source = \"x\"\nhosts = [\"example.com:8080\"]"),
+            "app[0].hosts[0]",
+            "matched without the port",
+        );
+        assert_rejects(
+            &app("source = \"x\"\nhosts = [\"a.*.com\"]"),
+            "app[0].hosts[0]",
+            "\"a.*.com\": a wildcard must be",
+        );
+        assert_rejects(
+            &app("source = \"x\"\nhosts = [\"exa mple.com\"]"),
+            "app[0].hosts[0]",
+            "not a valid host name",
+        );
+        assert_rejects(
+            &app("source = \"x\"\nhosts = [\"::1\"]"),
+            "app[0].hosts[0]",
+            "in brackets",
+        );
+        assert_rejects(
+            &app("source = \"x\"\nhosts = [\"a.com\", \"A.com.\"]"),
+            "app[0].hosts[1]",
+            "host a.com is already listed as app[0].hosts[0]",
+        );
+        assert_rejects(
+            &app("source = \"x\"\nroutes = [\"/\"]"),
+            "app[0].routes",
+            "unknown key in app[0]; expected one of source, hosts",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[[app]]\nsource = \"builtin:demo\"\n[[app]]\nsource = 5\n"),
+            "app[1].source",
+            "expected a string, got 5",
+        );
+        let none = parse(LISTEN).expect("zero apps is valid");
+        assert!(none.apps.is_empty());
+    }
+
+    #[test]
+    fn runtime_sizes_and_timeouts_are_normalised() {
+        let rt = |body: &str| format!("{LISTEN}[runtime]\n{body}\n");
+        assert_rejects(
+            &rt("memory_guard = \"lots\""),
+            "runtime.memory_guard",
+            "expected a size like \"64MiB\", got \"lots\"",
+        );
+        assert_rejects(
+            &rt("default_memory_limit = -5"),
+            "runtime.default_memory_limit",
+            "negative size",
+        );
+        assert_rejects(
+            &rt("max_memory_per_instance = true"),
+            "runtime.max_memory_per_instance",
+            "got true",
+        );
+        assert_rejects(
+            &rt("memory_reservation = \"16777215TiB\""),
+            "runtime.memory_reservation",
+            "too large",
+        );
+        assert_rejects(
+            &rt("default_timeout = \"soon\""),
+            "runtime.default_timeout",
+            "expected a duration like",
+        );
+        assert_rejects(
+            &rt("default_timeout = \"1s\"\ndefault_timeout_ms = 5"),
+            "runtime.default_timeout",
+            "not both",
+        );
+        let c = parse(&rt(
+            "default_timeout = 250\nworker_threads = 2\n[runtime.extra]\nx = 1",
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.runtime_table().get("default_timeout_ms"),
+            Some(&toml::Value::Integer(250))
+        );
+        assert_eq!(
+            c.runtime_table().get("worker_threads"),
+            Some(&toml::Value::Integer(2))
+        );
+        assert!(
+            c.runtime_table().get("extra").is_some(),
+            "unknown keys are left for the caller"
+        );
+    }
+
+    #[test]
+    fn normalise_runtime_table_is_idempotent_and_names_an_origin() {
+        let mut t = toml::Table::new();
+        t.insert("memory_guard".into(), toml::Value::String("x".into()));
+        let err = normalise_runtime_table(&t).expect_err("bad");
+        assert!(
+            err.to_string()
+                .starts_with("[runtime]: runtime.memory_guard: "),
+            "{err}"
+        );
+        let ok = normalise_runtime_table(&toml::Table::new()).expect("empty");
+        assert!(ok.is_empty());
+        // Normalising the already-normalised table of a parsed config changes nothing.
+        let c = parse(&format!(
+            "{LISTEN}[runtime]\nmemory_guard = \"1MiB\"\ndefault_timeout = \"1s\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            normalise_runtime_table(c.runtime_table()).ok().as_ref(),
+            Some(c.runtime_table())
+        );
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn state_dir_resolution_order() {
+        let mut cfg = builtin_default();
+        let all = env(&[
+            ("STATE_DIRECTORY", "/var/lib/outpost:/var/lib/other"),
+            ("XDG_STATE_HOME", "/home/u/.state"),
+            ("HOME", "/home/u"),
+        ]);
+        assert_eq!(
+            resolve_state_dir(&cfg, &all),
+            PathBuf::from("/var/lib/outpost")
+        );
+        let xdg = env(&[("XDG_STATE_HOME", "/home/u/.state"), ("HOME", "/home/u")]);
+        assert_eq!(
+            resolve_state_dir(&cfg, &xdg),
+            PathBuf::from("/home/u/.state/outpost")
+        );
+        let relative_xdg = env(&[
+            ("XDG_STATE_HOME", "rel"),
+            ("STATE_DIRECTORY", ""),
+            ("HOME", "/home/u"),
+        ]);
+        assert_eq!(
+            resolve_state_dir(&cfg, &relative_xdg),
+            PathBuf::from("/home/u/.local/state/outpost")
+        );
+        assert_eq!(
+            resolve_state_dir(&cfg, env(&[])),
+            PathBuf::from(FALLBACK_STATE_DIR)
+        );
+        let os = |k: &str| (k == "HOME").then(|| OsString::from("/home/os"));
+        assert_eq!(
+            resolve_state_dir(&cfg, os),
+            PathBuf::from("/home/os/.local/state/outpost")
+        );
+        assert_eq!(
+            resolve_state_dir(&cfg, env(&[("HOME", "")])),
+            PathBuf::from(FALLBACK_STATE_DIR)
+        );
+        cfg.node.state_dir = Some("/data/outpost".into());
+        assert_eq!(
+            resolve_state_dir(&cfg, &all),
+            PathBuf::from("/data/outpost")
+        );
+    }
+
+    #[test]
+    fn node_name_resolution_order() {
+        let mut cfg = builtin_default();
+        assert_eq!(resolve_node_name(&cfg, || Some("gw-07\n".into())), "gw-07");
+        assert_eq!(resolve_node_name(&cfg, || None), FALLBACK_NODE_NAME);
+        assert_eq!(
+            resolve_node_name(&cfg, || Some("  \n".into())),
+            FALLBACK_NODE_NAME
+        );
+        assert_eq!(
+            resolve_node_name(&cfg, || Some("bad name".into())),
+            FALLBACK_NODE_NAME
+        );
+        cfg.node.name = Some("edge-1".into());
+        assert_eq!(resolve_node_name(&cfg, || Some("gw-07".into())), "edge-1");
+    }
+
+    #[test]
+    fn load_reports_missing_files_and_resolves_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope.toml");
+        let err = Config::load(&missing).expect_err("missing");
+        assert!(matches!(err, ConfigError::NotFound { .. }));
+        assert_eq!(
+            err.to_string(),
+            format!("{}: config file not found", missing.display())
+        );
+
+        let path = dir.path().join("outpost.toml");
+        std::fs::write(
+            &path,
+            format!("{LISTEN}[node]\nstate_dir = \"state\"\n[[app]]\nsource = \"apps/a\"\n"),
+        )
+        .expect("write");
+        let c = Config::load(&path).expect("loads");
+        assert_eq!(c.origin(), path.display().to_string());
+        assert_eq!(c.node.state_dir, Some(dir.path().join("state")));
+        assert_eq!(
+            c.apps[0].source,
+            AppLocation::Path(dir.path().join("apps/a"))
+        );
+
+        std::fs::write(&path, "[listen]\nhttp = [1]\n").expect("write");
+        let err = Config::load(&path).expect_err("invalid");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: listen.http[0]: ", path.display())),
+            "{err}"
+        );
+
+        let err = Config::load(dir.path()).expect_err("a directory");
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+    }
+}

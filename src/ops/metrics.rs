@@ -1,0 +1,147 @@
+//! Prometheus metrics: one registry per daemon, conventional names and units.
+//!
+//! Owns: metric definitions and their label sets. Other modules record through the typed handles
+//! here so names and labels are defined in exactly one place.
+//! Must not: decide anything from metric values.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// All of the daemon's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by app, component, status code and protocol (`http1`, `http2`).
+    pub requests: IntCounterVec,
+    /// Time from request head received to response head sent, by app and protocol.
+    pub request_duration: HistogramVec,
+    /// Store creation + instantiation time per request.
+    pub instantiate_duration: Histogram,
+    /// Failed requests by app and kind (`trap`, `timeout`, `memory_limit`, `saturated`, ...).
+    pub request_errors: IntCounterVec,
+    /// Requests currently executing a guest, by app.
+    pub inflight: IntGaugeVec,
+    /// Pooled instance slots in use / in total.
+    pub pool_slots_used: IntGauge,
+    pub pool_slots_total: IntGauge,
+    /// Components currently loaded and routable.
+    pub components_loaded: IntGauge,
+    /// Open client connections.
+    pub connections: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::try_new().unwrap_or_else(|e| {
+            // Registration only fails on duplicate or malformed names, which are fixed strings here.
+            unreachable!("metric definitions are static and valid: {e}")
+        })
+    }
+
+    fn try_new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("outpost_http_requests_total", "HTTP requests answered."),
+            &["app", "component", "status", "protocol"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "outpost_http_request_duration_seconds",
+                "Time from request head to response head.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["app", "protocol"],
+        )?;
+        let instantiate_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "outpost_instantiate_duration_seconds",
+                "Per-request store creation and component instantiation time.",
+            )
+            .buckets(vec![
+                0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                0.005, 0.01, 0.05,
+            ]),
+        )?;
+        let request_errors = IntCounterVec::new(
+            Opts::new(
+                "outpost_request_errors_total",
+                "Requests that failed in the runtime, by cause.",
+            ),
+            &["app", "kind"],
+        )?;
+        let inflight = IntGaugeVec::new(
+            Opts::new("outpost_requests_inflight", "Requests executing a guest now."),
+            &["app"],
+        )?;
+        let pool_slots_used = IntGauge::new(
+            "outpost_pool_slots_used",
+            "Instance slots in use (one per executing request).",
+        )?;
+        let pool_slots_total = IntGauge::new(
+            "outpost_pool_slots",
+            "Instance slots available in total (derived from the hardware).",
+        )?;
+        let components_loaded =
+            IntGauge::new("outpost_components_loaded", "Components loaded and routable.")?;
+        let connections = IntGauge::new("outpost_connections_open", "Open client connections.")?;
+
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(instantiate_duration.clone()))?;
+        registry.register(Box::new(request_errors.clone()))?;
+        registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(pool_slots_used.clone()))?;
+        registry.register(Box::new(pool_slots_total.clone()))?;
+        registry.register(Box::new(components_loaded.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+
+        let build = IntGaugeVec::new(
+            Opts::new("outpost_build_info", "Build information; always 1."),
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build))?;
+
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+
+        Ok(Self {
+            registry,
+            requests,
+            request_duration,
+            instantiate_duration,
+            request_errors,
+            inflight,
+            pool_slots_used,
+            pool_slots_total,
+            components_loaded,
+            connections,
+        })
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

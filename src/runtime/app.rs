@@ -1,0 +1,239 @@
+//! Apps: a manifest's components, loaded and ready to route.
+//!
+//! Owns: turning an app source (a directory with `outpost.toml`, a bare `.wasm`, or the built-in
+//! demo) into loaded components with their routes, resolving manifest paths against the app
+//! directory and refusing paths that escape it.
+//! Must not: bind sockets or choose between apps (that is the router's job).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::bundle::manifest::{ComponentSpec, Manifest, ManifestError};
+
+use super::component::AppComponent;
+use super::error::LoadError;
+use super::{ComponentSettings, Runtime};
+
+/// The demo app compiled into the binary (`testbed/apps/hello`), served by the embedded default
+/// config so `outpost run` works on a fresh machine with nothing else.
+pub const DEMO_WASM: &[u8] = include_bytes!(env!("OUTPOST_DEMO_WASM"));
+
+/// Where an app comes from.
+#[derive(Debug, Clone)]
+pub enum AppSource {
+    /// A directory holding `outpost.toml` and the files it names.
+    Dir(PathBuf),
+    /// A single component served at `/` with no grants.
+    Wasm(PathBuf),
+    /// The built-in demo app.
+    Demo,
+}
+
+impl std::fmt::Display for AppSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(p) | Self::Wasm(p) => write!(f, "{}", p.display()),
+            Self::Demo => f.write_str("builtin:demo"),
+        }
+    }
+}
+
+/// Why an app could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}: no such file or directory")]
+    NotFound(PathBuf),
+    #[error(
+        "{0}: not an app: expected a directory containing outpost.toml, or a .wasm component file"
+    )]
+    NotAnApp(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{manifest}: component.{component}.{key}: {problem}")]
+    Path {
+        manifest: PathBuf,
+        component: String,
+        key: &'static str,
+        problem: String,
+    },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+impl AppSource {
+    /// Classifies a path given on the command line or in config.
+    pub fn from_path(p: &Path) -> Result<Self, AppError> {
+        if p.as_os_str() == "builtin:demo" {
+            return Ok(Self::Demo);
+        }
+        let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => AppError::NotFound(p.to_owned()),
+            _ => AppError::Io {
+                path: p.to_owned(),
+                source: e,
+            },
+        })?;
+        if meta.is_dir() {
+            if p.join("outpost.toml").is_file() {
+                Ok(Self::Dir(p.to_owned()))
+            } else {
+                Err(AppError::NotAnApp(p.to_owned()))
+            }
+        } else {
+            Ok(Self::Wasm(p.to_owned()))
+        }
+    }
+}
+
+/// A component and the path prefixes it answers.
+#[derive(Debug, Clone)]
+pub struct RoutedComponent {
+    pub routes: Vec<String>,
+    pub component: Arc<AppComponent>,
+}
+
+/// An app whose every component is compiled, linked and pre-instantiated.
+#[derive(Debug, Clone)]
+pub struct LoadedApp {
+    pub name: String,
+    pub version: String,
+    pub source: String,
+    pub components: Vec<RoutedComponent>,
+}
+
+/// Loads every component of the app at `src`. Fails as a whole: an app is served complete or not
+/// at all.
+pub async fn load_app(rt: &Runtime, src: &AppSource) -> Result<LoadedApp, AppError> {
+    let (manifest, base, demo) = match src {
+        AppSource::Dir(dir) => {
+            let mpath = dir.join("outpost.toml");
+            let text = std::fs::read_to_string(&mpath).map_err(|source| AppError::Io {
+                path: mpath.clone(),
+                source,
+            })?;
+            (
+                Manifest::parse(&text, &mpath.display().to_string())?,
+                dir.clone(),
+                false,
+            )
+        }
+        AppSource::Wasm(file) => {
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "app.wasm".into());
+            let base = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_owned();
+            (Manifest::for_bare_wasm(&name), base, false)
+        }
+        AppSource::Demo => (Manifest::for_bare_wasm("demo.wasm"), PathBuf::from("."), true),
+    };
+    let mpath = base.join("outpost.toml");
+
+    let mut components = Vec::with_capacity(manifest.components.len());
+    for spec in &manifest.components {
+        let wasm_path = if demo {
+            PathBuf::from("builtin:demo")
+        } else {
+            resolve(&mpath, spec, "source", &base, &spec.source)?
+        };
+        let settings = settings_for(&mpath, spec, &base)?;
+        let (component, info) = rt.load_component(
+            &manifest.application.name,
+            &spec.id,
+            &wasm_path,
+            demo.then_some(DEMO_WASM),
+            settings,
+        )?;
+        component
+            .probe()
+            .await
+            .map_err(|reason| LoadError::Instantiate {
+                path: wasm_path.clone(),
+                reason,
+            })?;
+        tracing::info!(
+            app = %manifest.application.name,
+            component = %spec.id,
+            digest = %&info.digest[..12],
+            cached = info.cache_hit,
+            ms = info.elapsed.as_millis() as u64,
+            "component loaded"
+        );
+        components.push(RoutedComponent {
+            routes: spec.routes.clone(),
+            component,
+        });
+    }
+    Ok(LoadedApp {
+        name: manifest.application.name.clone(),
+        version: manifest.application.version.clone(),
+        source: src.to_string(),
+        components,
+    })
+}
+
+fn settings_for(mpath: &Path, spec: &ComponentSpec, base: &Path) -> Result<ComponentSettings, AppError> {
+    let mut files = Vec::with_capacity(spec.files.len());
+    for m in &spec.files {
+        let host = resolve(mpath, spec, "files", base, &m.source)?;
+        files.push((host, m.destination.clone()));
+    }
+    Ok(ComponentSettings {
+        outbound: super::outbound::OutboundPolicy::new(spec.allowed_outbound_hosts.clone()),
+        files,
+        variables: spec
+            .variables
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        memory_limit: spec.limits.memory_limit,
+        timeout: spec.limits.timeout,
+        max_concurrency: spec.limits.max_concurrency,
+        max_request_body: spec.limits.max_request_body,
+    })
+}
+
+/// Resolves a manifest-relative path and makes sure it stays inside the app directory even after
+/// following symlinks.
+fn resolve(
+    mpath: &Path,
+    spec: &ComponentSpec,
+    key: &'static str,
+    base: &Path,
+    rel: &Path,
+) -> Result<PathBuf, AppError> {
+    let joined = base.join(rel);
+    let err = |problem: String| AppError::Path {
+        manifest: mpath.to_owned(),
+        component: spec.id.clone(),
+        key,
+        problem,
+    };
+    let real = joined.canonicalize().map_err(|e| {
+        err(format!("{}: {}", joined.display(), match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+            _ => e.to_string(),
+        }))
+    })?;
+    let real_base = base
+        .canonicalize()
+        .map_err(|e| err(format!("{}: {e}", base.display())))?;
+    if !real.starts_with(&real_base) {
+        return Err(err(format!(
+            "{} resolves outside the app directory {}",
+            rel.display(),
+            real_base.display()
+        )));
+    }
+    Ok(real)
+}

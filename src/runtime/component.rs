@@ -1,0 +1,394 @@
+//! A loaded component and per-request execution.
+//!
+//! Owns: the pre-instantiated component (`ProxyPre`: linking done once at load), its limits and
+//! grants, admission (per-component concurrency with a bounded queue, then a pool slot), and the
+//! life of one request: fresh `Store` + instance, streamed request and response bodies, wall-clock
+//! deadline, mapping guest failures to a [`RequestError`] that says who caused it.
+//! Must not: know about sockets, protocols or routing.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::Store;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use super::error::{RequestError, RequestErrorKind};
+use super::host::{Grants, Host};
+use crate::ops::metrics::Metrics;
+
+/// The body type of every response the runtime produces, guest-made or not.
+pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
+
+/// Limits of one component, after defaults from the sizing have been applied.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest linear memory, bytes.
+    pub memory_limit: u64,
+    /// Wall-clock budget for the whole request, streaming included.
+    pub timeout: Duration,
+    /// Requests of this component executing at once.
+    pub max_concurrency: u32,
+    /// Requests that may wait for a slot; beyond this, 503 at once.
+    pub max_queue: u32,
+    /// How long a queued request waits before a 503.
+    pub queue_timeout: Duration,
+    /// Largest request body, bytes (413 beyond).
+    pub max_request_body: u64,
+}
+
+/// Identifies a request in logs and in the client-visible error body.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestCtx {
+    pub id: u64,
+    pub https: bool,
+}
+
+/// One loaded component, ready to serve.
+pub struct AppComponent {
+    pub app: Arc<str>,
+    pub id: Arc<str>,
+    /// "app/component" for logs.
+    pub label: Arc<str>,
+    /// sha256 of the wasm.
+    pub digest: String,
+    pre: ProxyPre<Host>,
+    grants: Arc<Grants>,
+    pub limits: Limits,
+    concurrency: Arc<Semaphore>,
+    queued: AtomicU32,
+    slots: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for AppComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppComponent")
+            .field("label", &self.label)
+            .field("digest", &self.digest)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppComponent {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        app: &str,
+        id: &str,
+        digest: String,
+        pre: ProxyPre<Host>,
+        grants: Grants,
+        limits: Limits,
+        slots: Arc<Semaphore>,
+        metrics: Metrics,
+    ) -> Self {
+        let concurrency = Arc::new(Semaphore::new(limits.max_concurrency as usize));
+        Self {
+            app: app.into(),
+            id: id.into(),
+            label: format!("{app}/{id}").into(),
+            digest,
+            pre,
+            grants: Arc::new(grants),
+            limits,
+            concurrency,
+            queued: AtomicU32::new(0),
+            slots,
+            metrics,
+        }
+    }
+
+    /// Serves one request with a fresh instance. The response body streams from the guest; the
+    /// guest keeps running (holding its permits) until it finishes writing it or hits its
+    /// deadline.
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        req: http::Request<B>,
+        ctx: RequestCtx,
+    ) -> Result<http::Response<ResponseBody>, RequestError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let limit = self.limits.max_request_body;
+        if let Some(len) = content_length(req.headers()) {
+            if len > limit {
+                return Err(RequestError::new(
+                    RequestErrorKind::BodyTooLarge,
+                    format!("content-length {len} exceeds max_request_body {limit}"),
+                ));
+            }
+        }
+
+        let permits = self.admit().await?;
+        let deadline = Instant::now() + self.limits.timeout;
+
+        let too_large = Arc::new(AtomicBool::new(false));
+        let req = req.map(|b| LimitedBody {
+            inner: b,
+            remaining: limit,
+            limit,
+            tripped: too_large.clone(),
+        });
+
+        let t0 = Instant::now();
+        let host = Host::new(self.grants.clone(), self.limits.memory_limit, self.label.clone())
+            .map_err(|e| internal(format!("creating store state: {e:#}")))?;
+        let mut store = Store::new(self.pre.engine(), host);
+        store.limiter(|h| &mut h.limiter);
+        // Yield to the scheduler at every epoch tick: a CPU-bound guest then shares its worker
+        // thread with other requests, and the wall-clock timeout below can cancel it.
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let scheme = if ctx.https { Scheme::Https } else { Scheme::Http };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(scheme, req)
+            .map_err(|e| internal(format!("incoming request: {e:#}")))?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(tx)
+            .map_err(|e| internal(format!("response outparam: {e:#}")))?;
+
+        let this = self.clone();
+        let inflight = self.metrics.inflight.with_label_values(&[&*self.app]);
+        inflight.inc();
+        self.metrics.pool_slots_used.inc();
+        let task = tokio::spawn(async move {
+            let _permits = permits;
+            let run = async {
+                let proxy = this.pre.instantiate_async(&mut store).await?;
+                this.metrics
+                    .instantiate_duration
+                    .observe(t0.elapsed().as_secs_f64());
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            let outcome = match tokio::time::timeout_at(deadline.into(), run).await {
+                Ok(Ok(())) => GuestOutcome::Returned,
+                Ok(Err(e)) => GuestOutcome::Failed(e),
+                Err(_) => GuestOutcome::TimedOut,
+            };
+            let hit_memory_limit = store.data().limiter.hit;
+            drop(store);
+            inflight.dec();
+            this.metrics.pool_slots_used.dec();
+            if let GuestOutcome::TimedOut = outcome {
+                tracing::warn!(request_id = ctx.id, component = %this.label, timeout = ?this.limits.timeout, "request hit its wall-clock timeout; instance dropped");
+            }
+            (outcome, hit_memory_limit)
+        });
+
+        let result = match rx.await {
+            Ok(Ok(resp)) => {
+                if too_large.load(Ordering::Relaxed) {
+                    Err(RequestError::new(
+                        RequestErrorKind::BodyTooLarge,
+                        format!("request body exceeded max_request_body {limit}"),
+                    ))
+                } else {
+                    Ok(resp)
+                }
+            }
+            Ok(Err(code)) => Err(RequestError::new(
+                RequestErrorKind::Trap,
+                format!("guest answered with error code {code:?}"),
+            )),
+            Err(_) => Err(match task.await {
+                Ok((_, _)) if too_large.load(Ordering::Relaxed) => RequestError::new(
+                    RequestErrorKind::BodyTooLarge,
+                    format!("request body exceeded max_request_body {limit}"),
+                ),
+                Ok((GuestOutcome::TimedOut, _)) => RequestError::new(
+                    RequestErrorKind::Timeout,
+                    format!("no response within {:?}", self.limits.timeout),
+                ),
+                Ok((GuestOutcome::Failed(e), true)) => RequestError::new(
+                    RequestErrorKind::MemoryLimit,
+                    format!(
+                        "guest exceeded memory_limit {} bytes: {e:?}",
+                        self.limits.memory_limit
+                    ),
+                ),
+                Ok((GuestOutcome::Failed(e), false)) => {
+                    RequestError::new(RequestErrorKind::Trap, format!("{e:?}"))
+                }
+                Ok((GuestOutcome::Returned, _)) => RequestError::new(
+                    RequestErrorKind::NoResponse,
+                    "guest returned without setting a response",
+                ),
+                Err(join) => internal(format!("guest task: {join}")),
+            }),
+        };
+        if let Err(e) = &result {
+            self.metrics
+                .request_errors
+                .with_label_values(&[&*self.app, e.kind.label()])
+                .inc();
+        }
+        result
+    }
+
+    /// Creates and drops one instance without calling it. Run at load so a component that cannot
+    /// be instantiated under its limits (say, initial memory above `memory_limit`) fails then,
+    /// not at its first request; also what the instantiate benchmark measures.
+    pub async fn probe(&self) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        let host = Host::new(self.grants.clone(), self.limits.memory_limit, self.label.clone())
+            .map_err(|e| format!("{e:#}"))?;
+        let mut store = Store::new(self.pre.engine(), host);
+        store.limiter(|h| &mut h.limiter);
+        store.epoch_deadline_async_yield_and_update(1);
+        self.pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(t0.elapsed())
+    }
+
+    /// Admission control: a permit of this component (bounded queue), then a pool slot.
+    async fn admit(&self) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), RequestError> {
+        let own = match self.concurrency.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
+                let _dequeue = Dequeue(&self.queued);
+                if waiting >= self.limits.max_queue {
+                    return Err(saturated(format!(
+                        "{} requests executing and {waiting} queued (max_queue {})",
+                        self.limits.max_concurrency, self.limits.max_queue
+                    )));
+                }
+                tokio::time::timeout(
+                    self.limits.queue_timeout,
+                    self.concurrency.clone().acquire_owned(),
+                )
+                .await
+                .map_err(|_| {
+                    saturated(format!(
+                        "no free slot of max_concurrency {} within {:?}",
+                        self.limits.max_concurrency, self.limits.queue_timeout
+                    ))
+                })?
+                .map_err(|_| internal("component semaphore closed"))?
+            }
+        };
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::time::timeout(self.limits.queue_timeout, self.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| saturated("instance pool exhausted".to_string()))?
+                .map_err(|_| internal("pool semaphore closed"))?,
+        };
+        Ok((own, slot))
+    }
+}
+
+enum GuestOutcome {
+    Returned,
+    Failed(wasmtime::Error),
+    TimedOut,
+}
+
+struct Dequeue<'a>(&'a AtomicU32);
+impl Drop for Dequeue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn saturated(detail: String) -> RequestError {
+    RequestError::new(RequestErrorKind::Saturated, detail)
+}
+
+fn internal(detail: impl Into<String>) -> RequestError {
+    RequestError::new(RequestErrorKind::Internal, detail)
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A request body that fails once more than `limit` bytes have arrived, and records that it did
+/// so the runtime can answer 413 instead of blaming the guest.
+struct LimitedBody<B> {
+    inner: B,
+    remaining: u64,
+    limit: u64,
+    tripped: Arc<AtomicBool>,
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > this.remaining {
+                        this.tripped.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(
+                            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.limit)),
+                        )));
+                    }
+                    this.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            other => other.map(|_| None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A complete, non-guest response (errors, 404s).
+pub fn plain_response(status: http::StatusCode, body: String) -> http::Response<ResponseBody> {
+    let mut resp = http::Response::new(
+        http_body_util::Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,144 @@
+//! The one place for wasmtime `Engine` defaults.
+//!
+//! Owns: the `wasmtime::Config` every component is compiled and run with, and the epoch ticker
+//! that drives wall-clock interruption. Every number here comes from [`super::sizing`] (derived
+//! from the hardware, overridable in config); this module only translates it.
+//! Must not: read hardware facts itself, know about apps, sockets or HTTP.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances. Guests are preempted (async yield) at most this long after a
+/// tick, so it bounds how long a CPU-bound guest can hold a worker thread before other requests on
+/// that thread get a turn, and how late a wall-clock timeout can fire. 5 ms costs one relaxed
+/// atomic increment per tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// What the engine needs from the sizing: pool dimensions, or `None` for on-demand allocation.
+#[derive(Debug, Clone)]
+pub struct PoolPlan {
+    /// Component instances that may be live at once (one per in-flight request).
+    pub instance_slots: u32,
+    pub total_memories: u32,
+    pub total_tables: u32,
+    pub total_core_instances: u32,
+    pub total_stacks: u32,
+    pub max_core_instances_per_component: u32,
+    pub max_memories_per_component: u32,
+    pub max_tables_per_component: u32,
+    /// Virtual address space reserved per linear memory.
+    pub memory_reservation: u64,
+    pub memory_guard: u64,
+    /// Largest a single linear memory may grow to.
+    pub max_memory_per_instance: u64,
+}
+
+/// Builds the engine. `pool = None` means on-demand allocation (sizing explains why).
+pub fn build_engine(pool: Option<&PoolPlan>) -> wasmtime::Result<Engine> {
+    let mut config = Config::new();
+    // Components only; async so guests can wait on I/O without blocking a worker thread.
+    config.wasm_component_model(true);
+    // Epochs, not fuel: one atomic load per loop back-edge and function entry, and a wall-clock
+    // meaning that matches the per-app `timeout`.
+    config.epoch_interruption(true);
+    config.parallel_compilation(true);
+    // Copy-on-write images of initial memory make per-request instantiation a few mmaps rather
+    // than a memcpy of the data segments.
+    config.memory_init_cow(true);
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+
+    if let Some(p) = pool {
+        config.memory_reservation(p.memory_reservation);
+        config.memory_guard_size(p.memory_guard);
+        // Pooled memories cannot move, so no extra growth reservation.
+        config.memory_reservation_for_growth(0);
+
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_component_instances(p.instance_slots)
+            .total_memories(p.total_memories)
+            .total_tables(p.total_tables)
+            .total_core_instances(p.total_core_instances)
+            .total_stacks(p.total_stacks)
+            .max_core_instances_per_component(p.max_core_instances_per_component)
+            .max_memories_per_component(p.max_memories_per_component)
+            .max_tables_per_component(p.max_tables_per_component)
+            .max_memory_size(usize::try_from(p.max_memory_per_instance).unwrap_or(usize::MAX))
+            // Resetting a slot by zeroing the first pages is cheaper than madvise + refault for the
+            // small heaps typical request handlers touch.
+            .linear_memory_keep_resident(128 << 10)
+            .table_keep_resident(16 << 10)
+            // Warm slots keep their copy-on-write image mapped for the next instance of the same
+            // component, so hot apps instantiate without touching the kernel's page tables.
+            .max_unused_warm_slots(p.instance_slots.min(100));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    } else {
+        config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    }
+    Engine::new(&config)
+}
+
+/// A hex fingerprint of everything that makes compiled code valid for this engine (wasmtime
+/// version, target, and every setting that affects codegen). Part of the compiled-code cache key.
+pub fn fingerprint(engine: &Engine) -> String {
+    use sha2::{Digest, Sha256};
+    use std::hash::{Hash, Hasher};
+
+    struct ShaHasher(Sha256);
+    impl Hasher for ShaHasher {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut h = ShaHasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    // The hash above covers codegen settings; the version and target are added explicitly so a
+    // cache shared across binaries can never mix artifacts.
+    env!("CARGO_PKG_VERSION").hash(&mut h);
+    std::env::consts::ARCH.hash(&mut h);
+    hex::encode(&h.0.finalize()[..16])
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on a dedicated thread, joined on drop.
+///
+/// A plain thread rather than a tokio task: it must keep ticking while every worker thread is
+/// busy running guests, which is exactly when preemption matters.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("outpost-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

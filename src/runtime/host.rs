@@ -1,0 +1,174 @@
+//! Per-request host state (`Store` data) and the capability hooks guests reach through it.
+//!
+//! Owns: what one instance may touch — its resource table, a WASI context with nothing granted but
+//! the component's read-only `files` preopens, `wasi:config/store` variables, the outbound-HTTP
+//! filter, and the memory limiter. Deny by default: no environment, no args, no sockets, no
+//! inherited stdin; a guest's stdout/stderr go to the daemon's stderr.
+//! Must not: know about listeners, routing or the control plane.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use super::outbound::OutboundPolicy;
+
+/// Everything a component is granted. Built once per component at load, shared by its requests.
+pub struct Grants {
+    pub outbound: OutboundPolicy,
+    /// (host directory, absolute guest path), mounted read-only.
+    pub files: Vec<(PathBuf, String)>,
+    pub variables: WasiConfigVariables,
+}
+
+impl std::fmt::Debug for Grants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grants")
+            .field("outbound", &self.outbound)
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The data of one request's `Store`.
+pub struct Host {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: OutboundHooks,
+    grants: Arc<Grants>,
+    pub(crate) limiter: MemoryLimiter,
+}
+
+impl Host {
+    /// Fresh state for one request of a component with `grants`, limited to `memory_limit` bytes
+    /// of linear memory per memory.
+    pub fn new(grants: Arc<Grants>, memory_limit: u64, label: Arc<str>) -> wasmtime::Result<Self> {
+        let mut b = WasiCtxBuilder::new();
+        // Guest logging goes to our stderr, never to stdout (which carries the bound addresses
+        // that supervisors and tests read).
+        b.stdout(std::io::stderr()).stderr(std::io::stderr());
+        for (host_dir, guest) in &grants.files {
+            b.preopened_dir(host_dir, guest, FsPerms::ReadOnly)?;
+        }
+        Ok(Self {
+            table: ResourceTable::new(),
+            wasi: b.build(),
+            http: WasiHttpCtx::new(),
+            hooks: OutboundHooks {
+                grants: grants.clone(),
+                label,
+            },
+            grants,
+            limiter: MemoryLimiter {
+                limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
+                hit: false,
+            },
+        })
+    }
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Adds every interface Outpost provides to `linker`: WASI 0.2 (capabilities denied unless
+/// granted), `wasi:http` and `wasi:config/store`. A component importing anything else fails at
+/// load (`InstancePre` creation), never at its first request.
+pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    wasmtime_wasi_config::add_to_linker(linker, |h: &mut Host| WasiConfig::from(&h.grants.variables))?;
+    Ok(())
+}
+
+/// Enforces `allowed_outbound_hosts` on every outgoing request.
+struct OutboundHooks {
+    grants: Arc<Grants>,
+    /// "app/component", for logs.
+    label: Arc<str>,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for OutboundHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        drop(fut);
+        let uri = request.uri();
+        if !self.grants.outbound.allows_uri(uri) {
+            tracing::info!(component = %self.label, uri = %uri, "outbound request denied: not in allowed_outbound_hosts");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+/// Caps each linear memory at the component's `memory_limit` and remembers whether the guest ran
+/// into it, so a resulting trap is reported as `memory_limit` rather than a generic trap.
+pub(crate) struct MemoryLimiter {
+    limit: usize,
+    pub(crate) hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit || maximum.is_some_and(|m| desired > m) {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million entries is far beyond any real handler.
+        Ok(desired <= 1_000_000 && maximum.is_none_or(|m| desired <= m))
+    }
+}

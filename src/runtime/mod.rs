@@ -1,0 +1,243 @@
+//! The wasmtime host.
+//!
+//! Owns: the engine (one place for its defaults: [`engine`]), hardware sizing ([`sizing`]),
+//! component loading with an on-disk compiled-code cache ([`compile`]), apps as sets of routed
+//! components ([`app`]), per-request instantiation under limits ([`component`]) and the
+//! capabilities guests may be granted ([`host`], [`outbound`]).
+//! Must not: know about sockets, listeners, TLS or the control plane.
+#![deny(unsafe_code)]
+
+pub mod app;
+pub mod compile;
+pub mod component;
+pub mod engine;
+pub mod error;
+pub mod host;
+pub mod outbound;
+pub mod sizing;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::ops::metrics::Metrics;
+use compile::{CodeCache, LoadInfo};
+use component::{AppComponent, Limits};
+use error::LoadError;
+use host::{Grants, Host};
+
+/// Limits applied to components whose manifest does not set them.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub memory_limit: u64,
+    pub timeout: Duration,
+    pub max_concurrency: u32,
+    pub max_request_body: u64,
+    pub queue_timeout: Duration,
+}
+
+/// Everything the runtime needs to start, derived from [`sizing::Sizing`].
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    pub pool: Option<engine::PoolPlan>,
+    /// Instances that may execute at once; equals the pool's slots when pooling.
+    pub instance_slots: u32,
+    /// Ceiling for any component's `memory_limit`.
+    pub max_memory_per_instance: u64,
+    pub defaults: Defaults,
+    /// Compiled-code cache directory; `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl RuntimeSettings {
+    pub fn from_sizing(s: &sizing::Sizing, cache_dir: Option<PathBuf>) -> Self {
+        let pool = s.pooling.as_ref().map(|p| engine::PoolPlan {
+            instance_slots: p.instance_slots,
+            total_memories: p.total_memories,
+            total_tables: p.total_tables,
+            total_core_instances: p.total_core_instances,
+            total_stacks: p.total_stacks,
+            max_core_instances_per_component: p.max_core_instances_per_component,
+            max_memories_per_component: p.max_memories_per_component,
+            max_tables_per_component: p.max_tables_per_component,
+            memory_reservation: p.memory_reservation,
+            memory_guard: p.memory_guard,
+            max_memory_per_instance: p.max_memory_per_instance,
+        });
+        Self {
+            instance_slots: s.instance_slots.value,
+            max_memory_per_instance: s.max_memory_per_instance.value,
+            pool,
+            defaults: Defaults {
+                memory_limit: s.default_memory_limit.value,
+                timeout: Duration::from_millis(s.default_timeout_ms.value),
+                max_concurrency: s.default_max_concurrency.value,
+                max_request_body: 16 << 20,
+                queue_timeout: Duration::from_secs(2),
+            },
+            cache_dir,
+        }
+    }
+}
+
+/// What a component is granted and how it is limited, as declared (before defaults).
+#[derive(Debug, Default)]
+pub struct ComponentSettings {
+    pub outbound: outbound::OutboundPolicy,
+    /// (absolute host directory, absolute guest path)
+    pub files: Vec<(PathBuf, String)>,
+    pub variables: Vec<(String, String)>,
+    pub memory_limit: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub max_concurrency: Option<u32>,
+    pub max_request_body: Option<u64>,
+}
+
+/// The engine, the linker with Outpost's host interfaces, and the shared instance-slot budget.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Host>,
+    cache: CodeCache,
+    slots: Arc<Semaphore>,
+    settings: RuntimeSettings,
+    metrics: Metrics,
+    _ticker: engine::EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    pub fn new(settings: RuntimeSettings, metrics: Metrics) -> anyhow::Result<Self> {
+        let engine = engine::build_engine(settings.pool.as_ref()).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the wasmtime engine{}: {e:#}",
+                if settings.pool.is_some() {
+                    " with the pooling allocator (set [runtime] pooling = \"off\" or smaller \
+                     instance_slots / memory_reservation to fit this machine)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("linker: {e:#}"))?;
+        let cache = CodeCache::new(settings.cache_dir.clone(), engine::fingerprint(&engine));
+        let ticker = engine::EpochTicker::start(engine.clone())?;
+        metrics.pool_slots_total.set(i64::from(settings.instance_slots));
+        Ok(Self {
+            slots: Arc::new(Semaphore::new(settings.instance_slots as usize)),
+            engine,
+            linker,
+            cache,
+            settings,
+            metrics,
+            _ticker: ticker,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn settings(&self) -> &RuntimeSettings {
+        &self.settings
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Loads, links and pre-instantiates a component from `wasm` bytes (`path` names it in
+    /// errors). Every problem a request could hit later because of the component itself —
+    /// missing imports, wrong world, bad limits, missing file grants — is reported here.
+    pub fn load_component(
+        &self,
+        app: &str,
+        id: &str,
+        path: &Path,
+        wasm: Option<&[u8]>,
+        cfg: ComponentSettings,
+    ) -> Result<(Arc<AppComponent>, LoadInfo), LoadError> {
+        let limits = self.limits_for(&format!("{app}/{id}"), &cfg)?;
+        for (host_dir, _) in &cfg.files {
+            if !host_dir.is_dir() {
+                return Err(LoadError::Files {
+                    path: path.to_owned(),
+                    host_dir: host_dir.clone(),
+                    reason: "not a directory (or not readable)".into(),
+                });
+            }
+        }
+        let (component, info) = match wasm {
+            Some(bytes) => self.cache.load_bytes(&self.engine, path, bytes)?,
+            None => self.cache.load_file(&self.engine, path)?,
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                path: path.to_owned(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = ProxyPre::new(pre).map_err(|e| LoadError::NotProxy {
+            path: path.to_owned(),
+            reason: format!("{e:#}"),
+        })?;
+        let grants = Grants {
+            outbound: cfg.outbound,
+            files: cfg.files,
+            variables: cfg.variables.into_iter().collect(),
+        };
+        let c = AppComponent::new(
+            app,
+            id,
+            info.digest.clone(),
+            pre,
+            grants,
+            limits,
+            self.slots.clone(),
+            self.metrics.clone(),
+        );
+        Ok((Arc::new(c), info))
+    }
+
+    fn limits_for(&self, label: &str, cfg: &ComponentSettings) -> Result<Limits, LoadError> {
+        let d = &self.settings.defaults;
+        let memory_limit = cfg.memory_limit.unwrap_or(d.memory_limit);
+        if memory_limit > self.settings.max_memory_per_instance {
+            return Err(LoadError::Limits {
+                component: label.to_string(),
+                reason: format!(
+                    "memory_limit {memory_limit} bytes exceeds this node's max_memory_per_instance \
+                     {} bytes (see `outpost info`; raise it in [runtime] if the machine allows)",
+                    self.settings.max_memory_per_instance
+                ),
+            });
+        }
+        let max_concurrency = cfg
+            .max_concurrency
+            .unwrap_or(d.max_concurrency)
+            .clamp(1, self.settings.instance_slots.max(1));
+        Ok(Limits {
+            memory_limit,
+            timeout: cfg.timeout.unwrap_or(d.timeout),
+            max_concurrency,
+            // Queue as many as may execute: enough to absorb a burst, bounded so a stuck app
+            // cannot pile up unbounded work.
+            max_queue: max_concurrency,
+            queue_timeout: d.queue_timeout,
+            max_request_body: cfg.max_request_body.unwrap_or(d.max_request_body),
+        })
+    }
+}

@@ -1,0 +1,290 @@
+//! The HTTP front door: TCP listeners speaking HTTP/1.1 and HTTP/2 (h2c prior knowledge), routing
+//! each request to a component and answering errors for it.
+//!
+//! Owns: accept loops (a connection permit is taken *before* accept, so a flood waits in the
+//! kernel backlog rather than in our memory), per-connection tasks, request ids, the
+//! client-visible error bodies, per-request metrics, and graceful drain with a deadline.
+//! Must not: compile wasm, verify signatures or read config files.
+#![forbid(unsafe_code)]
+
+pub mod router;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::ops::metrics::Metrics;
+use crate::runtime::component::{RequestCtx, ResponseBody, plain_response};
+use crate::runtime::error::{Cause, RequestError};
+pub use router::{HostPattern, Router};
+
+/// Shared by every connection: the current routing table (swapped whole on reload), metrics and
+/// the request-id counter.
+pub struct ServeState {
+    router: RwLock<Arc<Router>>,
+    metrics: Metrics,
+    next_id: AtomicU64,
+    /// High bits of request ids: differs per process start so ids do not repeat across restarts.
+    id_base: u64,
+}
+
+impl std::fmt::Debug for ServeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeState").finish_non_exhaustive()
+    }
+}
+
+impl ServeState {
+    pub fn new(router: Router, metrics: Metrics) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        metrics.components_loaded.set(router.component_count() as i64);
+        Self {
+            router: RwLock::new(Arc::new(router)),
+            metrics,
+            next_id: AtomicU64::new(0),
+            id_base: (nanos ^ u64::from(std::process::id())) << 24,
+        }
+    }
+
+    /// The current routing table.
+    pub fn router(&self) -> Arc<Router> {
+        self.router
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Atomically replaces the routing table: new requests use `router`, requests already routed
+    /// finish on the components they hold.
+    pub fn swap_router(&self, router: Router) {
+        self.metrics
+            .components_loaded
+            .set(router.component_count() as i64);
+        *self
+            .router
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(router);
+    }
+
+    /// Answers one request: route, run, map errors, record metrics.
+    pub async fn handle(
+        &self,
+        req: http::Request<Incoming>,
+        https: bool,
+    ) -> http::Response<ResponseBody> {
+        let start = Instant::now();
+        let id = self.id_base.wrapping_add(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let protocol = match req.version() {
+            http::Version::HTTP_2 => "http2",
+            http::Version::HTTP_10 => "http1.0",
+            _ => "http1",
+        };
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            });
+        let router = self.router();
+        let component = router.route(host.as_deref(), req.uri().path()).cloned();
+        let (app, comp_id, mut resp) = match component {
+            None => {
+                tracing::debug!(request_id = %fmt_id(id), host = host.as_deref().unwrap_or(""), path = req.uri().path(), "no route");
+                (
+                    "-".into(),
+                    "-".into(),
+                    plain_response(
+                        http::StatusCode::NOT_FOUND,
+                        format!("no app serves {}\n", req.uri().path()),
+                    ),
+                )
+            }
+            Some(c) => {
+                let method = req.method().clone();
+                let path = req.uri().path().to_owned();
+                let resp = match c.handle(req, RequestCtx { id, https }).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        log_failure(&e, id, &c.label, &method, &path);
+                        error_response(&e, id)
+                    }
+                };
+                (c.app.clone(), c.id.clone(), resp)
+            }
+        };
+        if let Ok(v) = http::HeaderValue::from_str(&fmt_id(id)) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        let status = resp.status();
+        self.metrics
+            .requests
+            .with_label_values(&[&*app, &*comp_id, status.as_str(), protocol])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[&*app, protocol])
+            .observe(start.elapsed().as_secs_f64());
+        resp
+    }
+}
+
+fn fmt_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+fn log_failure(e: &RequestError, id: u64, label: &str, method: &http::Method, path: &str) {
+    let rid = fmt_id(id);
+    match e.kind.cause() {
+        Cause::Client | Cause::Overload => {
+            tracing::info!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = %e.detail, "request refused")
+        }
+        Cause::Guest | Cause::Timeout => {
+            tracing::warn!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = %e.detail, "guest failed")
+        }
+        Cause::Host => {
+            tracing::error!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = %e.detail, "internal error")
+        }
+    }
+}
+
+/// The client sees a status, a generic sentence and the request id — never guest internals.
+fn error_response(e: &RequestError, id: u64) -> http::Response<ResponseBody> {
+    let mut resp = plain_response(
+        e.kind.status(),
+        format!("{} (request id {})\n", e.kind.public_message(), fmt_id(id)),
+    );
+    if e.kind.cause() == Cause::Overload {
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// Binds every address, failing with the address that could not be bound.
+pub async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        let l = TcpListener::bind(a)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {a}: {e}"))?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Serves tenant traffic on `listeners` until `shutdown` resolves, then stops accepting and lets
+/// in-flight requests finish for up to `drain`. Returns the number of connections that were still
+/// open when the deadline passed (and were closed).
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    state: Arc<ServeState>,
+    max_connections: usize,
+    drain: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> usize {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let mut accept_tasks = Vec::new();
+    for l in listeners {
+        let state = state.clone();
+        let permits = permits.clone();
+        let graceful = graceful.clone();
+        let mut stop = stop_rx.clone();
+        accept_tasks.push(tokio::spawn(async move {
+            accept_loop(l, state, permits, &graceful, &mut stop).await;
+        }));
+    }
+
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    // Every accept loop has ended, so this is the last reference.
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    let open = graceful.count();
+    tracing::info!(open_connections = open, deadline = ?drain, "draining");
+    tokio::select! {
+        _ = graceful.shutdown() => {
+            tracing::info!("drained: all connections closed");
+            0
+        }
+        _ = tokio::time::sleep(drain) => {
+            let left = permits_in_use(&permits, max_connections);
+            tracing::warn!(connections = left, "drain deadline passed; closing remaining connections");
+            left
+        }
+    }
+}
+
+fn permits_in_use(permits: &Semaphore, max: usize) -> usize {
+    max.saturating_sub(permits.available_permits())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<ServeState>,
+    permits: Arc<Semaphore>,
+    graceful: &GracefulShutdown,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+    loop {
+        // Backpressure before work: no permit, no accept.
+        let permit = tokio::select! {
+            _ = stop.changed() => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let state = state.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        state.metrics.connections.inc();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc_state = state.clone();
+            let svc = service_fn(move |req| {
+                let state = svc_state.clone();
+                async move { Ok::<_, Infallible>(state.handle(req, false).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with error");
+            }
+            state.metrics.connections.dec();
+        });
+    }
+}

@@ -1,0 +1,271 @@
+//! Shared harness for the integration tests: runs the real `outpost` binary on 127.0.0.1 port 0,
+//! learns its bound addresses from stdout, and talks to it with real HTTP clients.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
+
+/// Path of a guest app built by build.rs from testbed/apps.
+pub fn wasm(name: &str) -> PathBuf {
+    let p = Path::new(env!("OUTPOST_TESTBED_APPS_DIR")).join(format!("{name}.wasm"));
+    assert!(p.exists(), "guest app {} missing (build.rs builds testbed/apps)", p.display());
+    p
+}
+
+pub fn bad_input(name: &str) -> PathBuf {
+    Path::new(env!("OUTPOST_TESTBED_BAD_DIR")).join(name)
+}
+
+/// A temp app directory: `outpost.toml` with `manifest` and the named guest apps copied in.
+pub struct AppDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl AppDir {
+    pub fn new(manifest: &str, apps: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("outpost.toml"), manifest).unwrap();
+        for a in apps {
+            std::fs::copy(wasm(a), dir.path().join(format!("{a}.wasm"))).unwrap();
+        }
+        Self { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A running `outpost` process, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub addrs: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub stderr: Arc<Mutex<String>>,
+    _home: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// `outpost serve --listen 127.0.0.1:0 ARGS...` with the compile cache shared by the tests
+    /// (artifacts are written atomically, so concurrent daemons can share it).
+    pub fn serve(args: &[&str]) -> Self {
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("outpost-test-compile-cache");
+        let c = cache.to_str().unwrap().to_owned();
+        let mut full = vec!["serve", "--listen", "127.0.0.1:0", "--cache-dir", &c];
+        full.extend_from_slice(args);
+        Self::spawn_with(&full, tempfile::tempdir().unwrap(), &[], 1, false)
+    }
+
+    /// Spawns the binary with `args`; waits until `expect_addrs` listener lines were printed.
+    pub fn spawn_with(
+        args: &[&str],
+        cache: tempfile::TempDir,
+        env: &[(&str, &str)],
+        expect_addrs: usize,
+        expect_admin: bool,
+    ) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("HOME", cache.path())
+            .env("XDG_STATE_HOME", cache.path().join("state"))
+            .env_remove("OUTPOST_LOG")
+            .env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let err = child.stderr.take().unwrap();
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addrs = Vec::new();
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while addrs.len() < expect_addrs || (expect_admin && admin.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "outpost did not print its addresses; stderr:\n{}",
+                        stderr.lock().unwrap()
+                    );
+                }
+            };
+            if let Some(a) = line.strip_prefix("admin listening on http://") {
+                admin = Some(a.parse().unwrap());
+            } else if let Some(a) = line.strip_prefix("listening on http://") {
+                addrs.push(a.parse().unwrap());
+            }
+        }
+        Self {
+            child,
+            addrs,
+            admin,
+            stderr,
+            _home: cache,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 10 s) until stderr contains every one of `needles`; returns the log.
+    pub fn wait_log(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.stderr();
+            if needles.iter().all(|n| log.contains(n)) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM (via the `kill` command, to keep tests free of unsafe code).
+    pub fn sigterm(&self) {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits up to `t` for exit; returns the exit code.
+    pub fn wait_exit(&mut self, t: Duration) -> Option<i32> {
+        let deadline = Instant::now() + t;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion; returns (exit code, stdout, stderr).
+pub fn run_to_end(args: &[&str]) -> (i32, String, String) {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(args)
+        .env("HOME", home.path())
+        .env("XDG_STATE_HOME", home.path().join("state"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A response with its body read to the end.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Resp {
+    request_with(addr, method, path, body, &[]).await
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Resp {
+    request(addr, "GET", path, b"").await
+}
+
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> Resp {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", format!("{addr}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    collect(resp).await
+}
+
+/// One HTTP/2 (prior knowledge, cleartext) request.
+pub async fn get_h2(addr: SocketAddr, path: &str) -> Resp {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    collect(resp).await
+}
+
+pub async fn collect(resp: http::Response<hyper::body::Incoming>) -> Resp {
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}

@@ -1,0 +1,200 @@
+//! `outpost run`, `outpost info` and bad input, through the real binary.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+
+fn write_config(dir: &std::path::Path, apps: &str) -> std::path::PathBuf {
+    let p = dir.join("outpost-daemon.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+[node]
+state_dir = "{}"
+[listen]
+http = ["127.0.0.1:0"]
+admin = "127.0.0.1:0"
+drain_timeout = "5s"
+{apps}
+"#,
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[tokio::test]
+async fn daemon_serves_apps_by_host_and_exposes_admin_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("echo"), dir.path().join("echo.wasm")).unwrap();
+    let cfg = write_config(
+        dir.path(),
+        r#"
+[[app]]
+source = "builtin:demo"
+hosts = ["*"]
+[[app]]
+source = "echo.wasm"
+hosts = ["echo.example.com"]
+"#,
+    );
+    let d = Daemon::spawn_with(
+        &["run", "--config", cfg.to_str().unwrap()],
+        tempfile::tempdir().unwrap(),
+        &[],
+        1,
+        true,
+    );
+    let admin = d.admin.unwrap();
+    let r = get(d.addr(), "/").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hello from outpost\n"));
+    let r = request_with(d.addr(), "POST", "/", b"via host", &[("host", "Echo.Example.com:8080")]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "via host"));
+
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+    let m = get(admin, "/metrics").await;
+    assert_eq!(m.status, 200);
+    for needle in [
+        "# TYPE outpost_http_requests_total counter",
+        "outpost_http_requests_total{app=\"demo\",component=\"demo\",protocol=\"http1\",status=\"200\"}",
+        "# TYPE outpost_http_request_duration_seconds histogram",
+        "# TYPE outpost_instantiate_duration_seconds histogram",
+        "outpost_pool_slots ",
+        "outpost_components_loaded 2",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(m.body.contains(needle), "missing {needle} in\n{}", m.body);
+    }
+    // Tenant traffic cannot reach admin endpoints.
+    assert_eq!(get(d.addr(), "/metrics").await.body, "hello from outpost\n");
+}
+
+#[test]
+fn embedded_default_config_loads_the_demo_app() {
+    let (code, out, err) = run_to_end(&["run", "--check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("config ok: 1 app(s), 1 component(s)"), "{out}");
+    let (code, out, _) = run_to_end(&["run", "--print-default-config"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("builtin:demo") && out.contains("127.0.0.1:8080"));
+}
+
+#[test]
+fn info_reports_hardware_and_derived_sizes() {
+    let (code, out, err) = run_to_end(&["info", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["hardware"].is_object(), "{out}");
+    assert!(v["worker_threads"]["value"].as_u64().unwrap() >= 1, "{out}");
+    assert!(!v["worker_threads"]["reason"].as_str().unwrap().is_empty());
+    let (code, text, _) = run_to_end(&["info"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("worker_threads") || text.contains("worker threads"), "{text}");
+}
+
+#[test]
+fn bad_config_is_rejected_before_binding_with_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "[listen]\nhttp = [\"not-an-address\"]\n").unwrap();
+    let (code, _, err) = run_to_end(&["run", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("bad.toml") && err.contains("http"), "{err}");
+
+    let (code, _, err) = run_to_end(&["run", "--config", "/nonexistent/outpost.toml"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("/nonexistent/outpost.toml"), "{err}");
+}
+
+fn serve_check(path: &std::path::Path) -> (i32, String) {
+    let (code, _, err) = run_to_end(&["serve", "--no-cache", "--listen", "127.0.0.1:0", path.to_str().unwrap()]);
+    (code, err)
+}
+
+#[test]
+fn malformed_manifests_name_the_file_and_key() {
+    let app = AppDir::new(
+        r#"
+manifest_version = 1
+[application]
+name = "bad"
+version = "1.0.0"
+[component.x]
+source = "hello.wasm"
+routes = ["/"]
+memory_limit = "lots"
+"#,
+        &["hello"],
+    );
+    let (code, err) = serve_check(app.path());
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("outpost.toml") && err.contains("memory_limit"), "{err}");
+
+    let app = AppDir::new("manifest_version = 1\n[application\n", &[]);
+    let (code, err) = serve_check(app.path());
+    assert_eq!(code, 65);
+    assert!(err.contains("outpost.toml"), "{err}");
+
+    let app = AppDir::new(
+        r#"
+manifest_version = 1
+[application]
+name = "bad"
+version = "1.0.0"
+[component.x]
+source = "hello.wasm"
+routes = ["/"]
+alowed_outbound_hosts = []
+"#,
+        &["hello"],
+    );
+    let (code, err) = serve_check(app.path());
+    assert_eq!(code, 65);
+    assert!(err.contains("alowed_outbound_hosts"), "{err}");
+}
+
+#[test]
+fn missing_wasm_and_escaping_paths_are_rejected() {
+    let app = AppDir::new(
+        r#"
+manifest_version = 1
+[application]
+name = "bad"
+version = "1.0.0"
+[component.x]
+source = "missing.wasm"
+routes = ["/"]
+"#,
+        &[],
+    );
+    let (code, err) = serve_check(app.path());
+    assert_eq!(code, 65);
+    assert!(err.contains("missing.wasm") && err.contains("component.x.source"), "{err}");
+
+    let (code, err) = serve_check(std::path::Path::new("/nonexistent/app.wasm"));
+    assert_eq!(code, 65);
+    assert!(err.contains("/nonexistent/app.wasm"), "{err}");
+}
+
+#[test]
+fn non_components_and_unknown_imports_fail_at_load() {
+    let (code, err) = serve_check(&bad_input("core-module.wat"));
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("core WebAssembly module, not a component"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\x7fELF not wasm").unwrap();
+    let (code, err) = serve_check(&junk);
+    assert_eq!(code, 65);
+    assert!(err.contains("not a WebAssembly file"), "{err}");
+
+    let (code, err) = serve_check(&bad_input("weird-import.wat"));
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("acme:secret/vault"), "{err}");
+    assert!(err.contains("does not provide"), "{err}");
+}

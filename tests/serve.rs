@@ -1,0 +1,394 @@
+//! `outpost serve` through the real binary and real sockets: routing, protocols, streaming,
+//! limits, failures and grants.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+
+#[tokio::test]
+async fn bare_wasm_is_served_at_root_over_http1_and_http2() {
+    let d = Daemon::serve(&[wasm("hello").to_str().unwrap()]);
+    let r = get(d.addr(), "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "hello from outpost\n");
+    assert!(r.headers.contains_key("x-request-id"));
+    let r2 = get_h2(d.addr(), "/anything").await;
+    assert_eq!(r2.status, 200);
+    assert!(r2.body.starts_with("hello from outpost"));
+}
+
+#[tokio::test]
+async fn longest_route_prefix_wins_and_unrouted_paths_get_404() {
+    let app = AppDir::new(
+        r#"
+manifest_version = 1
+[application]
+name = "multi"
+version = "1.0.0"
+[component.hello]
+source = "hello.wasm"
+routes = ["/hello"]
+[component.echo]
+source = "echo.wasm"
+routes = ["/hello/echo/..."]
+"#,
+        &["hello", "echo"],
+    );
+    let d = Daemon::serve(&[app.path().to_str().unwrap()]);
+    let r = get(d.addr(), "/hello/x").await;
+    assert_eq!(r.body, "hello from outpost\n");
+    let r = request(d.addr(), "POST", "/hello/echo/y?q=1", b"ping").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "ping");
+    assert_eq!(r.headers["x-echo-path"], "/hello/echo/y?q=1");
+    // Prefixes match at '/' boundaries only.
+    assert_eq!(get(d.addr(), "/hellox").await.status, 404);
+    assert_eq!(get(d.addr(), "/").await.status, 404);
+}
+
+/// The echo app streams: the first chunk of the response arrives while the request body is
+/// still open, which is impossible if either side buffered the whole body.
+#[tokio::test]
+async fn request_and_response_bodies_stream() {
+    let d = Daemon::serve(&[wasm("echo").to_str().unwrap()]);
+    let tcp = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+    let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("host", "x")
+        .body(body)
+        .unwrap();
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first-chunk;"))))
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), send.send_request(req))
+        .await
+        .expect("response head must arrive before the request body ends")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(20), body.frame())
+        .await
+        .expect("first chunk must be echoed while the request is still open")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(&first[..], b"first-chunk;");
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"second"))))
+        .await
+        .unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"second");
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn limits_app(extra: &str) -> AppDir {
+    AppDir::new(
+        &format!(
+            r#"
+manifest_version = 1
+[application]
+name = "limits"
+version = "1.0.0"
+[component.slow]
+source = "slow.wasm"
+routes = ["/slow"]
+{extra}
+[component.hello]
+source = "hello.wasm"
+routes = ["/"]
+[component.memhog]
+source = "memhog.wasm"
+routes = ["/mem"]
+memory_limit = "32MiB"
+[component.echo]
+source = "echo.wasm"
+routes = ["/echo"]
+max_request_body = "1KiB"
+"#
+        ),
+        &["slow", "hello", "memhog", "echo"],
+    )
+}
+
+#[tokio::test]
+async fn timeout_gives_504_for_sleeping_and_spinning_guests_without_hurting_others() {
+    let app = limits_app("timeout = \"300ms\"");
+    let d = Daemon::serve(&[app.path().to_str().unwrap()]);
+    let addr = d.addr();
+    let r = get(addr, "/slow/sleep/10000").await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(!r.body.contains("slow"), "no internals in the body: {}", r.body);
+
+    // Two spinning guests (one per core) must not stop another component from answering.
+    let spin1 = tokio::spawn(async move { get(addr, "/slow/spin").await });
+    let spin2 = tokio::spawn(async move { get(addr, "/slow/spin").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let hello = get(addr, "/").await;
+    assert_eq!(hello.status, 200);
+    assert_eq!(spin1.await.unwrap().status, 504);
+    assert_eq!(spin2.await.unwrap().status, 504);
+    assert!(d.wait_log(&["wall-clock timeout"]).contains("wall-clock timeout"));
+}
+
+#[tokio::test]
+async fn memory_bomb_is_contained() {
+    let app = limits_app("");
+    let d = Daemon::serve(&[app.path().to_str().unwrap()]);
+    let ok = get(d.addr(), "/mem/grow/4").await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let r = get(d.addr(), "/mem/grow/256").await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.starts_with("internal error (request id "));
+    let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    // Details go to the log, tagged with the request id the client saw.
+    let log = d.wait_log(&[&rid, "memory_limit"]);
+    assert!(log.contains(&rid) && log.contains("memory_limit"), "{log}");
+    assert_eq!(get(d.addr(), "/").await.status, 200, "daemon keeps serving");
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_by_length_and_by_stream() {
+    let app = limits_app("");
+    let d = Daemon::serve(&[app.path().to_str().unwrap()]);
+    let ok = request(d.addr(), "POST", "/echo", &[b'a'; 1000]).await;
+    assert_eq!(ok.status, 200);
+    let big = request(d.addr(), "POST", "/echo", &[b'a'; 5000]).await;
+    assert_eq!(big.status, 413);
+
+    // Chunked: no content-length, the limit trips while streaming.
+    let tcp = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let chunks: Vec<Result<hyper::body::Frame<Bytes>, std::io::Error>> = (0..10)
+        .map(|_| Ok(hyper::body::Frame::data(Bytes::from(vec![b'b'; 600]))))
+        .collect();
+    let body = http_body_util::StreamBody::new(futures::stream::iter(chunks));
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/echo")
+        .header("host", "x")
+        .body(body)
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    // Either the guest had not answered yet (413), or it had started echoing and the stream is cut.
+    if resp.status() == 200 {
+        assert!(resp.into_body().collect().await.is_err());
+    } else {
+        assert_eq!(resp.status(), 413);
+    }
+}
+
+#[tokio::test]
+async fn concurrency_limit_gives_503_with_retry_after() {
+    let app = limits_app("max_concurrency = 1");
+    let d = Daemon::serve(&[app.path().to_str().unwrap()]);
+    let addr = d.addr();
+    let first = tokio::spawn(async move { get(addr, "/slow/sleep/1500").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued = tokio::spawn(async move { get(addr, "/slow/sleep/10").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = get(addr, "/slow/sleep/10").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(queued.await.unwrap().status, 200, "the bounded queue admits one waiter");
+}
+
+#[tokio::test]
+async fn traps_and_missing_responses_are_500_without_internals() {
+    let d = Daemon::serve(&[wasm("trap").to_str().unwrap()]);
+    for path in ["/", "/unreachable"] {
+        let r = get(d.addr(), path).await;
+        assert_eq!(r.status, 500);
+        assert!(!r.body.contains("secret-internal-detail"), "{}", r.body);
+        assert!(!r.body.contains("wasm"), "{}", r.body);
+        let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();
+        assert!(r.body.contains(&rid));
+        assert!(d.wait_log(&[&rid]).contains(&rid));
+    }
+    let d2 = Daemon::serve(&[wasm("noresponse").to_str().unwrap()]);
+    let r = get(d2.addr(), "/").await;
+    assert_eq!(r.status, 500);
+    assert!(d2.wait_log(&["no_response"]).contains("no_response"));
+}
+
+/// A local upstream for outbound tests: answers `upstream ok` to everything.
+async fn upstream() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"upstream ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn outbound_http_only_to_granted_hosts() {
+    let allowed = upstream().await;
+    let other = upstream().await;
+    let app = AppDir::new(
+        &format!(
+            r#"
+manifest_version = 1
+[application]
+name = "fetcher"
+version = "1.0.0"
+[component.fetch]
+source = "fetch.wasm"
+routes = ["/"]
+allowed_outbound_hosts = ["http://127.0.0.1:{}"]
+"#,
+            allowed.port()
+        ),
+        &["fetch"],
+    );
+    let d = Daemon::serve(&[app.path().to_str().unwrap()]);
+    let enc = |a: std::net::SocketAddr| format!("/?url=http%3A%2F%2F127.0.0.1%3A{}%2Fx", a.port());
+    let r = get(d.addr(), &enc(allowed)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("status=200") && r.body.contains("upstream ok"), "{}", r.body);
+    let r = get(d.addr(), &enc(other)).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("HttpRequestDenied"), "{}", r.body);
+
+    // No grants at all: everything denied.
+    let d2 = Daemon::serve(&[wasm("fetch").to_str().unwrap()]);
+    let r = get(d2.addr(), &enc(allowed)).await;
+    assert!(r.body.contains("HttpRequestDenied"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn files_are_read_only_and_environment_does_not_leak() {
+    let app = AppDir::new(
+        r#"
+manifest_version = 1
+[application]
+name = "files"
+version = "1.0.0"
+[component.files]
+source = "files.wasm"
+routes = ["/"]
+files = [{ source = "static", destination = "/static" }]
+"#,
+        &["files"],
+    );
+    std::fs::create_dir(app.path().join("static")).unwrap();
+    std::fs::write(app.path().join("static/a.txt"), "file content\n").unwrap();
+    std::fs::write(app.path().join("secret.txt"), "outside the grant\n").unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache.path().to_str().unwrap().to_owned();
+    let d = Daemon::spawn_with(
+        &["serve", "--listen", "127.0.0.1:0", "--cache-dir", &c, app.path().to_str().unwrap()],
+        cache,
+        &[("OUTPOST_TEST_SECRET", "must-not-leak")],
+        1,
+        false,
+    );
+    let r = get(d.addr(), "/static/a.txt").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "file content\n"));
+    assert_eq!(get(d.addr(), "/secret.txt").await.status, 404);
+    assert_eq!(get(d.addr(), "/static/../secret.txt").await.status, 404);
+    let w = request(d.addr(), "PUT", "/static/new.txt", b"x").await;
+    assert_eq!(w.status, 403, "{w:?}");
+    assert!(!app.path().join("static/new.txt").exists());
+    let env = get(d.addr(), "/__env").await;
+    assert_eq!((env.status, env.body.as_str()), (200, ""));
+}
+
+#[tokio::test]
+async fn variables_are_exposed_through_wasi_config() {
+    let app = AppDir::new(
+        r#"
+manifest_version = 1
+[application]
+name = "vars"
+version = "1.0.0"
+[component.cfg]
+source = "config_reader.wasm"
+routes = ["/"]
+[component.cfg.variables]
+greeting = "hi there"
+region = "eu-west"
+"#,
+        &["config_reader"],
+    );
+    let d = Daemon::serve(&[app.path().to_str().unwrap()]);
+    let r = get(d.addr(), "/greeting").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hi there"));
+    assert_eq!(get(d.addr(), "/missing").await.status, 404);
+    assert_eq!(get(d.addr(), "/").await.body, "greeting=hi there\nregion=eu-west\n");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests() {
+    let d = Daemon::serve(&[wasm("slow").to_str().unwrap()]);
+    let addr = d.addr();
+    let inflight = tokio::spawn(async move { get(addr, "/sleep/800").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    d.sigterm();
+    let r = inflight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "slept 800ms\n");
+    let mut d = d;
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
+}
+
+#[tokio::test]
+async fn compiled_code_is_cached_across_restarts() {
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache.path().to_str().unwrap().to_owned();
+    let hello = wasm("hello");
+    let args = ["serve", "--listen", "127.0.0.1:0", "--cache-dir", &c, hello.to_str().unwrap()];
+    let first = Daemon::spawn_with(&args, tempfile::tempdir().unwrap(), &[], 1, false);
+    let log = first.wait_log(&["cached=false"]);
+    assert!(log.contains("cached=false"), "{log}");
+    drop(first);
+    let second = Daemon::spawn_with(&args, tempfile::tempdir().unwrap(), &[], 1, false);
+    let log = second.wait_log(&["cached=true"]);
+    assert!(log.contains("cached=true"), "{log}");
+    assert_eq!(get(second.addr(), "/").await.status, 200);
+
+    // A corrupted artifact is detected, discarded and recompiled — never loaded.
+    drop(second);
+    for e in std::fs::read_dir(cache.path()).unwrap().flatten() {
+        let mut b = std::fs::read(e.path()).unwrap();
+        let n = b.len();
+        b[n - 100] ^= 0xff;
+        std::fs::write(e.path(), b).unwrap();
+    }
+    let third = Daemon::spawn_with(&args, tempfile::tempdir().unwrap(), &[], 1, false);
+    let log = third.wait_log(&["checksum mismatch", "cached=false"]);
+    assert!(log.contains("checksum mismatch") && log.contains("cached=false"), "{log}");
+    assert_eq!(get(third.addr(), "/").await.status, 200);
+}
