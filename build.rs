@@ -87,6 +87,7 @@ const LEAKY_PREFIXES: &[&str] = &[
     "CARGO_FEATURE_",
     "CARGO_PKG_",
     "CARGO_LLVM_COV",
+    "CARGO_ZIGBUILD_",
     "DEP_",
     "CC_",
     "CXX_",
@@ -305,11 +306,10 @@ enum BuildError {
 impl BuildError {
     fn headline(&self) -> String {
         match self {
-            Self::TargetMissing { .. } => {
-                format!(
-                    "Rust target {WASM_TARGET} is not installed; run `rustup target add {WASM_TARGET}`"
-                )
-            }
+            Self::TargetMissing { sysroot } => format!(
+                "Rust target {WASM_TARGET} is not installed; run `{}`",
+                add_target_command(sysroot)
+            ),
             Self::Nested { status } => format!(
                 "`cargo build --target {WASM_TARGET}` of testbed/apps failed ({status}); see the compiler output above"
             ),
@@ -343,10 +343,11 @@ impl fmt::Display for BuildError {
             Self::TargetMissing { sysroot } => write!(
                 f,
                 "the Rust toolchain at {} has no standard library for {WASM_TARGET}, which the \
-                 guest test-bed apps (and the embedded demo app) are built for.\n  fix: rustup \
-                 target add {WASM_TARGET}   (rust-toolchain.toml lists it, so `rustup \
-                 toolchain install` in the repository root installs it too)",
-                sysroot.display()
+                 guest test-bed apps (and the embedded demo app) are built for.\n  fix: {}   \
+                 (rust-toolchain.toml lists the target, so `rustup toolchain install` in the \
+                 repository root installs it for the pinned toolchain)",
+                sysroot.display(),
+                add_target_command(sysroot)
             ),
             Self::Nested { status } => write!(
                 f,
@@ -363,6 +364,20 @@ impl fmt::Display for BuildError {
                 path.display()
             ),
         }
+    }
+}
+
+/// The rustup command that installs the target for the toolchain that was actually used,
+/// which is not the pinned one when the build was started as `cargo +nightly …`.
+fn add_target_command(sysroot: &Path) -> String {
+    let rustup_toolchain = sysroot
+        .parent()
+        .filter(|dir| dir.file_name().is_some_and(|n| n == "toolchains"))
+        .and(sysroot.file_name())
+        .and_then(|name| name.to_str());
+    match rustup_toolchain {
+        Some(toolchain) => format!("rustup target add {WASM_TARGET} --toolchain {toolchain}"),
+        None => format!("rustup target add {WASM_TARGET}"),
     }
 }
 

@@ -70,7 +70,7 @@ hosts = ["echo.example.com"]
         assert!(m.body.contains(needle), "missing {needle} in\n{}", m.body);
     }
     // Tenant traffic cannot reach admin endpoints.
-    assert_eq!(get(d.addr(), "/metrics").await.body, "hello from outpost\n");
+    assert!(get(d.addr(), "/metrics").await.body.starts_with("hello from outpost\n"));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use crate::ops::units::{Field, FieldError, Fields, describe, line_col, quote};
+use crate::ops::units::{Field, FieldError, Fields, describe, parse_toml, quote};
 use crate::runtime::outbound::{OutboundPattern, OutboundPolicy};
 
 /// The file name a manifest must have inside an app directory.
@@ -131,14 +131,11 @@ impl ManifestError {
 impl Manifest {
     /// Parses and validates manifest `text`; `origin` (usually the file path) prefixes errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ManifestError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-            ManifestError::Syntax {
-                origin: origin.to_owned(),
-                line,
-                column,
-                message: e.message().trim_end().to_owned(),
-            }
+        let table = parse_toml(text).map_err(|e| ManifestError::Syntax {
+            origin: origin.to_owned(),
+            line: e.line,
+            column: e.column,
+            message: e.message,
         })?;
         parse_table(table).map_err(|e| ManifestError::Invalid {
             origin: origin.to_owned(),
@@ -346,7 +343,7 @@ fn parse_application(mut t: Fields) -> Result<Application, FieldError> {
         });
     }
     let description = t.take("description").map(Field::string).transpose()?;
-    t.finish(APPLICATION_KEYS)?;
+    t.finish_section(APPLICATION_KEYS, TOP_KEYS)?;
     Ok(Application {
         name,
         version,
@@ -494,7 +491,7 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
     if let Some(field) = t.take("max_request_body") {
         limits.max_request_body = Some(field.bytes()?);
     }
-    t.finish(COMPONENT_KEYS)?;
+    t.finish_section(COMPONENT_KEYS, TOP_KEYS)?;
 
     Ok((
         ComponentSpec {
@@ -983,9 +980,14 @@ routes = ["/admin"]
             "no components",
         );
         assert_rejects(
-            &format!("{head}component = []\n"),
+            "manifest_version = 1\ncomponent = []\n[application]\nname = \"a\"\nversion = \"1.0.0\"\n",
             "component",
             "expected a table",
+        );
+        assert_rejects(
+            &format!("{head}component = []\n"),
+            "application.component",
+            "\"component\" is a top-level key: move it above the first [table] header",
         );
         assert_rejects(
             &format!("{head}[component.Hello]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n"),
@@ -1008,7 +1010,7 @@ routes = ["/admin"]
             "missing",
         );
         assert_rejects(
-            &format!("{head}component.a = 1\n"),
+            "manifest_version = 1\ncomponent.a = 1\n[application]\nname = \"a\"\nversion = \"1.0.0\"\n",
             "component.a",
             "expected a table, got 1",
         );

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::ops::units::{Field, FieldError, Fields, line_col, quote};
+use crate::ops::units::{Field, FieldError, Fields, parse_toml, quote};
 use crate::runtime::outbound::HostPattern;
 
 /// The configuration `outpost run` uses when no `--config` is given.
@@ -151,14 +151,11 @@ impl Config {
     /// Parses and validates config `text`; `origin` (usually the file path) prefixes errors.
     /// Relative paths are kept relative; [`Config::load`] resolves them.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-            ConfigError::Syntax {
-                origin: origin.to_owned(),
-                line,
-                column,
-                message: e.message().trim_end().to_owned(),
-            }
+        let table = parse_toml(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            line: e.line,
+            column: e.column,
+            message: e.message,
         })?;
         let (mut config, raw_runtime) =
             parse_table(table).map_err(|e| ConfigError::invalid(origin, e))?;
@@ -455,7 +452,7 @@ fn parse_node(mut t: Fields) -> Result<NodeConfig, FieldError> {
         }
         None => None,
     };
-    t.finish(NODE_KEYS)?;
+    t.finish_section(NODE_KEYS, TOP_KEYS)?;
     Ok(NodeConfig { state_dir, name })
 }
 
@@ -509,7 +506,7 @@ fn parse_listen(mut t: Fields) -> Result<ListenConfig, FieldError> {
         Some(f) => f.duration()?,
         None => DEFAULT_DRAIN_TIMEOUT,
     };
-    t.finish(LISTEN_KEYS)?;
+    t.finish_section(LISTEN_KEYS, TOP_KEYS)?;
     Ok(ListenConfig {
         http,
         admin,
@@ -570,7 +567,7 @@ fn parse_app(mut t: Fields) -> Result<AppConfig, FieldError> {
             hosts
         }
     };
-    t.finish(APP_KEYS)?;
+    t.finish_section(APP_KEYS, TOP_KEYS)?;
     Ok(AppConfig { source, hosts })
 }
 
@@ -782,17 +779,17 @@ source = "/srv/x.wasm"
     fn top_level_is_validated() {
         assert_rejects("", "listen", "missing; expected a [listen] table");
         assert_rejects(
-            &format!("{LISTEN}apps = []\n"),
+            &format!("apps = []\n{LISTEN}"),
             "apps",
             "unknown top-level key; expected one of node, listen, runtime, app (did you mean \"app\"?)",
         );
         assert_rejects(
-            &format!("{LISTEN}node = 1\n"),
+            &format!("node = 1\n{LISTEN}"),
             "node",
             "expected a table, got 1",
         );
         assert_rejects(
-            &format!("{LISTEN}runtime = \"big\"\n"),
+            &format!("runtime = \"big\"\n{LISTEN}"),
             "runtime",
             "expected a table, got \"big\"",
         );
@@ -802,9 +799,15 @@ source = "/srv/x.wasm"
             "[[app]] (two brackets)",
         );
         assert_rejects(
-            &format!("{LISTEN}app = [1]\n"),
+            &format!("app = [1]\n{LISTEN}"),
             "app[0]",
             "expected a table, got 1",
+        );
+        // The classic TOML slip: a top-level key written under a [table] header.
+        assert_rejects(
+            &format!("{LISTEN}node = {{ name = \"x\" }}\n"),
+            "listen.node",
+            "unknown key in [listen]; expected one of http, admin, drain_timeout (\"node\" is a top-level key: move it above the first [table] header)",
         );
     }
 

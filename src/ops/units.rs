@@ -110,7 +110,7 @@ pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
     for (unit, shift) in UNITS {
         let size = 1u64 << shift;
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -299,6 +299,34 @@ pub(crate) fn key_path(parent: &str, key: &str) -> String {
     }
 }
 
+/// A TOML syntax error located in its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SyntaxError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Parses `text` as a TOML table, turning errors into one-line messages with a line and column.
+pub(crate) fn parse_toml(text: &str) -> Result<toml::Table, SyntaxError> {
+    toml::from_str(text).map_err(|e: toml::de::Error| {
+        let span = e.span();
+        let (line, column) = span.clone().map_or((1, 1), |s| line_col(text, s.start));
+        let mut message = e.message().trim_end().replace('\n', "; ");
+        // toml says only "duplicate key"; the key itself is what the reader needs.
+        if message == "duplicate key"
+            && let Some(key) = span.and_then(|s| text.get(s)).filter(|k| !k.contains('\n'))
+        {
+            message = format!("duplicate key `{}`", quote(key));
+        }
+        SyntaxError {
+            line,
+            column,
+            message,
+        }
+    })
+}
+
 /// Converts a byte offset into a 1-based (line, column) pair, counting columns in characters.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
@@ -326,6 +354,7 @@ pub(crate) fn describe(value: &toml::Value) -> String {
 }
 
 /// A TOML table being read key by key; whatever is left at [`Fields::finish`] is unknown.
+#[derive(Debug)]
 pub(crate) struct Fields {
     path: String,
     table: toml::Table,
@@ -337,10 +366,6 @@ impl Fields {
             path: path.into(),
             table,
         }
-    }
-
-    pub fn path(&self) -> &str {
-        &self.path
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -385,6 +410,13 @@ impl Fields {
 
     /// Fails on the first key not consumed, naming the table and the keys it accepts.
     pub fn finish(self, known: &[&str]) -> Result<(), FieldError> {
+        self.finish_section(known, &[])
+    }
+
+    /// Like [`Fields::finish`] for a `[section]` table. A leftover key that is one of the
+    /// document's `top_level` keys was almost certainly meant for the top level but written
+    /// below a `[section]` header, where TOML files it under that section; the error says so.
+    pub fn finish_section(self, known: &[&str], top_level: &[&str]) -> Result<(), FieldError> {
         let Some(unknown) = self.table.keys().min() else {
             return Ok(());
         };
@@ -398,6 +430,10 @@ impl Fields {
         let mut problem = format!("{place}; expected one of {}", known.join(", "));
         if let Some(close) = known.iter().find(|k| edit_distance(k, unknown) <= 2) {
             problem.push_str(&format!(" (did you mean {close:?}?)"));
+        } else if top_level.contains(&unknown.as_str()) {
+            problem.push_str(&format!(
+                " ({unknown:?} is a top-level key: move it above the first [table] header)"
+            ));
         }
         Err(FieldError {
             key: key_path(&self.path, unknown),
@@ -407,6 +443,7 @@ impl Fields {
 }
 
 /// One value taken out of a [`Fields`] table, with its full key path.
+#[derive(Debug)]
 pub(crate) struct Field {
     pub key: String,
     pub value: toml::Value,
@@ -431,13 +468,6 @@ impl Field {
         match self.value {
             toml::Value::String(s) => Ok(s),
             _ => Err(self.mismatch("a string")),
-        }
-    }
-
-    pub fn integer(self) -> Result<i64, FieldError> {
-        match self.value {
-            toml::Value::Integer(i) => Ok(i),
-            _ => Err(self.mismatch("an integer")),
         }
     }
 
@@ -704,6 +734,17 @@ mod tests {
     }
 
     #[test]
+    fn syntax_errors_are_one_line_and_located() {
+        let e = parse_toml("a = 1\n[t\n").expect_err("unclosed");
+        assert_eq!((e.line, e.column), (2, 3));
+        assert!(e.message.contains("unclosed table"), "{}", e.message);
+        let e = parse_toml("a = 1\nb = 2\na = 3\n").expect_err("duplicate");
+        assert_eq!(e.line, 3);
+        assert_eq!(e.message, "duplicate key `a`");
+        assert!(parse_toml("").expect("empty").is_empty());
+    }
+
+    #[test]
     fn line_col_counts_from_one_in_characters() {
         let text = "a = 1\nbé = x\n";
         assert_eq!(line_col(text, 0), (1, 1));
@@ -722,7 +763,7 @@ mod tests {
     #[test]
     fn fields_report_missing_and_unknown_keys_with_paths() {
         let mut f = fields("sourc = 1\nother = 2");
-        let missing = f.required("source", "a path").err().expect("missing");
+        let missing = f.required("source", "a path").expect_err("missing");
         assert_eq!(missing.key, "t.source");
         assert_eq!(missing.problem, "missing; expected a path");
         let unknown = f.finish(&["source", "routes"]).expect_err("unknown");
@@ -740,6 +781,16 @@ mod tests {
         assert!(typo.problem.contains("did you mean \"source\"?"));
         let top = Fields::new("", toml::Table::new());
         assert_eq!(top.finish(&[]), Ok(()));
+        let misplaced = fields("app = []")
+            .finish_section(&["http"], &["app", "listen"])
+            .expect_err("misplaced");
+        assert!(
+            misplaced
+                .problem
+                .contains("\"app\" is a top-level key: move it above"),
+            "{}",
+            misplaced.problem
+        );
     }
 
     #[test]
@@ -750,8 +801,12 @@ mod tests {
             (e.key.as_str(), e.problem.as_str()),
             ("t.s", "expected a string, got 5")
         );
-        let e = f.take("n").expect("n").integer().expect_err("str");
-        assert_eq!(e.problem, "expected an integer, got \"x\"");
+        let e = f
+            .take("n")
+            .expect("n")
+            .integer_in(0u32, 10)
+            .expect_err("str");
+        assert_eq!(e.problem, "expected an integer from 0 to 10, got \"x\"");
         let e = f.take("a").expect("a").array().expect_err("table");
         assert_eq!(e.problem, "expected an array, got a table");
         let e = f.take("t").expect("t").table().expect_err("array");

@@ -37,8 +37,17 @@ pub struct PoolPlan {
     pub max_memory_per_instance: u64,
 }
 
+/// Linear-memory layout, applied with either allocator (wasmtime's defaults reserve 4 GiB per
+/// memory, which a small `RLIMIT_AS` or a 39-bit address space cannot hold on demand either).
+#[derive(Debug, Clone)]
+pub struct MemoryPlan {
+    pub reservation: u64,
+    pub guard: u64,
+    pub reservation_for_growth: u64,
+}
+
 /// Builds the engine. `pool = None` means on-demand allocation (sizing explains why).
-pub fn build_engine(pool: Option<&PoolPlan>) -> wasmtime::Result<Engine> {
+pub fn build_engine(pool: Option<&PoolPlan>, memory: &MemoryPlan) -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     // Components only; async so guests can wait on I/O without blocking a worker thread.
     config.wasm_component_model(true);
@@ -51,11 +60,11 @@ pub fn build_engine(pool: Option<&PoolPlan>) -> wasmtime::Result<Engine> {
     config.memory_init_cow(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
 
+    config.memory_reservation(memory.reservation);
+    config.memory_guard_size(memory.guard);
+    config.memory_reservation_for_growth(memory.reservation_for_growth);
+
     if let Some(p) = pool {
-        config.memory_reservation(p.memory_reservation);
-        config.memory_guard_size(p.memory_guard);
-        // Pooled memories cannot move, so no extra growth reservation.
-        config.memory_reservation_for_growth(0);
 
         let mut pooling = PoolingAllocationConfig::new();
         pooling

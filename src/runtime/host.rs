@@ -101,6 +101,9 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// How much of a denied request's body is read (and discarded) before the denial is returned.
+const DENIED_BODY_DRAIN: usize = 64 << 10;
+
 /// Enforces `allowed_outbound_hosts` on every outgoing request.
 struct OutboundHooks {
     grants: Arc<Grants>,
@@ -125,10 +128,24 @@ impl WasiHttpHooks for OutboundHooks {
         fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
         drop(fut);
-        let uri = request.uri();
-        if !self.grants.outbound.allows_uri(uri) {
+        let uri = request.uri().clone();
+        if !self.grants.outbound.allows_uri(&uri) {
             tracing::info!(component = %self.label, uri = %uri, "outbound request denied: not in allowed_outbound_hosts");
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            // Let the guest finish writing a (small) request body before failing the response:
+            // guests that write the body and await the response concurrently (wstd does) would
+            // otherwise see a broken body stream instead of the denial.
+            return Box::new(async move {
+                use http_body_util::BodyExt;
+                let mut body = request.into_body();
+                let mut seen = 0usize;
+                while seen < DENIED_BODY_DRAIN {
+                    match body.frame().await {
+                        Some(Ok(f)) => seen += f.data_ref().map_or(0, |d| d.len()),
+                        _ => break,
+                    }
+                }
+                Err(wasmtime_wasi_http::Error::HttpRequestDenied)
+            });
         }
         Box::new(async move {
             use http_body_util::BodyExt;

@@ -45,6 +45,7 @@ pub struct Defaults {
 #[derive(Debug, Clone)]
 pub struct RuntimeSettings {
     pub pool: Option<engine::PoolPlan>,
+    pub memory: engine::MemoryPlan,
     /// Instances that may execute at once; equals the pool's slots when pooling.
     pub instance_slots: u32,
     /// Ceiling for any component's `memory_limit`.
@@ -70,6 +71,11 @@ impl RuntimeSettings {
             max_memory_per_instance: p.max_memory_per_instance,
         });
         Self {
+            memory: engine::MemoryPlan {
+                reservation: s.memory.memory_reservation.value,
+                guard: s.memory.memory_guard.value,
+                reservation_for_growth: s.memory.memory_reservation_for_growth.value,
+            },
             instance_slots: s.instance_slots.value,
             max_memory_per_instance: s.max_memory_per_instance.value,
             pool,
@@ -119,7 +125,7 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     pub fn new(settings: RuntimeSettings, metrics: Metrics) -> anyhow::Result<Self> {
-        let engine = engine::build_engine(settings.pool.as_ref()).map_err(|e| {
+        let engine = engine::build_engine(settings.pool.as_ref(), &settings.memory).map_err(|e| {
             anyhow::anyhow!(
                 "cannot create the wasmtime engine{}: {e:#}",
                 if settings.pool.is_some() {

@@ -51,6 +51,8 @@ const FALLBACK_PAGE_SIZE: u64 = 4 * KIB;
 
 // --- derivation constants (see docs/sizing.md for the model) ---
 
+/// A garbled CPU count must not make the runtime spawn millions of threads; no gateway has more.
+const MAX_WORKER_THREADS: usize = 1024;
 /// Largest linear memory an instance may grow to unless memory is scarce: plenty for HTTP
 /// handlers written in Rust/JS/Python, small enough that reservations shrink well on 39-bit VA.
 const DEFAULT_MAX_MEMORY: u64 = 256 * MIB;
@@ -212,12 +214,12 @@ impl Hardware {
     }
 
     /// One phrase naming what bounds the address space, e.g. "39-bit VA: 512 GiB" or
-    /// "RLIMIT_AS: 1 GiB (47-bit VA)".
+    /// "RLIMIT_AS 1 GiB on a 47-bit VA".
     fn va_description(&self) -> String {
         let bits = self.address_space.va_bits.value;
         match self.address_space.rlimit_as.value {
             Some(limit) if limit < pow2(bits) => {
-                format!("RLIMIT_AS: {} ({bits}-bit VA)", human_bytes(limit))
+                format!("RLIMIT_AS {} on a {bits}-bit VA", human_bytes(limit))
             }
             _ => format!("{bits}-bit VA: {}", human_bytes(pow2(bits))),
         }
@@ -725,7 +727,8 @@ pub struct MemoryLayout {
     pub memory_reservation: Derived<u64>,
     pub memory_guard: Derived<u64>,
     pub memory_reservation_for_growth: Derived<u64>,
-    /// Address space the pools reserve for all slots with this layout, bytes.
+    /// Address space all slots need with this layout, bytes: what the pools reserve up front,
+    /// or (on demand) an estimate for every slot live at once.
     pub va_needed: u64,
     /// Address space set aside for pools: a quarter of the usable address space, bytes.
     pub va_budget: u64,
@@ -868,14 +871,16 @@ fn derive_worker_threads(hw: &Hardware, ov: &Overrides) -> Result<Derived<usize>
     }
     let cpus = sanitize_cpus(hw.cpus.effective);
     // Saturating float-to-int conversion is the intent: absurd CPU counts clamp.
-    let n = (cpus.ceil() as usize).max(1);
-    Ok(Derived::auto(
-        n,
-        format!(
-            "ceil({} effective CPUs): one runtime thread per CPU the cgroup lets us use",
-            fmt_cpus(cpus)
-        ),
-    ))
+    let wanted = (cpus.ceil() as usize).max(1);
+    let n = wanted.min(MAX_WORKER_THREADS);
+    let mut reason = format!(
+        "ceil({} effective CPUs): one runtime thread per CPU the cgroup lets us use",
+        fmt_cpus(cpus)
+    );
+    if n != wanted {
+        reason.push_str(&format!(", capped at {MAX_WORKER_THREADS}"));
+    }
+    Ok(Derived::auto(n, reason))
 }
 
 fn derive_max_memory(hw: &Hardware, ov: &Overrides) -> Result<Derived<u64>, SizingError> {
@@ -1129,7 +1134,29 @@ fn fit_address_space(
             shrunk.slots_fitting(budget, page),
             human_bytes(budget)
         );
+        // On demand, a live instance maps only what it uses plus the growth step; cap the
+        // concurrency so that many instances still fit the same budget.
+        let per_instance = Layout {
+            reservation: AVG_INSTANCE_MEMORY + SHRUNK_GROWTH,
+            guard: SHRUNK_GUARD,
+        };
+        let n = per_instance
+            .slots_fitting(budget, page)
+            .clamp(1, u64::from(slots.value));
+        if n < u64::from(slots.value) {
+            slots = Derived::auto(
+                u32::try_from(n).unwrap_or(u32::MAX),
+                format!(
+                    "{}; reduced to {n}: on demand each live instance maps about {} \
+                     (memories at 8 MiB + 8 MiB growth, tables, stack) of the {} budget",
+                    slots.reason,
+                    human_bytes(saturate(per_instance.va_per_slot(page))),
+                    human_bytes(budget)
+                ),
+            );
+        }
         return Ok(Fit {
+            va_needed: saturate(per_instance.va_needed(n, page)),
             slots,
             reservation: Derived::auto(
                 0,
@@ -1141,7 +1168,6 @@ fn fit_address_space(
                 "64 KiB (one wasm page): address space is scarce",
             ),
             preferred: false,
-            va_needed: 0,
             va_budget: budget,
             on_demand_fallback: Some(why),
         });
@@ -1150,7 +1176,7 @@ fn fit_address_space(
     let n = u64::from(slots.value);
     let needed = saturate(layout.va_needed(n, page));
     let fit_note = format!(
-        "{n} slots × {MEMORIES_PER_INSTANCE} memories need {} of the {} budget ({va}, a quarter kept for pools)",
+        "{n} slots × {MEMORIES_PER_INSTANCE} memories need {} of the {} pool budget",
         human_bytes(needed),
         human_bytes(budget)
     );
@@ -1160,16 +1186,19 @@ fn fit_address_space(
         None if is_preferred => Derived::auto(
             layout.reservation,
             format!(
-                "4 GiB covers the 32-bit index space, so wasmtime elides bounds checks; {fit_note}"
+                "4 GiB covers the 32-bit index space, so wasmtime elides bounds checks; \
+                 {fit_note} (a quarter of {va})"
             ),
         ),
         None => Derived::auto(
             layout.reservation,
             format!(
-                "{va}, {} budget: 4 GiB reservations would fit only {preferred_fit} slots; using {} \
-                 reservations (= max_memory_per_instance) with explicit bounds checks; {fit_note}",
+                "{va}, so the pool budget is {} (a quarter): 4 GiB reservations would fit only \
+                 {preferred_fit} slots; using {} reservations (= max_memory_per_instance) with \
+                 explicit bounds checks; {n} slots × {MEMORIES_PER_INSTANCE} memories need {}",
                 human_bytes(budget),
-                human_bytes(layout.reservation)
+                human_bytes(layout.reservation),
+                human_bytes(needed)
             ),
         ),
     };
@@ -1518,7 +1547,7 @@ pub fn human_bytes(bytes: u64) -> String {
         unit += 1;
     }
     let scale = 1u64 << (10 * unit);
-    if bytes % scale == 0 {
+    if bytes.is_multiple_of(scale) {
         format!("{} {}", bytes / scale, UNITS[unit])
     } else {
         // Lossy by design: one decimal is enough to read a size.
@@ -1856,6 +1885,9 @@ mod tests {
         );
         assert_eq!(s.memory.memory_reservation.value, 0);
         assert_eq!(s.memory.memory_reservation_for_growth.value, 8 * MIB);
+        // On demand, live instances still map memory: concurrency shrinks to what fits.
+        assert!(s.instance_slots.value >= 1 && s.instance_slots.value < 8);
+        assert!(s.memory.va_needed <= s.memory.va_budget);
     }
 
     #[test]
@@ -2099,13 +2131,18 @@ mod tests {
             for ov in &overrides {
                 if let Ok(s) = derive(hw, ov) {
                     assert!(s.worker_threads.value >= 1);
+                    assert!(ov.worker_threads.is_some() || s.worker_threads.value <= 1024);
                     assert!(s.instance_slots.value >= 1);
                     assert!(s.default_max_concurrency.value >= 1);
                     let _ = s.render_text();
                 }
             }
             let s = derive_ok(hw, &Overrides::default());
-            assert!(s.instance_slots.value >= 8);
+            assert!(s.instance_slots.value >= 1);
+            if s.pooling.is_some() {
+                assert!(s.instance_slots.value >= 8);
+                assert!(s.memory.va_needed <= s.memory.va_budget);
+            }
             assert!(s.max_memory_per_instance.value >= MIN_MAX_MEMORY);
         }
     }
@@ -2174,8 +2211,8 @@ mod tests {
         let expected: [(u64, u32, u64, u64, &str, u32, u32); 4] = [
             (1, 64, 256 * MIB, 256 * MIB, "32.2 GiB", 16, 256),
             (2, 128, 256 * MIB, 256 * MIB, "64.3 GiB", 32, 512),
-            (4, 254, 256 * MIB, 256 * MIB, "127.6 GiB", 63, 1016),
-            (8, 254, 256 * MIB, 256 * MIB, "127.6 GiB", 63, 1016),
+            (4, 254, 256 * MIB, 256 * MIB, "127.7 GiB", 63, 1016),
+            (8, 254, 256 * MIB, 256 * MIB, "127.7 GiB", 63, 1016),
         ];
         let mut table = String::new();
         for (gib, slots, reservation, max_mem, va, concurrency, conns) in expected {

@@ -30,7 +30,10 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         Ok(response) => response,
         Err(e) => {
             let shown = describe(&e);
-            return text(StatusCode::BAD_GATEWAY, format!("outbound error: {shown}\n"));
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("outbound error: {shown}\n"),
+            );
         }
     };
     let status = response.status().as_u16();
@@ -39,7 +42,10 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         Ok(prefix) => body.extend_from_slice(&prefix),
         Err(e) => {
             let shown = describe(&e);
-            return text(StatusCode::BAD_GATEWAY, format!("outbound body error: {shown}\n"));
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("outbound body error: {shown}\n"),
+            );
         }
     }
     Ok(Response::builder()
@@ -87,7 +93,8 @@ fn target_url(query: Option<&str>) -> Result<Uri, String> {
         .flat_map(|q| q.split('&'))
         .find_map(|pair| pair.strip_prefix("url="))
         .ok_or_else(|| "missing ?url=<percent-encoded absolute url>".to_owned())?;
-    let decoded = percent_decode(raw).ok_or_else(|| format!("malformed percent-encoding: {raw}"))?;
+    let decoded =
+        percent_decode(raw).ok_or_else(|| format!("malformed percent-encoding: {raw}"))?;
     let uri: Uri = decoded
         .parse()
         .map_err(|e| format!("invalid url {decoded:?}: {e}"))?;
@@ -141,7 +148,18 @@ mod tests {
     #[test]
     fn target_url_finds_the_parameter_among_others() {
         let uri = target_url(Some("x=1&url=http%3A%2F%2F127.0.0.1%3A9%2Fp")).ok();
-        assert_eq!(uri.map(|u| u.to_string()), Some("http://127.0.0.1:9/p".to_owned()));
+        assert_eq!(
+            uri.map(|u| u.to_string()),
+            Some("http://127.0.0.1:9/p".to_owned())
+        );
+    }
+
+    #[test]
+    fn describe_shows_the_host_error_code_by_name() {
+        let denied = Error::from(ErrorCode::HttpRequestDenied);
+        assert!(describe(&denied).contains("HttpRequestDenied"));
+        let other = Error::msg("no route");
+        assert!(describe(&other).contains("no route"));
     }
 
     #[test]

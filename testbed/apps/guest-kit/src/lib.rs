@@ -172,15 +172,22 @@ impl BodyWriter {
     }
 }
 
-/// Sends a whole response in one go. A failure after the head is out can only be reported on
-/// stderr: the status line has already left.
+/// Sends a whole response in one go, with its `content-length` so the host need not chunk it.
+/// A failure after the head is out can only be reported on stderr: the status line has
+/// already left.
 pub fn respond(out: ResponseOutparam, head: &Head, body: &[u8]) {
-    let sent = start(out, head).and_then(|mut w| {
+    let head = head
+        .clone()
+        .header("content-length", body.len().to_string());
+    let sent = start(out, &head).and_then(|mut w| {
         w.write_all(body)?;
         w.finish()
     });
     if let Err(e) = sent {
-        eprintln!("guest-kit: sending a {} response failed: {e}", head.status());
+        eprintln!(
+            "guest-kit: sending a {} response failed: {e}",
+            head.status()
+        );
     }
 }
 
