@@ -11,7 +11,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -25,9 +27,8 @@ fn main() -> std::io::Result<()> {
             let _ = tcp.set_nodelay(true);
             tokio::spawn(async move {
                 let svc = service_fn(|_req| async {
-                    let mut r = http::Response::new(Full::new(Bytes::from_static(
-                        b"hello from outpost\n",
-                    )));
+                    let mut r =
+                        http::Response::new(Full::new(Bytes::from_static(b"hello from outpost\n")));
                     r.headers_mut().insert(
                         http::header::CONTENT_TYPE,
                         http::HeaderValue::from_static("text/plain"),

@@ -51,7 +51,14 @@ hosts = ["echo.example.com"]
     let admin = d.admin.unwrap();
     let r = get(d.addr(), "/").await;
     assert_eq!((r.status, r.body.as_str()), (200, "hello from outpost\n"));
-    let r = request_with(d.addr(), "POST", "/", b"via host", &[("host", "Echo.Example.com:8080")]).await;
+    let r = request_with(
+        d.addr(),
+        "POST",
+        "/",
+        b"via host",
+        &[("host", "Echo.Example.com:8080")],
+    )
+    .await;
     assert_eq!((r.status, r.body.as_str()), (200, "via host"));
 
     assert_eq!(get(admin, "/healthz").await.status, 200);
@@ -70,7 +77,12 @@ hosts = ["echo.example.com"]
         assert!(m.body.contains(needle), "missing {needle} in\n{}", m.body);
     }
     // Tenant traffic cannot reach admin endpoints.
-    assert!(get(d.addr(), "/metrics").await.body.starts_with("hello from outpost\n"));
+    assert!(
+        get(d.addr(), "/metrics")
+            .await
+            .body
+            .starts_with("hello from outpost\n")
+    );
 }
 
 #[test]
@@ -93,7 +105,10 @@ fn info_reports_hardware_and_derived_sizes() {
     assert!(!v["worker_threads"]["reason"].as_str().unwrap().is_empty());
     let (code, text, _) = run_to_end(&["info"]);
     assert_eq!(code, 0);
-    assert!(text.contains("worker_threads") || text.contains("worker threads"), "{text}");
+    assert!(
+        text.contains("worker_threads") || text.contains("worker threads"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -111,7 +126,13 @@ fn bad_config_is_rejected_before_binding_with_exit_64() {
 }
 
 fn serve_check(path: &std::path::Path) -> (i32, String) {
-    let (code, _, err) = run_to_end(&["serve", "--no-cache", "--listen", "127.0.0.1:0", path.to_str().unwrap()]);
+    let (code, _, err) = run_to_end(&[
+        "serve",
+        "--no-cache",
+        "--listen",
+        "127.0.0.1:0",
+        path.to_str().unwrap(),
+    ]);
     (code, err)
 }
 
@@ -132,7 +153,10 @@ memory_limit = "lots"
     );
     let (code, err) = serve_check(app.path());
     assert_eq!(code, 65, "{err}");
-    assert!(err.contains("outpost.toml") && err.contains("memory_limit"), "{err}");
+    assert!(
+        err.contains("outpost.toml") && err.contains("memory_limit"),
+        "{err}"
+    );
 
     let app = AppDir::new("manifest_version = 1\n[application\n", &[]);
     let (code, err) = serve_check(app.path());
@@ -173,7 +197,10 @@ routes = ["/"]
     );
     let (code, err) = serve_check(app.path());
     assert_eq!(code, 65);
-    assert!(err.contains("missing.wasm") && err.contains("component.x.source"), "{err}");
+    assert!(
+        err.contains("missing.wasm") && err.contains("component.x.source"),
+        "{err}"
+    );
 
     let (code, err) = serve_check(std::path::Path::new("/nonexistent/app.wasm"));
     assert_eq!(code, 65);
@@ -184,7 +211,10 @@ routes = ["/"]
 fn non_components_and_unknown_imports_fail_at_load() {
     let (code, err) = serve_check(&bad_input("core-module.wat"));
     assert_eq!(code, 65, "{err}");
-    assert!(err.contains("core WebAssembly module, not a component"), "{err}");
+    assert!(
+        err.contains("core WebAssembly module, not a component"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.wasm");

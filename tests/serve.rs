@@ -58,9 +58,12 @@ routes = ["/hello/echo/..."]
 async fn request_and_response_bodies_stream() {
     let d = Daemon::serve(&[wasm("echo").to_str().unwrap()]);
     let tcp = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
     let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
     let req = http::Request::builder()
         .method("POST")
@@ -68,9 +71,11 @@ async fn request_and_response_bodies_stream() {
         .header("host", "x")
         .body(body)
         .unwrap();
-    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"first-chunk;"))))
-        .await
-        .unwrap();
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(
+        b"first-chunk;",
+    ))))
+    .await
+    .unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(20), send.send_request(req))
         .await
         .expect("response head must arrive before the request body ends")
@@ -135,7 +140,11 @@ async fn timeout_gives_504_for_sleeping_and_spinning_guests_without_hurting_othe
     let addr = d.addr();
     let r = get(addr, "/sleep/10000").await;
     assert_eq!(r.status, 504, "{r:?}");
-    assert!(!r.body.contains("slow"), "no internals in the body: {}", r.body);
+    assert!(
+        !r.body.contains("slow"),
+        "no internals in the body: {}",
+        r.body
+    );
 
     // Two spinning guests (one per core) must not stop another component from answering.
     let spin1 = tokio::spawn(async move { get(addr, "/spin").await });
@@ -145,7 +154,10 @@ async fn timeout_gives_504_for_sleeping_and_spinning_guests_without_hurting_othe
     assert_eq!(hello.status, 200);
     assert_eq!(spin1.await.unwrap().status, 504);
     assert_eq!(spin2.await.unwrap().status, 504);
-    assert!(d.wait_log(&["wall-clock timeout"]).contains("wall-clock timeout"));
+    assert!(
+        d.wait_log(&["wall-clock timeout"])
+            .contains("wall-clock timeout")
+    );
 }
 
 #[tokio::test]
@@ -175,7 +187,9 @@ async fn oversized_bodies_get_413_by_length_and_by_stream() {
 
     // Chunked: no content-length, the limit trips while streaming.
     let tcp = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let chunks: Vec<Result<hyper::body::Frame<Bytes>, std::io::Error>> = (0..10)
         .map(|_| Ok(hyper::body::Frame::data(Bytes::from(vec![b'b'; 600]))))
@@ -209,7 +223,11 @@ async fn concurrency_limit_gives_503_with_retry_after() {
     assert_eq!(refused.status, 503);
     assert_eq!(refused.headers["retry-after"], "1");
     assert_eq!(first.await.unwrap().status, 200);
-    assert_eq!(queued.await.unwrap().status, 200, "the bounded queue admits one waiter");
+    assert_eq!(
+        queued.await.unwrap().status,
+        200,
+        "the bounded queue admits one waiter"
+    );
 }
 
 #[tokio::test]
@@ -236,15 +254,18 @@ async fn upstream() -> std::net::SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = l.accept().await else { return };
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async {
-                    // Read the request to its end like a real server before answering.
-                    let _ = req.into_body().collect().await;
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(Bytes::from_static(b"upstream ok")),
-                    ))
-                });
+                let svc =
+                    hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async {
+                        // Read the request to its end like a real server before answering.
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"upstream ok")),
+                        ))
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
@@ -278,7 +299,11 @@ allowed_outbound_hosts = ["http://127.0.0.1:{}"]
     let enc = |a: std::net::SocketAddr| format!("/?url=http%3A%2F%2F127.0.0.1%3A{}%2Fx", a.port());
     let r = get(d.addr(), &enc(allowed)).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.body.contains("status=200") && r.body.contains("upstream ok"), "{}", r.body);
+    assert!(
+        r.body.contains("status=200") && r.body.contains("upstream ok"),
+        "{}",
+        r.body
+    );
     let r = get(d.addr(), &enc(other)).await;
     assert_eq!(r.status, 502, "{r:?}");
     assert!(r.body.contains("HttpRequestDenied"), "{}", r.body);
@@ -310,7 +335,14 @@ files = [{ source = "static", destination = "/static" }]
     let cache = tempfile::tempdir().unwrap();
     let c = cache.path().to_str().unwrap().to_owned();
     let d = Daemon::spawn_with(
-        &["serve", "--listen", "127.0.0.1:0", "--cache-dir", &c, app.path().to_str().unwrap()],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cache-dir",
+            &c,
+            app.path().to_str().unwrap(),
+        ],
         cache,
         &[("OUTPOST_TEST_SECRET", "must-not-leak")],
         1,
@@ -351,7 +383,10 @@ region = "eu-west"
     let r = get(d.addr(), "/greeting").await;
     assert_eq!((r.status, r.body.as_str()), (200, "hi there"));
     assert_eq!(get(d.addr(), "/missing").await.status, 404);
-    assert_eq!(get(d.addr(), "/").await.body, "greeting=hi there\nregion=eu-west\n");
+    assert_eq!(
+        get(d.addr(), "/").await.body,
+        "greeting=hi there\nregion=eu-west\n"
+    );
 }
 
 #[tokio::test]
@@ -366,7 +401,10 @@ async fn sigterm_drains_in_flight_requests() {
     assert_eq!(r.body, "slept 800ms\n");
     let mut d = d;
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
 }
 
 #[tokio::test]
@@ -374,7 +412,14 @@ async fn compiled_code_is_cached_across_restarts() {
     let cache = tempfile::tempdir().unwrap();
     let c = cache.path().to_str().unwrap().to_owned();
     let hello = wasm("hello");
-    let args = ["serve", "--listen", "127.0.0.1:0", "--cache-dir", &c, hello.to_str().unwrap()];
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--cache-dir",
+        &c,
+        hello.to_str().unwrap(),
+    ];
     let first = Daemon::spawn_with(&args, tempfile::tempdir().unwrap(), &[], 1, false);
     let log = first.wait_log(&["cached=false"]);
     assert!(log.contains("cached=false"), "{log}");
@@ -394,6 +439,9 @@ async fn compiled_code_is_cached_across_restarts() {
     }
     let third = Daemon::spawn_with(&args, tempfile::tempdir().unwrap(), &[], 1, false);
     let log = third.wait_log(&["checksum mismatch", "cached=false"]);
-    assert!(log.contains("checksum mismatch") && log.contains("cached=false"), "{log}");
+    assert!(
+        log.contains("checksum mismatch") && log.contains("cached=false"),
+        "{log}"
+    );
     assert_eq!(get(third.addr(), "/").await.status, 200);
 }

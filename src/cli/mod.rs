@@ -23,10 +23,21 @@ use crate::ops::logging::{self, LogFormat};
 /// gets a fresh, isolated instance from a pool sized to this machine; apps get no files, network,
 /// environment or variables unless their manifest (`outpost.toml`) grants them.
 #[derive(Debug, Parser)]
-#[command(name = "outpost", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "outpost",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Log line format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "human", env = "OUTPOST_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "OUTPOST_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
     /// Default log level (error, warn, info, debug, trace); OUTPOST_LOG takes full directives.
     #[arg(long, global = true, default_value = "info")]

@@ -13,7 +13,7 @@ use crate::ops::config::{self, Config};
 use crate::ops::metrics::Metrics;
 use crate::runtime::app::{AppSource, load_app};
 use crate::runtime::{Runtime, RuntimeSettings, sizing};
-use crate::serve::{HostPattern, Router, ServeState};
+use crate::serve::{Router, ServeState};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -32,9 +32,8 @@ pub struct RunArgs {
 /// The `[runtime]` table of `cfg` as sizing overrides.
 pub(super) fn overrides_from(cfg: &Config) -> Result<sizing::Overrides, CliError> {
     let table = config::normalise_runtime_table(cfg.runtime_table()).map_err(CliError::config)?;
-    sizing::Overrides::deserialize(toml::Value::Table(table)).map_err(|e| {
-        CliError::config(anyhow::anyhow!("{}: runtime: {e}", cfg.origin()))
-    })
+    sizing::Overrides::deserialize(toml::Value::Table(table))
+        .map_err(|e| CliError::config(anyhow::anyhow!("{}: runtime: {e}", cfg.origin())))
 }
 
 pub fn run(args: RunArgs) -> CliResult {
@@ -45,7 +44,9 @@ pub fn run(args: RunArgs) -> CliResult {
     let cfg = match &args.config {
         Some(p) => Config::load(p).map_err(CliError::config)?,
         None => {
-            tracing::info!("no --config given: using the embedded default config (built-in demo app)");
+            tracing::info!(
+                "no --config given: using the embedded default config (built-in demo app)"
+            );
             Config::embedded_default()
         }
     };
@@ -58,9 +59,11 @@ pub fn run(args: RunArgs) -> CliResult {
         let hosts = a
             .hosts
             .iter()
-            .map(|h| HostPattern::parse(h))
+            .map(|h| crate::serve::router::parse_host_pattern(h))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| CliError::config(anyhow::anyhow!("{}: app[{i}].hosts: {e}", cfg.origin())))?;
+            .map_err(|e| {
+                CliError::config(anyhow::anyhow!("{}: app[{i}].hosts: {e}", cfg.origin()))
+            })?;
         let src = AppSource::from_path(&cfg.resolve_source(&a.source)).map_err(CliError::app)?;
         apps_cfg.push((hosts, src));
     }
@@ -98,11 +101,9 @@ pub fn run(args: RunArgs) -> CliResult {
             .await
             .map_err(CliError::runtime)?;
         let admin_listener = match cfg.admin_listen() {
-            Some(a) => Some(
-                tokio::net::TcpListener::bind(a)
-                    .await
-                    .map_err(|e| CliError::runtime(anyhow::anyhow!("cannot listen on {a} (admin): {e}")))?,
-            ),
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+                CliError::runtime(anyhow::anyhow!("cannot listen on {a} (admin): {e}"))
+            })?),
             None => None,
         };
         for l in &listeners {
@@ -110,10 +111,10 @@ pub fn run(args: RunArgs) -> CliResult {
                 super::announce("listening on", a);
             }
         }
-        if let Some(l) = &admin_listener {
-            if let Ok(a) = l.local_addr() {
-                super::announce("admin listening on", a);
-            }
+        if let Some(l) = &admin_listener
+            && let Ok(a) = l.local_addr()
+        {
+            super::announce("admin listening on", a);
         }
 
         let app_count = router.apps().count();
@@ -150,7 +151,10 @@ pub fn run(args: RunArgs) -> CliResult {
         }
         drop(runtime);
         if left > 0 {
-            tracing::warn!(connections = left, "exited with connections cut at the drain deadline");
+            tracing::warn!(
+                connections = left,
+                "exited with connections cut at the drain deadline"
+            );
         }
         Ok(())
     })

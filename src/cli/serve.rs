@@ -18,7 +18,12 @@ pub struct ServeArgs {
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Address to listen on (repeatable). Port 0 picks a free port; the bound address is printed.
-    #[arg(long, short = 'l', default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    #[arg(
+        long,
+        short = 'l',
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
     pub listen: Vec<SocketAddr>,
     /// Directory for compiled code, so restarts skip compilation.
     /// [default: $XDG_CACHE_HOME/outpost/compiled or ~/.cache/outpost/compiled]

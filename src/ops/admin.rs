@@ -67,11 +67,17 @@ fn respond(state: &AdminState, path: &str) -> http::Response<Full<Bytes>> {
             "text/plain; version=0.0.4; charset=utf-8",
             state.metrics.render(),
         ),
-        _ => (404, "text/plain", "not found: try /healthz, /readyz or /metrics\n".into()),
+        _ => (
+            404,
+            "text/plain",
+            "not found: try /healthz, /readyz or /metrics\n".into(),
+        ),
     };
     let mut resp = http::Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
     resp
 }

@@ -81,7 +81,10 @@ impl Metrics {
             &["app", "kind"],
         )?;
         let inflight = IntGaugeVec::new(
-            Opts::new("outpost_requests_inflight", "Requests executing a guest now."),
+            Opts::new(
+                "outpost_requests_inflight",
+                "Requests executing a guest now.",
+            ),
             &["app"],
         )?;
         let pool_slots_used = IntGauge::new(
@@ -92,8 +95,10 @@ impl Metrics {
             "outpost_pool_slots",
             "Instance slots available in total (derived from the hardware).",
         )?;
-        let components_loaded =
-            IntGauge::new("outpost_components_loaded", "Components loaded and routable.")?;
+        let components_loaded = IntGauge::new(
+            "outpost_components_loaded",
+            "Components loaded and routable.",
+        )?;
         let connections = IntGauge::new("outpost_connections_open", "Open client connections.")?;
 
         registry.register(Box::new(requests.clone()))?;
@@ -114,7 +119,9 @@ impl Metrics {
         registry.register(Box::new(build))?;
 
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
 
         Ok(Self {
             registry,

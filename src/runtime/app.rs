@@ -135,7 +135,11 @@ pub async fn load_app(rt: &Runtime, src: &AppSource) -> Result<LoadedApp, AppErr
                 .to_owned();
             (Manifest::for_bare_wasm(&name), base, false)
         }
-        AppSource::Demo => (Manifest::for_bare_wasm("demo.wasm"), PathBuf::from("."), true),
+        AppSource::Demo => (
+            Manifest::for_bare_wasm("demo.wasm"),
+            PathBuf::from("."),
+            true,
+        ),
     };
     let mpath = base.join("outpost.toml");
 
@@ -182,7 +186,11 @@ pub async fn load_app(rt: &Runtime, src: &AppSource) -> Result<LoadedApp, AppErr
     })
 }
 
-fn settings_for(mpath: &Path, spec: &ComponentSpec, base: &Path) -> Result<ComponentSettings, AppError> {
+fn settings_for(
+    mpath: &Path,
+    spec: &ComponentSpec,
+    base: &Path,
+) -> Result<ComponentSettings, AppError> {
     let mut files = Vec::with_capacity(spec.files.len());
     for m in &spec.files {
         let host = resolve(mpath, spec, "files", base, &m.source)?;
@@ -220,10 +228,14 @@ fn resolve(
         problem,
     };
     let real = joined.canonicalize().map_err(|e| {
-        err(format!("{}: {}", joined.display(), match e.kind() {
-            std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
-            _ => e.to_string(),
-        }))
+        err(format!(
+            "{}: {}",
+            joined.display(),
+            match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+                _ => e.to_string(),
+            }
+        ))
     })?;
     let real_base = base
         .canonicalize()

@@ -56,7 +56,11 @@ impl CodeCache {
     }
 
     /// Loads `path` (a `.wasm` component, or WAT text) for `engine`, from cache when possible.
-    pub fn load_file(&self, engine: &Engine, path: &Path) -> Result<(Component, LoadInfo), LoadError> {
+    pub fn load_file(
+        &self,
+        engine: &Engine,
+        path: &Path,
+    ) -> Result<(Component, LoadInfo), LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_owned(),
             source,
@@ -103,11 +107,11 @@ impl CodeCache {
             path: path.to_owned(),
             reason: format!("{e:#}"),
         })?;
-        if let Some(a) = &artifact {
-            if let Err(e) = write_artifact(&component, a) {
-                // The cache is an optimisation: serving must not depend on a writable disk.
-                tracing::warn!(artifact = %a.display(), error = %e, "cannot write compiled artifact");
-            }
+        if let Some(a) = &artifact
+            && let Err(e) = write_artifact(&component, a)
+        {
+            // The cache is an optimisation: serving must not depend on a writable disk.
+            tracing::warn!(artifact = %a.display(), error = %e, "cannot write compiled artifact");
         }
         Ok((
             component,
@@ -185,7 +189,9 @@ fn read_artifact(engine: &Engine, path: &Path) -> Result<Option<Component>, Stri
     if Sha256::digest(code).as_slice() != sum {
         return Err("checksum mismatch (corrupted on disk)".into());
     }
-    deserialize_verified(engine, code).map(Some).map_err(|e| format!("{e:#}"))
+    deserialize_verified(engine, code)
+        .map(Some)
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// The one place Outpost turns bytes into executable machine code without compiling them.
@@ -219,7 +225,10 @@ mod tests {
             classify(p, b"(module)"),
             Err(LoadError::CoreModule { .. })
         ));
-        assert!(matches!(classify(p, b"MZ\x90\0"), Err(LoadError::NotWasm { .. })));
+        assert!(matches!(
+            classify(p, b"MZ\x90\0"),
+            Err(LoadError::NotWasm { .. })
+        ));
         assert!(classify(p, b"\0asm\x0d\0\x01\0").is_ok());
         assert!(classify(p, b"(component)").is_ok());
     }

@@ -26,7 +26,8 @@ use super::host::{Grants, Host};
 use crate::ops::metrics::Metrics;
 
 /// The body type of every response the runtime produces, guest-made or not.
-pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
+pub type ResponseBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
 
 /// Limits of one component, after defaults from the sizing have been applied.
 #[derive(Debug, Clone)]
@@ -120,13 +121,13 @@ impl AppComponent {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let limit = self.limits.max_request_body;
-        if let Some(len) = content_length(req.headers()) {
-            if len > limit {
-                return Err(RequestError::new(
-                    RequestErrorKind::BodyTooLarge,
-                    format!("content-length {len} exceeds max_request_body {limit}"),
-                ));
-            }
+        if let Some(len) = content_length(req.headers())
+            && len > limit
+        {
+            return Err(RequestError::new(
+                RequestErrorKind::BodyTooLarge,
+                format!("content-length {len} exceeds max_request_body {limit}"),
+            ));
         }
 
         let permits = self.admit().await?;
@@ -141,15 +142,23 @@ impl AppComponent {
         });
 
         let t0 = Instant::now();
-        let host = Host::new(self.grants.clone(), self.limits.memory_limit, self.label.clone())
-            .map_err(|e| internal(format!("creating store state: {e:#}")))?;
+        let host = Host::new(
+            self.grants.clone(),
+            self.limits.memory_limit,
+            self.label.clone(),
+        )
+        .map_err(|e| internal(format!("creating store state: {e:#}")))?;
         let mut store = Store::new(self.pre.engine(), host);
         store.limiter(|h| &mut h.limiter);
         // Yield to the scheduler at every epoch tick: a CPU-bound guest then shares its worker
         // thread with other requests, and the wall-clock timeout below can cancel it.
         store.epoch_deadline_async_yield_and_update(1);
 
-        let scheme = if ctx.https { Scheme::Https } else { Scheme::Http };
+        let scheme = if ctx.https {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let req = store
             .data_mut()
@@ -248,8 +257,12 @@ impl AppComponent {
     /// not at its first request; also what the instantiate benchmark measures.
     pub async fn probe(&self) -> Result<Duration, String> {
         let t0 = Instant::now();
-        let host = Host::new(self.grants.clone(), self.limits.memory_limit, self.label.clone())
-            .map_err(|e| format!("{e:#}"))?;
+        let host = Host::new(
+            self.grants.clone(),
+            self.limits.memory_limit,
+            self.label.clone(),
+        )
+        .map_err(|e| format!("{e:#}"))?;
         let mut store = Store::new(self.pre.engine(), host);
         store.limiter(|h| &mut h.limiter);
         store.epoch_deadline_async_yield_and_update(1);
@@ -289,10 +302,13 @@ impl AppComponent {
         };
         let slot = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => tokio::time::timeout(self.limits.queue_timeout, self.slots.clone().acquire_owned())
-                .await
-                .map_err(|_| saturated("instance pool exhausted".to_string()))?
-                .map_err(|_| internal("pool semaphore closed"))?,
+            Err(_) => tokio::time::timeout(
+                self.limits.queue_timeout,
+                self.slots.clone().acquire_owned(),
+            )
+            .await
+            .map_err(|_| saturated("instance pool exhausted".to_string()))?
+            .map_err(|_| internal("pool semaphore closed"))?,
         };
         Ok((own, slot))
     }

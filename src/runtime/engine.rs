@@ -65,7 +65,6 @@ pub fn build_engine(pool: Option<&PoolPlan>, memory: &MemoryPlan) -> wasmtime::R
     config.memory_reservation_for_growth(memory.reservation_for_growth);
 
     if let Some(p) = pool {
-
         let mut pooling = PoolingAllocationConfig::new();
         pooling
             .total_component_instances(p.instance_slots)

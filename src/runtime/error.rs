@@ -131,9 +131,7 @@ impl RequestErrorKind {
             Self::BodyTooLarge => "request body too large",
             Self::Saturated => "service busy, retry later",
             Self::Timeout => "the application did not answer in time",
-            Self::Trap | Self::MemoryLimit | Self::NoResponse | Self::Internal => {
-                "internal error"
-            }
+            Self::Trap | Self::MemoryLimit | Self::NoResponse | Self::Internal => "internal error",
         }
     }
 }

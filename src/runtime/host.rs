@@ -13,7 +13,9 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
-use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 use super::outbound::OutboundPolicy;
 
@@ -97,7 +99,9 @@ impl WasiHttpView for Host {
 pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    wasmtime_wasi_config::add_to_linker(linker, |h: &mut Host| WasiConfig::from(&h.grants.variables))?;
+    wasmtime_wasi_config::add_to_linker(linker, |h: &mut Host| {
+        WasiConfig::from(&h.grants.variables)
+    })?;
     Ok(())
 }
 

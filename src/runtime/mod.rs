@@ -125,22 +125,25 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     pub fn new(settings: RuntimeSettings, metrics: Metrics) -> anyhow::Result<Self> {
-        let engine = engine::build_engine(settings.pool.as_ref(), &settings.memory).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create the wasmtime engine{}: {e:#}",
-                if settings.pool.is_some() {
-                    " with the pooling allocator (set [runtime] pooling = \"off\" or smaller \
+        let engine =
+            engine::build_engine(settings.pool.as_ref(), &settings.memory).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create the wasmtime engine{}: {e:#}",
+                    if settings.pool.is_some() {
+                        " with the pooling allocator (set [runtime] pooling = \"off\" or smaller \
                      instance_slots / memory_reservation to fit this machine)"
-                } else {
-                    ""
-                }
-            )
-        })?;
+                    } else {
+                        ""
+                    }
+                )
+            })?;
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("linker: {e:#}"))?;
         let cache = CodeCache::new(settings.cache_dir.clone(), engine::fingerprint(&engine));
         let ticker = engine::EpochTicker::start(engine.clone())?;
-        metrics.pool_slots_total.set(i64::from(settings.instance_slots));
+        metrics
+            .pool_slots_total
+            .set(i64::from(settings.instance_slots));
         Ok(Self {
             slots: Arc::new(Semaphore::new(settings.instance_slots as usize)),
             engine,

@@ -49,7 +49,9 @@ impl ServeState {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        metrics.components_loaded.set(router.component_count() as i64);
+        metrics
+            .components_loaded
+            .set(router.component_count() as i64);
         Self {
             router: RwLock::new(Arc::new(router)),
             metrics,
@@ -85,7 +87,9 @@ impl ServeState {
         https: bool,
     ) -> http::Response<ResponseBody> {
         let start = Instant::now();
-        let id = self.id_base.wrapping_add(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = self
+            .id_base
+            .wrapping_add(self.next_id.fetch_add(1, Ordering::Relaxed));
         let protocol = match req.version() {
             http::Version::HTTP_2 => "http2",
             http::Version::HTTP_10 => "http1.0",
@@ -170,8 +174,10 @@ fn error_response(e: &RequestError, id: u64) -> http::Response<ResponseBody> {
         format!("{} (request id {})\n", e.kind.public_message(), fmt_id(id)),
     );
     if e.kind.cause() == Cause::Overload {
-        resp.headers_mut()
-            .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        resp.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
     }
     resp
 }
@@ -246,7 +252,9 @@ async fn accept_loop(
     graceful: &GracefulShutdown,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        TokioExecutor::new(),
+    ));
     loop {
         // Backpressure before work: no permit, no accept.
         let permit = tokio::select! {

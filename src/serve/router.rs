@@ -11,67 +11,29 @@ use crate::bundle::manifest::route_matches;
 use crate::runtime::app::LoadedApp;
 use crate::runtime::component::AppComponent;
 
-/// A host name pattern an app answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    Any,
-    /// `*.example.com`: stored as `.example.com`; matches strict subdomains only.
-    Suffix(String),
-    Exact(String),
-}
+/// A host name pattern an app answers: `*`, `*.example.com` (strict subdomains), an exact name
+/// or an IP literal — the same grammar as `allowed_outbound_hosts` hosts.
+pub use crate::runtime::outbound::HostPattern;
 
-impl HostPattern {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
-        if s == "*" {
-            return Ok(Self::Any);
-        }
-        let valid = |h: &str| {
-            !h.is_empty()
-                && h.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                })
-        };
-        if let Some(rest) = s.strip_prefix("*.") {
-            if valid(rest) {
-                return Ok(Self::Suffix(format!(".{rest}")));
-            }
-        } else if valid(&s) || s.parse::<std::net::IpAddr>().is_ok() {
-            return Ok(Self::Exact(s));
-        }
-        Err(format!(
-            "invalid host pattern {s:?}: expected \"*\", \"*.example.com\" or a host name"
-        ))
-    }
-
-    fn specificity(&self) -> u8 {
-        match self {
-            Self::Exact(_) => 2,
-            Self::Suffix(_) => 1,
-            Self::Any => 0,
-        }
-    }
-
-    /// `host` must already be lower-case without port.
-    fn matches(&self, host: &str) -> bool {
-        match self {
-            Self::Any => true,
-            Self::Suffix(sfx) => host.len() > sfx.len() && host.ends_with(sfx.as_str()),
-            Self::Exact(h) => h == host,
-        }
+/// Exact names and addresses beat subdomain wildcards, which beat `*`.
+fn specificity(p: &HostPattern) -> u8 {
+    match p {
+        HostPattern::Any => 0,
+        HostPattern::Subdomains(_) => 1,
+        _ => 2,
     }
 }
 
-impl std::fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Any => f.write_str("*"),
-            Self::Suffix(s) => write!(f, "*{s}"),
-            Self::Exact(h) => f.write_str(h),
-        }
-    }
+/// `*` also answers requests without any host (HTTP/1.0 without `Host`).
+fn host_matches(p: &HostPattern, host: &str) -> bool {
+    matches!(p, HostPattern::Any) || p.matches(host)
+}
+
+/// Parses a host pattern from config, with an error that says what was expected.
+pub fn parse_host_pattern(s: &str) -> Result<HostPattern, String> {
+    HostPattern::parse(s.trim()).map_err(|e| {
+        format!("invalid host pattern {s:?}: {e}; expected \"*\", \"*.example.com\", a host name or an IP address")
+    })
 }
 
 #[derive(Debug)]
@@ -102,7 +64,7 @@ impl Router {
                             .find(|e| e.host == *host && e.prefix == *prefix)
                         {
                             return Err(format!(
-                                "route conflict: host {host} path {prefix} is claimed by both {} and {}",
+                                "route conflict: host {host:?} path {prefix} is claimed by both {} and {}",
                                 other.component.label, rc.component.label
                             ));
                         }
@@ -116,9 +78,8 @@ impl Router {
             }
         }
         entries.sort_by(|a, b| {
-            b.host
-                .specificity()
-                .cmp(&a.host.specificity())
+            specificity(&b.host)
+                .cmp(&specificity(&a.host))
                 .then(b.prefix.len().cmp(&a.prefix.len()))
         });
         Ok(Self { entries, apps })
@@ -129,7 +90,7 @@ impl Router {
         let host = host.map(normalise_host).unwrap_or_default();
         self.entries
             .iter()
-            .find(|e| e.host.matches(&host) && route_matches(&e.prefix, path))
+            .find(|e| host_matches(&e.host, &host) && route_matches(&e.prefix, path))
             .map(|e| &e.component)
     }
 
@@ -159,13 +120,16 @@ mod tests {
 
     #[test]
     fn host_patterns() {
-        let p = HostPattern::parse("*.Example.com").unwrap();
-        assert!(p.matches("a.example.com"));
-        assert!(!p.matches("example.com"));
-        assert!(HostPattern::parse("*").unwrap().matches(""));
-        assert!(HostPattern::parse("exa mple.com").is_err());
-        assert!(HostPattern::parse("*.").is_err());
+        let p = parse_host_pattern("*.Example.com").unwrap();
+        assert!(host_matches(&p, &normalise_host("a.example.com:8080")));
+        assert!(!host_matches(&p, "example.com"));
+        assert!(host_matches(&parse_host_pattern("*").unwrap(), ""));
+        assert!(parse_host_pattern("exa mple.com").is_err());
+        assert!(parse_host_pattern("*.").is_err());
         assert_eq!(normalise_host("Example.COM.:8080"), "example.com");
         assert_eq!(normalise_host("[::1]:80"), "::1");
+        let v6 = parse_host_pattern("[::1]").unwrap();
+        assert!(host_matches(&v6, &normalise_host("[::1]:8080")));
+        assert!(specificity(&parse_host_pattern("a.b").unwrap()) > specificity(&p));
     }
 }

@@ -18,7 +18,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 /// Path of a guest app built by build.rs from testbed/apps.
 pub fn wasm(name: &str) -> PathBuf {
     let p = Path::new(env!("OUTPOST_TESTBED_APPS_DIR")).join(format!("{name}.wasm"));
-    assert!(p.exists(), "guest app {} missing (build.rs builds testbed/apps)", p.display());
+    assert!(
+        p.exists(),
+        "guest app {} missing (build.rs builds testbed/apps)",
+        p.display()
+    );
     p
 }
 
@@ -230,7 +234,9 @@ pub async fn request_with(
     headers: &[(&str, &str)],
 ) -> Resp {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let mut b = http::Request::builder().method(method).uri(path);
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
@@ -247,9 +253,10 @@ pub async fn request_with(
 /// One HTTP/2 (prior knowledge, cleartext) request.
 pub async fn get_h2(addr: SocketAddr, path: &str) -> Resp {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = http::Request::builder()
         .uri(format!("http://{addr}{path}"))
@@ -262,7 +269,11 @@ pub async fn get_h2(addr: SocketAddr, path: &str) -> Resp {
 
 pub async fn collect(resp: http::Response<hyper::body::Incoming>) -> Resp {
     let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     Resp {
         status: parts.status.as_u16(),
         headers: parts.headers,
