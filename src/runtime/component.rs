@@ -175,7 +175,7 @@ impl AppComponent {
         let inflight = self.metrics.inflight.with_label_values(&[&*self.app]);
         inflight.inc();
         self.metrics.pool_slots_used.inc();
-        let task = tokio::spawn(async move {
+        let guest = async move {
             let _permits = permits;
             let run = async {
                 let proxy = this.pre.instantiate_async(&mut store).await?;
@@ -200,10 +200,30 @@ impl AppComponent {
                 tracing::warn!(request_id = ctx.id, component = %this.label, timeout = ?this.limits.timeout, "request hit its wall-clock timeout; instance dropped");
             }
             (outcome, hit_memory_limit)
-        });
+        };
 
-        let result = match rx.await {
-            Ok(Ok(resp)) => {
+        // Run the guest inline on this task until it answers: most handlers set their response
+        // and finish their body in one go, and a spawn plus cross-task wakeups would cost more
+        // than the guest itself. Only a guest still running after answering (a streaming body)
+        // is moved to a task of its own, keeping its permits until it is done.
+        let mut guest = Box::pin(guest);
+        let mut rx = rx;
+        let first = tokio::select! {
+            out = &mut guest => First::Guest(out),
+            answer = &mut rx => First::Answer(answer),
+        };
+        let (answer, finished) = match first {
+            First::Guest(out) => (rx.try_recv().ok(), Some(out)),
+            First::Answer(Ok(answer)) => {
+                tokio::spawn(guest);
+                (Some(answer), None)
+            }
+            // The outparam was dropped without an answer: the guest is ending; see how.
+            First::Answer(Err(_)) => (None, Some(guest.await)),
+        };
+
+        let result = match (answer, finished) {
+            (Some(Ok(resp)), _) => {
                 if too_large.load(Ordering::Relaxed) {
                     Err(RequestError::new(
                         RequestErrorKind::BodyTooLarge,
@@ -213,34 +233,34 @@ impl AppComponent {
                     Ok(resp)
                 }
             }
-            Ok(Err(code)) => Err(RequestError::new(
+            (Some(Err(code)), _) => Err(RequestError::new(
                 RequestErrorKind::Trap,
                 format!("guest answered with error code {code:?}"),
             )),
-            Err(_) => Err(match task.await {
-                Ok((_, _)) if too_large.load(Ordering::Relaxed) => RequestError::new(
+            (None, outcome) => Err(match outcome {
+                _ if too_large.load(Ordering::Relaxed) => RequestError::new(
                     RequestErrorKind::BodyTooLarge,
                     format!("request body exceeded max_request_body {limit}"),
                 ),
-                Ok((GuestOutcome::TimedOut, _)) => RequestError::new(
+                Some((GuestOutcome::TimedOut, _)) => RequestError::new(
                     RequestErrorKind::Timeout,
                     format!("no response within {:?}", self.limits.timeout),
                 ),
-                Ok((GuestOutcome::Failed(e), true)) => RequestError::new(
+                Some((GuestOutcome::Failed(e), true)) => RequestError::new(
                     RequestErrorKind::MemoryLimit,
                     format!(
                         "guest exceeded memory_limit {} bytes: {e:?}",
                         self.limits.memory_limit
                     ),
                 ),
-                Ok((GuestOutcome::Failed(e), false)) => {
+                Some((GuestOutcome::Failed(e), false)) => {
                     RequestError::new(RequestErrorKind::Trap, format!("{e:?}"))
                 }
-                Ok((GuestOutcome::Returned, _)) => RequestError::new(
+                Some((GuestOutcome::Returned, _)) => RequestError::new(
                     RequestErrorKind::NoResponse,
                     "guest returned without setting a response",
                 ),
-                Err(join) => internal(format!("guest task: {join}")),
+                None => internal("guest ended without an outcome"),
             }),
         };
         if let Err(e) = &result {
@@ -312,6 +332,11 @@ impl AppComponent {
         };
         Ok((own, slot))
     }
+}
+
+enum First<G, A> {
+    Guest(G),
+    Answer(A),
 }
 
 enum GuestOutcome {
