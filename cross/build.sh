@@ -153,8 +153,9 @@ summary=()
 for target in "${targets[@]}"; do
     log "building outpost for $target"
     start=$SECONDS
+    # --locked: a release artifact is built from the committed lockfile, never a re-resolved one.
     # --config strip=true: the dist binaries are stripped whatever the release profile says.
-    cargo zigbuild --release --target "$target" --package outpost --bin outpost \
+    cargo zigbuild --release --locked --target "$target" --package outpost --bin outpost \
         --config 'profile.release.strip=true' ||
         die "cargo zigbuild --release --target $target failed"
     took=$((SECONDS - start))
