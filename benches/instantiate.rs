@@ -38,7 +38,16 @@ async fn one_request(c: &Arc<AppComponent>) {
         .uri("http://bench.local/")
         .body(body)
         .unwrap();
-    let resp = c.handle(req, RequestCtx { id: 0, https: false }).await.unwrap();
+    let resp = c
+        .handle(
+            req,
+            RequestCtx {
+                id: 0,
+                https: false,
+            },
+        )
+        .await
+        .unwrap();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&bytes[..], b"hello from outpost\n");
 }

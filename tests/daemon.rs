@@ -228,3 +228,33 @@ fn non_components_and_unknown_imports_fail_at_load() {
     assert!(err.contains("acme:secret/vault"), "{err}");
     assert!(err.contains("does not provide"), "{err}");
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache.path().to_str().unwrap().to_owned();
+    let hello = wasm("hello");
+    let d = Daemon::spawn_with(
+        &[
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cache-dir",
+            &c,
+            hello.to_str().unwrap(),
+        ],
+        cache,
+        &[],
+        1,
+        false,
+    );
+    let log = d.wait_log(&["component loaded", "sized for this machine"]);
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{log}");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+}

@@ -144,6 +144,21 @@ fn default_cache_dir() -> Option<PathBuf> {
         .map(|d| d.join("outpost").join("compiled"))
 }
 
+/// One log line with the numbers that shape the node, and why the allocator is what it is (on a
+/// 39-bit Raspberry Pi kernel this is where "reservations shrunk" or "on-demand" shows up).
+fn log_sizing(s: &crate::runtime::sizing::Sizing) {
+    use crate::runtime::sizing::human_bytes;
+    tracing::info!(
+        worker_threads = s.worker_threads.value,
+        instance_slots = s.instance_slots.value,
+        memory_reservation = %human_bytes(s.memory.memory_reservation.value),
+        max_memory_per_instance = %human_bytes(s.max_memory_per_instance.value),
+        allocator = ?s.allocator.value,
+        reason = %s.allocator.reason,
+        "sized for this machine (details: outpost info)"
+    );
+}
+
 /// Prints a bound address on stdout — the contract supervisors and tests rely on (port 0 works).
 fn announce(what: &str, addr: std::net::SocketAddr) {
     use std::io::Write;

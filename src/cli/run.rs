@@ -68,6 +68,7 @@ pub fn run(args: RunArgs) -> CliResult {
         apps_cfg.push((hosts, src));
     }
 
+    super::log_sizing(&sizing);
     let rt = super::tokio_runtime(sizing.worker_threads.value)?;
     rt.block_on(async move {
         if let Err(e) = std::fs::create_dir_all(&state_dir) {

@@ -56,6 +56,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         .collect::<Result<Vec<_>, _>>()
         .map_err(CliError::app)?;
 
+    super::log_sizing(&sizing);
     let rt = super::tokio_runtime(sizing.worker_threads.value)?;
     rt.block_on(async move {
         let metrics = Metrics::new();
