@@ -258,3 +258,65 @@ async fn json_logs_are_one_object_per_line() {
         assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
     }
 }
+
+#[tokio::test]
+async fn cancelled_requests_release_their_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("slow"), dir.path().join("slow.wasm")).unwrap();
+    let cfg = write_config(dir.path(), "[[app]]\nsource = \"slow.wasm\"\n");
+    let d = Daemon::spawn_with(
+        &["run", "--config", cfg.to_str().unwrap()],
+        tempfile::tempdir().unwrap(),
+        &[],
+        1,
+        true,
+    );
+    let admin = d.admin.unwrap();
+    let addr = d.addr();
+    let client = tokio::spawn(async move { get(addr, "/sleep/5000").await });
+    let busy = "outpost_pool_slots_used 1";
+    let mut seen_busy = false;
+    for _ in 0..100 {
+        if get(admin, "/metrics").await.body.contains(busy) {
+            seen_busy = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(seen_busy, "the request never occupied a slot");
+    client.abort(); // the client goes away mid-request
+    let mut released = false;
+    for _ in 0..250 {
+        let m = get(admin, "/metrics").await.body;
+        if m.contains("outpost_pool_slots_used 0")
+            && m.contains("outpost_requests_inflight{app=\"slow\"} 0")
+        {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        released,
+        "slot and in-flight gauge must drop back when the client leaves"
+    );
+}
+
+#[test]
+fn colliding_routes_are_refused() {
+    let hello = wasm("hello");
+    let echo = wasm("echo");
+    let (code, _, err) = run_to_end(&[
+        "serve",
+        "--no-cache",
+        "--listen",
+        "127.0.0.1:0",
+        hello.to_str().unwrap(),
+        echo.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("route conflict") && err.contains("hello") && err.contains("echo"),
+        "{err}"
+    );
+}

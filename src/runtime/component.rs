@@ -172,11 +172,14 @@ impl AppComponent {
             .map_err(|e| internal(format!("response outparam: {e:#}")))?;
 
         let this = self.clone();
-        let inflight = self.metrics.inflight.with_label_values(&[&*self.app]);
-        inflight.inc();
-        self.metrics.pool_slots_used.inc();
+        // Counted by a guard: the request future may be dropped mid-way (client gone).
+        let gauges = InflightGauges::new(
+            self.metrics.inflight.with_label_values(&[&*self.app]),
+            self.metrics.pool_slots_used.clone(),
+        );
         let guest = async move {
             let _permits = permits;
+            let _gauges = gauges;
             let run = async {
                 let proxy = this.pre.instantiate_async(&mut store).await?;
                 this.metrics
@@ -194,8 +197,6 @@ impl AppComponent {
             };
             let hit_memory_limit = store.data().limiter.hit;
             drop(store);
-            inflight.dec();
-            this.metrics.pool_slots_used.dec();
             if let GuestOutcome::TimedOut = outcome {
                 tracing::warn!(request_id = ctx.id, component = %this.label, timeout = ?this.limits.timeout, "request hit its wall-clock timeout; instance dropped");
             }
@@ -343,6 +344,25 @@ enum GuestOutcome {
     Returned,
     Failed(wasmtime::Error),
     TimedOut,
+}
+
+/// Keeps `outpost_requests_inflight` and `outpost_pool_slots_used` true even when a request is
+/// cancelled.
+struct InflightGauges(prometheus::IntGauge, prometheus::IntGauge);
+
+impl InflightGauges {
+    fn new(app: prometheus::IntGauge, slots: prometheus::IntGauge) -> Self {
+        app.inc();
+        slots.inc();
+        Self(app, slots)
+    }
+}
+
+impl Drop for InflightGauges {
+    fn drop(&mut self) {
+        self.0.dec();
+        self.1.dec();
+    }
 }
 
 struct Dequeue<'a>(&'a AtomicU32);
