@@ -142,17 +142,9 @@ impl AppComponent {
         });
 
         let t0 = Instant::now();
-        let host = Host::new(
-            self.grants.clone(),
-            self.limits.memory_limit,
-            self.label.clone(),
-        )
-        .map_err(|e| internal(format!("creating store state: {e:#}")))?;
-        let mut store = Store::new(self.pre.engine(), host);
-        store.limiter(|h| &mut h.limiter);
-        // Yield to the scheduler at every epoch tick: a CPU-bound guest then shares its worker
-        // thread with other requests, and the wall-clock timeout below can cancel it.
-        store.epoch_deadline_async_yield_and_update(1);
+        let mut store = self
+            .new_store()
+            .map_err(|e| internal(format!("creating store state: {e:#}")))?;
 
         let scheme = if ctx.https {
             Scheme::Https
@@ -278,20 +270,27 @@ impl AppComponent {
     /// not at its first request; also what the instantiate benchmark measures.
     pub async fn probe(&self) -> Result<Duration, String> {
         let t0 = Instant::now();
-        let host = Host::new(
-            self.grants.clone(),
-            self.limits.memory_limit,
-            self.label.clone(),
-        )
-        .map_err(|e| format!("{e:#}"))?;
-        let mut store = Store::new(self.pre.engine(), host);
-        store.limiter(|h| &mut h.limiter);
-        store.epoch_deadline_async_yield_and_update(1);
+        let mut store = self.new_store().map_err(|e| format!("{e:#}"))?;
         self.pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| format!("{e:#}"))?;
         Ok(t0.elapsed())
+    }
+
+    /// A fresh store with this component's grants and limits.
+    fn new_store(&self) -> wasmtime::Result<Store<Host>> {
+        let host = Host::new(
+            self.grants.clone(),
+            self.limits.memory_limit,
+            self.label.clone(),
+        )?;
+        let mut store = Store::new(self.pre.engine(), host);
+        store.limiter(|h| &mut h.limiter);
+        // Yield to the scheduler at every epoch tick: a CPU-bound guest then shares its worker
+        // thread with other requests, and the wall-clock timeout can cancel it.
+        store.epoch_deadline_async_yield_and_update(1);
+        Ok(store)
     }
 
     /// Admission control: a permit of this component (bounded queue), then a pool slot.
