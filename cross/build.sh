@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cross/build.sh [TARGET...] — static, stripped release builds of `outpost` for the fleet.
+# cross/build.sh [--tools-only] [TARGET...] — static, stripped release builds of `outpost` for the fleet.
 #
 # Owns: installing the cross toolchain pieces it needs (rustup targets, zig from PyPI,
 #       cargo-zigbuild from crates.io, `file` from Debian), running `cargo zigbuild --release`
@@ -26,22 +26,26 @@ cd "$here/.."
 
 usage() {
     cat <<EOF
-usage: cross/build.sh [TARGET...]
+usage: cross/build.sh [--tools-only] [TARGET...]
 
 Builds stripped, statically linked release binaries of outpost with cargo-zigbuild and copies
 them to <target-dir>/dist/outpost-<TARGET>. Installs missing tools itself (Debian/PyPI/crates.io).
+
+  --tools-only  install/check the tools for TARGETs, build nothing
 
 Targets (default: all): ${OUTPOST_CROSS_TARGETS[*]}
 EOF
 }
 
 targets=()
+tools_only=0
 for arg in "$@"; do
     case $arg in
     -h | --help)
         usage
         exit 0
         ;;
+    --tools-only) tools_only=1 ;;
     -*) die "unknown option '$arg' (see --help)" ;;
     *)
         is_supported_target "$arg" ||
@@ -122,6 +126,10 @@ ensure_cmd file file
 ensure_rust_targets
 ensure_zig
 ensure_zigbuild
+if [ "$tools_only" -eq 1 ]; then
+    log "tools ready for ${targets[*]}"
+    exit 0
+fi
 
 # === build ===
 

@@ -10,7 +10,8 @@
 #
 # Environment: CARGO_TARGET_DIR and OUTPOST_APPS_TARGET_DIR are honoured like build.rs does;
 # OUTPOST_SMOKE_TIMEOUT (seconds, default 300) bounds each step, generous because qemu-user
-# runs Cranelift's compile of the component about an order of magnitude slower than native.
+# runs Cranelift's compile of the component about an order of magnitude slower than native;
+# OUTPOST_SMOKE_AS_LIMIT_GIB (default 64, 0 = none) caps the emulated process's address space.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,6 +23,8 @@ target=aarch64-unknown-linux-musl
 expected_body='hello from outpost'
 timeout_s=${OUTPOST_SMOKE_TIMEOUT:-300}
 case $timeout_s in '' | *[!0-9]*) die "OUTPOST_SMOKE_TIMEOUT must be whole seconds, got '$timeout_s'" ;; esac
+as_limit_gib=${OUTPOST_SMOKE_AS_LIMIT_GIB:-64}
+case $as_limit_gib in '' | *[!0-9]*) die "OUTPOST_SMOKE_AS_LIMIT_GIB must be whole GiB, got '$as_limit_gib'" ;; esac
 
 target_dir=$(cargo_target_dir)
 bin="$target_dir/dist/outpost-$target"
@@ -42,6 +45,9 @@ if [ "$(uname -m)" != aarch64 ]; then
     qemu=$(command -v qemu-aarch64-static || command -v qemu-aarch64) ||
         die "no qemu-aarch64 emulator found after installing qemu-user-static"
     runner=("$qemu")
+else
+    # Native: the real address space is what the daemon must size itself for.
+    as_limit_gib=0
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-smoke.XXXXXX")
@@ -58,9 +64,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-run() { timeout "$timeout_s" "${runner[@]}" "$bin" "$@"; }
+# Runs "$@" in the current (sub)shell with the address-space cap applied. Why the cap: qemu-user
+# 7.2 (Debian 12) keeps per-page bookkeeping for every guest mapping, so a pooling allocator
+# that reserves terabytes of PROT_NONE address space costs tens of GiB of real host memory
+# (an uncapped run was OOM-killed at 23.6 GiB RSS). Under the cap the daemon reads RLIMIT_AS,
+# sizes a smaller pool and still exercises the pooling allocator. The emulated VA-bits probe
+# is not stable under qemu either (39..47 bits seen), which the cap also makes irrelevant.
+with_as_limit() {
+    if [ "$as_limit_gib" -gt 0 ]; then
+        ulimit -v "$((as_limit_gib * 1024 * 1024))" || die "ulimit -v ${as_limit_gib}GiB failed"
+    fi
+    exec "$@"
+}
 
-log "runner: ${runner[*]:-native} $bin"
+run() { (with_as_limit timeout "$timeout_s" "${runner[@]}" "$bin" "$@"); }
+
+log "runner: ${runner[*]:-native} $bin (address-space cap: ${as_limit_gib} GiB, 0 = none)"
 
 log "outpost --version"
 version=$(run --version) || die "outpost --version failed"
@@ -76,9 +95,12 @@ cat "$work/info.txt"
 
 log "outpost serve --listen 127.0.0.1:0 $hello"
 # Started in the background with its own output files so the bound address can be read
-# while it runs; the PID is that of timeout(1), which forwards our TERM to outpost.
-timeout "$((timeout_s * 2))" "${runner[@]}" "$bin" serve --listen 127.0.0.1:0 \
-    --cache-dir "$work/cache" "$hello" >"$work/serve.out" 2>"$work/serve.err" &
+# while it runs; the subshell execs timeout(1), so the PID is timeout's, and timeout forwards
+# our TERM to outpost. The files exist before the fork so the poll below never races the open.
+: >"$work/serve.out"
+: >"$work/serve.err"
+(with_as_limit timeout "$((timeout_s * 2))" "${runner[@]}" "$bin" serve --listen 127.0.0.1:0 \
+    --cache-dir "$work/cache" "$hello" >"$work/serve.out" 2>"$work/serve.err") &
 server_pid=$!
 
 addr=
@@ -98,7 +120,7 @@ if [ -z "$addr" ]; then
     cat "$work/serve.out" "$work/serve.err" >&2
     die "outpost serve printed no 'listening on' line within ${timeout_s}s"
 fi
-log "serving on $addr after ${SECONDS}s"
+log "serving on $addr after $((SECONDS + timeout_s - deadline))s"
 
 curl --silent --show-error --max-time "$timeout_s" --output "$work/body" \
     --write-out '%{http_code}' "http://$addr/" >"$work/status" || {
