@@ -31,6 +31,15 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Runtime, Arc<AppComponent>) {
     (runtime, c)
 }
 
+/// One worker, like a single-core gateway; the bench thread drives it with `block_on`.
+fn bench_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 async fn one_request(c: &Arc<AppComponent>) {
     let body = http_body_util::Empty::<Bytes>::new()
         .map_err(|e: std::convert::Infallible| -> wasmtime_wasi_http::Error { match e {} });
@@ -53,11 +62,7 @@ async fn one_request(c: &Arc<AppComponent>) {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = bench_runtime();
     let (_runtime, comp) = setup(&rt);
     c.bench_function("instantiate", |b| {
         b.iter(|| rt.block_on(comp.probe()).unwrap());
@@ -66,11 +71,7 @@ fn bench(c: &mut Criterion) {
 }
 
 fn percentiles() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = bench_runtime();
     let (_runtime, comp) = setup(&rt);
     let n = 20_000;
     let report = |name: &str, mut v: Vec<Duration>| {

@@ -41,13 +41,7 @@ source = "echo.wasm"
 hosts = ["echo.example.com"]
 "#,
     );
-    let d = Daemon::spawn_with(
-        &["run", "--config", cfg.to_str().unwrap()],
-        tempfile::tempdir().unwrap(),
-        &[],
-        1,
-        true,
-    );
+    let d = Daemon::run_config(&cfg);
     let admin = d.admin.unwrap();
     let r = get(d.addr(), "/").await;
     assert_eq!((r.status, r.body.as_str()), (200, "hello from outpost\n"));
@@ -264,13 +258,7 @@ async fn cancelled_requests_release_their_slot() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(wasm("slow"), dir.path().join("slow.wasm")).unwrap();
     let cfg = write_config(dir.path(), "[[app]]\nsource = \"slow.wasm\"\n");
-    let d = Daemon::spawn_with(
-        &["run", "--config", cfg.to_str().unwrap()],
-        tempfile::tempdir().unwrap(),
-        &[],
-        1,
-        true,
-    );
+    let d = Daemon::run_config(&cfg);
     let admin = d.admin.unwrap();
     let addr = d.addr();
     let client = tokio::spawn(async move { get(addr, "/sleep/5000").await });

@@ -69,6 +69,17 @@ impl Daemon {
         Self::spawn_with(&full, tempfile::tempdir().unwrap(), &[], 1, false)
     }
 
+    /// `outpost run --config CFG`, waiting for the tenant and admin addresses.
+    pub fn run_config(cfg: &Path) -> Self {
+        Self::spawn_with(
+            &["run", "--config", cfg.to_str().unwrap()],
+            tempfile::tempdir().unwrap(),
+            &[],
+            1,
+            true,
+        )
+    }
+
     /// Spawns the binary with `args`; waits until `expect_addrs` listener lines were printed.
     pub fn spawn_with(
         args: &[&str],
