@@ -147,6 +147,86 @@ impl Metrics {
     }
 }
 
+/// The HTTP protocol label of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http10,
+    Http1,
+    Http2,
+}
+
+impl Protocol {
+    const ALL: [Protocol; 3] = [Protocol::Http10, Protocol::Http1, Protocol::Http2];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Http10 => "http1.0",
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Request metrics of one app/component, resolved once instead of on every request:
+/// `with_label_values` hashes every label and takes a lock, a cost paid tens of thousands of
+/// times a second on the hot path. Counters per status code are created on first use.
+pub struct RequestMetrics {
+    app: String,
+    component: String,
+    /// One slot per (protocol, status 100..=599).
+    counters: Box<[std::sync::OnceLock<prometheus::IntCounter>]>,
+    durations: [Histogram; 3],
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for RequestMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestMetrics")
+            .field("app", &self.app)
+            .field("component", &self.component)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestMetrics {
+    pub fn new(metrics: &Metrics, app: &str, component: &str) -> Self {
+        let durations = Protocol::ALL.map(|p| {
+            metrics
+                .request_duration
+                .with_label_values(&[app, p.label()])
+        });
+        Self {
+            app: app.to_owned(),
+            component: component.to_owned(),
+            counters: (0..Protocol::ALL.len() * 500)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            durations,
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// Counts one answered request and its duration.
+    pub fn record(&self, status: http::StatusCode, protocol: Protocol, seconds: f64) {
+        let code = status.as_u16();
+        let slot = usize::from(code.clamp(100, 599) - 100) + protocol.index() * 500;
+        let counter = self.counters[slot].get_or_init(|| {
+            self.metrics.requests.with_label_values(&[
+                &self.app,
+                &self.component,
+                status.as_str(),
+                protocol.label(),
+            ])
+        });
+        counter.inc();
+        self.durations[protocol.index()].observe(seconds);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()

@@ -23,7 +23,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::error::{RequestError, RequestErrorKind};
 use super::host::{Grants, Host};
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, RequestMetrics};
 
 /// The body type of every response the runtime produces, guest-made or not.
 pub type ResponseBody =
@@ -68,6 +68,10 @@ pub struct AppComponent {
     queued: AtomicU32,
     slots: Arc<Semaphore>,
     metrics: Metrics,
+    /// This component's `outpost_requests_inflight` series, resolved once.
+    inflight: prometheus::IntGauge,
+    /// Per-request counters and histograms, recorded by the front door.
+    pub request_metrics: RequestMetrics,
 }
 
 impl std::fmt::Debug for AppComponent {
@@ -93,7 +97,11 @@ impl AppComponent {
         metrics: Metrics,
     ) -> Self {
         let concurrency = Arc::new(Semaphore::new(limits.max_concurrency as usize));
+        let inflight = metrics.inflight.with_label_values(&[app]);
+        let request_metrics = RequestMetrics::new(&metrics, app, id);
         Self {
+            inflight,
+            request_metrics,
             app: app.into(),
             id: id.into(),
             label: format!("{app}/{id}").into(),
@@ -165,10 +173,8 @@ impl AppComponent {
 
         let this = self.clone();
         // Counted by a guard: the request future may be dropped mid-way (client gone).
-        let gauges = InflightGauges::new(
-            self.metrics.inflight.with_label_values(&[&*self.app]),
-            self.metrics.pool_slots_used.clone(),
-        );
+        let gauges =
+            InflightGauges::new(self.inflight.clone(), self.metrics.pool_slots_used.clone());
         let guest = async move {
             let _permits = permits;
             let _gauges = gauges;

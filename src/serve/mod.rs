@@ -22,7 +22,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, Protocol, RequestMetrics};
 use crate::runtime::component::{RequestCtx, ResponseBody, plain_response};
 use crate::runtime::error::{Cause, RequestError};
 pub use router::{HostPattern, Router};
@@ -32,6 +32,8 @@ pub use router::{HostPattern, Router};
 pub struct ServeState {
     router: RwLock<Arc<Router>>,
     metrics: Metrics,
+    /// Metrics of requests no app serves (404s).
+    unrouted: RequestMetrics,
     next_id: AtomicU64,
     /// High bits of request ids: differs per process start so ids do not repeat across restarts.
     id_base: u64,
@@ -54,6 +56,7 @@ impl ServeState {
             .set(router.component_count() as i64);
         Self {
             router: RwLock::new(Arc::new(router)),
+            unrouted: RequestMetrics::new(&metrics, "-", "-"),
             metrics,
             next_id: AtomicU64::new(0),
             id_base: (nanos ^ u64::from(std::process::id())) << 24,
@@ -91,9 +94,9 @@ impl ServeState {
             .id_base
             .wrapping_add(self.next_id.fetch_add(1, Ordering::Relaxed));
         let protocol = match req.version() {
-            http::Version::HTTP_2 => "http2",
-            http::Version::HTTP_10 => "http1.0",
-            _ => "http1",
+            http::Version::HTTP_2 => Protocol::Http2,
+            http::Version::HTTP_10 => Protocol::Http10,
+            _ => Protocol::Http1,
         };
         let host = req
             .uri()
@@ -107,43 +110,33 @@ impl ServeState {
             });
         let router = self.router();
         let component = router.route(host.as_deref(), req.uri().path()).cloned();
-        let (app, comp_id, mut resp) = match component {
+        let mut resp = match &component {
             None => {
                 tracing::debug!(request_id = %fmt_id(id), host = host.as_deref().unwrap_or(""), path = req.uri().path(), "no route");
-                (
-                    "-".into(),
-                    "-".into(),
-                    plain_response(
-                        http::StatusCode::NOT_FOUND,
-                        format!("no app serves {}\n", req.uri().path()),
-                    ),
+                plain_response(
+                    http::StatusCode::NOT_FOUND,
+                    format!("no app serves {}\n", req.uri().path()),
                 )
             }
             Some(c) => {
                 let method = req.method().clone();
                 let path = req.uri().path().to_owned();
-                let resp = match c.handle(req, RequestCtx { id, https }).await {
+                match c.handle(req, RequestCtx { id, https }).await {
                     Ok(r) => r,
                     Err(e) => {
                         log_failure(&e, id, &c.label, &method, &path);
                         error_response(&e, id)
                     }
-                };
-                (c.app.clone(), c.id.clone(), resp)
+                }
             }
         };
         if let Ok(v) = http::HeaderValue::from_str(&fmt_id(id)) {
             resp.headers_mut().insert("x-request-id", v);
         }
-        let status = resp.status();
-        self.metrics
-            .requests
-            .with_label_values(&[&*app, &*comp_id, status.as_str(), protocol])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[&*app, protocol])
-            .observe(start.elapsed().as_secs_f64());
+        let metrics = component
+            .as_ref()
+            .map_or(&self.unrouted, |c| &c.request_metrics);
+        metrics.record(resp.status(), protocol, start.elapsed().as_secs_f64());
         resp
     }
 }
