@@ -98,33 +98,23 @@ impl ServeState {
             http::Version::HTTP_10 => Protocol::Http10,
             _ => Protocol::Http1,
         };
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            });
         let router = self.router();
-        let component = router.route(host.as_deref(), req.uri().path()).cloned();
+        let component = router.route(request_host(&req), req.uri().path()).cloned();
         let mut resp = match &component {
             None => {
-                tracing::debug!(request_id = %fmt_id(id), host = host.as_deref().unwrap_or(""), path = req.uri().path(), "no route");
+                tracing::debug!(request_id = %fmt_id(id), host = request_host(&req).unwrap_or(""), path = req.uri().path(), "no route");
                 plain_response(
                     http::StatusCode::NOT_FOUND,
                     format!("no app serves {}\n", req.uri().path()),
                 )
             }
             Some(c) => {
-                let method = req.method().clone();
-                let path = req.uri().path().to_owned();
+                // Kept for the log line of a failure; both clones are reference-count bumps.
+                let (method, uri) = (req.method().clone(), req.uri().clone());
                 match c.handle(req, RequestCtx { id, https }).await {
                     Ok(r) => r,
                     Err(e) => {
-                        log_failure(&e, id, &c.label, &method, &path);
+                        log_failure(&e, id, &c.label, &method, uri.path());
                         error_response(&e, id)
                     }
                 }
@@ -139,6 +129,15 @@ impl ServeState {
         metrics.record(resp.status(), protocol, start.elapsed().as_secs_f64());
         resp
     }
+}
+
+/// The host a request is for: the URI authority (HTTP/2, absolute-form) or the `Host` header.
+fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 fn fmt_id(id: u64) -> String {
