@@ -225,25 +225,8 @@ fn non_components_and_unknown_imports_fail_at_load() {
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line() {
-    let cache = tempfile::tempdir().unwrap();
-    let c = cache.path().to_str().unwrap().to_owned();
-    let hello = wasm("hello");
-    let d = Daemon::spawn_with(
-        &[
-            "--log-format",
-            "json",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--cache-dir",
-            &c,
-            hello.to_str().unwrap(),
-        ],
-        cache,
-        &[],
-        1,
-        false,
-    );
+    // --log-format is global: accepted after the subcommand too.
+    let d = Daemon::serve(&["--log-format", "json", wasm("hello").to_str().unwrap()]);
     let log = d.wait_log(&["component loaded", "sized for this machine"]);
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() >= 2, "{log}");

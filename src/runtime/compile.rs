@@ -51,10 +51,6 @@ impl CodeCache {
         Self { dir, fingerprint }
     }
 
-    pub fn dir(&self) -> Option<&Path> {
-        self.dir.as_deref()
-    }
-
     /// Loads `path` (a `.wasm` component, or WAT text) for `engine`, from cache when possible.
     pub fn load_file(
         &self,

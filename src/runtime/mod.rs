@@ -159,14 +159,6 @@ impl Runtime {
         &self.engine
     }
 
-    pub fn settings(&self) -> &RuntimeSettings {
-        &self.settings
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// Loads, links and pre-instantiates a component from `wasm` bytes (`path` names it in
     /// errors). Every problem a request could hit later because of the component itself —
     /// missing imports, wrong world, bad limits, missing file grants — is reported here.
