@@ -137,15 +137,19 @@ pub fn run(args: RunArgs) -> CliResult {
         let left = crate::serve::serve(
             listeners,
             state,
-            sizing.max_connections.value as usize,
-            cfg.drain_timeout(),
+            crate::serve::ServeOptions {
+                max_connections: sizing.max_connections.value as usize,
+                drain: cfg.drain_timeout(),
+                threads: sizing.worker_threads.value,
+            },
             async move {
                 super::shutdown_signal().await;
                 // Not ready while draining, so load balancers stop sending traffic.
                 admin_for_drain.ready.store(false, Ordering::Release);
             },
         )
-        .await;
+        .await
+        .map_err(CliError::runtime)?;
         let _ = stop_admin.send(());
         if let Some(t) = admin_task {
             let _ = t.await;

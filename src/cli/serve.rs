@@ -85,11 +85,15 @@ pub fn run(args: ServeArgs) -> CliResult {
         crate::serve::serve(
             listeners,
             state,
-            sizing.max_connections.value as usize,
-            args.drain_timeout,
+            crate::serve::ServeOptions {
+                max_connections: sizing.max_connections.value as usize,
+                drain: args.drain_timeout,
+                threads: sizing.worker_threads.value,
+            },
             super::shutdown_signal(),
         )
-        .await;
+        .await
+        .map_err(CliError::runtime)?;
         drop(runtime);
         Ok(())
     })

@@ -188,10 +188,10 @@ impl AppComponent {
                     .call_handle(&mut store, req, out)
                     .await
             };
-            let outcome = match tokio::time::timeout_at(deadline.into(), run).await {
-                Ok(Ok(())) => GuestOutcome::Returned,
-                Ok(Err(e)) => GuestOutcome::Failed(e),
-                Err(_) => GuestOutcome::TimedOut,
+            let outcome = match LazyDeadline::new(std::pin::pin!(run), deadline).await {
+                Some(Ok(())) => GuestOutcome::Returned,
+                Some(Err(e)) => GuestOutcome::Failed(e),
+                None => GuestOutcome::TimedOut,
             };
             let hit_memory_limit = store.data().limiter.hit;
             drop(store);
@@ -337,6 +337,47 @@ impl AppComponent {
             .map_err(|_| internal("pool semaphore closed"))?,
         };
         Ok((own, slot))
+    }
+}
+
+/// `tokio::time::timeout_at`, except that the timer is armed only once the inner future first
+/// returns `Pending`. Most handlers answer within their first poll, and for them a timer-wheel
+/// entry (insert + remove on every request) would be pure overhead. A future that does wait —
+/// I/O, or an epoch-tick yield of a CPU-bound guest — gets the timer from its first wait on,
+/// and the deadline is the one fixed before the first poll, so nothing is lost by arming late.
+struct LazyDeadline<F> {
+    inner: F,
+    deadline: Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<F: Future + Unpin> LazyDeadline<F> {
+    fn new(inner: F, deadline: Instant) -> Self {
+        Self {
+            inner,
+            deadline,
+            timer: None,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for LazyDeadline<F> {
+    /// `None` when the deadline passed first.
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(v) = Pin::new(&mut this.inner).poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

@@ -11,16 +11,16 @@ pub mod router;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::ops::metrics::{Metrics, Protocol, RequestMetrics};
 use crate::runtime::component::{RequestCtx, ResponseBody, plain_response};
@@ -186,30 +186,83 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> 
     Ok(out)
 }
 
+/// How connections are served.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Open connections at most; the next accept waits for one to close.
+    pub max_connections: usize,
+    /// How long in-flight requests get after the shutdown signal.
+    pub drain: Duration,
+    /// Serving threads (each a single-threaded runtime); at least 1.
+    pub threads: usize,
+}
+
+/// An accepted connection on its way to a serving thread.
+struct Accepted {
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    watcher: Watcher,
+}
+
+/// The sending side of one serving thread.
+struct ServingThread {
+    tx: mpsc::UnboundedSender<Accepted>,
+    /// Connections this thread has open; new ones go to the thread with the fewest.
+    open: Arc<AtomicUsize>,
+}
+
 /// Serves tenant traffic on `listeners` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests finish for up to `drain`. Returns the number of connections that were still
-/// open when the deadline passed (and were closed).
+/// in-flight requests finish for up to `opts.drain`. Returns the number of connections that were
+/// still open when the deadline passed (and were closed).
+///
+/// Threading: the accept loops run on the calling runtime and hand each connection to one of
+/// `opts.threads` serving threads — the one with the fewest open connections. Each serving
+/// thread is a single-threaded tokio runtime, so a connection, its requests and the guests
+/// answering them never leave the thread that got it: no cross-thread wake-ups per request
+/// (about a fifth of the throughput of a work-stealing pool, see `docs/runtime.md`). A CPU-bound
+/// guest still shares its thread fairly, because it yields at every epoch tick. Assignment by
+/// open-connection count rather than `SO_REUSEPORT` hashing keeps a few long-lived keep-alive
+/// connections from piling onto one core.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     state: Arc<ServeState>,
-    max_connections: usize,
-    drain: Duration,
+    opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
-) -> usize {
+) -> anyhow::Result<usize> {
     let graceful = Arc::new(GracefulShutdown::new());
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let permits = Arc::new(Semaphore::new(opts.max_connections));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
-    let mut accept_tasks = Vec::new();
-    for l in listeners {
-        let state = state.clone();
-        let permits = permits.clone();
-        let graceful = graceful.clone();
-        let mut stop = stop_rx.clone();
-        accept_tasks.push(tokio::spawn(async move {
-            accept_loop(l, state, permits, &graceful, &mut stop).await;
-        }));
+    let mut threads = Vec::with_capacity(opts.threads.max(1));
+    let mut joins = Vec::with_capacity(opts.threads.max(1));
+    for t in 0..opts.threads.max(1) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot start serving thread {t}: {e}"))?;
+        let (state, thread_open) = (state.clone(), open.clone());
+        let join = std::thread::Builder::new()
+            .name(format!("outpost-serve-{t}"))
+            .spawn(move || rt.block_on(serving_thread(rx, state, thread_open)))
+            .map_err(|e| anyhow::anyhow!("cannot start serving thread {t}: {e}"))?;
+        threads.push(ServingThread { tx, open });
+        joins.push(join);
     }
+    let threads = Arc::new(threads);
+
+    let accept_tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            let (permits, threads, graceful) = (permits.clone(), threads.clone(), graceful.clone());
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                accept_loop(l, permits, &threads, &graceful, &mut stop).await;
+            })
+        })
+        .collect();
 
     shutdown.await;
     let _ = stop_tx.send(true);
@@ -219,18 +272,28 @@ pub async fn serve(
     // Every accept loop has ended, so this is the last reference.
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     let open = graceful.count();
-    tracing::info!(open_connections = open, deadline = ?drain, "draining");
-    tokio::select! {
+    tracing::info!(open_connections = open, deadline = ?opts.drain, "draining");
+    let left = tokio::select! {
         _ = graceful.shutdown() => {
             tracing::info!("drained: all connections closed");
             0
         }
-        _ = tokio::time::sleep(drain) => {
-            let left = permits_in_use(&permits, max_connections);
+        _ = tokio::time::sleep(opts.drain) => {
+            let left = permits_in_use(&permits, opts.max_connections);
             tracing::warn!(connections = left, "drain deadline passed; closing remaining connections");
             left
         }
-    }
+    };
+    // Closing the channels ends the serving threads; dropping their runtimes closes whatever
+    // connections are left.
+    drop(threads);
+    let _ = tokio::task::spawn_blocking(move || {
+        for j in joins {
+            let _ = j.join();
+        }
+    })
+    .await;
+    Ok(left)
 }
 
 fn permits_in_use(permits: &Semaphore, max: usize) -> usize {
@@ -239,14 +302,12 @@ fn permits_in_use(permits: &Semaphore, max: usize) -> usize {
 
 async fn accept_loop(
     listener: TcpListener,
-    state: Arc<ServeState>,
     permits: Arc<Semaphore>,
+    threads: &[ServingThread],
     graceful: &GracefulShutdown,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
-        TokioExecutor::new(),
-    ));
+    let mut next = 0usize;
     loop {
         // Backpressure before work: no permit, no accept.
         let permit = tokio::select! {
@@ -269,9 +330,66 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let state = state.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let tcp = match tcp.into_std() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand over connection");
+                continue;
+            }
+        };
+        // The least-loaded thread; ties go round-robin so an idle server spreads evenly too.
+        next = next.wrapping_add(1);
+        let n = threads.len();
+        let Some(target) = (0..n)
+            .map(|i| &threads[(next + i) % n])
+            .min_by_key(|t| t.open.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        target.open.fetch_add(1, Ordering::Relaxed);
+        let conn = Accepted {
+            tcp,
+            peer,
+            permit,
+            watcher: graceful.watcher(),
+        };
+        if target.tx.send(conn).is_err() {
+            target.open.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(%peer, "serving thread is gone; connection dropped");
+        }
+    }
+}
+
+/// One serving thread's loop: takes connections from the accept loops and serves each on a task
+/// of this thread's runtime. Ends when the accept side closes the channel; open connections are
+/// then closed when the runtime is dropped (after the drain).
+async fn serving_thread(
+    mut rx: mpsc::UnboundedReceiver<Accepted>,
+    state: Arc<ServeState>,
+    open: Arc<AtomicUsize>,
+) {
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        TokioExecutor::new(),
+    ));
+    while let Some(Accepted {
+        tcp,
+        peer,
+        permit,
+        watcher,
+    }) = rx.recv().await
+    {
+        let tcp = match tcp
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(tcp))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                open.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(%peer, error = %e, "cannot register connection");
+                continue;
+            }
+        };
+        let (state, builder, open) = (state.clone(), builder.clone(), open.clone());
         state.metrics.connections.inc();
         tokio::spawn(async move {
             let _permit = permit;
@@ -285,6 +403,7 @@ async fn accept_loop(
                 tracing::debug!(%peer, error = %e, "connection ended with error");
             }
             state.metrics.connections.dec();
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
