@@ -6,6 +6,7 @@
 //! Must not: hold logic other modules need.
 #![forbid(unsafe_code)]
 
+mod bundle;
 mod info;
 mod run;
 mod serve;
@@ -56,6 +57,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Print the detected hardware and every pool size derived from it, with the reason.
     Info(info::InfoArgs),
+    /// Make, sign, verify, inspect and install signed app bundles.
+    Bundle(bundle::BundleArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -96,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Run(a) => run::run(a),
         Command::Info(a) => info::run(a),
+        Command::Bundle(a) => bundle::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,4 +169,65 @@ fn announce(what: &str, addr: std::net::SocketAddr) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{what} http://{addr}");
     let _ = out.flush();
+}
+
+/// Prints a bound address with its scheme (`https://`, `h3://`) on stdout, like [`announce`].
+fn announce_scheme(what: &str, scheme: &str, addr: std::net::SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{what} {scheme}://{addr}");
+    let _ = out.flush();
+}
+
+/// Announces every tenant listener: `listening on http://…`, `https://…`, `h3://…`.
+fn announce_listeners(listeners: &crate::serve::Listeners) {
+    for a in listeners.http_addrs() {
+        announce("listening on", a);
+    }
+    for a in listeners.https_addrs() {
+        announce_scheme("listening on", "https", a);
+    }
+    for a in listeners.h3_addrs() {
+        announce_scheme("listening on", "h3", a);
+    }
+}
+
+/// Certificates and TLS/QUIC configs for the https listeners, loaded (or generated) and checked
+/// before any port is bound: a missing or broken certificate is a config error (exit 64).
+/// `self_signed_pem`: where to write a generated development certificate for clients to trust
+/// (`None`: write nothing).
+fn tls_setup(
+    mut spec: crate::serve::certs::CertSpec,
+    self_signed: bool,
+    self_signed_pem: Option<&std::path::Path>,
+    h3: bool,
+    sizing: &crate::runtime::sizing::Sizing,
+) -> Result<crate::serve::tls::TlsSetup, CliError> {
+    use crate::serve::certs::{CertStore, DefaultCert, SELF_SIGNED_NAMES, SelfSigned};
+    if self_signed {
+        let cert = SelfSigned::generate().map_err(CliError::runtime)?;
+        let written = match self_signed_pem {
+            Some(path) => match cert.write_pem(path) {
+                Ok(()) => Some(path.display().to_string()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot save the self-signed certificate for clients to trust");
+                    None
+                }
+            },
+            None => None,
+        };
+        tracing::warn!(
+            names = %SELF_SIGNED_NAMES.join(", "),
+            sha256 = %cert.fingerprint,
+            pem = written.as_deref().unwrap_or("(not written)"),
+            "generated a self-signed TLS certificate (development only: clients must be told to trust it)"
+        );
+        spec.default = Some(DefaultCert::SelfSigned(cert));
+    }
+    let certs = CertStore::load(spec).map_err(CliError::config)?;
+    let limits = h3.then(|| {
+        crate::serve::h3::QuicLimits::from_sizing(&sizing.quic, sizing.max_connections.value)
+    });
+    crate::serve::tls::TlsSetup::new(std::sync::Arc::new(certs), limits.as_ref())
+        .map_err(CliError::runtime)
 }

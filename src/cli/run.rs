@@ -55,6 +55,9 @@ pub fn run(args: RunArgs) -> CliResult {
     let sizing = sizing::derive(&hw, &overrides).map_err(CliError::config)?;
     let state_dir = config::resolve_state_dir(&cfg, |k| std::env::var_os(k));
     let mut apps_cfg = Vec::new();
+    // Bundles named in the config are installed into the store (verified first) and served
+    // from there, like every release the store holds; `hosts` of such an entry apply to its app.
+    let mut bundle_cfg = Vec::new();
     for (i, a) in cfg.apps().iter().enumerate() {
         let hosts = a
             .hosts
@@ -64,9 +67,16 @@ pub fn run(args: RunArgs) -> CliResult {
             .map_err(|e| {
                 CliError::config(anyhow::anyhow!("{}: app[{i}].hosts: {e}", cfg.origin()))
             })?;
-        let src = AppSource::from_path(&cfg.resolve_source(&a.source)).map_err(CliError::app)?;
+        let path = cfg.resolve_source(&a.source);
+        if path.extension().is_some_and(|e| e == "bundle") {
+            bundle_cfg.push((hosts, path));
+            continue;
+        }
+        let src = AppSource::from_path(&path).map_err(CliError::app)?;
         apps_cfg.push((hosts, src));
     }
+    let policy = super::bundle::node_trust_policy(&cfg)?;
+    let tls = tls_from_config(&cfg, &sizing, (!args.check).then(|| state_dir.join("tls")))?;
 
     super::log_sizing(&sizing);
     let rt = super::tokio_runtime(sizing.worker_threads.value)?;
@@ -88,6 +98,38 @@ pub fn run(args: RunArgs) -> CliResult {
             let app = load_app(&runtime, src).await.map_err(CliError::app)?;
             apps.push((hosts.clone(), app));
         }
+        let store_dir = state_dir.join("store");
+        let limits = crate::bundle::archive::Limits {
+            max_compressed: cfg.store.max_bundle_size,
+            ..Default::default()
+        };
+        let (store, stored) = open_store_and_install(&store_dir, &policy, &limits, &bundle_cfg)?;
+        for (hosts, r) in &stored {
+            let app = load_app(&runtime, &AppSource::Dir(r.dir.clone()))
+                .await
+                .map_err(|e| {
+                    CliError::app(anyhow::anyhow!(
+                        "installed release {} {} ({}): {e:#}",
+                        r.release.app,
+                        r.release.version,
+                        r.release.digest
+                    ))
+                })?;
+            tracing::info!(app = %r.release.app, version = %r.release.version, digest = %r.release.digest, "serving installed release");
+            apps.push((hosts.clone(), app));
+        }
+        if apps.is_empty() {
+            tracing::warn!(store = %store_dir.display(), "no apps configured or installed; every request will get 404");
+        }
+        // Compiled code of every loaded component stays; the rest is the store's to trim.
+        let keep_wasm = apps
+            .iter()
+            .flat_map(|(_, a)| a.components.iter().map(|c| c.component.digest.clone()))
+            .collect();
+        let code_dir = state_dir.join("compiled");
+        let budget = cfg.store.disk_budget;
+        let gc_store = store.clone();
+        tokio::task::spawn_blocking(move || run_gc(&gc_store, &code_dir, budget, &keep_wasm));
         let router = Router::new(apps).map_err(|e| CliError::config(anyhow::anyhow!(e)))?;
         if args.check {
             println!(
@@ -98,20 +140,23 @@ pub fn run(args: RunArgs) -> CliResult {
             return Ok(());
         }
 
-        let listeners = crate::serve::bind_all(cfg.http_listen())
-            .await
-            .map_err(CliError::runtime)?;
+        let listeners =
+            crate::serve::Listeners::bind(cfg.http_listen(), cfg.https_listen(), tls.as_ref())
+                .await
+                .map_err(CliError::runtime)?;
+        // Certificate files are watched from here on (and reloaded on SIGHUP) until exit.
+        let (_stop_reloader, reloader_stop) = tokio::sync::watch::channel(false);
+        if let Some(t) = &tls {
+            t.certs.set_metrics(metrics.clone());
+            t.certs.spawn_reloader(cfg.tls.reload_interval, reloader_stop);
+        }
         let admin_listener = match cfg.admin_listen() {
             Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
                 CliError::runtime(anyhow::anyhow!("cannot listen on {a} (admin): {e}"))
             })?),
             None => None,
         };
-        for l in &listeners {
-            if let Ok(a) = l.local_addr() {
-                super::announce("listening on", a);
-            }
-        }
+        super::announce_listeners(&listeners);
         if let Some(l) = &admin_listener
             && let Ok(a) = l.local_addr()
         {
@@ -166,3 +211,140 @@ pub fn run(args: RunArgs) -> CliResult {
 }
 
 use serde::Deserialize as _;
+
+/// The TLS setup for `listen.https` (`None` without TLS listeners); a generated development
+/// certificate is saved under `pem_dir` for clients to trust.
+fn tls_from_config(
+    cfg: &Config,
+    sizing: &sizing::Sizing,
+    pem_dir: Option<PathBuf>,
+) -> Result<Option<crate::serve::tls::TlsSetup>, CliError> {
+    use crate::serve::certs::{CertPaths, CertSpec, DefaultCert};
+    if cfg.https_listen().is_empty() {
+        return Ok(None);
+    }
+    let paths = |f: &config::CertFiles| CertPaths {
+        cert: f.cert.clone(),
+        key: f.key.clone(),
+    };
+    let spec = CertSpec {
+        default: cfg
+            .tls
+            .default_cert
+            .as_ref()
+            .map(|f| DefaultCert::Files(paths(f))),
+        tenants: cfg
+            .tls
+            .certs
+            .iter()
+            .map(|c| (c.hosts.clone(), paths(&c.files)))
+            .collect(),
+    };
+    let pem = pem_dir.map(|d| d.join("self-signed-localhost.pem"));
+    super::tls_setup(spec, cfg.tls.self_signed, pem.as_deref(), cfg.h3(), sizing)
+        .map(Some)
+        .map_err(|e| CliError {
+            code: e.code,
+            error: e.error.context(format!("{}: tls", cfg.origin())),
+        })
+}
+
+/// Opens the store, installs the bundles named in the config, and returns every release to
+/// serve with its host patterns.
+type Servable = (
+    Vec<crate::serve::HostPattern>,
+    crate::store::install::ServableRelease,
+);
+
+fn open_store_and_install(
+    store_dir: &std::path::Path,
+    policy: &crate::bundle::sign::TrustPolicy,
+    limits: &crate::bundle::archive::Limits,
+    bundles: &[(Vec<crate::serve::HostPattern>, PathBuf)],
+) -> Result<(Arc<crate::store::Store>, Vec<Servable>), CliError> {
+    use crate::store::{Store, install};
+    let (store, report) = Store::open(store_dir)
+        .map_err(|e| CliError::runtime(anyhow::anyhow!("store {}: {e}", store_dir.display())))?;
+    if report.swept > 0 {
+        tracing::info!(
+            swept = report.swept,
+            "removed partial files left by an interrupted install"
+        );
+    }
+    if report.index_recovered.is_some() {
+        let n = install::rebuild_index(&store, policy, limits);
+        tracing::warn!(
+            releases = n,
+            "store index rebuilt from the verified bundles on disk"
+        );
+    }
+    let mut hosts_by_app = std::collections::BTreeMap::new();
+    for (hosts, path) in bundles {
+        let bytes = std::fs::read(path).map_err(|e| {
+            CliError::app(anyhow::anyhow!(
+                "{}: cannot read bundle: {e}",
+                path.display()
+            ))
+        })?;
+        let mut sig_path = path.as_os_str().to_owned();
+        sig_path.push(".sig");
+        let sig = std::fs::read(&sig_path).map_err(|e| {
+            CliError::app(anyhow::anyhow!(
+                "{}: unsigned: cannot read {}: {e}",
+                path.display(),
+                PathBuf::from(&sig_path).display()
+            ))
+        })?;
+        let installed = install::install(
+            &store,
+            &bytes,
+            &sig,
+            policy,
+            crate::store::unix_now(),
+            limits,
+        )
+        .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
+        if !installed.unchanged {
+            tracing::info!(app = %installed.release.app, version = %installed.release.version, digest = %installed.release.digest, "installed bundle");
+        }
+        hosts_by_app.insert(installed.release.app.clone(), hosts.clone());
+    }
+    let (ok, bad) = install::load_active(&store, policy, limits);
+    for b in bad {
+        tracing::error!(app = %b.app, problem = %b.problem, "installed app cannot be served");
+    }
+    let servable = ok
+        .into_iter()
+        .map(|r| {
+            let hosts = hosts_by_app
+                .get(&r.release.app)
+                .cloned()
+                .unwrap_or_else(|| vec![crate::serve::HostPattern::Any]);
+            (hosts, r)
+        })
+        .collect();
+    Ok((Arc::new(store), servable))
+}
+
+/// One GC pass over the store and the compiled-code cache, logged.
+fn run_gc(
+    store: &crate::store::Store,
+    code_dir: &std::path::Path,
+    budget: u64,
+    keep_wasm: &std::collections::BTreeSet<String>,
+) {
+    match store.gc(budget, Some(code_dir), keep_wasm) {
+        Ok(r) if r.releases_removed + r.artifacts_removed > 0 || r.over_budget => {
+            tracing::info!(
+                removed_releases = r.releases_removed,
+                removed_artifacts = r.artifacts_removed,
+                freed_bytes = r.bytes_freed,
+                kept_bytes = r.bytes_kept,
+                over_budget = r.over_budget,
+                "store GC"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "store GC failed"),
+    }
+}

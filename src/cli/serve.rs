@@ -13,8 +13,9 @@ use crate::serve::{HostPattern, Router, ServeState};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// App directories (containing outpost.toml) or bare .wasm components. Several apps may be
-    /// served at once as long as their routes do not collide.
+    /// App directories (containing outpost.toml), bare .wasm components, or signed bundles
+    /// (APP.bundle with APP.bundle.sig next to it; needs --trust). Several apps may be served at
+    /// once as long as their routes do not collide.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Address to listen on (repeatable). Port 0 picks a free port; the bound address is printed.
@@ -32,9 +33,28 @@ pub struct ServeArgs {
     /// Compile on every start; write nothing to disk.
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
+    /// Trusted public key for bundles: a key file or the key line (repeatable).
+    #[arg(long, value_name = "PUBKEY")]
+    pub trust: Vec<String>,
+    /// Serve bundles without checking their signatures (development only).
+    #[arg(long, conflicts_with = "trust")]
+    pub insecure_unsigned: bool,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub drain_timeout: Duration,
+    /// Also serve HTTPS (TLS: HTTP/1.1, HTTP/2) on ADDR, and HTTP/3 (QUIC) on the same port
+    /// (repeatable). Without --cert/--key, a self-signed certificate for localhost is generated.
+    #[arg(long, value_name = "ADDR")]
+    pub https: Vec<SocketAddr>,
+    /// PEM certificate chain (leaf first) for --https.
+    #[arg(long, value_name = "FILE", requires = "key", requires = "https")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Serve --https without HTTP/3.
+    #[arg(long, requires = "https")]
+    pub no_h3: bool,
 }
 
 pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -49,12 +69,20 @@ pub fn run(args: ServeArgs) -> CliResult {
     } else {
         args.cache_dir.clone().or_else(super::default_cache_dir)
     };
-    let sources = args
-        .paths
-        .iter()
-        .map(|p| AppSource::from_path(p))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(CliError::app)?;
+    let unpack_root = std::env::temp_dir().join(format!("outpost-serve-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(unpack_root.clone());
+    let mut sources = Vec::with_capacity(args.paths.len());
+    for (i, p) in args.paths.iter().enumerate() {
+        if p.extension().is_some_and(|e| e == "bundle") {
+            let dir = unpack_root.join(i.to_string());
+            open_bundle(p, &args.trust, args.insecure_unsigned, &dir)?;
+            sources.push(AppSource::Dir(dir));
+        } else {
+            sources.push(AppSource::from_path(p).map_err(CliError::app)?);
+        }
+    }
+
+    let tls = tls_from_args(&args, &sizing)?;
 
     super::log_sizing(&sizing);
     let rt = super::tokio_runtime(sizing.worker_threads.value)?;
@@ -68,14 +96,16 @@ pub fn run(args: ServeArgs) -> CliResult {
             apps.push((vec![HostPattern::Any], app));
         }
         let router = Router::new(apps).map_err(|e| CliError::app(anyhow::anyhow!(e)))?;
-        let listeners = crate::serve::bind_all(&args.listen)
+        let listeners = crate::serve::Listeners::bind(&args.listen, &args.https, tls.as_ref())
             .await
             .map_err(CliError::runtime)?;
-        for l in &listeners {
-            if let Ok(a) = l.local_addr() {
-                super::announce("listening on", a);
-            }
+        let (_stop_reloader, reloader_stop) = tokio::sync::watch::channel(false);
+        if let Some(t) = &tls {
+            t.certs.set_metrics(metrics.clone());
+            t.certs
+                .spawn_reloader(crate::ops::config::DEFAULT_RELOAD_INTERVAL, reloader_stop);
         }
+        super::announce_listeners(&listeners);
         for app in router.apps() {
             for c in &app.components {
                 tracing::info!(app = %app.name, version = %app.version, component = %c.component.id, routes = ?c.routes, "serving");
@@ -97,4 +127,107 @@ pub fn run(args: ServeArgs) -> CliResult {
         drop(runtime);
         Ok(())
     })
+}
+
+/// The TLS setup for `--https` (`None` without it): `--cert`/`--key`, or a generated
+/// localhost certificate saved next to the compile cache (not with `--no-cache`).
+fn tls_from_args(
+    args: &ServeArgs,
+    sizing: &sizing::Sizing,
+) -> Result<Option<crate::serve::tls::TlsSetup>, CliError> {
+    use crate::serve::certs::{CertPaths, CertSpec, DefaultCert};
+    if args.https.is_empty() {
+        return Ok(None);
+    }
+    let files = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Some(CertPaths {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    let self_signed = files.is_none();
+    let pem = if args.no_cache {
+        None
+    } else {
+        super::default_cache_dir()
+            .and_then(|d| d.parent().map(|p| p.join("self-signed-localhost.pem")))
+    };
+    let spec = CertSpec {
+        default: files.map(DefaultCert::Files),
+        tenants: Vec::new(),
+    };
+    super::tls_setup(spec, self_signed, pem.as_deref(), !args.no_h3, sizing).map(Some)
+}
+
+/// Removes a directory tree when dropped (the unpacked bundles of a dev-mode run).
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Verifies (unless `insecure`) and unpacks a bundle into `dir`.
+fn open_bundle(
+    path: &std::path::Path,
+    trust: &[String],
+    insecure: bool,
+    dir: &std::path::Path,
+) -> CliResult {
+    use crate::bundle::archive::{self, Limits};
+    use crate::bundle::sign::{self, SignedDoc};
+    use anyhow::anyhow;
+    let bytes = std::fs::read(path)
+        .map_err(|e| CliError::app(anyhow!("{}: cannot read: {e}", path.display())))?;
+    let limits = Limits::default();
+    if !insecure {
+        if trust.is_empty() {
+            return Err(CliError::config(anyhow!(
+                "{}: a bundle needs --trust PUBKEY (or --insecure-unsigned for development)",
+                path.display()
+            )));
+        }
+        let keys: Vec<(String, String)> = trust
+            .iter()
+            .map(|k| ("--trust".to_owned(), k.clone()))
+            .collect();
+        let policy =
+            super::bundle::trust_policy(&keys, 1, Default::default()).map_err(CliError::config)?;
+        let mut sig_path = path.as_os_str().to_owned();
+        sig_path.push(".sig");
+        let sig = std::fs::read(&sig_path).map_err(|e| {
+            CliError::app(anyhow!(
+                "{}: unsigned: cannot read {}: {e}",
+                path.display(),
+                PathBuf::from(&sig_path).display()
+            ))
+        })?;
+        let signed = SignedDoc::parse(&sig, crate::store::install::MAX_SIG_FILE)
+            .map_err(|e| CliError::app(anyhow!("{}: {e}", PathBuf::from(&sig_path).display())))?;
+        let digest = crate::bundle::digest(&bytes);
+        sign::verify(
+            &signed,
+            bytes.len() as u64,
+            &digest,
+            &policy,
+            crate::store::unix_now(),
+        )
+        .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?;
+    } else {
+        tracing::warn!(bundle = %path.display(), "serving a bundle WITHOUT checking its signature (--insecure-unsigned)");
+    }
+    let unpacked = archive::unpack(&bytes, &limits)
+        .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?;
+    for (name, data) in unpacked.files() {
+        let target = dir.join(name);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                CliError::runtime(anyhow!("{}: cannot create: {e}", parent.display()))
+            })?;
+        }
+        std::fs::write(&target, data)
+            .map_err(|e| CliError::runtime(anyhow!("{}: cannot write: {e}", target.display())))?;
+    }
+    Ok(())
 }

@@ -13,6 +13,9 @@ use std::time::Duration;
 use crate::ops::units::{Field, FieldError, Fields, parse_toml, quote};
 use crate::runtime::outbound::HostPattern;
 
+mod tls;
+pub use tls::{CertFiles, DEFAULT_RELOAD_INTERVAL, TenantCert, TlsConfig};
+
 /// The configuration `outpost run` uses when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 /// How [`DEFAULT_CONFIG`] is named in errors.
@@ -26,9 +29,13 @@ pub const FALLBACK_NODE_NAME: &str = "outpost";
 /// Last-resort state directory: not persistent across reboots, but always writable.
 pub const FALLBACK_STATE_DIR: &str = "/tmp/outpost-state";
 
-const TOP_KEYS: &[&str] = &["node", "listen", "runtime", "app"];
+const TOP_KEYS: &[&str] = &["node", "listen", "runtime", "app", "trust", "store", "tls"];
+const TRUST_KEYS: &[&str] = &["keys", "threshold", "tenants"];
+const STORE_KEYS: &[&str] = &["disk_budget", "max_bundle_size"];
+/// Default `[store] disk_budget`.
+pub const DEFAULT_DISK_BUDGET: u64 = 1 << 30;
 const NODE_KEYS: &[&str] = &["state_dir", "name"];
-const LISTEN_KEYS: &[&str] = &["http", "admin", "drain_timeout"];
+const LISTEN_KEYS: &[&str] = &["http", "https", "h3", "admin", "drain_timeout"];
 const APP_KEYS: &[&str] = &["source", "hosts"];
 /// `[runtime]` keys that take a size; they reach `runtime::sizing` as integer bytes.
 const RUNTIME_SIZE_KEYS: &[&str] = &[
@@ -36,6 +43,13 @@ const RUNTIME_SIZE_KEYS: &[&str] = &[
     "memory_guard",
     "max_memory_per_instance",
     "default_memory_limit",
+    "quic_stream_receive_window",
+    "quic_receive_window",
+];
+/// `[runtime]` keys that take a duration, and the millisecond key each becomes.
+const RUNTIME_DURATION_KEYS: &[(&str, &str)] = &[
+    ("default_timeout", "default_timeout_ms"),
+    ("quic_idle_timeout", "quic_idle_timeout_ms"),
 ];
 /// Longest node name: a full DNS name, since the default is the hostname.
 const MAX_NODE_NAME: usize = 253;
@@ -47,6 +61,12 @@ pub struct Config {
     pub listen: ListenConfig,
     /// In file order.
     pub apps: Vec<AppConfig>,
+    /// `[trust]`: who may sign the bundles this node installs.
+    pub trust: TrustConfig,
+    /// `[store]`
+    pub store: StoreConfig,
+    /// `[tls]`: certificates for the `listen.https` listeners.
+    pub tls: TlsConfig,
     /// `[runtime]` with sizes and `default_timeout` already normalised to numbers.
     runtime: toml::Table,
     /// Where the config came from (file path or [`EMBEDDED_ORIGIN`]), for later errors.
@@ -65,11 +85,60 @@ pub struct NodeConfig {
 /// `[listen]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenConfig {
-    /// Tenant HTTP listeners; at least one.
+    /// Tenant cleartext HTTP listeners (HTTP/1.1 + h2c). This and `https` hold at least one
+    /// address between them.
     pub http: Vec<SocketAddr>,
+    /// Tenant TLS listeners (HTTP/1.1 and HTTP/2 by ALPN).
+    pub https: Vec<SocketAddr>,
+    /// Also serve HTTP/3 (QUIC, UDP) on the port of every `https` listener.
+    pub h3: bool,
     /// `/healthz`, `/readyz`, `/metrics`; `None` runs without an admin listener.
     pub admin: Option<SocketAddr>,
     pub drain_timeout: Duration,
+}
+
+/// `[trust]`. Turning the key strings into a trust policy (reading key files, parsing keys) is
+/// the CLI's job; here they are only shape-checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustConfig {
+    /// Each a public key line (`outpost-public-key-v1 ...`) or a path to a file holding one
+    /// (absolute after [`Config::load`]); with the key path (`trust.keys[i]`) for errors.
+    pub keys: Vec<(String, String)>,
+    /// Valid signatures by trusted (and, per tenant, allowed) keys a bundle needs; ≥ 1.
+    pub threshold: usize,
+    /// `[trust.tenants]`: tenant → its tenant keys (ids). A tenant key signs only its tenant's
+    /// apps; trusted keys listed under no tenant are operator keys and sign any app.
+    pub tenants: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            threshold: 1,
+            tenants: Default::default(),
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Bytes the store (bundles, unpacked files, compiled code) may use before GC trims earlier
+    /// releases. Active releases are always kept.
+    pub disk_budget: u64,
+    /// Largest bundle (compressed) a node accepts; checked before anything is read into memory
+    /// past it.
+    pub max_bundle_size: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            disk_budget: DEFAULT_DISK_BUDGET,
+            max_bundle_size: crate::bundle::archive::Limits::default().max_compressed,
+        }
+    }
 }
 
 /// One `[[app]]`.
@@ -192,19 +261,25 @@ impl Config {
         Self::parse(DEFAULT_CONFIG, EMBEDDED_ORIGIN).unwrap_or_else(|_| builtin_default())
     }
 
-    /// Makes relative `state_dir` and app paths relative to `base` instead of the working
-    /// directory.
+    /// Makes relative `state_dir`, app and certificate paths relative to `base` instead of the
+    /// working directory.
     pub fn resolve_relative_to(&mut self, base: &Path) {
         if let Some(dir) = &mut self.node.state_dir
             && dir.is_relative()
         {
             *dir = base.join(&*dir);
         }
+        self.tls.resolve_relative_to(base);
         for app in &mut self.apps {
             if let AppLocation::Path(p) = &mut app.source
                 && p.is_relative()
             {
                 *p = base.join(&*p);
+            }
+        }
+        for (_, key) in &mut self.trust.keys {
+            if !key.starts_with("outpost-public-key-v1 ") && Path::new(key.as_str()).is_relative() {
+                *key = base.join(&*key).to_string_lossy().into_owned();
             }
         }
     }
@@ -231,6 +306,16 @@ impl Config {
 
     pub fn admin_listen(&self) -> Option<SocketAddr> {
         self.listen.admin
+    }
+
+    /// TLS listeners (HTTP/1.1 and HTTP/2); HTTP/3 shares their ports when [`Config::h3`].
+    pub fn https_listen(&self) -> &[SocketAddr] {
+        &self.listen.https
+    }
+
+    /// Whether HTTP/3 is served on the `https` ports.
+    pub fn h3(&self) -> bool {
+        self.listen.h3
     }
 
     pub fn drain_timeout(&self) -> Duration {
@@ -265,6 +350,8 @@ fn builtin_default() -> Config {
         node: NodeConfig::default(),
         listen: ListenConfig {
             http: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            https: vec![SocketAddr::from(([127, 0, 0, 1], 8443))],
+            h3: true,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         },
@@ -272,6 +359,12 @@ fn builtin_default() -> Config {
             source: AppLocation::Builtin("demo".to_owned()),
             hosts: vec!["*".to_owned()],
         }],
+        trust: TrustConfig::default(),
+        store: StoreConfig::default(),
+        tls: TlsConfig {
+            self_signed: true,
+            ..TlsConfig::default()
+        },
         runtime: toml::Table::new(),
         origin: EMBEDDED_ORIGIN.to_owned(),
     }
@@ -330,8 +423,10 @@ fn is_valid_node_name(s: &str) -> bool {
 }
 
 /// Turns the size keys of `[runtime]` (`memory_reservation`, `memory_guard`,
-/// `max_memory_per_instance`, `default_memory_limit`) from strings like `"256MiB"` into integer
-/// bytes, and `default_timeout` (a duration string or milliseconds) into `default_timeout_ms`.
+/// `max_memory_per_instance`, `default_memory_limit`, `quic_stream_receive_window`,
+/// `quic_receive_window`) from strings like `"256MiB"` into integer bytes, and the durations
+/// `default_timeout` and `quic_idle_timeout` (a duration string or milliseconds) into
+/// `default_timeout_ms` and `quic_idle_timeout_ms`.
 /// Other keys pass through untouched for the caller's typed deserialization to judge.
 ///
 /// Idempotent. [`Config::parse`] already applies it (with the file as origin), so
@@ -363,23 +458,20 @@ fn normalise_runtime_table_at(
             out.insert(key.to_owned(), toml::Value::Integer(bytes));
         }
     }
-    if let Some(value) = out.remove("default_timeout") {
-        if table.contains_key("default_timeout_ms") {
+    for &(key, ms_key) in RUNTIME_DURATION_KEYS {
+        let Some(value) = out.remove(key) else {
+            continue;
+        };
+        if table.contains_key(ms_key) {
             return Err(invalid(FieldError {
-                key: "runtime.default_timeout".to_owned(),
-                problem: "set either default_timeout or default_timeout_ms, not both".to_owned(),
+                key: format!("runtime.{key}"),
+                problem: format!("set either {key} or {ms_key}, not both"),
             }));
         }
-        let timeout = field("default_timeout", &value)
-            .duration()
-            .map_err(invalid)?;
-        let ms = i64::try_from(timeout.as_millis()).map_err(|_| {
-            invalid(too_large(
-                "default_timeout",
-                &format!("{}ms", timeout.as_millis()),
-            ))
-        })?;
-        out.insert("default_timeout_ms".to_owned(), toml::Value::Integer(ms));
+        let d = field(key, &value).duration().map_err(invalid)?;
+        let ms = i64::try_from(d.as_millis())
+            .map_err(|_| invalid(too_large(key, &format!("{}ms", d.as_millis()))))?;
+        out.insert(ms_key.to_owned(), toml::Value::Integer(ms));
     }
     Ok(out)
 }
@@ -412,17 +504,81 @@ fn parse_table(table: toml::Table) -> Result<(Config, toml::Table), FieldError> 
             apps.push(parse_app(item.table()?)?);
         }
     }
+    let trust = match top.take("trust") {
+        Some(f) => parse_trust(f.table()?)?,
+        None => TrustConfig::default(),
+    };
+    let store = match top.take("store") {
+        Some(f) => parse_store(f.table()?)?,
+        None => StoreConfig::default(),
+    };
+    let (tls, tls_present) = match top.take("tls") {
+        Some(f) => (tls::parse_tls(f.table()?, TOP_KEYS)?, true),
+        None => (TlsConfig::default(), false),
+    };
+    tls::check_with_listen(&listen, &tls, tls_present)?;
     top.finish(TOP_KEYS)?;
     Ok((
         Config {
             node,
             listen,
             apps,
+            trust,
+            store,
+            tls,
             runtime: toml::Table::new(),
             origin: String::new(),
         },
         runtime,
     ))
+}
+
+fn parse_trust(mut t: Fields) -> Result<TrustConfig, FieldError> {
+    let mut out = TrustConfig::default();
+    if let Some(f) = t.take("keys") {
+        for (key, s) in f.strings()? {
+            if s.trim().is_empty() {
+                return Err(FieldError {
+                    key,
+                    problem: "empty; expected a public key line or a key file path".into(),
+                });
+            }
+            out.keys.push((key, s));
+        }
+    }
+    if let Some(f) = t.take("threshold") {
+        out.threshold = f.integer_in(1u32, 32)? as usize;
+    }
+    if let Some(f) = t.take("tenants") {
+        for (tenant, ids) in f.table()?.drain() {
+            let ids = ids.strings()?.into_iter().map(|(_, s)| s).collect();
+            out.tenants.insert(tenant, ids);
+        }
+    }
+    t.finish_section(TRUST_KEYS, TOP_KEYS)?;
+    if out.threshold > out.keys.len().max(1) {
+        return Err(FieldError {
+            key: "trust.threshold".into(),
+            problem: format!(
+                "{} signatures required but only {} key(s) trusted",
+                out.threshold,
+                out.keys.len()
+            ),
+        });
+    }
+    Ok(out)
+}
+
+fn parse_store(mut t: Fields) -> Result<StoreConfig, FieldError> {
+    let mut out = StoreConfig::default();
+    if let Some(f) = t.take("disk_budget") {
+        out.disk_budget = f.bytes()?;
+    }
+    if let Some(f) = t.take("max_bundle_size") {
+        out.max_bundle_size = f.bytes()?;
+    }
+    t.finish_section(STORE_KEYS, TOP_KEYS)?;
+    Ok(out)
 }
 
 fn parse_node(mut t: Fields) -> Result<NodeConfig, FieldError> {
@@ -457,31 +613,49 @@ fn parse_node(mut t: Fields) -> Result<NodeConfig, FieldError> {
 }
 
 fn parse_listen(mut t: Fields) -> Result<ListenConfig, FieldError> {
-    let http_field = t.required("http", "a list of addresses like [\"127.0.0.1:8080\"]")?;
-    let http_key = http_field.key.clone();
+    let expected_http = "a list of addresses like [\"127.0.0.1:8080\"]";
+    // Cleartext listeners may be left out when there are TLS listeners.
+    let http_field = if t.contains("https") {
+        t.take("http")
+    } else {
+        Some(t.required("http", expected_http)?)
+    };
     let mut http: Vec<SocketAddr> = Vec::new();
     let mut http_keys: Vec<String> = Vec::new();
-    for (key, raw) in http_field.strings()? {
-        let addr = socket_addr(&raw).map_err(|problem| FieldError {
-            key: key.clone(),
-            problem,
-        })?;
-        // Two ephemeral-port listeners on one address are fine; anything else would fail to bind.
-        if let Some(i) = http.iter().position(|a| *a == addr && addr.port() != 0) {
-            return Err(FieldError {
-                key,
-                problem: format!("{addr} is already listed as {}", http_keys[i]),
-            });
+    let mut http_key = "listen.http".to_owned();
+    if let Some(http_field) = http_field {
+        http_key = http_field.key.clone();
+        for (key, raw) in http_field.strings()? {
+            let addr = socket_addr(&raw).map_err(|problem| FieldError {
+                key: key.clone(),
+                problem,
+            })?;
+            // Two ephemeral-port listeners on one address are fine; anything else would fail to
+            // bind.
+            if let Some(i) = http.iter().position(|a| *a == addr && addr.port() != 0) {
+                return Err(FieldError {
+                    key,
+                    problem: format!("{addr} is already listed as {}", http_keys[i]),
+                });
+            }
+            http.push(addr);
+            http_keys.push(key);
         }
-        http.push(addr);
-        http_keys.push(key);
     }
-    if http.is_empty() {
+    let (https, https_keys) = match t.take("https") {
+        Some(f) => tls::parse_https(f, &http, &http_keys)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    if http.is_empty() && https.is_empty() {
         return Err(FieldError {
             key: http_key,
             problem: "no addresses; expected at least one, like [\"127.0.0.1:8080\"]".to_owned(),
         });
     }
+    let h3 = match t.take("h3") {
+        Some(f) => tls::boolean(f)?,
+        None => false,
+    };
     let admin = match t.take("admin") {
         Some(f) => {
             let key = f.key.clone();
@@ -489,12 +663,17 @@ fn parse_listen(mut t: Fields) -> Result<ListenConfig, FieldError> {
                 key: key.clone(),
                 problem,
             })?;
-            if let Some(i) = http.iter().position(|a| *a == addr && addr.port() != 0) {
+            let tenant = http
+                .iter()
+                .chain(&https)
+                .zip(http_keys.iter().chain(&https_keys))
+                .find(|(a, _)| **a == addr && addr.port() != 0);
+            if let Some((_, tenant_key)) = tenant {
                 return Err(FieldError {
                     key,
                     problem: format!(
-                        "{addr} is also a tenant listener ({}); expected a separate address",
-                        http_keys[i]
+                        "{addr} is also a tenant listener ({tenant_key}); expected a separate \
+                         address"
                     ),
                 });
             }
@@ -509,6 +688,8 @@ fn parse_listen(mut t: Fields) -> Result<ListenConfig, FieldError> {
     t.finish_section(LISTEN_KEYS, TOP_KEYS)?;
     Ok(ListenConfig {
         http,
+        https,
+        h3,
         admin,
         drain_timeout,
     })
@@ -660,6 +841,13 @@ mod tests {
         assert_eq!(Config::embedded_default(), builtin_default());
         assert_eq!(parsed.node.state_dir, None);
         assert_eq!(parsed.listen.drain_timeout, Duration::from_secs(10));
+        // The demo answers TLS and HTTP/3 out of the box with a generated localhost certificate.
+        assert_eq!(
+            parsed.https_listen(),
+            ["127.0.0.1:8443".parse().expect("addr")]
+        );
+        assert!(parsed.h3());
+        assert!(parsed.tls.self_signed);
         assert_eq!(parsed.apps[0].source.to_string(), "builtin:demo");
         assert_eq!(parsed.origin(), EMBEDDED_ORIGIN);
         assert_eq!(
@@ -675,6 +863,10 @@ mod tests {
         assert_eq!(c.node.state_dir, Some(PathBuf::from("/var/lib/outpost")));
         assert_eq!(c.node.name.as_deref(), Some("gw-01"));
         assert_eq!(c.listen.http.len(), 2);
+        assert_eq!(c.listen.https.len(), 2);
+        assert!(c.listen.h3);
+        assert_eq!(c.tls.certs.len(), 2);
+        assert!(c.tls.default_cert.is_some());
         assert_eq!(c.listen.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.apps.len(), 3);
     }
@@ -781,7 +973,7 @@ source = "/srv/x.wasm"
         assert_rejects(
             &format!("apps = []\n{LISTEN}"),
             "apps",
-            "unknown top-level key; expected one of node, listen, runtime, app (did you mean \"app\"?)",
+            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls (did you mean \"app\"?)",
         );
         assert_rejects(
             &format!("node = 1\n{LISTEN}"),
@@ -807,7 +999,7 @@ source = "/srv/x.wasm"
         assert_rejects(
             &format!("{LISTEN}node = {{ name = \"x\" }}\n"),
             "listen.node",
-            "unknown key in [listen]; expected one of http, admin, drain_timeout (\"node\" is a top-level key: move it above the first [table] header)",
+            "unknown key in [listen]; expected one of http, https, h3, admin, drain_timeout (\"node\" is a top-level key: move it above the first [table] header)",
         );
     }
 
@@ -900,9 +1092,14 @@ source = "/srv/x.wasm"
             "negative duration",
         );
         assert_rejects(
-            "[listen]\nhttp = [\"127.0.0.1:80\"]\nhttps = []\n",
+            "[listen]\nhttp = [\"127.0.0.1:80\"]\nhttps = \"127.0.0.1:443\"\n",
             "listen.https",
-            "unknown key in [listen]",
+            "expected an array",
+        );
+        assert_rejects(
+            "[listen]\nhttp = []\nhttps = []\n",
+            "listen.http",
+            "no addresses",
         );
         let c = parse("[listen]\nhttp = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\n")
             .expect("port 0 twice is fine");

@@ -13,7 +13,8 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Requests answered, by app, component, status code and protocol (`http1`, `http2`).
+    /// Requests answered, by app, component, status code and protocol (`http1.0`, `http1`,
+    /// `http2`, `http3`).
     pub requests: IntCounterVec,
     /// Time from request head received to response head sent, by app and protocol.
     pub request_duration: HistogramVec,
@@ -30,6 +31,9 @@ pub struct Metrics {
     pub components_loaded: IntGauge,
     /// Open client connections.
     pub connections: IntGauge,
+    /// TLS and QUIC handshakes that did not complete, by reason (`unknown_server_name`,
+    /// `timeout`, `error`).
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -100,6 +104,13 @@ impl Metrics {
             "Components loaded and routable.",
         )?;
         let connections = IntGauge::new("outpost_connections_open", "Open client connections.")?;
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "outpost_tls_handshake_failures_total",
+                "TLS (TCP) and QUIC handshakes that did not complete, by reason.",
+            ),
+            &["reason"],
+        )?;
 
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -110,6 +121,7 @@ impl Metrics {
         registry.register(Box::new(pool_slots_total.clone()))?;
         registry.register(Box::new(components_loaded.clone()))?;
         registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(tls_handshake_failures.clone()))?;
 
         let build = IntGaugeVec::new(
             Opts::new("outpost_build_info", "Build information; always 1."),
@@ -134,6 +146,7 @@ impl Metrics {
             pool_slots_total,
             components_loaded,
             connections,
+            tls_handshake_failures,
         })
     }
 
@@ -153,16 +166,23 @@ pub enum Protocol {
     Http10,
     Http1,
     Http2,
+    Http3,
 }
 
 impl Protocol {
-    const ALL: [Protocol; 3] = [Protocol::Http10, Protocol::Http1, Protocol::Http2];
+    const ALL: [Protocol; 4] = [
+        Protocol::Http10,
+        Protocol::Http1,
+        Protocol::Http2,
+        Protocol::Http3,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Self::Http10 => "http1.0",
             Self::Http1 => "http1",
             Self::Http2 => "http2",
+            Self::Http3 => "http3",
         }
     }
 
@@ -179,7 +199,7 @@ pub struct RequestMetrics {
     component: String,
     /// One slot per (protocol, status 100..=599).
     counters: Box<[std::sync::OnceLock<prometheus::IntCounter>]>,
-    durations: [Histogram; 3],
+    durations: [Histogram; 4],
     metrics: Metrics,
 }
 

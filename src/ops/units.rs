@@ -34,7 +34,7 @@ pub enum UnitError {
     InvalidDuration { input: String },
     #[error("duration {input:?} has no unit; expected e.g. \"{input}ms\" or \"{input}s\"")]
     MissingDurationUnit { input: String },
-    #[error("unknown duration unit {unit:?} in {input:?}; expected ms, s, m or h")]
+    #[error("unknown duration unit {unit:?} in {input:?}; expected ms, s, m, h or d")]
     UnknownDurationUnit { input: String, unit: String },
     #[error("negative duration {input:?}; expected zero or more")]
     NegativeDuration { input: String },
@@ -119,8 +119,8 @@ pub fn format_bytes(bytes: u64) -> String {
 
 // === durations ===
 
-/// Parses a duration made of one or more `<number><unit>` parts, units `h`, `m`, `s`, `ms`,
-/// largest first and each at most once: `"250ms"`, `"5s"`, `"1m30s"`, `"2h"`.
+/// Parses a duration made of one or more `<number><unit>` parts, units `d`, `h`, `m`, `s`, `ms`,
+/// largest first and each at most once: `"250ms"`, `"5s"`, `"1m30s"`, `"2h"`, `"90d"`.
 pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let input = || quote(s);
     let t = s.trim();
@@ -155,6 +155,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
             });
         }
         let (rank, unit_secs_or_ms) = match unit {
+            "d" => (4, Unit::Secs(86_400)),
             "h" => (3, Unit::Secs(3600)),
             "m" => (2, Unit::Secs(60)),
             "s" => (1, Unit::Secs(1)),
@@ -648,6 +649,8 @@ mod tests {
             ("5s", Duration::from_secs(5)),
             ("1m", Duration::from_secs(60)),
             ("2h", Duration::from_secs(7200)),
+            ("90d", Duration::from_secs(90 * 86_400)),
+            ("1d12h", Duration::from_secs(129_600)),
             ("1m30s", Duration::from_secs(90)),
             ("1h 2m 3s 4ms", Duration::from_millis(3_723_004)),
             (" 10 s ", Duration::from_secs(10)),
@@ -667,7 +670,7 @@ mod tests {
         assert!(matches!(bad("5s!"), UnitError::InvalidDuration { .. }));
         assert!(matches!(bad("1m30"), UnitError::InvalidDuration { .. }));
         assert!(matches!(bad("500"), UnitError::MissingDurationUnit { .. }));
-        assert!(matches!(bad("5d"), UnitError::UnknownDurationUnit { .. }));
+        assert!(matches!(bad("5w"), UnitError::UnknownDurationUnit { .. }));
         assert!(matches!(bad("5S"), UnitError::UnknownDurationUnit { .. }));
         assert!(matches!(bad("-5s"), UnitError::NegativeDuration { .. }));
         assert!(matches!(bad("1.5s"), UnitError::FractionalDuration { .. }));

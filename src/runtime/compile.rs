@@ -121,7 +121,7 @@ impl CodeCache {
 }
 
 /// Rejects core modules and non-wasm early, with an error that says what to do.
-fn classify(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+pub(crate) fn classify(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.starts_with(b"\0asm") {
         // Bytes 4..8: version + layer. Core modules are version 1, layer 0; components layer 1.
         return match bytes.get(4..8) {

@@ -119,6 +119,33 @@ const CONNECTIONS_PER_SLOT: u32 = 4;
 const MIN_CONNECTIONS: u32 = 256;
 const MAX_CONNECTIONS: u32 = 65_536;
 
+/// QUIC idle timeout: long enough to ride out a phone's radio sleeping between requests (a QUIC
+/// connection survives that where TCP would be re-handshaked), short enough that an abandoned
+/// connection gives its connection permit back within a minute.
+const QUIC_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Idle timeout when connection permits are scarce (fewer than [`SCARCE_CONNECTIONS`]).
+const QUIC_IDLE_TIMEOUT_SCARCE_MS: u64 = 10_000;
+const SCARCE_CONNECTIONS: u32 = 1024;
+/// Concurrent request streams per QUIC connection: at least what a browser opens for one page,
+/// at most what makes sense against the per-app concurrency limits.
+const MIN_QUIC_STREAMS: u32 = 16;
+const MAX_QUIC_STREAMS: u32 = 256;
+/// If every QUIC client filled its connection receive window at once, the buffered bytes would
+/// be at most this fraction of memory.
+const QUIC_BUFFER_DIVISOR: u64 = 16;
+const MIN_QUIC_WINDOW: u64 = 64 * KIB;
+const MAX_QUIC_WINDOW: u64 = 16 * MIB;
+/// Per-stream receive window: the bandwidth-delay product of an 80 Mbit/s link at 100 ms RTT
+/// (about 1 MiB), so one upload can fill a good mobile or satellite link.
+const QUIC_STREAM_WINDOW: u64 = MIB;
+/// Override bounds: QUIC encodes these as 62-bit integers; far below that, the numbers stop
+/// making sense for an edge node.
+const MAX_QUIC_IDLE_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+const MIN_QUIC_IDLE_TIMEOUT_MS: u64 = 100;
+const MAX_QUIC_STREAMS_OVERRIDE: u32 = 65_536;
+const MIN_QUIC_WINDOW_OVERRIDE: u64 = KIB;
+const MAX_QUIC_WINDOW_OVERRIDE: u64 = GIB;
+
 // === Hardware ===
 
 /// One measured (or assumed) value and where it came from.
@@ -667,6 +694,14 @@ pub struct Overrides {
     /// Open client connections across all listeners.
     pub max_connections: Option<u32>,
     pub pooling: PoolingMode,
+    /// QUIC connection idle timeout, milliseconds.
+    pub quic_idle_timeout_ms: Option<u64>,
+    /// Concurrent request streams per QUIC connection.
+    pub quic_max_streams: Option<u32>,
+    /// QUIC per-stream receive window, bytes.
+    pub quic_stream_receive_window: Option<u64>,
+    /// QUIC per-connection receive window, bytes.
+    pub quic_receive_window: Option<u64>,
 }
 
 // === Sizing ===
@@ -718,6 +753,21 @@ pub struct Sizing {
     pub default_timeout_ms: Derived<u64>,
     pub default_max_concurrency: Derived<u32>,
     pub max_connections: Derived<u32>,
+    /// QUIC (HTTP/3) transport limits.
+    pub quic: QuicSizing,
+}
+
+/// QUIC transport limits for the HTTP/3 listener (quinn `TransportConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuicSizing {
+    /// Close a connection after this long without packets, milliseconds.
+    pub idle_timeout_ms: Derived<u64>,
+    /// Concurrent bidirectional (request) streams a client may open per connection.
+    pub max_streams: Derived<u32>,
+    /// Bytes a client may send on one stream ahead of the guest reading them.
+    pub stream_receive_window: Derived<u64>,
+    /// Bytes a client may send on all streams of a connection ahead of the guests reading them.
+    pub receive_window: Derived<u64>,
 }
 
 /// Engine-wide linear-memory settings (wasmtime `Config::memory_reservation`,
@@ -816,6 +866,7 @@ pub fn derive(hw: &Hardware, ov: &Overrides) -> Result<Sizing, SizingError> {
     let growth = derive_growth(&fit, pooling.is_some());
     let default_max_concurrency = derive_default_max_concurrency(slots, ov)?;
     let max_connections = derive_max_connections(slots, ov)?;
+    let quic = derive_quic(hw, ov, default_max_concurrency.value, max_connections.value)?;
     let default_timeout_ms = match ov.default_timeout_ms {
         Some(0) => return Err(too_small("default_timeout_ms", "0".into(), "1")),
         Some(ms) => Derived::pinned(ms, "set in [runtime]"),
@@ -843,6 +894,7 @@ pub fn derive(hw: &Hardware, ov: &Overrides) -> Result<Sizing, SizingError> {
         default_timeout_ms,
         default_max_concurrency,
         max_connections,
+        quic,
     })
 }
 
@@ -1332,6 +1384,133 @@ fn derive_max_connections(slots: u32, ov: &Overrides) -> Result<Derived<u32>, Si
     Ok(Derived::auto(n, reason))
 }
 
+fn derive_quic(
+    hw: &Hardware,
+    ov: &Overrides,
+    default_max_concurrency: u32,
+    max_connections: u32,
+) -> Result<QuicSizing, SizingError> {
+    let idle_timeout_ms = match ov.quic_idle_timeout_ms {
+        Some(ms) if ms < MIN_QUIC_IDLE_TIMEOUT_MS => {
+            return Err(too_small(
+                "quic_idle_timeout_ms",
+                ms.to_string(),
+                MIN_QUIC_IDLE_TIMEOUT_MS.to_string(),
+            ));
+        }
+        Some(ms) if ms > MAX_QUIC_IDLE_TIMEOUT_MS => {
+            return Err(too_large(
+                "quic_idle_timeout_ms",
+                ms.to_string(),
+                format!("{MAX_QUIC_IDLE_TIMEOUT_MS} (one day)"),
+            ));
+        }
+        Some(ms) => Derived::pinned(ms, "set in [runtime]"),
+        None if max_connections < SCARCE_CONNECTIONS => Derived::auto(
+            QUIC_IDLE_TIMEOUT_SCARCE_MS,
+            format!(
+                "10 s: only {max_connections} connection permits (< {SCARCE_CONNECTIONS}), so idle \
+                 connections give theirs back sooner"
+            ),
+        ),
+        None => Derived::auto(
+            QUIC_IDLE_TIMEOUT_MS,
+            "30 s: rides out a phone's radio sleeping between requests; abandoned connections \
+             free their permit within a minute",
+        ),
+    };
+
+    let max_streams = match ov.quic_max_streams {
+        Some(0) => return Err(too_small("quic_max_streams", "0".into(), "1")),
+        Some(n) if n > MAX_QUIC_STREAMS_OVERRIDE => {
+            return Err(too_large(
+                "quic_max_streams",
+                n.to_string(),
+                MAX_QUIC_STREAMS_OVERRIDE.to_string(),
+            ));
+        }
+        Some(n) => Derived::pinned(n, "set in [runtime]"),
+        None => {
+            let raw = default_max_concurrency.saturating_mul(2);
+            let n = raw.clamp(MIN_QUIC_STREAMS, MAX_QUIC_STREAMS);
+            let mut reason = format!(
+                "2 × default_max_concurrency {default_max_concurrency} (executing + queued; \
+                 more streams per connection would only get 503s)"
+            );
+            if n != raw {
+                reason.push_str(&format!(
+                    ", clamped to [{MIN_QUIC_STREAMS}, {MAX_QUIC_STREAMS}]"
+                ));
+            }
+            Derived::auto(n, reason)
+        }
+    };
+
+    let check_window = |field: &'static str, bytes: u64| {
+        if bytes < MIN_QUIC_WINDOW_OVERRIDE {
+            Err(too_small(field, human_bytes(bytes), "1 KiB"))
+        } else if bytes > MAX_QUIC_WINDOW_OVERRIDE {
+            Err(too_large(field, human_bytes(bytes), "1 GiB"))
+        } else {
+            Ok(())
+        }
+    };
+    let receive_window = match ov.quic_receive_window {
+        Some(bytes) => {
+            check_window("quic_receive_window", bytes)?;
+            Derived::pinned(bytes, "set in [runtime]")
+        }
+        None => {
+            let conns = u64::from(max_connections.max(1));
+            let raw = round_down(hw.memory.effective / QUIC_BUFFER_DIVISOR / conns, 4 * KIB);
+            let n = raw.clamp(MIN_QUIC_WINDOW, MAX_QUIC_WINDOW);
+            let mut reason = format!(
+                "a sixteenth of {} memory shared by {max_connections} connections: clients \
+                 filling every window at once cannot buffer more than that",
+                human_bytes(hw.memory.effective)
+            );
+            if n != raw {
+                reason.push_str(", clamped to [64 KiB, 16 MiB]");
+            }
+            Derived::auto(n, reason)
+        }
+    };
+
+    let stream_receive_window = match ov.quic_stream_receive_window {
+        Some(bytes) => {
+            check_window("quic_stream_receive_window", bytes)?;
+            if bytes > receive_window.value {
+                return Err(too_large(
+                    "quic_stream_receive_window",
+                    human_bytes(bytes),
+                    format!(
+                        "quic_receive_window = {} (one stream cannot receive more than its \
+                         connection)",
+                        human_bytes(receive_window.value)
+                    ),
+                ));
+            }
+            Derived::pinned(bytes, "set in [runtime]")
+        }
+        None if receive_window.value < QUIC_STREAM_WINDOW => Derived::auto(
+            receive_window.value,
+            "capped to quic_receive_window (1 MiB default is larger)",
+        ),
+        None => Derived::auto(
+            QUIC_STREAM_WINDOW,
+            "1 MiB: the bandwidth-delay product of 80 Mbit/s at 100 ms RTT, so one upload can \
+             fill a good mobile or satellite link",
+        ),
+    };
+
+    Ok(QuicSizing {
+        idle_timeout_ms,
+        max_streams,
+        stream_receive_window,
+        receive_window,
+    })
+}
+
 fn round_up(value: u64, align: u64) -> u64 {
     value.div_ceil(align).saturating_mul(align)
 }
@@ -1467,6 +1646,22 @@ impl Sizing {
         );
         derived_row(&mut out, "max_connections", &self.max_connections, |v| {
             v.to_string()
+        });
+        let q = &self.quic;
+        derived_row(&mut out, "quic_idle_timeout_ms", &q.idle_timeout_ms, |v| {
+            v.to_string()
+        });
+        derived_row(&mut out, "quic_max_streams", &q.max_streams, |v| {
+            v.to_string()
+        });
+        derived_row(
+            &mut out,
+            "quic_stream_receive_window",
+            &q.stream_receive_window,
+            |v| human_bytes(*v),
+        );
+        derived_row(&mut out, "quic_receive_window", &q.receive_window, |v| {
+            human_bytes(*v)
         });
         derived_row(&mut out, "allocator", &self.allocator, |v| {
             match v {
@@ -1904,6 +2099,10 @@ mod tests {
             default_max_concurrency: Some(10),
             max_connections: Some(1_000),
             pooling: PoolingMode::On,
+            quic_idle_timeout_ms: Some(60_000),
+            quic_max_streams: Some(50),
+            quic_stream_receive_window: Some(MIB),
+            quic_receive_window: Some(2 * MIB),
         };
         let s = derive_ok(&hw, &ov);
         assert_eq!(s.worker_threads.value, 3);
@@ -1913,6 +2112,9 @@ mod tests {
         assert_eq!(s.max_memory_per_instance.value, 512 * MIB);
         assert_eq!(s.default_memory_limit.value, 128 * MIB);
         assert_eq!(s.default_timeout_ms.value, 5_000);
+        assert_eq!(s.quic.idle_timeout_ms.value, 60_000);
+        assert_eq!(s.quic.max_streams.value, 50);
+        assert_eq!(s.quic.receive_window.value, 2 * MIB);
         assert_eq!(s.default_max_concurrency.value, 10);
         assert_eq!(s.max_connections.value, 1_000);
         assert!(s.pooling.is_some());
@@ -2115,6 +2317,10 @@ mod tests {
                 default_max_concurrency: Some(u32::MAX),
                 max_connections: Some(u32::MAX),
                 pooling: PoolingMode::On,
+                quic_idle_timeout_ms: Some(u64::MAX),
+                quic_max_streams: Some(u32::MAX),
+                quic_stream_receive_window: Some(u64::MAX),
+                quic_receive_window: Some(u64::MAX),
             },
             Overrides {
                 max_memory_per_instance: Some(u64::MAX / 2),
@@ -2190,6 +2396,94 @@ mod tests {
         assert_eq!(json["memory"]["memory_reservation"]["value"], 256 * MIB);
         assert_eq!(json["hardware"]["address_space"]["va_bits"]["value"], 39);
         assert!(json["pooling"]["total_memories"].is_u64());
+    }
+
+    #[test]
+    fn quic_limits_follow_memory_and_connections() {
+        // Raspberry Pi class: 1 GiB, 4 cores → 256 connection permits (scarce).
+        let pi = derive_ok(
+            &Hardware::synthetic(4.0, GIB, 39, None),
+            &Overrides::default(),
+        );
+        assert_eq!(pi.max_connections.value, 256);
+        assert_eq!(pi.quic.idle_timeout_ms.value, 10_000);
+        assert_eq!(pi.quic.max_streams.value, 32, "2 × concurrency 16");
+        // 1 GiB / 16 / 256 connections = 256 KiB.
+        assert_eq!(pi.quic.receive_window.value, 256 * KIB);
+        assert_eq!(pi.quic.stream_receive_window.value, 256 * KIB);
+        assert!(
+            pi.quic.stream_receive_window.reason.contains("capped"),
+            "{}",
+            pi.quic.stream_receive_window.reason
+        );
+
+        // A big server: windows hit the 1 MiB stream default, streams the 256 cap.
+        let big = derive_ok(
+            &Hardware::synthetic(32.0, 256 * GIB, 48, None),
+            &Overrides::default(),
+        );
+        assert_eq!(big.quic.idle_timeout_ms.value, 30_000);
+        assert_eq!(
+            big.quic.max_streams.value, 256,
+            "2 × concurrency 250, capped"
+        );
+        assert_eq!(big.quic.stream_receive_window.value, MIB);
+        assert!(big.quic.receive_window.value >= MIB);
+        assert!(big.quic.receive_window.value <= MAX_QUIC_WINDOW);
+
+        let pinned = derive_ok(
+            &Hardware::synthetic(4.0, GIB, 39, None),
+            &Overrides {
+                quic_idle_timeout_ms: Some(5_000),
+                quic_max_streams: Some(8),
+                quic_receive_window: Some(4 * MIB),
+                quic_stream_receive_window: Some(2 * MIB),
+                ..Overrides::default()
+            },
+        );
+        assert_eq!(pinned.quic.idle_timeout_ms.value, 5_000);
+        assert!(pinned.quic.idle_timeout_ms.overridden);
+        assert_eq!(pinned.quic.max_streams.value, 8);
+        assert_eq!(pinned.quic.receive_window.value, 4 * MIB);
+        assert_eq!(pinned.quic.stream_receive_window.value, 2 * MIB);
+        let text = pinned.render_text();
+        assert!(text.contains("quic_max_streams"), "{text}");
+        assert!(text.contains("[override]"), "{text}");
+    }
+
+    #[test]
+    fn impossible_quic_overrides_are_errors() {
+        let hw = Hardware::synthetic(4.0, GIB, 39, None);
+        let err = |ov: Overrides| derive(&hw, &ov).expect_err("invalid").to_string();
+        assert!(
+            err(Overrides {
+                quic_idle_timeout_ms: Some(10),
+                ..Overrides::default()
+            })
+            .contains("runtime.quic_idle_timeout_ms = 10 is too small")
+        );
+        assert!(
+            err(Overrides {
+                quic_max_streams: Some(0),
+                ..Overrides::default()
+            })
+            .contains("runtime.quic_max_streams = 0 is too small")
+        );
+        assert!(
+            err(Overrides {
+                quic_receive_window: Some(2 * GIB),
+                ..Overrides::default()
+            })
+            .contains("runtime.quic_receive_window = 2 GiB is too large")
+        );
+        let msg = err(Overrides {
+            quic_stream_receive_window: Some(8 * MIB),
+            ..Overrides::default()
+        });
+        assert!(
+            msg.contains("must not exceed quic_receive_window = 256 KiB"),
+            "{msg}"
+        );
     }
 
     #[test]

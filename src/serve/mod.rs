@@ -1,13 +1,20 @@
-//! The HTTP front door: TCP listeners speaking HTTP/1.1 and HTTP/2 (h2c prior knowledge), routing
-//! each request to a component and answering errors for it.
+//! The HTTP front door: cleartext TCP listeners (HTTP/1.1, h2c prior knowledge), TLS listeners
+//! (HTTP/1.1 and HTTP/2 by ALPN) and QUIC endpoints (HTTP/3) on the TLS ports, all routing each
+//! request through one pipeline ([`ServeState::handle`]) to a component.
 //!
-//! Owns: accept loops (a connection permit is taken *before* accept, so a flood waits in the
-//! kernel backlog rather than in our memory), per-connection tasks, request ids, the
-//! client-visible error bodies, per-request metrics, and graceful drain with a deadline.
-//! Must not: compile wasm, verify signatures or read config files.
+//! Owns: binding, accept loops (a connection permit is taken *before* accept, so a flood waits
+//! in the kernel backlog or quinn's bounded queue rather than in our memory), handing
+//! connections to serving threads, per-connection tasks, request ids, `Alt-Svc`, the
+//! client-visible error bodies, per-request metrics, and graceful drain with a deadline for
+//! every protocol.
+//! Must not: compile wasm, verify signatures, read config files, or do a TLS or QUIC handshake
+//! in an accept loop.
 #![forbid(unsafe_code)]
 
+pub mod certs;
+pub mod h3;
 pub mod router;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,12 +22,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http_body::Body;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::ops::metrics::{Metrics, Protocol, RequestMetrics};
 use crate::runtime::component::{RequestCtx, ResponseBody, plain_response};
@@ -83,17 +92,25 @@ impl ServeState {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(router);
     }
 
-    /// Answers one request: route, run, map errors, record metrics.
-    pub async fn handle(
+    /// Answers one request: route, run, map errors, record metrics. Every protocol comes
+    /// through here — hyper's bodies for HTTP/1.1 and HTTP/2, [`h3::H3Body`] for HTTP/3 —
+    /// so routing, limits, errors and metrics cannot drift apart. `https` is true for TLS and
+    /// QUIC connections (the guest sees the `https` scheme).
+    pub async fn handle<B>(
         &self,
-        req: http::Request<Incoming>,
+        req: http::Request<B>,
         https: bool,
-    ) -> http::Response<ResponseBody> {
+    ) -> http::Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let start = Instant::now();
         let id = self
             .id_base
             .wrapping_add(self.next_id.fetch_add(1, Ordering::Relaxed));
         let protocol = match req.version() {
+            http::Version::HTTP_3 => Protocol::Http3,
             http::Version::HTTP_2 => Protocol::Http2,
             http::Version::HTTP_10 => Protocol::Http10,
             _ => Protocol::Http1,
@@ -186,6 +203,159 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> 
     Ok(out)
 }
 
+/// A socket that could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {addr}{what}: {source}")]
+    Io {
+        addr: SocketAddr,
+        /// "" for TCP, " (UDP, HTTP/3)" for QUIC.
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listen.https needs TLS certificates, but none were set up")]
+    NoTls,
+}
+
+/// Every tenant socket, bound before serving starts (so the addresses can be announced).
+#[derive(Default)]
+pub struct Listeners {
+    /// Cleartext HTTP/1.1 and h2c.
+    pub http: Vec<TcpListener>,
+    /// TLS: HTTP/1.1 and HTTP/2 by ALPN, each with its HTTP/3 endpoint when h3 is on.
+    pub https: Vec<HttpsListener>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("http", &self.http_addrs())
+            .field("https", &self.https_addrs())
+            .field("h3", &self.h3_addrs())
+            .finish()
+    }
+}
+
+/// A TLS listener and, with HTTP/3 on, the QUIC endpoint on the same port number.
+pub struct HttpsListener {
+    pub tcp: TcpListener,
+    pub quic: Option<quinn::Endpoint>,
+}
+
+impl From<Vec<TcpListener>> for Listeners {
+    fn from(http: Vec<TcpListener>) -> Self {
+        Self {
+            http,
+            ..Self::default()
+        }
+    }
+}
+
+impl Listeners {
+    /// Binds the cleartext listeners and, with `tls`, the TLS listeners and their QUIC
+    /// endpoints. A TLS listener on port 0 gets a free port that is also free for UDP, so
+    /// HTTP/3 always shares the TLS port number (what `Alt-Svc` advertises).
+    pub async fn bind(
+        http: &[SocketAddr],
+        https: &[SocketAddr],
+        tls: Option<&tls::TlsSetup>,
+    ) -> Result<Self, BindError> {
+        let io = |addr: SocketAddr, what: &'static str| {
+            move |source| BindError::Io { addr, what, source }
+        };
+        let mut out = Listeners::default();
+        for &a in http {
+            out.http
+                .push(TcpListener::bind(a).await.map_err(io(a, ""))?);
+        }
+        if https.is_empty() {
+            return Ok(out);
+        }
+        let tls = tls.ok_or(BindError::NoTls)?;
+        out.tls = Some(tls.acceptor.clone());
+        for &a in https {
+            out.https.push(bind_https(a, tls.quic.as_ref()).await?);
+        }
+        Ok(out)
+    }
+
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.http
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
+        self.https
+            .iter()
+            .filter_map(|l| l.tcp.local_addr().ok())
+            .collect()
+    }
+
+    pub fn h3_addrs(&self) -> Vec<SocketAddr> {
+        self.https
+            .iter()
+            .filter_map(|l| l.quic.as_ref()?.local_addr().ok())
+            .collect()
+    }
+}
+
+/// Port-0 retries: another process may hold the UDP port the kernel gave us for TCP.
+const SAME_PORT_ATTEMPTS: usize = 16;
+
+async fn bind_https(
+    addr: SocketAddr,
+    quic: Option<&quinn::ServerConfig>,
+) -> Result<HttpsListener, BindError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BindError::Io {
+                addr,
+                what: "",
+                source,
+            })?;
+        let Some(cfg) = quic else {
+            return Ok(HttpsListener { tcp, quic: None });
+        };
+        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(addr.port());
+        let udp_addr = SocketAddr::new(addr.ip(), port);
+        let udp_err = |source| BindError::Io {
+            addr: udp_addr,
+            what: " (UDP, HTTP/3)",
+            source,
+        };
+        let socket = match std::net::UdpSocket::bind(udp_addr) {
+            Ok(s) => s,
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < SAME_PORT_ATTEMPTS =>
+            {
+                continue;
+            }
+            Err(e) => return Err(udp_err(e)),
+        };
+        socket.set_nonblocking(true).map_err(udp_err)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(cfg.clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(udp_err)?;
+        return Ok(HttpsListener {
+            tcp,
+            quic: Some(endpoint),
+        });
+    }
+}
+
 /// How connections are served.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
@@ -197,12 +367,34 @@ pub struct ServeOptions {
     pub threads: usize,
 }
 
+/// What a connection needs to know about the listener that accepted it.
+struct ListenerCtx {
+    /// `Some` on TLS listeners: the handshake runs in the connection's task.
+    tls: Option<TlsAcceptor>,
+    /// `Alt-Svc` for every response, when HTTP/3 is on.
+    alt_svc: Option<http::HeaderValue>,
+}
+
 /// An accepted connection on its way to a serving thread.
 struct Accepted {
-    tcp: std::net::TcpStream,
-    peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-    watcher: Watcher,
+    conn: Conn,
+}
+
+enum Conn {
+    Tcp {
+        tcp: std::net::TcpStream,
+        peer: SocketAddr,
+        watcher: Watcher,
+        listener: Arc<ListenerCtx>,
+    },
+    Quic {
+        /// Boxed: a connection attempt is a large struct, and TCP connections are the common
+        /// case on this channel.
+        incoming: Box<quinn::Incoming>,
+        handshaking: h3::Handshaking,
+        drain: watch::Receiver<bool>,
+    },
 }
 
 /// The sending side of one serving thread.
@@ -218,21 +410,29 @@ struct ServingThread {
 ///
 /// Threading: the accept loops run on the calling runtime and hand each connection to one of
 /// `opts.threads` serving threads — the one with the fewest open connections. Each serving
-/// thread is a single-threaded tokio runtime, so a connection, its requests and the guests
-/// answering them never leave the thread that got it: no cross-thread wake-ups per request
-/// (about a fifth of the throughput of a work-stealing pool, see `docs/runtime.md`). A CPU-bound
-/// guest still shares its thread fairly, because it yields at every epoch tick. Assignment by
-/// open-connection count rather than `SO_REUSEPORT` hashing keeps a few long-lived keep-alive
-/// connections from piling onto one core.
+/// thread is a single-threaded tokio runtime, so a connection, its TLS or QUIC handshake, its
+/// requests and the guests answering them never leave the thread that got it: no cross-thread
+/// wake-ups per request (about a fifth of the throughput of a work-stealing pool, see
+/// `docs/runtime.md`). A CPU-bound guest still shares its thread fairly, because it yields at
+/// every epoch tick. Assignment by open-connection count rather than `SO_REUSEPORT` hashing
+/// keeps a few long-lived keep-alive connections from piling onto one core.
+///
+/// Drain: TCP connections finish their in-flight requests (hyper's graceful shutdown); QUIC
+/// endpoints stop taking connections, each connection sends GOAWAY, lets its streams finish and
+/// closes with `H3_NO_ERROR`; at the deadline the endpoints close what is left with the same
+/// code and get [`h3::CLOSE_GRACE`] to tell the clients.
 pub async fn serve(
-    listeners: Vec<TcpListener>,
+    listeners: Listeners,
     state: Arc<ServeState>,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<usize> {
     let graceful = Arc::new(GracefulShutdown::new());
+    // QUIC connections hold a receiver each; `closed()` tells when the last one is gone.
+    let (quic_drain, _) = watch::channel(false);
+    let quic_drain = Arc::new(quic_drain);
     let permits = Arc::new(Semaphore::new(opts.max_connections));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut threads = Vec::with_capacity(opts.threads.max(1));
     let mut joins = Vec::with_capacity(opts.threads.max(1));
@@ -243,38 +443,93 @@ pub async fn serve(
             .enable_all()
             .build()
             .map_err(|e| anyhow::anyhow!("cannot start serving thread {t}: {e}"))?;
-        let (state, thread_open) = (state.clone(), open.clone());
+        let (state, thread_open, stop) = (state.clone(), open.clone(), stop_rx.clone());
         let join = std::thread::Builder::new()
             .name(format!("outpost-serve-{t}"))
-            .spawn(move || rt.block_on(serving_thread(rx, state, thread_open)))
+            .spawn(move || rt.block_on(serving_thread(rx, state, thread_open, stop)))
             .map_err(|e| anyhow::anyhow!("cannot start serving thread {t}: {e}"))?;
         threads.push(ServingThread { tx, open });
         joins.push(join);
     }
     let threads = Arc::new(threads);
 
-    let accept_tasks: Vec<_> = listeners
-        .into_iter()
-        .map(|l| {
-            let (permits, threads, graceful) = (permits.clone(), threads.clone(), graceful.clone());
-            let mut stop = stop_rx.clone();
-            tokio::spawn(async move {
-                accept_loop(l, permits, &threads, &graceful, &mut stop).await;
-            })
+    // Cleartext listeners advertise the first HTTP/3 port; TLS listeners their own.
+    let first_h3 = listeners.h3_addrs().first().map(|a| a.port());
+    let mut accept_tasks = Vec::new();
+    let mut endpoints = Vec::new();
+    let spawn_tcp = |l: TcpListener, ctx: ListenerCtx, stop: watch::Receiver<bool>| {
+        let (permits, threads, graceful) = (permits.clone(), threads.clone(), graceful.clone());
+        let ctx = Arc::new(ctx);
+        let mut stop = stop;
+        tokio::spawn(async move {
+            accept_loop(l, permits, &threads, &graceful, &ctx, &mut stop).await;
         })
-        .collect();
+    };
+    for l in listeners.http {
+        let ctx = ListenerCtx {
+            tls: None,
+            alt_svc: first_h3.and_then(alt_svc),
+        };
+        accept_tasks.push(spawn_tcp(l, ctx, stop_rx.clone()));
+    }
+    let handshaking = Arc::new(AtomicUsize::new(0));
+    // Above this many QUIC handshakes in progress, clients must prove their address first.
+    let retry_above = (opts.max_connections / 16).max(16);
+    for h in listeners.https {
+        let own_h3 = h
+            .quic
+            .as_ref()
+            .and_then(|e| e.local_addr().ok())
+            .map(|a| a.port());
+        let ctx = ListenerCtx {
+            tls: listeners.tls.clone(),
+            alt_svc: own_h3.or(first_h3).and_then(alt_svc),
+        };
+        accept_tasks.push(spawn_tcp(h.tcp, ctx, stop_rx.clone()));
+        if let Some(endpoint) = h.quic {
+            let (permits, threads, drain, handshaking) = (
+                permits.clone(),
+                threads.clone(),
+                quic_drain.clone(),
+                handshaking.clone(),
+            );
+            let mut stop = stop_rx.clone();
+            let ep = endpoint.clone();
+            accept_tasks.push(tokio::spawn(async move {
+                quic_accept_loop(
+                    ep,
+                    permits,
+                    &threads,
+                    &drain,
+                    &handshaking,
+                    retry_above,
+                    &mut stop,
+                )
+                .await;
+            }));
+            endpoints.push(endpoint);
+        }
+    }
 
     shutdown.await;
     let _ = stop_tx.send(true);
+    // New QUIC connection attempts are refused from here on; open connections carry on.
+    for e in &endpoints {
+        e.set_server_config(None);
+    }
     for t in accept_tasks {
         let _ = t.await;
     }
     // Every accept loop has ended, so this is the last reference.
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    let open = graceful.count();
+    let open = graceful.count() + quic_drain.receiver_count();
     tracing::info!(open_connections = open, deadline = ?opts.drain, "draining");
+    let _ = quic_drain.send(true);
+    let all_closed = async {
+        tokio::join!(graceful.shutdown(), quic_drain.closed());
+    };
     let left = tokio::select! {
-        _ = graceful.shutdown() => {
+        _ = all_closed => {
             tracing::info!("drained: all connections closed");
             0
         }
@@ -284,6 +539,16 @@ pub async fn serve(
             left
         }
     };
+    // QUIC connections still open are closed with H3_NO_ERROR while their drivers (on the
+    // serving threads) still run, so the clients hear it instead of waiting for a timeout.
+    for e in &endpoints {
+        e.close(
+            quinn::VarInt::from_u32(h3::H3_NO_ERROR),
+            b"server shutting down",
+        );
+    }
+    let idle = futures::future::join_all(endpoints.iter().map(|e| e.wait_idle()));
+    let _ = tokio::time::timeout(h3::CLOSE_GRACE, idle).await;
     // Closing the channels ends the serving threads; dropping their runtimes closes whatever
     // connections are left.
     drop(threads);
@@ -296,8 +561,32 @@ pub async fn serve(
     Ok(left)
 }
 
+/// `h3=":PORT"`: HTTP/3 is available on the same host at that UDP port (RFC 7838; the default
+/// max-age of 24 h applies).
+fn alt_svc(port: u16) -> Option<http::HeaderValue> {
+    http::HeaderValue::from_str(&format!("h3=\":{port}\"")).ok()
+}
+
 fn permits_in_use(permits: &Semaphore, max: usize) -> usize {
     max.saturating_sub(permits.available_permits())
+}
+
+/// Hands `conn` to the serving thread with the fewest open connections; ties go round-robin so
+/// an idle server spreads evenly too.
+fn dispatch(threads: &[ServingThread], next: &mut usize, conn: Accepted) {
+    *next = next.wrapping_add(1);
+    let n = threads.len();
+    let Some(target) = (0..n)
+        .map(|i| &threads[(*next + i) % n])
+        .min_by_key(|t| t.open.load(Ordering::Relaxed))
+    else {
+        return;
+    };
+    target.open.fetch_add(1, Ordering::Relaxed);
+    if target.tx.send(conn).is_err() {
+        target.open.fetch_sub(1, Ordering::Relaxed);
+        tracing::error!("serving thread is gone; connection dropped");
+    }
 }
 
 async fn accept_loop(
@@ -305,7 +594,8 @@ async fn accept_loop(
     permits: Arc<Semaphore>,
     threads: &[ServingThread],
     graceful: &GracefulShutdown,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
+    ctx: &Arc<ListenerCtx>,
+    stop: &mut watch::Receiver<bool>,
 ) {
     let mut next = 0usize;
     loop {
@@ -337,26 +627,84 @@ async fn accept_loop(
                 continue;
             }
         };
-        // The least-loaded thread; ties go round-robin so an idle server spreads evenly too.
-        next = next.wrapping_add(1);
-        let n = threads.len();
-        let Some(target) = (0..n)
-            .map(|i| &threads[(next + i) % n])
-            .min_by_key(|t| t.open.load(Ordering::Relaxed))
-        else {
-            return;
-        };
-        target.open.fetch_add(1, Ordering::Relaxed);
         let conn = Accepted {
-            tcp,
-            peer,
             permit,
-            watcher: graceful.watcher(),
+            conn: Conn::Tcp {
+                tcp,
+                peer,
+                watcher: graceful.watcher(),
+                listener: ctx.clone(),
+            },
         };
-        if target.tx.send(conn).is_err() {
-            target.open.fetch_sub(1, Ordering::Relaxed);
-            tracing::error!(%peer, "serving thread is gone; connection dropped");
+        dispatch(threads, &mut next, conn);
+    }
+}
+
+/// Takes QUIC connection attempts from `endpoint` — a permit first, like TCP — and hands them to
+/// serving threads, which run the handshake. Under a handshake flood (more than `retry_above`
+/// in progress), clients that have not proven their address get a Retry first: a spoofed
+/// flood cannot answer it, a real client pays one round trip.
+async fn quic_accept_loop(
+    endpoint: quinn::Endpoint,
+    permits: Arc<Semaphore>,
+    threads: &[ServingThread],
+    drain: &watch::Sender<bool>,
+    handshaking: &Arc<AtomicUsize>,
+    retry_above: usize,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let mut next = 0usize;
+    loop {
+        let permit = tokio::select! {
+            _ = stop.changed() => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let incoming = tokio::select! {
+            _ = stop.changed() => return,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        if handshaking.load(Ordering::Relaxed) >= retry_above
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            let _ = incoming.retry();
+            continue;
         }
+        let conn = Accepted {
+            permit,
+            conn: Conn::Quic {
+                incoming: Box::new(incoming),
+                handshaking: h3::Handshaking::new(handshaking),
+                drain: drain.subscribe(),
+            },
+        };
+        dispatch(threads, &mut next, conn);
+    }
+}
+
+/// Counts an open connection (the thread's balance and the gauge) until dropped.
+struct OpenConn {
+    open: Arc<AtomicUsize>,
+    gauge: prometheus::IntGauge,
+}
+
+impl OpenConn {
+    fn new(open: Arc<AtomicUsize>, gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self { open, gauge }
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -367,43 +715,111 @@ async fn serving_thread(
     mut rx: mpsc::UnboundedReceiver<Accepted>,
     state: Arc<ServeState>,
     open: Arc<AtomicUsize>,
+    stop: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
         TokioExecutor::new(),
     ));
-    while let Some(Accepted {
-        tcp,
-        peer,
-        permit,
-        watcher,
-    }) = rx.recv().await
-    {
-        let tcp = match tcp
-            .set_nonblocking(true)
-            .and_then(|()| TcpStream::from_std(tcp))
-        {
-            Ok(t) => t,
-            Err(e) => {
-                open.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!(%peer, error = %e, "cannot register connection");
-                continue;
+    while let Some(Accepted { permit, conn }) = rx.recv().await {
+        let guard = OpenConn::new(open.clone(), state.metrics.connections.clone());
+        match conn {
+            Conn::Tcp {
+                tcp,
+                peer,
+                watcher,
+                listener,
+            } => {
+                let tcp = match tcp
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(tcp))
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot register connection");
+                        continue;
+                    }
+                };
+                let (state, builder, mut stop) = (state.clone(), builder.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _guard = guard;
+                    match &listener.tls {
+                        None => {
+                            serve_http(
+                                &builder,
+                                TokioIo::new(tcp),
+                                peer,
+                                watcher,
+                                state,
+                                &listener,
+                                false,
+                            )
+                            .await
+                        }
+                        Some(acceptor) => {
+                            let Some(tls) =
+                                tls::handshake(acceptor, tcp, peer, &mut stop, &state.metrics)
+                                    .await
+                            else {
+                                return;
+                            };
+                            serve_http(
+                                &builder,
+                                TokioIo::new(tls),
+                                peer,
+                                watcher,
+                                state,
+                                &listener,
+                                true,
+                            )
+                            .await
+                        }
+                    }
+                });
             }
-        };
-        let (state, builder, open) = (state.clone(), builder.clone(), open.clone());
-        state.metrics.connections.inc();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let svc_state = state.clone();
-            let svc = service_fn(move |req| {
-                let state = svc_state.clone();
-                async move { Ok::<_, Infallible>(state.handle(req, false).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with error");
+            Conn::Quic {
+                incoming,
+                handshaking,
+                drain,
+            } => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _guard = guard;
+                    h3::serve_connection(*incoming, handshaking, state, drain).await;
+                });
             }
-            state.metrics.connections.dec();
-            open.fetch_sub(1, Ordering::Relaxed);
-        });
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (detected from the first bytes) on `io` until the client goes or
+/// the drain asks it to finish.
+async fn serve_http<I>(
+    builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    io: I,
+    peer: SocketAddr,
+    watcher: Watcher,
+    state: Arc<ServeState>,
+    listener: &ListenerCtx,
+    https: bool,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let alt_svc = listener.alt_svc.clone();
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        let alt_svc = alt_svc.clone();
+        async move {
+            let mut resp = state.handle(req, https).await;
+            if let Some(v) = alt_svc {
+                resp.headers_mut().insert(http::header::ALT_SVC, v);
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection(io, svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "connection ended with error");
     }
 }

@@ -1,8 +1,614 @@
-//! On-disk state.
+//! On-disk state: verified bundles, their unpacked files, and the index of what is installed and
+//! active.
 //!
-//! Owns: how bytes reach the disk so that a kill -9 or a power cut at any point leaves either the
-//! old or the new file, never a torn one.
-//! Must not: parse HTTP, compile wasm, or decide what is trusted.
+//! Owns: the layout under `<state_dir>/store`, content-addressed blobs (bundle bytes + their
+//! detached signature file, named by the bundle's sha256), unpacked app trees (one directory per
+//! digest, with a listing of every file's sha256), the sled index (releases, the active and
+//! previous release per app), crash safety, corruption handling and GC with a disk budget.
+//! Every write is atomic (temp → fsync → rename → fsync dir) and the index is updated last, in one
+//! transaction, and flushed: a kill -9 or a power cut at any point leaves the old or the new state.
+//! Must not: parse HTTP, compile wasm, or make trust decisions of its own — whether a bundle may be
+//! installed or served is decided by `bundle::sign::verify` under the caller's trust policy
+//! (`install.rs` runs that pipeline; `load_active` re-runs the signature check at every start).
 #![forbid(unsafe_code)]
 
 pub mod atomic;
+pub mod install;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::bundle::Digest;
+
+/// How many earlier releases of an app are kept for rollback (besides the active one).
+pub const KEEP_PREVIOUS: usize = 2;
+
+/// Name of the listing file inside an unpacked tree.
+const LISTING: &str = ".outpost-files";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store index {path}: {source}")]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("store index record {key}: {problem}")]
+    Record { key: String, problem: String },
+    #[error("blob {digest}: {problem}")]
+    Blob { digest: Digest, problem: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// One installed release: what the index knows about a verified bundle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Release {
+    pub app: String,
+    pub version: String,
+    pub tenant: Option<String>,
+    pub digest: Digest,
+    /// Bundle size in bytes.
+    pub size: u64,
+    /// sha256 (hex) of every `.wasm` in the bundle: which compiled artifacts this release needs.
+    pub components: Vec<String>,
+    /// Unix seconds when this node installed it (the signature was valid then).
+    pub installed_at: u64,
+}
+
+/// The index record of one app: its active release and the ones before it, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppRecord {
+    pub active: Digest,
+    pub previous: Vec<Digest>,
+}
+
+/// What `open` found and repaired.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    /// The index could not be opened and was moved aside; it must be rebuilt (`rebuild_index`).
+    pub index_recovered: Option<String>,
+    /// Partial files and directories left by a crashed writer, removed.
+    pub swept: usize,
+}
+
+/// The on-disk store.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    db: sled::Db,
+    releases: sled::Tree,
+    apps: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`. Removes what crashed writers left behind.
+    /// An index sled cannot open is moved aside to `index.corrupt-<unix>` and replaced by an empty
+    /// one; the report says so and the caller rebuilds it from the blobs.
+    pub fn open(root: &Path) -> Result<(Self, OpenReport), StoreError> {
+        let mut report = OpenReport::default();
+        for d in [root.join("blobs"), root.join("unpacked")] {
+            fs::create_dir_all(&d).map_err(io(&d))?;
+            set_private(&d);
+        }
+        set_private(root);
+        report.swept += atomic::sweep_temp_files(&root.join("blobs"));
+        report.swept += sweep_temp_dirs(&root.join("unpacked"));
+
+        let index = root.join("index");
+        let db = match sled::open(&index) {
+            Ok(db) => db,
+            // Only damage is repaired; anything else (a lock held by a running daemon, a full
+            // disk, permissions) is reported as it is.
+            Err(e @ sled::Error::Corruption { .. }) => {
+                let aside = root.join(format!("index.corrupt-{}", unix_now()));
+                tracing::error!(index = %index.display(), error = %e, moved_to = %aside.display(), "store index unreadable; moving it aside and rebuilding from the blobs");
+                fs::rename(&index, &aside).map_err(io(&index))?;
+                report.index_recovered = Some(e.to_string());
+                sled::open(&index).map_err(|source| StoreError::Index {
+                    path: index.clone(),
+                    source,
+                })?
+            }
+            Err(source) => {
+                return Err(StoreError::Index {
+                    path: index.clone(),
+                    source,
+                });
+            }
+        };
+        let tree = |name: &str| {
+            db.open_tree(name).map_err(|source| StoreError::Index {
+                path: index.clone(),
+                source,
+            })
+        };
+        let (releases, apps) = (tree("releases")?, tree("apps")?);
+        Ok((
+            Self {
+                root: root.to_owned(),
+                db,
+                releases,
+                apps,
+            },
+            report,
+        ))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a bundle's bytes live.
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(format!("{}.bundle", hex::encode(d.0)))
+    }
+
+    /// Where a bundle's detached signature file lives.
+    pub fn sig_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(format!("{}.sig", hex::encode(d.0)))
+    }
+
+    /// Where a bundle's files are unpacked.
+    pub fn tree_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("unpacked").join(hex::encode(d.0))
+    }
+
+    /// Writes the bundle and its signature file (content-addressed; a no-op if already there and
+    /// intact).
+    pub fn put_blob(&self, d: &Digest, bundle: &[u8], sig: &[u8]) -> Result<(), StoreError> {
+        let p = self.blob_path(d);
+        if self.read_blob(d).is_err() {
+            atomic::write_file(&p, bundle, 0o600).map_err(io(&p))?;
+        }
+        let s = self.sig_path(d);
+        atomic::write_file(&s, sig, 0o600).map_err(io(&s))
+    }
+
+    /// Reads a bundle, checking its sha256 against its name: a blob that rotted on disk is an
+    /// error, never returned.
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        let p = self.blob_path(d);
+        let bytes = fs::read(&p).map_err(io(&p))?;
+        let actual: [u8; 32] = Sha256::digest(&bytes).into();
+        if actual != d.0 {
+            return Err(StoreError::Blob {
+                digest: *d,
+                problem: format!(
+                    "content hashes to sha256:{} (corrupted on disk)",
+                    hex::encode(actual)
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Reads a bundle's signature file.
+    pub fn read_sig(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        let p = self.sig_path(d);
+        fs::read(&p).map_err(io(&p))
+    }
+
+    /// Writes `files` as the unpacked tree of `d`: into a temp directory, every file and the
+    /// directory fsynced, then renamed into place. An existing intact tree is kept.
+    pub fn put_tree(
+        &self,
+        d: &Digest,
+        files: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let dest = self.tree_path(d);
+        if self.check_tree(d).is_ok() {
+            return Ok(());
+        }
+        let parent = self.root.join("unpacked");
+        let tmp = parent.join(format!(".{}.tmp-{}", hex::encode(d.0), std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        let result = (|| {
+            fs::create_dir(&tmp).map_err(io(&tmp))?;
+            let mut listing = String::new();
+            let mut dirs = BTreeSet::new();
+            for (path, bytes) in files {
+                let target = tmp.join(path);
+                if let Some(dir) = target.parent()
+                    && dir != tmp
+                {
+                    fs::create_dir_all(dir).map_err(io(dir))?;
+                    dirs.insert(dir.to_owned());
+                }
+                write_synced(&target, bytes)?;
+                listing.push_str(&format!(
+                    "{} {} {path}\n",
+                    hex::encode(Sha256::digest(bytes)),
+                    bytes.len()
+                ));
+            }
+            write_synced(&tmp.join(LISTING), listing.as_bytes())?;
+            for dir in dirs.iter().rev() {
+                atomic::sync_dir(dir).map_err(io(dir))?;
+            }
+            atomic::sync_dir(&tmp).map_err(io(&tmp))?;
+            if dest.exists() {
+                // A damaged tree: replace it whole.
+                fs::remove_dir_all(&dest).map_err(io(&dest))?;
+            }
+            fs::rename(&tmp, &dest).map_err(io(&dest))?;
+            atomic::sync_dir(&parent).map_err(io(&parent))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    /// Checks an unpacked tree against its listing (every file present with its sha256).
+    pub fn check_tree(&self, d: &Digest) -> Result<(), String> {
+        let dir = self.tree_path(d);
+        let listing = fs::read_to_string(dir.join(LISTING)).map_err(|e| format!("listing: {e}"))?;
+        for line in listing.lines() {
+            let mut parts = line.splitn(3, ' ');
+            let (Some(sum), Some(_len), Some(path)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(format!("listing: malformed line {line:?}"));
+            };
+            let mut f = fs::File::open(dir.join(path)).map_err(|e| format!("{path}: {e}"))?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = f.read(&mut buf).map_err(|e| format!("{path}: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            if hex::encode(h.finalize()) != sum {
+                return Err(format!("{path}: content changed on disk"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `release` and makes it the active release of its app (the one it replaces moves to
+    /// the front of `previous`), in one transaction, flushed before returning.
+    pub fn activate(&self, release: &Release) -> Result<(), StoreError> {
+        let rel_key = release.digest.to_string();
+        let rel_val = serde_json::to_vec(release).map_err(|e| StoreError::Record {
+            key: rel_key.clone(),
+            problem: e.to_string(),
+        })?;
+        let current = self.app(&release.app)?;
+        let record = match current {
+            Some(mut r) if r.active != release.digest => {
+                r.previous.retain(|d| *d != release.digest);
+                r.previous.insert(0, r.active);
+                r.previous.truncate(KEEP_PREVIOUS);
+                r.active = release.digest;
+                r
+            }
+            Some(r) => r,
+            None => AppRecord {
+                active: release.digest,
+                previous: Vec::new(),
+            },
+        };
+        self.write_app(&release.app, Some(&record), Some((&rel_key, &rel_val)))
+    }
+
+    /// Points `app` at an earlier release it still has (rollback), or removes the app when
+    /// `record` is `None`.
+    pub fn set_app(&self, app: &str, record: Option<&AppRecord>) -> Result<(), StoreError> {
+        self.write_app(app, record, None)
+    }
+
+    fn write_app(
+        &self,
+        app: &str,
+        record: Option<&AppRecord>,
+        release: Option<(&str, &[u8])>,
+    ) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let app_val =
+            record
+                .map(serde_json::to_vec)
+                .transpose()
+                .map_err(|e| StoreError::Record {
+                    key: app.to_owned(),
+                    problem: e.to_string(),
+                })?;
+        let res: sled::transaction::TransactionResult<(), ()> = (&self.releases, &self.apps)
+            .transaction(|(rels, apps)| {
+                if let Some((k, v)) = release {
+                    rels.insert(k.as_bytes(), v)?;
+                }
+                match &app_val {
+                    Some(v) => apps.insert(app.as_bytes(), v.as_slice())?,
+                    None => apps.remove(app.as_bytes())?,
+                };
+                Ok(())
+            });
+        res.map_err(|e| match e {
+            sled::transaction::TransactionError::Storage(source) => self.index_err(source),
+            sled::transaction::TransactionError::Abort(()) => StoreError::Record {
+                key: app.to_owned(),
+                problem: "transaction aborted".into(),
+            },
+        })?;
+        self.db.flush().map_err(|e| self.index_err(e))?;
+        Ok(())
+    }
+
+    fn index_err(&self, source: sled::Error) -> StoreError {
+        StoreError::Index {
+            path: self.root.join("index"),
+            source,
+        }
+    }
+
+    /// The index record of `app`, if installed.
+    pub fn app(&self, app: &str) -> Result<Option<AppRecord>, StoreError> {
+        let Some(v) = self.apps.get(app).map_err(|e| self.index_err(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Record {
+                key: format!("apps/{app}"),
+                problem: e.to_string(),
+            })
+    }
+
+    /// Every installed app and its record. Records that do not parse are reported as errors.
+    pub fn apps(&self) -> Vec<Result<(String, AppRecord), StoreError>> {
+        self.apps
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.index_err(e))?;
+                let name = String::from_utf8_lossy(&k).into_owned();
+                let rec = serde_json::from_slice(&v).map_err(|e| StoreError::Record {
+                    key: format!("apps/{name}"),
+                    problem: e.to_string(),
+                })?;
+                Ok((name, rec))
+            })
+            .collect()
+    }
+
+    /// The release recorded under `d`.
+    pub fn release(&self, d: &Digest) -> Result<Option<Release>, StoreError> {
+        let key = d.to_string();
+        let Some(v) = self.releases.get(&key).map_err(|e| self.index_err(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Record {
+                key: format!("releases/{key}"),
+                problem: e.to_string(),
+            })
+    }
+
+    /// Drops a release from the index (its app record must no longer point at it).
+    pub fn forget_release(&self, d: &Digest) -> Result<(), StoreError> {
+        self.releases
+            .remove(d.to_string())
+            .map_err(|e| self.index_err(e))?;
+        self.db.flush().map_err(|e| self.index_err(e))?;
+        Ok(())
+    }
+
+    /// Removes a release's files (blob, signature, tree).
+    pub fn remove_files(&self, d: &Digest) {
+        let _ = fs::remove_file(self.blob_path(d));
+        let _ = fs::remove_file(self.sig_path(d));
+        let _ = fs::remove_dir_all(self.tree_path(d));
+    }
+
+    /// Digests of every blob on disk (by file name).
+    pub fn blob_digests(&self) -> Vec<Digest> {
+        let Ok(entries) = fs::read_dir(self.root.join("blobs")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let hex = name.strip_suffix(".bundle")?;
+                format!("sha256:{hex}").parse().ok()
+            })
+            .collect()
+    }
+
+    /// Removes everything no app references and, if the store is still over `budget` bytes,
+    /// the oldest previous releases. Active releases are never removed. Compiled artifacts in
+    /// `code_dir` (`<wasm sha256>-<fingerprint>.cwasm`) not needed by any kept release go too.
+    /// `keep_wasm` names (sha256 hex) further components whose artifacts must stay — those of
+    /// apps served from outside the store.
+    pub fn gc(
+        &self,
+        budget: u64,
+        code_dir: Option<&Path>,
+        keep_wasm: &BTreeSet<String>,
+    ) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        let mut records = Vec::new();
+        for r in self.apps() {
+            records.push(r?);
+        }
+        // Over budget: trim `previous` lists, oldest first, until the kept set fits.
+        loop {
+            let kept: BTreeSet<Digest> = records
+                .iter()
+                .flat_map(|(_, r)| std::iter::once(r.active).chain(r.previous.iter().copied()))
+                .collect();
+            let size: u64 = kept.iter().map(|d| self.disk_size(d)).sum();
+            report.bytes_kept = size;
+            if size <= budget {
+                break;
+            }
+            // The app whose last previous release is the oldest installed.
+            let victim = records
+                .iter_mut()
+                .filter(|(_, r)| !r.previous.is_empty())
+                .min_by_key(|(_, r)| {
+                    r.previous
+                        .last()
+                        .and_then(|d| self.release(d).ok().flatten())
+                        .map_or(0, |rel| rel.installed_at)
+                });
+            let Some((app, rec)) = victim else {
+                report.over_budget = true;
+                break;
+            };
+            rec.previous.pop();
+            self.set_app(app, Some(rec))?;
+        }
+        let kept: BTreeSet<Digest> = records
+            .iter()
+            .flat_map(|(_, r)| std::iter::once(r.active).chain(r.previous.iter().copied()))
+            .collect();
+
+        let mut wasm_needed = keep_wasm.clone();
+        for d in &kept {
+            if let Some(rel) = self.release(d)? {
+                wasm_needed.extend(rel.components);
+            }
+        }
+        // Releases in the index that no app keeps.
+        let indexed: Vec<Digest> = self
+            .releases
+            .iter()
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter_map(|k| String::from_utf8_lossy(&k).parse().ok())
+            .collect();
+        for d in indexed {
+            if !kept.contains(&d) {
+                self.forget_release(&d)?;
+            }
+        }
+        // Files on disk that no kept release names.
+        let mut on_disk: BTreeSet<Digest> = self.blob_digests().into_iter().collect();
+        if let Ok(entries) = fs::read_dir(self.root.join("unpacked")) {
+            on_disk.extend(entries.flatten().filter_map(|e| {
+                format!("sha256:{}", e.file_name().to_string_lossy())
+                    .parse::<Digest>()
+                    .ok()
+            }));
+        }
+        for d in on_disk {
+            if !kept.contains(&d) {
+                report.bytes_freed += self.disk_size(&d);
+                self.remove_files(&d);
+                report.releases_removed += 1;
+            }
+        }
+        if let Some(dir) = code_dir
+            && let Ok(entries) = fs::read_dir(dir)
+        {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(stem) = name.strip_suffix(".cwasm") else {
+                    continue;
+                };
+                let wasm = stem.split('-').next().unwrap_or_default();
+                if !wasm_needed.contains(wasm) {
+                    report.bytes_freed += e.metadata().map_or(0, |m| m.len());
+                    if fs::remove_file(e.path()).is_ok() {
+                        report.artifacts_removed += 1;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Bytes a release occupies (blob + signature + unpacked tree).
+    fn disk_size(&self, d: &Digest) -> u64 {
+        let file = |p: PathBuf| fs::metadata(p).map_or(0, |m| m.len());
+        file(self.blob_path(d)) + file(self.sig_path(d)) + dir_size(&self.tree_path(d))
+    }
+}
+
+/// What a GC pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    pub releases_removed: usize,
+    pub artifacts_removed: usize,
+    pub bytes_freed: u64,
+    pub bytes_kept: u64,
+    /// The active releases alone exceed the budget (nothing more may be removed).
+    pub over_budget: bool,
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// Removes `.<name>.tmp-*` directories a crashed `put_tree` left behind.
+fn sweep_temp_dirs(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with('.') && n.contains(".tmp-")
+        })
+        .filter(|e| fs::remove_dir_all(e.path()).is_ok())
+        .count()
+}
+
+fn set_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -53,6 +53,10 @@ impl AppDir {
 pub struct Daemon {
     pub child: Child,
     pub addrs: Vec<SocketAddr>,
+    /// `listening on https://…` lines (TLS listeners).
+    pub https: Vec<SocketAddr>,
+    /// `listening on h3://…` lines (QUIC endpoints).
+    pub h3: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub stderr: Arc<Mutex<String>>,
     _home: tempfile::TempDir,
@@ -87,6 +91,25 @@ impl Daemon {
         env: &[(&str, &str)],
         expect_addrs: usize,
         expect_admin: bool,
+    ) -> Self {
+        Self::spawn_expecting(
+            args,
+            cache,
+            env,
+            Expect {
+                http: expect_addrs,
+                admin: expect_admin,
+                ..Expect::default()
+            },
+        )
+    }
+
+    /// Spawns the binary with `args`; waits until the listener lines in `expect` were printed.
+    pub fn spawn_expecting(
+        args: &[&str],
+        cache: tempfile::TempDir,
+        env: &[(&str, &str)],
+        expect: Expect,
     ) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
@@ -123,9 +146,15 @@ impl Daemon {
             }
         });
         let mut addrs = Vec::new();
+        let mut https = Vec::new();
+        let mut h3 = Vec::new();
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while addrs.len() < expect_addrs || (expect_admin && admin.is_none()) {
+        while addrs.len() < expect.http
+            || https.len() < expect.https
+            || h3.len() < expect.h3
+            || (expect.admin && admin.is_none())
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -141,11 +170,17 @@ impl Daemon {
                 admin = Some(a.parse().unwrap());
             } else if let Some(a) = line.strip_prefix("listening on http://") {
                 addrs.push(a.parse().unwrap());
+            } else if let Some(a) = line.strip_prefix("listening on https://") {
+                https.push(a.parse().unwrap());
+            } else if let Some(a) = line.strip_prefix("listening on h3://") {
+                h3.push(a.parse().unwrap());
             }
         }
         Self {
             child,
             addrs,
+            https,
+            h3,
             admin,
             stderr,
             _home: cache,
@@ -174,8 +209,13 @@ impl Daemon {
 
     /// Sends SIGTERM (via the `kill` command, to keep tests free of unsafe code).
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, ...) via the `kill` command.
+    pub fn signal(&self, name: &str) {
         let st = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(st.success());
@@ -194,6 +234,15 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Which `listening on …` lines [`Daemon::spawn_expecting`] waits for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expect {
+    pub http: usize,
+    pub https: usize,
+    pub h3: usize,
+    pub admin: bool,
 }
 
 impl Drop for Daemon {

@@ -1,0 +1,597 @@
+//! `outpost bundle ...`: make, sign, check and install signed app bundles.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+
+use super::{CliError, CliResult};
+use crate::bundle::archive::{self, Limits};
+use crate::bundle::sign::{self, ReleaseDoc, SignedDoc, TrustPolicy};
+use crate::bundle::{self as bundle_mod, Digest};
+use crate::store::install::{self, MAX_SIG_FILE};
+use crate::store::{Store, atomic, unix_now};
+
+#[derive(Debug, clap::Args)]
+pub struct BundleArgs {
+    #[command(subcommand)]
+    pub command: BundleCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BundleCommand {
+    /// Generate an ed25519 signing key: NAME.key (secret, mode 0600) and NAME.pub; the public key
+    /// is printed too, ready for a node's [trust] keys.
+    Keygen {
+        /// Path prefix of the key files.
+        #[arg(long, value_name = "NAME")]
+        out: PathBuf,
+        /// Overwrite existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pack an app directory (outpost.toml, its components and static files) into one
+    /// deterministic archive: the same files always give the same digest.
+    Pack {
+        /// The app directory.
+        dir: PathBuf,
+        /// Output file, e.g. APP.bundle.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Sign a bundle: writes (or adds a signature to) the detached signature file BUNDLE.sig,
+    /// whose signed document names the app, version, digest, size and expiry. Several keys
+    /// may sign the same bundle in turn for k-of-n trust policies.
+    Sign {
+        bundle: PathBuf,
+        /// Secret key file from `outpost bundle keygen`.
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// How long the signature is accepted for installs (e.g. 30d, 12h).
+        #[arg(long, default_value = "90d", value_parser = super::serve::parse_duration)]
+        expires_in: Duration,
+        /// Tenant the app belongs to (nodes may restrict which keys sign a tenant's apps).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Signature file [default: BUNDLE.sig].
+        #[arg(long, value_name = "FILE")]
+        sig: Option<PathBuf>,
+    },
+    /// Verify a bundle's signature(s) against trusted public keys, then its contents.
+    Verify {
+        bundle: PathBuf,
+        /// Trusted public key: a key file or the key line itself (repeatable).
+        #[arg(long, required = true, value_name = "PUBKEY")]
+        trust: Vec<String>,
+        /// Valid signatures required.
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
+        /// Signature file [default: BUNDLE.sig].
+        #[arg(long, value_name = "FILE")]
+        sig: Option<PathBuf>,
+    },
+    /// Show a bundle's digest, files, manifest and (unverified) signed document.
+    Inspect {
+        bundle: PathBuf,
+        /// Signature file [default: BUNDLE.sig, if present].
+        #[arg(long, value_name = "FILE")]
+        sig: Option<PathBuf>,
+    },
+    /// Install a signed bundle into a node's store (verified under the config's [trust]) and make
+    /// it the app's active release. The daemon must not be running on the same state directory.
+    Install {
+        bundle: PathBuf,
+        /// The node's config (for [trust] and the state directory) [default: embedded config].
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Signature file [default: BUNDLE.sig].
+        #[arg(long, value_name = "FILE")]
+        sig: Option<PathBuf>,
+    },
+}
+
+pub fn run(args: BundleArgs) -> CliResult {
+    match args.command {
+        BundleCommand::Keygen { out, force } => keygen(&out, force),
+        BundleCommand::Pack { dir, output } => pack(&dir, &output),
+        BundleCommand::Sign {
+            bundle,
+            key,
+            expires_in,
+            tenant,
+            sig,
+        } => sign_cmd(&bundle, &key, expires_in, tenant, sig),
+        BundleCommand::Verify {
+            bundle,
+            trust,
+            threshold,
+            sig,
+        } => verify_cmd(&bundle, &trust, threshold, sig),
+        BundleCommand::Inspect { bundle, sig } => inspect(&bundle, sig),
+        BundleCommand::Install {
+            bundle,
+            config,
+            sig,
+        } => install_cmd(&bundle, config, sig),
+    }
+}
+
+fn sig_path(bundle: &Path, sig: Option<PathBuf>) -> PathBuf {
+    sig.unwrap_or_else(|| {
+        let mut s = bundle.as_os_str().to_owned();
+        s.push(".sig");
+        PathBuf::from(s)
+    })
+}
+
+/// A spinner on stderr for long steps; invisible when stderr is not a terminal.
+fn progress(msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(msg.to_owned());
+    pb.enable_steady_tick(Duration::from_millis(100));
+    pb
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path)
+        .with_context(|| format!("{}: cannot read {what}", path.display()))
+        .map_err(CliError::app)
+}
+
+fn keygen(out: &Path, force: bool) -> CliResult {
+    let key_path = out.with_extension("key");
+    let pub_path = out.with_extension("pub");
+    for p in [&key_path, &pub_path] {
+        if p.exists() && !force {
+            return Err(CliError::config(anyhow!(
+                "{}: exists; pass --force to overwrite",
+                p.display()
+            )));
+        }
+    }
+    let sk = sign::SigningKey::generate(&mut rand_core::OsRng);
+    let vk = sk.verifying_key();
+    atomic::write_file(&key_path, sk.to_secret_text().as_bytes(), 0o600)
+        .with_context(|| format!("{}: cannot write", key_path.display()))
+        .map_err(CliError::runtime)?;
+    atomic::write_file(&pub_path, vk.to_public_text().as_bytes(), 0o644)
+        .with_context(|| format!("{}: cannot write", pub_path.display()))
+        .map_err(CliError::runtime)?;
+    eprintln!(
+        "wrote {} (secret, 0600) and {}",
+        key_path.display(),
+        pub_path.display()
+    );
+    print!("{}", vk.to_public_text());
+    Ok(())
+}
+
+/// Reads every regular file under `dir` (relative `/` paths), refusing symlinks and specials.
+fn read_tree(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot read directory", dir.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("{}: cannot read directory", dir.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let ft = e
+                .file_type()
+                .with_context(|| format!("{}: cannot stat", path.display()))?;
+            if ft.is_symlink() {
+                bail!(
+                    "{}: symbolic links cannot go into a bundle; copy the file instead",
+                    path.display()
+                );
+            } else if ft.is_dir() {
+                walk(base, &path, out)?;
+            } else if ft.is_file() {
+                let rel = path
+                    .strip_prefix(base)
+                    .map_err(|_| anyhow!("{}: outside {}", path.display(), base.display()))?;
+                let rel = rel
+                    .to_str()
+                    .ok_or_else(|| anyhow!("{}: file name is not UTF-8", path.display()))?
+                    .to_owned();
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
+                out.push((rel, bytes));
+            } else {
+                bail!("{}: not a regular file", path.display());
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    Ok(out)
+}
+
+fn pack(dir: &Path, output: &Path) -> CliResult {
+    let t0 = Instant::now();
+    let pb = progress(&format!("reading {}", dir.display()));
+    let entries = read_tree(dir).map_err(CliError::app)?;
+    let files: BTreeMap<String, Vec<u8>> = entries.iter().cloned().collect();
+    let text = files
+        .get("outpost.toml")
+        .ok_or_else(|| anyhow!("{}: no outpost.toml", dir.display()))
+        .map_err(CliError::app)?;
+    let text = std::str::from_utf8(text)
+        .map_err(|_| anyhow!("{}/outpost.toml: not UTF-8", dir.display()))
+        .map_err(CliError::app)?;
+    let manifest = crate::bundle::manifest::Manifest::parse(
+        text,
+        &dir.join("outpost.toml").display().to_string(),
+    )
+    .map_err(CliError::app)?;
+    let unpacked_size: u64 = entries.iter().map(|(_, b)| b.len() as u64).sum();
+    pb.set_message(format!(
+        "compressing {} files ({})",
+        entries.len(),
+        crate::ops::units::format_bytes(unpacked_size)
+    ));
+    let bytes = archive::pack(entries).map_err(CliError::app)?;
+    // Check what we made the way a node will, so a bundle that packs also installs.
+    let unpacked = archive::unpack(&bytes, &Limits::default()).map_err(CliError::app)?;
+    install::check_contents(
+        &unpacked,
+        &manifest.application.name,
+        &manifest.application.version,
+    )
+    .map_err(CliError::app)?;
+    pb.set_message(format!("writing {}", output.display()));
+    atomic::write_file(output, &bytes, 0o644)
+        .with_context(|| format!("{}: cannot write", output.display()))
+        .map_err(CliError::runtime)?;
+    pb.finish_and_clear();
+    let digest = bundle_mod::digest(&bytes);
+    eprintln!(
+        "packed {} {} ({} files, {} → {}) in {:.2?}",
+        manifest.application.name,
+        manifest.application.version,
+        unpacked.files().len(),
+        crate::ops::units::format_bytes(unpacked_size),
+        crate::ops::units::format_bytes(bytes.len() as u64),
+        t0.elapsed()
+    );
+    println!("{digest}");
+    Ok(())
+}
+
+fn sign_cmd(
+    bundle: &Path,
+    key: &Path,
+    expires_in: Duration,
+    tenant: Option<String>,
+    sig: Option<PathBuf>,
+) -> CliResult {
+    let t0 = Instant::now();
+    let key_text = std::fs::read_to_string(key)
+        .with_context(|| format!("{}: cannot read key", key.display()))
+        .map_err(CliError::config)?;
+    let sk = sign::parse_secret_key(&key_text)
+        .with_context(|| format!("{}", key.display()))
+        .map_err(CliError::config)?;
+    let pb = progress(&format!("hashing {}", bundle.display()));
+    let bytes = read(bundle, "bundle")?;
+    let digest = bundle_mod::digest(&bytes);
+    let sig_path = sig_path(bundle, sig);
+
+    let mut signed = match std::fs::read(&sig_path) {
+        Ok(existing) => {
+            let signed = SignedDoc::parse(&existing, MAX_SIG_FILE)
+                .with_context(|| format!("{}", sig_path.display()))
+                .map_err(CliError::app)?;
+            if signed.doc().digest != digest || signed.doc().size != bytes.len() as u64 {
+                return Err(CliError::app(anyhow!(
+                    "{}: signs {} but {} is {digest}; remove it to sign afresh",
+                    sig_path.display(),
+                    signed.doc().digest,
+                    bundle.display()
+                )));
+            }
+            signed
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            pb.set_message("reading the manifest");
+            let unpacked = archive::unpack(&bytes, &Limits::default())
+                .with_context(|| format!("{}", bundle.display()))
+                .map_err(CliError::app)?;
+            let manifest = unpacked
+                .get("outpost.toml")
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .ok_or_else(|| anyhow!("{}: no readable outpost.toml", bundle.display()))
+                .map_err(CliError::app)?;
+            let manifest = crate::bundle::manifest::Manifest::parse(
+                manifest,
+                &format!("{}:outpost.toml", bundle.display()),
+            )
+            .map_err(CliError::app)?;
+            let now = unix_now();
+            let doc = ReleaseDoc {
+                app: manifest.application.name,
+                version: manifest.application.version,
+                digest,
+                size: bytes.len() as u64,
+                created: now,
+                expires: now.saturating_add(expires_in.as_secs()),
+                tenant,
+            };
+            SignedDoc::new(doc)
+                .with_context(|| format!("{}", bundle.display()))
+                .map_err(CliError::app)?
+        }
+        Err(e) => {
+            return Err(CliError::runtime(anyhow!(
+                "{}: cannot read: {e}",
+                sig_path.display()
+            )));
+        }
+    };
+    signed
+        .add_signature(&sk)
+        .with_context(|| format!("{}", sig_path.display()))
+        .map_err(CliError::app)?;
+    atomic::write_file(&sig_path, &signed.encode(), 0o644)
+        .with_context(|| format!("{}: cannot write", sig_path.display()))
+        .map_err(CliError::runtime)?;
+    pb.finish_and_clear();
+    eprintln!(
+        "signed {} {} ({digest}) with key {}; {} signature(s) in {} ({:.2?})",
+        signed.doc().app,
+        signed.doc().version,
+        sk.id(),
+        signed.signatures().len(),
+        sig_path.display(),
+        t0.elapsed()
+    );
+    Ok(())
+}
+
+/// Builds a trust policy from `--trust` values: key lines or key files.
+pub fn trust_policy(
+    keys: &[(String, String)],
+    threshold: usize,
+    tenants: BTreeMap<String, Vec<String>>,
+) -> anyhow::Result<TrustPolicy> {
+    let mut parsed = Vec::with_capacity(keys.len());
+    for (label, k) in keys {
+        let text = if k.starts_with("outpost-public-key-v1 ") {
+            k.clone()
+        } else {
+            std::fs::read_to_string(k).with_context(|| format!("{label}: cannot read {k}"))?
+        };
+        parsed.push(
+            sign::parse_public_key(text.trim_end()).with_context(|| format!("{label}: {k}"))?,
+        );
+    }
+    let mut policy = TrustPolicy::new(parsed)?.with_threshold(threshold)?;
+    for (tenant, ids) in tenants {
+        let ids = ids
+            .iter()
+            .map(|id| {
+                id.parse::<sign::KeyId>()
+                    .map_err(|e| anyhow!("tenants.{tenant}: {id:?}: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        policy = policy.with_tenant_keys(&tenant, ids)?;
+    }
+    Ok(policy)
+}
+
+fn verify_cmd(
+    bundle: &Path,
+    trust: &[String],
+    threshold: usize,
+    sig: Option<PathBuf>,
+) -> CliResult {
+    let t0 = Instant::now();
+    let keys: Vec<(String, String)> = trust
+        .iter()
+        .map(|k| ("--trust".to_owned(), k.clone()))
+        .collect();
+    let policy = trust_policy(&keys, threshold, BTreeMap::new()).map_err(CliError::config)?;
+    let pb = progress(&format!("verifying {}", bundle.display()));
+    let bytes = read(bundle, "bundle")?;
+    let sig_path = sig_path(bundle, sig);
+    let sig = std::fs::read(&sig_path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow!(
+                    "{}: unsigned: no signature file {}",
+                    bundle.display(),
+                    sig_path.display()
+                )
+            } else {
+                anyhow!("{}: cannot read: {e}", sig_path.display())
+            }
+        })
+        .map_err(CliError::app)?;
+    let digest = bundle_mod::digest(&bytes);
+    let signed = SignedDoc::parse(&sig, MAX_SIG_FILE)
+        .with_context(|| format!("{}", sig_path.display()))
+        .map_err(CliError::app)?;
+    let verified = sign::verify(&signed, bytes.len() as u64, &digest, &policy, unix_now())
+        .with_context(|| format!("{}", bundle.display()))
+        .map_err(CliError::app)?;
+    let unpacked = archive::unpack(&bytes, &Limits::default())
+        .with_context(|| format!("{}", bundle.display()))
+        .map_err(CliError::app)?;
+    install::check_contents(&unpacked, &verified.doc.app, &verified.doc.version)
+        .with_context(|| format!("{}", bundle.display()))
+        .map_err(CliError::app)?;
+    pb.finish_and_clear();
+    println!(
+        "ok: {} {} {digest} signed by {} ({:.2?})",
+        verified.doc.app,
+        verified.doc.version,
+        verified
+            .keys
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        t0.elapsed()
+    );
+    Ok(())
+}
+
+fn inspect(bundle: &Path, sig: Option<PathBuf>) -> CliResult {
+    let bytes = read(bundle, "bundle")?;
+    let digest: Digest = bundle_mod::digest(&bytes);
+    println!("bundle:  {}", bundle.display());
+    println!("digest:  {digest}");
+    println!("size:    {} bytes", bytes.len());
+    match archive::unpack(&bytes, &Limits::default()) {
+        Ok(u) => {
+            println!("files:");
+            for (path, data) in u.files() {
+                println!("  {:>10}  {path}", data.len());
+            }
+            if let Some(Ok(text)) = u.get("outpost.toml").map(std::str::from_utf8) {
+                match crate::bundle::manifest::Manifest::parse(text, "outpost.toml") {
+                    Ok(m) => {
+                        println!("app:     {} {}", m.application.name, m.application.version);
+                        for c in &m.components {
+                            println!(
+                                "  component {} ({}) routes {:?}",
+                                c.id,
+                                c.source.display(),
+                                c.routes
+                            );
+                        }
+                    }
+                    Err(e) => println!("manifest: invalid: {e}"),
+                }
+            }
+        }
+        Err(e) => println!("archive: invalid: {e}"),
+    }
+    let explicit = sig.is_some();
+    let sig_path = sig_path(bundle, sig);
+    match std::fs::read(&sig_path) {
+        Ok(s) => match SignedDoc::parse(&s, MAX_SIG_FILE) {
+            Ok(signed) => {
+                let d = signed.doc();
+                println!("signed document ({}, NOT verified):", sig_path.display());
+                println!(
+                    "  app {} version {} tenant {}",
+                    d.app,
+                    d.version,
+                    d.tenant.as_deref().unwrap_or("-")
+                );
+                println!("  digest {} size {}", d.digest, d.size);
+                println!("  created {} expires {}", d.created, d.expires);
+                if d.digest != digest {
+                    println!("  WARNING: the document covers a different digest than this bundle");
+                }
+                for (id, _) in signed.signatures() {
+                    println!("  signature by key {id}");
+                }
+            }
+            Err(e) => println!("signature file {}: invalid: {e}", sig_path.display()),
+        },
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+            println!("unsigned (no {})", sig_path.display());
+        }
+        Err(e) => {
+            return Err(CliError::app(anyhow!(
+                "{}: cannot read: {e}",
+                sig_path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn install_cmd(bundle: &Path, config: Option<PathBuf>, sig: Option<PathBuf>) -> CliResult {
+    let t0 = Instant::now();
+    let cfg = match &config {
+        Some(p) => crate::ops::config::Config::load(p).map_err(CliError::config)?,
+        None => crate::ops::config::Config::embedded_default(),
+    };
+    let policy = node_trust_policy(&cfg)?;
+    let limits = Limits {
+        max_compressed: cfg.store.max_bundle_size,
+        ..Default::default()
+    };
+    let size = std::fs::metadata(bundle)
+        .with_context(|| format!("{}: cannot read bundle", bundle.display()))
+        .map_err(CliError::app)?
+        .len();
+    if size > limits.max_compressed {
+        return Err(CliError::app(anyhow!(
+            "{}: bundle is {size} bytes, over the {}-byte cap (store.max_bundle_size)",
+            bundle.display(),
+            limits.max_compressed
+        )));
+    }
+    let bytes = read(bundle, "bundle")?;
+    let sig_path = sig_path(bundle, sig);
+    let sig = read(&sig_path, "signature file")?;
+    let store_dir = cfg.state_dir().join("store");
+    let (store, _) = Store::open(&store_dir)
+        .with_context(|| format!("opening the store in {}", store_dir.display()))
+        .map_err(CliError::runtime)?;
+    let pb = progress(&format!("installing {}", bundle.display()));
+    let installed = install::install(&store, &bytes, &sig, &policy, unix_now(), &limits)
+        .with_context(|| format!("{}", bundle.display()))
+        .map_err(CliError::app)?;
+    let r = &installed.release;
+    // Precompile with the daemon's engine settings, so the next start deserializes instead of
+    // compiling; this also proves the release links against this node's host.
+    pb.set_message(format!("compiling {} {}", r.app, r.version));
+    precompile(&cfg, &store.tree_path(&r.digest))?;
+    pb.finish_and_clear();
+    if installed.unchanged {
+        println!("{} {} ({}) already active", r.app, r.version, r.digest);
+    } else {
+        println!(
+            "installed {} {} ({}) in {:.2?}",
+            r.app,
+            r.version,
+            r.digest,
+            t0.elapsed()
+        );
+    }
+    Ok(())
+}
+
+/// The node's trust policy from `[trust]`.
+pub fn node_trust_policy(cfg: &crate::ops::config::Config) -> Result<TrustPolicy, CliError> {
+    trust_policy(
+        &cfg.trust.keys,
+        cfg.trust.threshold,
+        cfg.trust.tenants.clone(),
+    )
+    .map_err(|e| CliError::config(anyhow!("{}: trust.{e:#}", cfg.origin())))
+}
+
+/// Loads the app in `dir` once with the engine `outpost run` would build from `cfg`, leaving
+/// its compiled code in the state directory's cache.
+fn precompile(cfg: &crate::ops::config::Config, dir: &Path) -> CliResult {
+    use crate::runtime::{Runtime, RuntimeSettings, sizing};
+    let overrides = super::run::overrides_from(cfg)?;
+    let sizing = sizing::derive(&sizing::detect(), &overrides).map_err(CliError::config)?;
+    let code_dir = cfg.state_dir().join("compiled");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::runtime(anyhow!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async {
+        let runtime = Runtime::new(
+            RuntimeSettings::from_sizing(&sizing, Some(code_dir)),
+            crate::ops::metrics::Metrics::new(),
+        )
+        .map_err(CliError::runtime)?;
+        crate::runtime::app::load_app(
+            &runtime,
+            &crate::runtime::app::AppSource::Dir(dir.to_owned()),
+        )
+        .await
+        .map_err(CliError::app)?;
+        Ok(())
+    })
+}

@@ -1,0 +1,143 @@
+//! TLS for the TCP listeners: rustls server configs (ALPN `h2`, `http/1.1`; `h3` for QUIC) and
+//! the handshake of one accepted connection.
+//!
+//! Owns: protocol versions, ALPN lists, session tickets, the handshake timeout and how a failed
+//! handshake is counted and logged. Certificates come from [`CertStore`](super::certs::CertStore).
+//! Must not: run in an accept loop — a handshake is several round trips a slow or hostile client
+//! controls, so it runs in the connection's own task on its serving thread.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use super::certs::{CertStore, is_refusal, provider};
+use super::h3::QuicLimits;
+use crate::ops::metrics::Metrics;
+
+/// A client gets this long to finish its TLS or QUIC handshake. Real clients need one to three
+/// round trips (well under a second even over satellite links); a connection still
+/// handshaking after this is stalled or hostile, and holds a connection permit.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// ALPN protocol ids.
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+pub const ALPN_H3: &[u8] = b"h3";
+
+/// Why a TLS or QUIC server config could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+}
+
+/// Everything the TLS and QUIC listeners need: the TCP acceptor and, with HTTP/3 on, the quinn
+/// server config. Both resolve certificates through the same [`CertStore`], so a reload reaches
+/// every protocol at once.
+#[derive(Clone)]
+pub struct TlsSetup {
+    pub certs: Arc<CertStore>,
+    pub(super) acceptor: TlsAcceptor,
+    pub(super) quic: Option<quinn::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSetup")
+            .field("h3", &self.quic.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsSetup {
+    /// TLS 1.2 and 1.3 over TCP with ALPN `h2` then `http/1.1`; with `h3`, also a QUIC (TLS 1.3,
+    /// ALPN `h3`) config with those transport limits.
+    pub fn new(certs: Arc<CertStore>, h3: Option<&QuicLimits>) -> Result<Self, TlsError> {
+        let mut tcp = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.clone());
+        tcp.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+        // Stateless resumption: a returning client skips the certificate and key exchange,
+        // which is most of a handshake's CPU on a small board.
+        tcp.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        let quic = match h3 {
+            Some(limits) => Some(super::h3::server_config(quic_tls(&certs)?, limits)?),
+            None => None,
+        };
+        Ok(Self {
+            certs,
+            acceptor: TlsAcceptor::from(Arc::new(tcp)),
+            quic,
+        })
+    }
+
+    /// Whether HTTP/3 is configured.
+    pub fn h3(&self) -> bool {
+        self.quic.is_some()
+    }
+}
+
+/// The rustls side of the QUIC config: TLS 1.3 only (QUIC requires it), ALPN `h3`, no 0-RTT
+/// (replayable requests would reach guests that cannot tell).
+fn quic_tls(certs: &Arc<CertStore>) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs.clone());
+    cfg.alpn_protocols = vec![ALPN_H3.to_vec()];
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    cfg.max_early_data_size = 0;
+    quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(cfg))
+        .map_err(|e| TlsError::Quic(e.to_string()))
+}
+
+/// Runs the server side of a TLS handshake on `tcp`, for at most [`HANDSHAKE_TIMEOUT`] and not
+/// past the shutdown signal. `None` when it failed (counted in
+/// `outpost_tls_handshake_failures_total`, logged at debug: failed handshakes are routine on a
+/// public port).
+pub(super) async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    metrics: &Metrics,
+) -> Option<TlsStream<TcpStream>> {
+    let accept = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let result = tokio::select! {
+        r = accept => r,
+        // Draining: a connection that has not finished its handshake has no request in flight.
+        () = async { let _ = stop.wait_for(|s| *s).await; } => return None,
+    };
+    match result {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            let message = e.to_string();
+            // Refusals for unknown server names are counted and logged by the certificate
+            // store, which knows the name.
+            if !is_refusal(&message) {
+                metrics
+                    .tls_handshake_failures
+                    .with_label_values(&["error"])
+                    .inc();
+            }
+            tracing::debug!(%peer, error = %message, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics
+                .tls_handshake_failures
+                .with_label_values(&["timeout"])
+                .inc();
+            tracing::debug!(%peer, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+            None
+        }
+    }
+}

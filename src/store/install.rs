@@ -1,0 +1,358 @@
+//! Installing a signed bundle into the store, and finding what to serve at start.
+//!
+//! Owns: the order of checks that keeps anything rejected out of the store — size caps, then the
+//! signature over (digest, size) *before* anything is decompressed, then the rollback check, then
+//! unpacking under limits, the manifest and that every component really is a component — and only
+//! then the writes (blob, tree, index last). At start, `load_active` re-checks every active
+//! release (blob digest, signature under today's trust policy, unpacked files) and falls back to
+//! the previous release of an app when its active one is damaged.
+//! Must not: compile wasm (the runtime does that from the unpacked tree) or fetch anything.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use crate::bundle::archive::{self, ArchiveError, Limits};
+use crate::bundle::manifest::{Manifest, ManifestError};
+use crate::bundle::sign::{self, SignedDoc, TrustPolicy, VerifyError};
+use crate::bundle::{self as bundle_mod, Digest};
+
+use super::{AppRecord, Release, Store, StoreError};
+
+/// Largest signature file read.
+pub const MAX_SIG_FILE: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("bundle is {size} bytes, over the {limit}-byte cap")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("signature file: {0}")]
+    Signature(#[source] VerifyError),
+    #[error("{0}")]
+    Verify(#[source] VerifyError),
+    #[error("refusing rollback: {0}")]
+    Rollback(#[source] VerifyError),
+    #[error("archive: {0}")]
+    Archive(#[source] ArchiveError),
+    #[error("{0}")]
+    Manifest(#[source] ManifestError),
+    #[error("outpost.toml is not UTF-8")]
+    ManifestEncoding,
+    #[error("the signed document is for {signed} but outpost.toml says {manifest}")]
+    Mismatch { signed: String, manifest: String },
+    #[error("component {id}: source {source_path} is not in the bundle")]
+    MissingComponent { id: String, source_path: String },
+    #[error("component {id}: {reason}")]
+    NotComponent { id: String, reason: String },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What an install did.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub release: Release,
+    /// The release it replaced as active, if any.
+    pub replaced: Option<Digest>,
+    /// The same bundle was already active; nothing was written.
+    pub unchanged: bool,
+}
+
+/// Verifies `bundle` + its detached signature file under `policy` at time `now`, then writes it
+/// to the store and makes it the active release of its app. Every rejection happens before the
+/// first write.
+pub fn install(
+    store: &Store,
+    bundle: &[u8],
+    sig: &[u8],
+    policy: &TrustPolicy,
+    now: u64,
+    limits: &Limits,
+) -> Result<Installed, InstallError> {
+    let size = bundle.len() as u64;
+    if size > limits.max_compressed {
+        return Err(InstallError::TooLarge {
+            size,
+            limit: limits.max_compressed,
+        });
+    }
+    // 1. Signature over digest and size: nothing is decompressed before this passes.
+    let digest = bundle_mod::digest(bundle);
+    let signed = SignedDoc::parse(sig, MAX_SIG_FILE).map_err(InstallError::Signature)?;
+    let verified =
+        sign::verify(&signed, size, &digest, policy, now).map_err(InstallError::Verify)?;
+    let doc = &verified.doc;
+
+    // 2. Rollback: never older than what this node runs.
+    let current = store.app(&doc.app)?;
+    let active = match &current {
+        Some(rec) => store.release(&rec.active)?,
+        None => None,
+    };
+    if let Some(active) = &active {
+        if active.digest == digest {
+            return Ok(Installed {
+                release: active.clone(),
+                replaced: None,
+                unchanged: true,
+            });
+        }
+        sign::check_not_older(doc, &active.version, &active.digest)
+            .map_err(InstallError::Rollback)?;
+        sign::check_same_tenant(doc, active.tenant.as_deref()).map_err(InstallError::Verify)?;
+    }
+
+    // 3. Contents: archive rules, manifest, components.
+    let unpacked = archive::unpack(bundle, limits).map_err(InstallError::Archive)?;
+    let components = check_contents(&unpacked, doc.app.as_str(), doc.version.as_str())?;
+
+    // 4. Writes: blob and tree first, the index last (the commit point).
+    store.put_blob(&digest, bundle, sig)?;
+    store.put_tree(&digest, unpacked.files())?;
+    let release = Release {
+        app: doc.app.clone(),
+        version: doc.version.clone(),
+        tenant: doc.tenant.clone(),
+        digest,
+        size,
+        components,
+        installed_at: now,
+    };
+    store.activate(&release)?;
+    Ok(Installed {
+        release,
+        replaced: current.map(|r| r.active),
+        unchanged: false,
+    })
+}
+
+/// Checks the unpacked files: a valid manifest that names the signed app and version, and every
+/// component source present and a real component. Returns the components' sha256 (hex).
+pub fn check_contents(
+    unpacked: &archive::Unpacked,
+    app: &str,
+    version: &str,
+) -> Result<Vec<String>, InstallError> {
+    let text = unpacked
+        .get("outpost.toml")
+        .ok_or(InstallError::Archive(ArchiveError::MissingManifest))?;
+    let text = std::str::from_utf8(text).map_err(|_| InstallError::ManifestEncoding)?;
+    let manifest = Manifest::parse(text, "outpost.toml").map_err(InstallError::Manifest)?;
+    if manifest.application.name != app || manifest.application.version != version {
+        return Err(InstallError::Mismatch {
+            signed: format!("{app} {version}"),
+            manifest: format!(
+                "{} {}",
+                manifest.application.name, manifest.application.version
+            ),
+        });
+    }
+    let mut sums = Vec::with_capacity(manifest.components.len());
+    for c in &manifest.components {
+        let path = c.source.to_string_lossy().replace('\\', "/");
+        let Some(bytes) = unpacked.get(&path) else {
+            return Err(InstallError::MissingComponent {
+                id: c.id.clone(),
+                source_path: path,
+            });
+        };
+        crate::runtime::compile::classify(Path::new(&path), bytes).map_err(|e| {
+            InstallError::NotComponent {
+                id: c.id.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        use sha2::Digest as _;
+        sums.push(hex::encode(sha2::Sha256::digest(bytes)));
+    }
+    Ok(sums)
+}
+
+/// An app the store can serve now: its release and the directory holding its files.
+#[derive(Debug, Clone)]
+pub struct ServableRelease {
+    pub release: Release,
+    pub dir: PathBuf,
+    /// The active release was damaged and this earlier one is served instead.
+    pub fell_back_from: Option<Digest>,
+}
+
+/// What `load_active` could not serve.
+#[derive(Debug)]
+pub struct Unservable {
+    pub app: String,
+    pub problem: String,
+}
+
+/// The releases to serve at start, each re-checked: blob sha256, signature under the current
+/// `policy` (as of its install time — expiry guards installs, not restarts; a key removed from
+/// the policy stops its apps), and the unpacked tree (re-extracted from the blob if damaged). An
+/// app whose active release fails falls back to its newest intact previous release, and the index
+/// is updated to say so; an app with nothing intact is dropped from the index. Damaged files are
+/// deleted so they are fetched again.
+pub fn load_active(
+    store: &Store,
+    policy: &TrustPolicy,
+    limits: &Limits,
+) -> (Vec<ServableRelease>, Vec<Unservable>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for entry in store.apps() {
+        let (app, record) = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                bad.push(Unservable {
+                    app: "?".into(),
+                    problem: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let candidates: Vec<Digest> = std::iter::once(record.active)
+            .chain(record.previous.iter().copied())
+            .collect();
+        let mut served = None;
+        let mut problems = Vec::new();
+        for (i, d) in candidates.iter().enumerate() {
+            match check_release(store, d, policy, limits) {
+                Ok(release) => {
+                    served = Some((i, release));
+                    break;
+                }
+                Err(problem) => {
+                    tracing::error!(%app, digest = %d, %problem, "installed release is unusable; dropping it");
+                    store.remove_files(d);
+                    let _ = store.forget_release(d);
+                    problems.push(format!("{d}: {problem}"));
+                }
+            }
+        }
+        match served {
+            Some((i, release)) => {
+                if i > 0 {
+                    let rec = AppRecord {
+                        active: candidates[i],
+                        previous: candidates[i + 1..].to_vec(),
+                    };
+                    if let Err(e) = store.set_app(&app, Some(&rec)) {
+                        tracing::error!(%app, error = %e, "cannot record the fallback release");
+                    }
+                    tracing::warn!(%app, from = %record.active, to = %release.digest, version = %release.version, "serving the previous release");
+                }
+                ok.push(ServableRelease {
+                    dir: store.tree_path(&release.digest),
+                    fell_back_from: (i > 0).then_some(record.active),
+                    release,
+                });
+            }
+            None => {
+                let _ = store.set_app(&app, None);
+                bad.push(Unservable {
+                    app,
+                    problem: problems.join("; "),
+                });
+            }
+        }
+    }
+    (ok, bad)
+}
+
+fn check_release(
+    store: &Store,
+    d: &Digest,
+    policy: &TrustPolicy,
+    limits: &Limits,
+) -> Result<Release, String> {
+    let release = store
+        .release(d)
+        .map_err(|e| e.to_string())?
+        .ok_or("not in the index")?;
+    let bundle = store.read_blob(d).map_err(|e| e.to_string())?;
+    let sig = store.read_sig(d).map_err(|e| e.to_string())?;
+    let signed = SignedDoc::parse(&sig, MAX_SIG_FILE).map_err(|e| e.to_string())?;
+    let verified = sign::verify(
+        &signed,
+        bundle.len() as u64,
+        d,
+        policy,
+        release.installed_at,
+    )
+    .map_err(|e| e.to_string())?;
+    if verified.doc.app != release.app || verified.doc.version != release.version {
+        return Err("index record does not match its signed document".into());
+    }
+    if let Err(problem) = store.check_tree(d) {
+        tracing::warn!(app = %release.app, digest = %d, %problem, "unpacked files damaged; unpacking again from the verified bundle");
+        let unpacked = archive::unpack(&bundle, limits).map_err(|e| e.to_string())?;
+        store
+            .put_tree(d, unpacked.files())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(release)
+}
+
+/// Rebuilds the index after it was lost: every blob on disk whose signature still verifies under
+/// `policy` (as of its signing time) is recorded, and the newest version of each app becomes
+/// active. Blobs that do not verify are deleted. Returns how many releases were recorded.
+pub fn rebuild_index(store: &Store, policy: &TrustPolicy, limits: &Limits) -> usize {
+    let mut newest: std::collections::BTreeMap<String, (sign::ReleaseDoc, Release)> =
+        Default::default();
+    for d in store.blob_digests() {
+        let checked = (|| -> Result<(sign::ReleaseDoc, Release), String> {
+            let bundle = store.read_blob(&d).map_err(|e| e.to_string())?;
+            let sig = store.read_sig(&d).map_err(|e| e.to_string())?;
+            let signed = SignedDoc::parse(&sig, MAX_SIG_FILE).map_err(|e| e.to_string())?;
+            let at = signed.doc().created;
+            let verified = sign::verify(&signed, bundle.len() as u64, &d, policy, at)
+                .map_err(|e| e.to_string())?;
+            let unpacked = archive::unpack(&bundle, limits).map_err(|e| e.to_string())?;
+            let doc = verified.doc;
+            let components =
+                check_contents(&unpacked, &doc.app, &doc.version).map_err(|e| e.to_string())?;
+            if store.check_tree(&d).is_err() {
+                store
+                    .put_tree(&d, unpacked.files())
+                    .map_err(|e| e.to_string())?;
+            }
+            let release = Release {
+                app: doc.app.clone(),
+                version: doc.version.clone(),
+                tenant: doc.tenant.clone(),
+                digest: d,
+                size: bundle.len() as u64,
+                components,
+                installed_at: super::unix_now(),
+            };
+            Ok((doc, release))
+        })();
+        match checked {
+            Ok((doc, release)) => {
+                let newer = newest
+                    .get(&doc.app)
+                    .is_none_or(|(cur, _)| newer_version(&doc, cur));
+                if newer {
+                    newest.insert(doc.app.clone(), (doc, release));
+                }
+            }
+            Err(problem) => {
+                tracing::error!(digest = %d, %problem, "bundle on disk does not verify; deleting it");
+                store.remove_files(&d);
+            }
+        }
+    }
+    let mut n = 0;
+    for (_, (_, release)) in newest {
+        match store.activate(&release) {
+            Ok(()) => n += 1,
+            Err(e) => tracing::error!(app = %release.app, error = %e, "cannot record release"),
+        }
+    }
+    n
+}
+
+/// Whether `a` is a newer version than `b` (unparsable versions never are).
+fn newer_version(a: &sign::ReleaseDoc, b: &sign::ReleaseDoc) -> bool {
+    match (a.parsed_version(), b.parsed_version()) {
+        (Ok(x), Ok(y)) => x > y,
+        _ => false,
+    }
+}

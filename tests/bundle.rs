@@ -1,0 +1,595 @@
+//! Signed bundles through the real binary: `outpost bundle keygen|pack|sign|verify|inspect|install`,
+//! `outpost serve APP.bundle`, every rejection, offline start from the store, and kill -9 safety.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A scratch area with keys, app directories, bundles and a node config.
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn s(&self, rel: &str) -> String {
+        self.path(rel).to_str().unwrap().to_owned()
+    }
+
+    /// `outpost bundle keygen --out NAME`; returns the public key line it printed.
+    fn keygen(&self, name: &str) -> String {
+        let (code, out, err) = run_to_end(&["bundle", "keygen", "--out", &self.s(name)]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("outpost-public-key-v1 "), "{out}");
+        out.trim_end().to_owned()
+    }
+
+    /// An app directory `name/` for app `greeter` at `version` whose `/greeting` answers `greeting`.
+    fn app(&self, name: &str, version: &str, greeting: &str) -> PathBuf {
+        let dir = self.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("outpost.toml"),
+            format!(
+                r#"manifest_version = 1
+[application]
+name = "greeter"
+version = "{version}"
+[component.main]
+source = "config-reader.wasm"
+routes = ["/"]
+[component.main.variables]
+greeting = "{greeting}"
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::copy(wasm("config_reader"), dir.join("config-reader.wasm")).unwrap();
+        dir
+    }
+
+    /// `outpost bundle pack DIR -o OUT`; returns the digest printed.
+    fn pack(&self, dir: &Path, out: &str) -> String {
+        let (code, stdout, err) =
+            run_to_end(&["bundle", "pack", dir.to_str().unwrap(), "-o", &self.s(out)]);
+        assert_eq!(code, 0, "{err}");
+        stdout.trim().to_owned()
+    }
+
+    fn sign(&self, bundle: &str, key: &str, extra: &[&str]) {
+        let b = self.s(bundle);
+        let k = self.s(key);
+        let mut args = vec!["bundle", "sign", &b, "--key", &k];
+        args.extend_from_slice(extra);
+        let (code, _, err) = run_to_end(&args);
+        assert_eq!(code, 0, "{err}");
+    }
+
+    /// A node config trusting `keys` (files under the lab), with its own state directory.
+    fn node_config(&self, name: &str, extra: &str) -> PathBuf {
+        let cfg = self.path(&format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[node]
+state_dir = "{name}-state"
+[listen]
+http = ["127.0.0.1:0"]
+admin = "127.0.0.1:0"
+drain_timeout = "1s"
+{extra}
+"#
+            ),
+        )
+        .unwrap();
+        cfg
+    }
+
+    fn install(&self, bundle: &str, cfg: &Path) -> (i32, String, String) {
+        run_to_end(&[
+            "bundle",
+            "install",
+            &self.s(bundle),
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+    }
+
+    /// Blob files in a node's store (nothing rejected may ever land there).
+    fn blobs(&self, node: &str) -> Vec<String> {
+        let dir = self.path(&format!("{node}-state/store/blobs"));
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn pack_is_deterministic_and_sign_verify_inspect_round_trip() {
+    let lab = Lab::new();
+    let public = lab.keygen("alice");
+    let key_mode = std::fs::metadata(lab.path("alice.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key_mode.permissions().mode() & 0o777, 0o600);
+
+    let dir = lab.app("v1", "1.0.0", "hello");
+    let d1 = lab.pack(&dir, "a.bundle");
+    // Same inputs, later mtimes: same bytes.
+    std::thread::sleep(Duration::from_millis(1100));
+    let f = dir.join("config-reader.wasm");
+    std::fs::write(&f, std::fs::read(&f).unwrap()).unwrap();
+    let d2 = lab.pack(&dir, "b.bundle");
+    assert!(d1.starts_with("sha256:"), "{d1}");
+    assert_eq!(d1, d2);
+    assert_eq!(
+        std::fs::read(lab.path("a.bundle")).unwrap(),
+        std::fs::read(lab.path("b.bundle")).unwrap()
+    );
+
+    lab.sign("a.bundle", "alice.key", &[]);
+    let (code, out, err) =
+        run_to_end(&["bundle", "verify", &lab.s("a.bundle"), "--trust", &public]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("greeter 1.0.0") && out.contains(&d1), "{out}");
+    // A key file works as well as the key line.
+    let (code, _, err) = run_to_end(&[
+        "bundle",
+        "verify",
+        &lab.s("a.bundle"),
+        "--trust",
+        &lab.s("alice.pub"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, _) = run_to_end(&["bundle", "inspect", &lab.s("a.bundle")]);
+    assert_eq!(code, 0);
+    for needle in [
+        &d1[..],
+        "outpost.toml",
+        "config-reader.wasm",
+        "greeter 1.0.0",
+        "NOT verified",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn verify_refuses_unsigned_wrong_key_and_below_threshold() {
+    let lab = Lab::new();
+    let alice = lab.keygen("alice");
+    let bob = lab.keygen("bob");
+    let dir = lab.app("v1", "1.0.0", "hello");
+    lab.pack(&dir, "a.bundle");
+    let b = lab.s("a.bundle");
+
+    let (code, _, err) = run_to_end(&["bundle", "verify", &b, "--trust", &alice]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unsigned"), "{err}");
+
+    lab.sign("a.bundle", "alice.key", &[]);
+    let (code, _, err) = run_to_end(&["bundle", "verify", &b, "--trust", &bob]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown key"), "{err}");
+
+    // 2-of-2: one signature is not enough; a second signer makes it pass.
+    let two = [
+        "bundle",
+        "verify",
+        &b,
+        "--trust",
+        &alice,
+        "--trust",
+        &bob,
+        "--threshold",
+        "2",
+    ];
+    let (code, _, err) = run_to_end(&two);
+    assert_ne!(code, 0);
+    assert!(err.contains("threshold") || err.contains("of 2"), "{err}");
+    lab.sign("a.bundle", "bob.key", &[]);
+    let (code, _, err) = run_to_end(&two);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test]
+async fn serve_runs_a_signed_bundle_and_refuses_it_without_trust() {
+    let lab = Lab::new();
+    let alice = lab.keygen("alice");
+    lab.keygen("mallory");
+    let dir = lab.app("v1", "1.0.0", "from-bundle");
+    lab.pack(&dir, "a.bundle");
+    lab.sign("a.bundle", "alice.key", &[]);
+
+    let (code, _, err) = run_to_end(&["serve", "--listen", "127.0.0.1:0", &lab.s("a.bundle")]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--trust"), "{err}");
+    let mallory = std::fs::read_to_string(lab.path("mallory.pub")).unwrap();
+    let (code, _, err) = run_to_end(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--trust",
+        mallory.trim(),
+        &lab.s("a.bundle"),
+    ]);
+    assert_eq!(code, 65, "{err}");
+
+    let d = Daemon::serve(&["--trust", &alice, &lab.s("a.bundle")]);
+    let r = get(d.addr(), "/greeting").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "from-bundle"));
+}
+
+/// Installs through the CLI must refuse each bad bundle with its own error, and leave the
+/// store empty.
+#[test]
+fn install_rejections_never_reach_the_store() {
+    let lab = Lab::new();
+    lab.keygen("alice");
+    lab.keygen("bob");
+    let cfg = lab.node_config("node", "[trust]\nkeys = [\"alice.pub\"]\n");
+    let dir = lab.app("v1", "1.0.0", "hello");
+    lab.pack(&dir, "good.bundle");
+
+    // Unsigned.
+    let (code, _, err) = lab.install("good.bundle", &cfg);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("cannot read signature file"), "{err}");
+
+    // Signed by a key the node does not trust.
+    std::fs::copy(lab.path("good.bundle"), lab.path("bob.bundle")).unwrap();
+    lab.sign("bob.bundle", "bob.key", &[]);
+    let (code, _, err) = lab.install("bob.bundle", &cfg);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("unknown key"), "{err}");
+
+    // A signature over a different bundle.
+    lab.sign("good.bundle", "alice.key", &[]);
+    let other = lab.app("v1b", "1.0.0", "other");
+    lab.pack(&other, "other.bundle");
+    std::fs::copy(lab.path("good.bundle.sig"), lab.path("other.bundle.sig")).unwrap();
+    let (code, _, err) = lab.install("other.bundle", &cfg);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("covers"), "{err}");
+
+    // Expired.
+    std::fs::copy(lab.path("good.bundle"), lab.path("old.bundle")).unwrap();
+    lab.sign("old.bundle", "alice.key", &["--expires-in", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let (code, _, err) = lab.install("old.bundle", &cfg);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("expired"), "{err}");
+
+    // Over the node's size cap (checked before the bundle is read).
+    let small = lab.node_config(
+        "node",
+        "[trust]\nkeys = [\"alice.pub\"]\n[store]\nmax_bundle_size = \"1KiB\"\n",
+    );
+    let (code, _, err) = lab.install("good.bundle", &small);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("cap"), "{err}");
+
+    assert!(lab.blobs("node").is_empty(), "{:?}", lab.blobs("node"));
+}
+
+#[test]
+fn tenant_key_restrictions_and_thresholds_apply_on_install() {
+    let lab = Lab::new();
+    lab.keygen("alice");
+    let bob = lab.keygen("bob");
+    let bob_id = bob.split(' ').nth(1).unwrap().to_owned();
+    let dir = lab.app("v1", "1.0.0", "hello");
+    lab.pack(&dir, "t.bundle");
+    std::fs::copy(lab.path("t.bundle"), lab.path("g.bundle")).unwrap();
+
+    // bob is acme's key: it may sign acme's apps, and nobody else's.
+    let cfg = lab.node_config(
+        "node",
+        &format!(
+            "[trust]\nkeys = [\"alice.pub\", \"bob.pub\"]\n[trust.tenants]\nacme = [\"{bob_id}\"]\n"
+        ),
+    );
+    lab.sign("g.bundle", "bob.key", &["--tenant", "globex"]);
+    let (code, _, err) = lab.install("g.bundle", &cfg);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("may not sign apps of tenant"), "{err}");
+    assert!(lab.blobs("node").is_empty());
+
+    // Two signatures required; one is below the threshold, a second one passes.
+    let cfg2 = lab.node_config(
+        "node2",
+        "[trust]\nkeys = [\"alice.pub\", \"bob.pub\"]\nthreshold = 2\n",
+    );
+    lab.sign("t.bundle", "alice.key", &[]);
+    let (code, _, err) = lab.install("t.bundle", &cfg2);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("of 2"), "{err}");
+    lab.sign("t.bundle", "bob.key", &[]);
+    let (code, _, err) = lab.install("t.bundle", &cfg2);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test]
+async fn rollback_is_refused_and_the_store_serves_offline_after_restart() {
+    let lab = Lab::new();
+    lab.keygen("alice");
+    let cfg = lab.node_config("node", "[trust]\nkeys = [\"alice.pub\"]\n");
+    let v1 = lab.app("v1", "1.0.0", "one");
+    let v2 = lab.app("v2", "2.0.0", "two");
+    lab.pack(&v1, "v1.bundle");
+    lab.pack(&v2, "v2.bundle");
+    lab.sign("v1.bundle", "alice.key", &[]);
+    lab.sign("v2.bundle", "alice.key", &[]);
+
+    let (code, out, err) = lab.install("v2.bundle", &cfg);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("installed greeter 2.0.0"), "{out}");
+    let (code, _, err) = lab.install("v1.bundle", &cfg);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("rollback"), "{err}");
+
+    // No [[app]] in the config, no network: the node serves what its store holds.
+    let d = Daemon::run_config(&cfg);
+    let r = get(d.addr(), "/greeting").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "two"));
+    drop(d);
+
+    // A blob that rotted on disk is never served.
+    let blobs = lab.path("node-state/store/blobs");
+    for e in std::fs::read_dir(&blobs).unwrap().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".bundle") {
+            let mut bytes = std::fs::read(e.path()).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0xff;
+            std::fs::write(e.path(), bytes).unwrap();
+        }
+    }
+    let d = Daemon::run_config(&cfg);
+    let r = get(d.addr(), "/greeting").await;
+    assert_eq!(r.status, 404, "{r:?}");
+    let log = d.wait_log(&["corrupted on disk"]);
+    assert!(log.contains("corrupted on disk"), "{log}");
+}
+
+/// kill -9 at random points of an install of v2 over v1: after every kill, a restarted node
+/// serves a fully verified v1 or v2 — never a mix, never nothing.
+#[tokio::test]
+async fn kill_9_during_install_leaves_the_old_or_the_new_release() {
+    let lab = Lab::new();
+    lab.keygen("alice");
+    let cfg = lab.node_config("node", "[trust]\nkeys = [\"alice.pub\"]\n");
+    let v1 = lab.app("v1", "1.0.0", "one");
+    // v2 carries a large static file so the install takes long enough to be interrupted.
+    let v2 = lab.app("v2", "2.0.0", "two");
+    let big: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(v2.join("static.bin"), &big).unwrap();
+    lab.pack(&v1, "v1.bundle");
+    lab.pack(&v2, "v2.bundle");
+    lab.sign("v1.bundle", "alice.key", &[]);
+    lab.sign("v2.bundle", "alice.key", &[]);
+    let (code, _, err) = lab.install("v1.bundle", &cfg);
+    assert_eq!(code, 0, "{err}");
+
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..12u64 {
+        // Spread the kill over the whole install (a few to a few hundred ms).
+        let delay = Duration::from_millis(3 + (round * 37) % 250);
+        let home = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args([
+                "bundle",
+                "install",
+                &lab.s("v2.bundle"),
+                "--config",
+                cfg.to_str().unwrap(),
+            ])
+            .env("HOME", home.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+
+        let d = Daemon::run_config(&cfg);
+        let r = get(d.addr(), "/greeting").await;
+        assert_eq!(r.status, 200, "round {round}: {r:?}\n{}", d.stderr());
+        assert!(
+            r.body == "one" || r.body == "two",
+            "round {round}: {}",
+            r.body
+        );
+        seen.insert(r.body.clone());
+        drop(d);
+        if r.body == "two" {
+            // Start over from v1 for the next round: a fresh state directory.
+            let _ = std::fs::remove_dir_all(lab.path("node-state"));
+            let (code, _, err) = lab.install("v1.bundle", &cfg);
+            assert_eq!(code, 0, "{err}");
+        }
+    }
+    // A finished install always wins.
+    let (code, _, err) = lab.install("v2.bundle", &cfg);
+    assert_eq!(code, 0, "{err}");
+    let d = Daemon::run_config(&cfg);
+    assert_eq!(get(d.addr(), "/greeting").await.body, "two");
+    eprintln!("outcomes seen across kills: {seen:?}");
+}
+
+/// One ustar header block + data padded to 512 bytes.
+fn tar_entry(name: &str, typeflag: u8, data: &[u8], link: &str) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = typeflag;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+fn gzip(tar: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(tar).unwrap();
+    e.finish().unwrap()
+}
+
+/// Signs arbitrary bundle bytes with the lab's key, as a signer who made a malicious archive
+/// would: the signature is valid, so only the content checks can stop it.
+fn sign_raw(lab: &Lab, name: &str, bytes: &[u8], key: &str) {
+    use outpost::bundle::sign::{ReleaseDoc, SignedDoc, parse_secret_key};
+    std::fs::write(lab.path(name), bytes).unwrap();
+    let sk = parse_secret_key(&std::fs::read_to_string(lab.path(key)).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut signed = SignedDoc::new(ReleaseDoc {
+        app: "greeter".into(),
+        version: "1.0.0".into(),
+        digest: outpost::bundle::digest(bytes),
+        size: bytes.len() as u64,
+        created: now,
+        expires: now + 3600,
+        tenant: None,
+    })
+    .unwrap();
+    signed.add_signature(&sk).unwrap();
+    std::fs::write(lab.path(&format!("{name}.sig")), signed.encode()).unwrap();
+}
+
+/// Validly signed bundles whose contents are hostile or broken: each refused with its own
+/// error by `outpost bundle install`, and none reaches the store.
+#[test]
+fn install_refuses_hostile_and_broken_archives() {
+    let lab = Lab::new();
+    lab.keygen("alice");
+    let cfg = lab.node_config("node", "[trust]\nkeys = [\"alice.pub\"]\n");
+    let manifest = b"manifest_version = 1\n[application]\nname = \"greeter\"\nversion = \"1.0.0\"\n[component.main]\nsource = \"main.wasm\"\nroutes = [\"/\"]\n";
+    let component = std::fs::read(wasm("hello")).unwrap();
+    let end = vec![0u8; 1024];
+    let good = |extra: Vec<u8>| {
+        let mut t = extra;
+        t.extend(tar_entry("main.wasm", b'0', &component, ""));
+        t.extend(tar_entry("outpost.toml", b'0', manifest, ""));
+        t
+    };
+    // The smallest valid core module: magic + version 1.
+    let core_wasm = b"\0asm\x01\0\0\0".to_vec();
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "traversal",
+            gzip(&[good(tar_entry("../evil", b'0', b"x", "")), end.clone()].concat()),
+            "..",
+        ),
+        (
+            "absolute",
+            gzip(&[good(tar_entry("/etc/evil", b'0', b"x", "")), end.clone()].concat()),
+            "absolute",
+        ),
+        (
+            "symlink",
+            gzip(
+                &[
+                    good(tar_entry("link", b'2', b"", "/etc/passwd")),
+                    end.clone(),
+                ]
+                .concat(),
+            ),
+            "symlink",
+        ),
+        (
+            "duplicate",
+            gzip(&[good(tar_entry("main.wasm", b'0', b"x", "")), end.clone()].concat()),
+            "duplicate",
+        ),
+        (
+            "truncated",
+            {
+                let full = gzip(&[good(Vec::new()), end.clone()].concat());
+                full[..full.len() / 2].to_vec()
+            },
+            "truncated",
+        ),
+        ("no-end-marker", gzip(&good(Vec::new())), "end"),
+        (
+            "malformed-toml",
+            gzip(
+                &[
+                    tar_entry("main.wasm", b'0', &component, ""),
+                    tar_entry("outpost.toml", b'0', b"[application\nname = ", ""),
+                    end.clone(),
+                ]
+                .concat(),
+            ),
+            "outpost.toml",
+        ),
+        (
+            "core-module",
+            gzip(
+                &[
+                    tar_entry("main.wasm", b'0', &core_wasm, ""),
+                    tar_entry("outpost.toml", b'0', manifest, ""),
+                    end.clone(),
+                ]
+                .concat(),
+            ),
+            "core",
+        ),
+    ];
+    for (name, bytes, needle) in cases {
+        let file = format!("{name}.bundle");
+        sign_raw(&lab, &file, &bytes, "alice.key");
+        let (code, _, err) = lab.install(&file, &cfg);
+        assert_eq!(code, 65, "{name}: {err}");
+        assert!(
+            err.to_lowercase().contains(needle),
+            "{name}: expected {needle:?} in: {err}"
+        );
+    }
+    // The well-formed archive passes, proving the cases above fail for their own reason.
+    let ok = gzip(&[good(Vec::new()), end].concat());
+    sign_raw(&lab, "ok.bundle", &ok, "alice.key");
+    let (code, _, err) = lab.install("ok.bundle", &cfg);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        lab.blobs("node").len(),
+        2,
+        "only the good bundle and its signature"
+    );
+}
