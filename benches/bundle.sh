@@ -73,6 +73,7 @@ for k in pack sign verify install first; do
   echo "| $k | $(echo "${T[$k]}" | tr ' ' '\n' | grep -v '^$' | median) |"
 done
 echo
-echo "Each step is a whole CLI process (start, read, work, write). 'first' = \`outpost run\` started"
-echo "(compiled code already cached by the install-time load... see docs/benchmarks.md) to first 200."
+echo "Each step is a whole CLI process (start, read, work, write); install includes precompiling"
+echo "the component. 'first' = from starting \`outpost run\` (no [[app]], serving from its store, code"
+echo "already compiled by the install) to the first 200 answered."
 echo "machine: $(nproc) cores, $(uname -m), $(date +%F)"
