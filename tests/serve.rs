@@ -432,6 +432,9 @@ async fn compiled_code_is_cached_across_restarts() {
     // A corrupted artifact is detected, discarded and recompiled — never loaded.
     drop(second);
     for e in std::fs::read_dir(cache.path()).unwrap().flatten() {
+        if e.path().extension().is_none_or(|x| x != "cwasm") {
+            continue;
+        }
         let mut b = std::fs::read(e.path()).unwrap();
         let n = b.len();
         b[n - 100] ^= 0xff;

@@ -14,7 +14,7 @@ use wasmtime::component::Component;
 
 use super::error::LoadError;
 
-const ARTIFACT_MAGIC: &[u8; 8] = b"OPSTCWA1";
+const ARTIFACT_MAGIC: &[u8; 8] = b"OPSTCWA2";
 
 /// Where compiled artifacts live, and the fingerprint of the engine that made them.
 #[derive(Debug, Clone)]
@@ -160,50 +160,70 @@ pub(crate) fn classify(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     })
 }
 
+/// The checksum file next to an artifact: `<artifact>.sum`.
+fn sum_path(artifact: &Path) -> PathBuf {
+    let mut p = artifact.as_os_str().to_owned();
+    p.push(".sum");
+    PathBuf::from(p)
+}
+
+/// Writes the artifact as wasmtime serialized it (so it can be mapped, not read) and its sha256
+/// in a `.sum` file next to it. The sum goes first: a crash between the two leaves a sum without
+/// an artifact (recompiled next time), never an artifact without its sum being checked.
 fn write_artifact(component: &Component, path: &Path) -> anyhow::Result<()> {
     let code = component.serialize()?;
-    let mut out = Vec::with_capacity(code.len() + 40);
-    out.extend_from_slice(ARTIFACT_MAGIC);
-    out.extend_from_slice(&Sha256::digest(&code));
-    out.extend_from_slice(&code);
-    crate::store::atomic::write_file(path, &out, 0o600)?;
+    let sum = format!(
+        "{} {}\n",
+        std::str::from_utf8(ARTIFACT_MAGIC)?,
+        hex::encode(Sha256::digest(&code))
+    );
+    crate::store::atomic::write_file(&sum_path(path), sum.as_bytes(), 0o600)?;
+    crate::store::atomic::write_file(path, &code, 0o600)?;
     Ok(())
 }
 
 /// `Ok(None)` = no artifact yet; `Err` = an artifact exists but is unusable (torn, bit-rotted,
 /// or made by an incompatible engine).
 fn read_artifact(engine: &Engine, path: &Path) -> Result<Option<Component>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("read: {e}")),
+        Err(e) => return Err(format!("open: {e}")),
     };
-    if bytes.len() < 40 || &bytes[..8] != ARTIFACT_MAGIC {
-        return Err("bad header".into());
-    }
-    let (sum, code) = bytes[8..].split_at(32);
-    if Sha256::digest(code).as_slice() != sum {
+    let sum = std::fs::read_to_string(sum_path(path)).map_err(|e| format!("checksum file: {e}"))?;
+    let want = sum
+        .strip_prefix(std::str::from_utf8(ARTIFACT_MAGIC).unwrap_or_default())
+        .map(str::trim)
+        .filter(|h| h.len() == 64)
+        .ok_or("checksum file: bad header")?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut file, &mut h).map_err(|e| format!("read: {e}"))?;
+    if hex::encode(h.finalize()) != want {
         return Err("checksum mismatch (corrupted on disk)".into());
     }
-    deserialize_verified(engine, code)
+    deserialize_verified(engine, path)
         .map(Some)
         .map_err(|e| format!("{e:#}"))
 }
 
-/// The one place Outpost turns bytes into executable machine code without compiling them.
+/// The one place Outpost turns bytes into executable machine code without compiling them. The
+/// file is mapped (`Component::deserialize_file`), not read: the code pages are file-backed, so
+/// the kernel can share and evict them instead of holding a private copy per app.
 ///
-/// Soundness: wasmtime requires that `code` came from `Component::serialize` of a compatible
+/// Soundness: wasmtime requires that the file came from `Component::serialize` of a compatible
 /// engine and was not tampered with. Both hold here: (1) the only writer of the cache directory
 /// is `write_artifact` above, which stores the output of `Component::serialize` for this very
 /// engine (the file name carries the engine fingerprint, and wasmtime re-checks its own
-/// compatibility header on load); (2) the sha256 written next to the code at that time was just
-/// re-checked, so the bytes are exactly what this process family wrote — a torn write or a
-/// flipped bit on an SD card is caught before we get here. The directory is private to the
-/// daemon (0700 state dir, files 0600); someone who can write to it can also replace the binary.
+/// compatibility header on load) compiled from a component this node loaded — from an app the
+/// operator configured or a bundle whose signature it verified; (2) the sha256 written next to
+/// the code at that time was just re-checked over the file's bytes, so they are exactly what this
+/// process family wrote — a torn write or a flipped bit on an SD card is caught before we get
+/// here. The directory is private to the daemon (0700 state dir, files 0600); someone who can
+/// write to it between the check and the mapping can also replace the binary.
 #[allow(unsafe_code)]
-fn deserialize_verified(engine: &Engine, code: &[u8]) -> wasmtime::Result<Component> {
+fn deserialize_verified(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
     // SAFETY: see the function documentation above.
-    unsafe { Component::deserialize(engine, code) }
+    unsafe { Component::deserialize_file(engine, path) }
 }
 
 #[cfg(test)]

@@ -527,7 +527,10 @@ impl Store {
         {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let Some(stem) = name.strip_suffix(".cwasm") else {
+                let Some(stem) = name
+                    .strip_suffix(".cwasm")
+                    .or_else(|| name.strip_suffix(".cwasm.sum"))
+                else {
                     continue;
                 };
                 let wasm = stem.split('-').next().unwrap_or_default();
@@ -611,4 +614,148 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(store: &Store, app: &str, version: &str, body: &[u8], at: u64) -> Release {
+        let d = crate::bundle::digest(body);
+        store.put_blob(&d, body, b"sig").unwrap();
+        let mut files = BTreeMap::new();
+        files.insert("outpost.toml".to_owned(), body.to_vec());
+        files.insert("static/a.txt".to_owned(), b"a".to_vec());
+        store.put_tree(&d, &files).unwrap();
+        Release {
+            app: app.into(),
+            version: version.into(),
+            tenant: None,
+            digest: d,
+            size: body.len() as u64,
+            components: vec![hex::encode(version)],
+            installed_at: at,
+        }
+    }
+
+    #[test]
+    fn activate_keeps_a_bounded_history_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let rels: Vec<_> = (1..=4)
+            .map(|i| {
+                release(
+                    &store,
+                    "a",
+                    &format!("{i}.0.0"),
+                    format!("v{i}").as_bytes(),
+                    i,
+                )
+            })
+            .collect();
+        for r in &rels {
+            store.activate(r).unwrap();
+        }
+        drop(store);
+        let (store, report) = Store::open(dir.path()).unwrap();
+        assert!(report.index_recovered.is_none());
+        let rec = store.app("a").unwrap().unwrap();
+        assert_eq!(rec.active, rels[3].digest);
+        assert_eq!(rec.previous, vec![rels[2].digest, rels[1].digest]);
+        assert_eq!(store.release(&rels[3].digest).unwrap().unwrap(), rels[3]);
+    }
+
+    #[test]
+    fn blobs_and_trees_are_checked_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let r = release(&store, "a", "1.0.0", b"payload", 1);
+        assert_eq!(store.read_blob(&r.digest).unwrap(), b"payload");
+        assert!(store.check_tree(&r.digest).is_ok());
+        std::fs::write(store.blob_path(&r.digest), b"paylode").unwrap();
+        let e = store.read_blob(&r.digest).unwrap_err().to_string();
+        assert!(e.contains("corrupted on disk"), "{e}");
+        std::fs::write(store.tree_path(&r.digest).join("static/a.txt"), b"b").unwrap();
+        let e = store.check_tree(&r.digest).unwrap_err();
+        assert!(e.contains("static/a.txt"), "{e}");
+    }
+
+    #[test]
+    fn open_sweeps_partial_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        std::fs::create_dir(dir.path().join("unpacked/.abc.tmp-1")).unwrap();
+        std::fs::write(dir.path().join("blobs/.x.bundle.tmp-1-0"), b"half").unwrap();
+        let (_, report) = Store::open(dir.path()).unwrap();
+        assert_eq!(report.swept, 2);
+    }
+
+    #[test]
+    fn gc_removes_what_no_app_keeps_and_trims_history_to_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let code = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let big = vec![7u8; 10_000];
+        let mut rels = Vec::new();
+        for i in 1..=3u8 {
+            let mut body = big.clone();
+            body[0] = i;
+            let r = release(&store, "a", &format!("{i}.0.0"), &body, u64::from(i));
+            store.activate(&r).unwrap();
+            let w = hex::encode(format!("{i}.0.0"));
+            std::fs::write(code.path().join(format!("{w}-fp.cwasm")), b"x").unwrap();
+            std::fs::write(code.path().join(format!("{w}-fp.cwasm.sum")), b"x").unwrap();
+            rels.push(r);
+        }
+        // An orphan blob (a crash after the blob write, before the index) and a stray artifact.
+        let orphan = release(&store, "b", "1.0.0", b"orphan", 9);
+        std::fs::write(code.path().join("stray-fp.cwasm"), b"x").unwrap();
+        let keep_outside = BTreeSet::from(["stray".to_owned()]);
+
+        let r = store
+            .gc(u64::MAX, Some(code.path()), &BTreeSet::new())
+            .unwrap();
+        assert_eq!(r.releases_removed, 1);
+        assert!(!store.blob_path(&orphan.digest).exists());
+        assert!(!code.path().join("stray-fp.cwasm").exists());
+        assert!(
+            store.blob_path(&rels[0].digest).exists(),
+            "history kept within budget"
+        );
+
+        // A budget for about two releases: the oldest previous one goes, the active one stays.
+        let two = rels
+            .iter()
+            .take(2)
+            .map(|r| store.disk_size(&r.digest))
+            .sum::<u64>()
+            + 10;
+        std::fs::write(code.path().join("stray-fp.cwasm"), b"x").unwrap();
+        let r = store.gc(two, Some(code.path()), &keep_outside).unwrap();
+        assert!(!r.over_budget);
+        assert!(!store.blob_path(&rels[0].digest).exists());
+        assert!(store.blob_path(&rels[2].digest).exists());
+        let art = |v: &str| code.path().join(format!("{}-fp.cwasm", hex::encode(v)));
+        assert!(!art("1.0.0").exists());
+        assert!(
+            !code
+                .path()
+                .join(format!("{}-fp.cwasm.sum", hex::encode("1.0.0")))
+                .exists()
+        );
+        assert!(art("3.0.0").exists());
+        assert!(
+            code.path().join("stray-fp.cwasm").exists(),
+            "kept for an app outside the store"
+        );
+        assert_eq!(
+            store.app("a").unwrap().unwrap().previous,
+            vec![rels[1].digest]
+        );
+
+        // Nothing fits: the active release still stays.
+        let r = store.gc(1, Some(code.path()), &BTreeSet::new()).unwrap();
+        assert!(r.over_budget);
+        assert!(store.blob_path(&rels[2].digest).exists());
+    }
 }
