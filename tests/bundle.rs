@@ -593,3 +593,35 @@ fn install_refuses_hostile_and_broken_archives() {
         "only the good bundle and its signature"
     );
 }
+
+/// A damaged index is detected (even when sled opens it as an empty database) and rebuilt
+/// from the verified bundles on disk; nothing installed is lost.
+#[tokio::test]
+async fn a_damaged_index_is_rebuilt_from_the_verified_bundles() {
+    let lab = Lab::new();
+    lab.keygen("alice");
+    let cfg = lab.node_config("node", "[trust]\nkeys = [\"alice.pub\"]\n");
+    let v1 = lab.app("v1", "1.0.0", "one");
+    let v2 = lab.app("v2", "2.0.0", "two");
+    for (dir, b) in [(&v1, "v1.bundle"), (&v2, "v2.bundle")] {
+        lab.pack(dir, b);
+        lab.sign(b, "alice.key", &[]);
+        let (code, _, err) = lab.install(b, &cfg);
+        assert_eq!(code, 0, "{err}");
+    }
+    let db = lab.path("node-state/store/index/db");
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(&db, garbage).unwrap();
+
+    let d = Daemon::run_config(&cfg);
+    let r = get(d.addr(), "/greeting").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "two"), "{}", d.stderr());
+    let log = d.wait_log(&["rebuilding"]);
+    assert!(log.contains("rebuilding"), "{log}");
+    drop(d);
+    // The rebuilt index is trusted on the next start, and both releases are still on disk.
+    let d = Daemon::run_config(&cfg);
+    assert_eq!(get(d.addr(), "/greeting").await.body, "two");
+    assert!(!d.stderr().contains("rebuilding"), "{}", d.stderr());
+    assert_eq!(lab.blobs("node").len(), 4);
+}

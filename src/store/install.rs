@@ -291,11 +291,11 @@ fn check_release(
 }
 
 /// Rebuilds the index after it was lost: every blob on disk whose signature still verifies under
-/// `policy` (as of its signing time) is recorded, and the newest version of each app becomes
-/// active. Blobs that do not verify are deleted. Returns how many releases were recorded.
+/// `policy` (as of its signing time) is recorded, oldest version first, so the newest version of
+/// each app becomes active and the ones before it its rollback history. Blobs that do not verify
+/// are deleted. Returns how many releases were recorded.
 pub fn rebuild_index(store: &Store, policy: &TrustPolicy, limits: &Limits) -> usize {
-    let mut newest: std::collections::BTreeMap<String, (sign::ReleaseDoc, Release)> =
-        Default::default();
+    let mut found: Vec<(sign::Version, Release)> = Vec::new();
     for d in store.blob_digests() {
         let checked = (|| -> Result<(sign::ReleaseDoc, Release), String> {
             let bundle = store.read_blob(&d).map_err(|e| e.to_string())?;
@@ -325,34 +325,23 @@ pub fn rebuild_index(store: &Store, policy: &TrustPolicy, limits: &Limits) -> us
             Ok((doc, release))
         })();
         match checked {
-            Ok((doc, release)) => {
-                let newer = newest
-                    .get(&doc.app)
-                    .is_none_or(|(cur, _)| newer_version(&doc, cur));
-                if newer {
-                    newest.insert(doc.app.clone(), (doc, release));
-                }
-            }
+            Ok((doc, release)) => match doc.parsed_version() {
+                Ok(v) => found.push((v, release)),
+                Err(e) => tracing::error!(digest = %d, error = %e, "bundle on disk has no usable version"),
+            },
             Err(problem) => {
                 tracing::error!(digest = %d, %problem, "bundle on disk does not verify; deleting it");
                 store.remove_files(&d);
             }
         }
     }
+    found.sort_by(|a, b| (&a.1.app, a.0).cmp(&(&b.1.app, b.0)));
     let mut n = 0;
-    for (_, (_, release)) in newest {
+    for (_, release) in found {
         match store.activate(&release) {
             Ok(()) => n += 1,
             Err(e) => tracing::error!(app = %release.app, error = %e, "cannot record release"),
         }
     }
     n
-}
-
-/// Whether `a` is a newer version than `b` (unparsable versions never are).
-fn newer_version(a: &sign::ReleaseDoc, b: &sign::ReleaseDoc) -> bool {
-    match (a.parsed_version(), b.parsed_version()) {
-        (Ok(x), Ok(y)) => x > y,
-        _ => false,
-    }
 }

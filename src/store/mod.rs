@@ -141,6 +141,38 @@ impl Store {
             })
         };
         let (releases, apps) = (tree("releases")?, tree("apps")?);
+        let store = Self {
+            root: root.to_owned(),
+            db,
+            releases,
+            apps,
+        };
+        // sled opens some damaged files as an empty or partial database without an error, so
+        // the index is also checked against the snapshot of app records written after every
+        // commit (and, for an index with no snapshot, against the blobs on disk).
+        if report.index_recovered.is_none()
+            && let Some(problem) = store.index_mismatch()
+        {
+            tracing::error!(index = %index.display(), %problem, "store index is damaged; rebuilding it from the blobs");
+            let aside = root.join(format!("index.corrupt-{}", unix_now()));
+            drop(store);
+            fs::rename(&index, &aside).map_err(io(&index))?;
+            report.index_recovered = Some(problem);
+            return Self::open_index_only(root, report);
+        }
+        Ok((store, report))
+    }
+
+    /// Opens a fresh index after the old one was moved aside.
+    fn open_index_only(root: &Path, report: OpenReport) -> Result<(Self, OpenReport), StoreError> {
+        let index = root.join("index");
+        let err = |source| StoreError::Index {
+            path: index.clone(),
+            source,
+        };
+        let db = sled::open(&index).map_err(err)?;
+        let releases = db.open_tree("releases").map_err(err)?;
+        let apps = db.open_tree("apps").map_err(err)?;
         Ok((
             Self {
                 root: root.to_owned(),
@@ -150,6 +182,37 @@ impl Store {
             },
             report,
         ))
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.root.join("apps.snapshot")
+    }
+
+    /// The app records as the index holds them, by name (`None` if any record is unreadable).
+    fn app_records(&self) -> Option<BTreeMap<String, AppRecord>> {
+        self.apps().into_iter().map(Result::ok).collect()
+    }
+
+    /// Why the index cannot be trusted, if it cannot.
+    fn index_mismatch(&self) -> Option<String> {
+        let Some(records) = self.app_records() else {
+            return Some("unreadable app records".into());
+        };
+        match fs::read(self.snapshot_path()) {
+            Ok(bytes) => match serde_json::from_slice::<BTreeMap<String, AppRecord>>(&bytes) {
+                Ok(snap) if snap == records => None,
+                Ok(snap) => Some(format!(
+                    "the index holds {} app(s) but the last commit recorded {}",
+                    records.len(),
+                    snap.len()
+                )),
+                Err(e) => Some(format!("apps.snapshot: {e}")),
+            },
+            Err(_) if records.is_empty() && !self.blob_digests().is_empty() => {
+                Some("the index is empty but bundles are on disk".into())
+            }
+            Err(_) => None,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -354,7 +417,18 @@ impl Store {
             },
         })?;
         self.db.flush().map_err(|e| self.index_err(e))?;
-        Ok(())
+        self.write_snapshot()
+    }
+
+    /// Records the app records just committed, for [`Store::index_mismatch`].
+    fn write_snapshot(&self) -> Result<(), StoreError> {
+        let records = self.app_records().unwrap_or_default();
+        let bytes = serde_json::to_vec(&records).map_err(|e| StoreError::Record {
+            key: "apps.snapshot".into(),
+            problem: e.to_string(),
+        })?;
+        let p = self.snapshot_path();
+        atomic::write_file(&p, &bytes, 0o600).map_err(io(&p))
     }
 
     fn index_err(&self, source: sled::Error) -> StoreError {
