@@ -327,7 +327,9 @@ pub fn rebuild_index(store: &Store, policy: &TrustPolicy, limits: &Limits) -> us
         match checked {
             Ok((doc, release)) => match doc.parsed_version() {
                 Ok(v) => found.push((v, release)),
-                Err(e) => tracing::error!(digest = %d, error = %e, "bundle on disk has no usable version"),
+                Err(e) => {
+                    tracing::error!(digest = %d, error = %e, "bundle on disk has no usable version")
+                }
             },
             Err(problem) => {
                 tracing::error!(digest = %d, %problem, "bundle on disk does not verify; deleting it");
