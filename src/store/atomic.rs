@@ -51,6 +51,15 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Removes temp files a crashed writer left behind in `dir` (names starting with `.` and
 /// containing `.tmp-`). Best effort; returns how many were removed.
 pub fn sweep_temp_files(dir: &Path) -> usize {
+    sweep(dir, |p| fs::remove_file(p))
+}
+
+/// Like [`sweep_temp_files`], for temp directories (removed with their contents).
+pub fn sweep_temp_dirs(dir: &Path) -> usize {
+    sweep(dir, |p| fs::remove_dir_all(p))
+}
+
+fn sweep(dir: &Path, remove: impl Fn(&Path) -> std::io::Result<()>) -> usize {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };
@@ -61,7 +70,7 @@ pub fn sweep_temp_files(dir: &Path) -> usize {
             let n = n.to_string_lossy();
             n.starts_with('.') && n.contains(".tmp-")
         })
-        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .filter(|e| remove(&e.path()).is_ok())
         .count()
 }
 

@@ -110,7 +110,7 @@ impl Store {
         }
         set_private(root);
         report.swept += atomic::sweep_temp_files(&root.join("blobs"));
-        report.swept += sweep_temp_dirs(&root.join("unpacked"));
+        report.swept += atomic::sweep_temp_dirs(&root.join("unpacked"));
 
         let index = root.join("index");
         let db = match sled::open(&index) {
@@ -661,22 +661,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .map_err(io(path))?;
     f.write_all(bytes).map_err(io(path))?;
     f.sync_all().map_err(io(path))
-}
-
-/// Removes `.<name>.tmp-*` directories a crashed `put_tree` left behind.
-fn sweep_temp_dirs(dir: &Path) -> usize {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            n.starts_with('.') && n.contains(".tmp-")
-        })
-        .filter(|e| fs::remove_dir_all(e.path()).is_ok())
-        .count()
 }
 
 fn set_private(dir: &Path) {
