@@ -95,6 +95,10 @@ fn main() {
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
     let der = made.cert.der().clone();
     let hello = Path::new(env!("OUTPOST_TESTBED_APPS_DIR")).join("hello.wasm");
+    // The daemon's log goes to a file: when the clients stop at the end of each phase, guests
+    // still finishing a response print that the peer went away, which is noise here.
+    let log_path = dir.path().join("outpost.log");
+    let log = std::fs::File::create(&log_path).unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
         .args(["--log-level", "warn", "serve", "--no-cache"])
@@ -106,7 +110,7 @@ fn main() {
         .arg(&hello)
         .env("HOME", dir.path())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .unwrap();
     let out = std::io::BufReader::new(child.stdout.take().unwrap());
@@ -125,11 +129,11 @@ fn main() {
             break;
         }
     }
-    let target = Target {
-        http: http.expect("http address"),
-        https: https.expect("https address"),
-        h3: h3.expect("h3 address"),
+    let (Some(http), Some(https), Some(h3)) = (http, https, h3) else {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        panic!("outpost did not print its addresses; its log:\n{log}");
     };
+    let target = Target { http, https, h3 };
 
     // One client thread, like `wrk -t1`: the server gets the other core(s).
     let rt = tokio::runtime::Builder::new_current_thread()

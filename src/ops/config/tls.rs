@@ -4,6 +4,7 @@
 //! whether to generate a development certificate) and their cross-checks with `[listen]`.
 //! Must not: read certificate files or parse PEM — `serve::certs` loads them, so a config check
 //! and a reload judge files the same way.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
