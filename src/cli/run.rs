@@ -11,6 +11,7 @@ use super::{CliError, CliResult};
 use crate::ops::admin::{self, AdminState};
 use crate::ops::config::{self, Config};
 use crate::ops::metrics::Metrics;
+use crate::ops::systemd::{self, Notify};
 use crate::runtime::app::{AppSource, load_app};
 use crate::runtime::{Runtime, RuntimeSettings, sizing};
 use crate::serve::{Router, ServeState};
@@ -79,6 +80,18 @@ pub fn run(args: RunArgs) -> CliResult {
     let tls = tls_from_config(&cfg, &sizing, (!args.check).then(|| state_dir.join("tls")))?;
 
     super::log_sizing(&sizing);
+    // Outside systemd both are `None`; a malformed value is logged, not fatal: the unit's
+    // start/watchdog timeout then tells the operator more than a refusal to start would.
+    let notifier = systemd::Notifier::from_env()
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "systemd notifications off");
+            None
+        })
+        .map(Arc::new);
+    let watchdog_every = systemd::watchdog_interval_from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "systemd watchdog off");
+        None
+    });
     let rt = super::tokio_runtime(sizing.worker_threads.value)?;
     rt.block_on(async move {
         if let Err(e) = std::fs::create_dir_all(&state_dir) {
@@ -140,21 +153,40 @@ pub fn run(args: RunArgs) -> CliResult {
             return Ok(());
         }
 
-        let listeners =
-            crate::serve::Listeners::bind(cfg.http_listen(), cfg.https_listen(), tls.as_ref())
+        // Sockets passed in by systemd (outpost.socket) replace the configured ones of their role.
+        let activated = systemd::take_listeners()
+            .map_err(|e| CliError::config(anyhow::anyhow!(e)))?
+            .unwrap_or_default();
+        let http_addrs = if activated.http.is_empty() {
+            cfg.http_listen()
+        } else {
+            tracing::info!(sockets = activated.http.len(), "tenant HTTP sockets from systemd; listen.http not bound");
+            &[]
+        };
+        let mut listeners =
+            crate::serve::Listeners::bind(http_addrs, cfg.https_listen(), tls.as_ref())
                 .await
                 .map_err(CliError::runtime)?;
+        for l in activated.http {
+            listeners.http.push(
+                tokio::net::TcpListener::from_std(l)
+                    .map_err(|e| CliError::runtime(anyhow::anyhow!("inherited socket: {e}")))?,
+            );
+        }
         // Certificate files are watched from here on (and reloaded on SIGHUP) until exit.
         let (_stop_reloader, reloader_stop) = tokio::sync::watch::channel(false);
         if let Some(t) = &tls {
             t.certs.set_metrics(metrics.clone());
             t.certs.spawn_reloader(cfg.tls.reload_interval, reloader_stop);
         }
-        let admin_listener = match cfg.admin_listen() {
-            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+        let admin_listener = match (activated.admin, cfg.admin_listen()) {
+            (Some(l), _) => Some(tokio::net::TcpListener::from_std(l).map_err(|e| {
+                CliError::runtime(anyhow::anyhow!("inherited admin socket: {e}"))
+            })?),
+            (None, Some(a)) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
                 CliError::runtime(anyhow::anyhow!("cannot listen on {a} (admin): {e}"))
             })?),
-            None => None,
+            (None, None) => None,
         };
         super::announce_listeners(&listeners);
         if let Some(l) = &admin_listener
@@ -164,6 +196,11 @@ pub fn run(args: RunArgs) -> CliResult {
         }
 
         let app_count = router.apps().count();
+        let status = systemd::serving_status(
+            app_count,
+            router.component_count(),
+            &[listeners.http_addrs(), listeners.https_addrs()].concat(),
+        );
         let admin_state = Arc::new(AdminState {
             metrics: metrics.clone(),
             ready: Default::default(),
@@ -179,6 +216,8 @@ pub fn run(args: RunArgs) -> CliResult {
         tracing::info!(apps = app_count, state_dir = %state_dir.display(), "outpost ready");
 
         let admin_for_drain = admin_state.clone();
+        let probe_state = state.clone();
+        let mut watchdog = None;
         let left = crate::serve::serve(
             listeners,
             state,
@@ -187,14 +226,34 @@ pub fn run(args: RunArgs) -> CliResult {
                 drain: cfg.drain_timeout(),
                 threads: sizing.worker_threads.value,
             },
-            async move {
+            async {
+                // First polled once `serve` has started its serving threads and accept loops.
+                if let Some(n) = &notifier {
+                    n.send_or_log(&[Notify::Ready, Notify::Status(status)]);
+                    if let Some(every) = watchdog_every {
+                        watchdog = Some(tokio::spawn(systemd::run_watchdog(
+                            n.clone(),
+                            every,
+                            move || {
+                                let s = probe_state.clone();
+                                async move { s.serving_threads_answer(every / 2).await }
+                            },
+                        )));
+                    }
+                }
                 super::shutdown_signal().await;
                 // Not ready while draining, so load balancers stop sending traffic.
                 admin_for_drain.ready.store(false, Ordering::Release);
+                if let Some(n) = &notifier {
+                    n.send_or_log(&[Notify::Stopping, Notify::Status("draining".into())]);
+                }
             },
         )
         .await
         .map_err(CliError::runtime)?;
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         let _ = stop_admin.send(());
         if let Some(t) = admin_task {
             let _ = t.await;

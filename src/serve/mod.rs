@@ -46,6 +46,8 @@ pub struct ServeState {
     next_id: AtomicU64,
     /// High bits of request ids: differs per process start so ids do not repeat across restarts.
     id_base: u64,
+    /// The serving threads' runtimes while [`serve`] runs (for the liveness probe).
+    serving: std::sync::Mutex<Vec<tokio::runtime::Handle>>,
 }
 
 impl std::fmt::Debug for ServeState {
@@ -69,7 +71,27 @@ impl ServeState {
             metrics,
             next_id: AtomicU64::new(0),
             id_base: (nanos ^ u64::from(std::process::id())) << 24,
+            serving: Default::default(),
         }
+    }
+
+    /// Liveness probe (the systemd watchdog's): true when every serving thread runs a no-op task
+    /// within `within` — a thread wedged in a guest or a blocking call fails it. False when
+    /// [`serve`] is not running.
+    pub async fn serving_threads_answer(&self, within: Duration) -> bool {
+        let handles = self
+            .serving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        !handles.is_empty() && crate::ops::systemd::runtimes_answer(&handles, within).await
+    }
+
+    fn set_serving_threads(&self, handles: Vec<tokio::runtime::Handle>) {
+        *self
+            .serving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = handles;
     }
 
     /// The current routing table.
@@ -436,6 +458,7 @@ pub async fn serve(
 
     let mut threads = Vec::with_capacity(opts.threads.max(1));
     let mut joins = Vec::with_capacity(opts.threads.max(1));
+    let mut handles = Vec::with_capacity(opts.threads.max(1));
     for t in 0..opts.threads.max(1) {
         let (tx, rx) = mpsc::unbounded_channel();
         let open = Arc::new(AtomicUsize::new(0));
@@ -443,6 +466,7 @@ pub async fn serve(
             .enable_all()
             .build()
             .map_err(|e| anyhow::anyhow!("cannot start serving thread {t}: {e}"))?;
+        handles.push(rt.handle().clone());
         let (state, thread_open, stop) = (state.clone(), open.clone(), stop_rx.clone());
         let join = std::thread::Builder::new()
             .name(format!("outpost-serve-{t}"))
@@ -452,6 +476,7 @@ pub async fn serve(
         joins.push(join);
     }
     let threads = Arc::new(threads);
+    state.set_serving_threads(handles);
 
     // Cleartext listeners advertise the first HTTP/3 port; TLS listeners their own.
     let first_h3 = listeners.h3_addrs().first().map(|a| a.port());
@@ -552,6 +577,7 @@ pub async fn serve(
     // Closing the channels ends the serving threads; dropping their runtimes closes whatever
     // connections are left.
     drop(threads);
+    state.set_serving_threads(Vec::new());
     let _ = tokio::task::spawn_blocking(move || {
         for j in joins {
             let _ = j.join();
