@@ -21,6 +21,9 @@ mkdir -p "$root/etc/systemd/system" "$root/usr/lib/systemd" "$root/usr/bin"
 cp -a /lib/systemd/system "$root/usr/lib/systemd/"
 cp systemd/outpost.service systemd/outpost.socket "$root/etc/systemd/system/"
 cp "$bin" "$root/usr/bin/outpost"
+# ExecReload= runs /bin/kill; the scratch root needs it to exist (a usrmerged /bin -> usr/bin).
+cp "$(type -P kill)" "$root/usr/bin/kill"
+ln -s usr/bin "$root/bin"
 # Run from the scratch root so no unit of the current directory is picked up.
 (cd "$root" && systemd-analyze verify --root="$root" outpost.service outpost.socket)
 echo "systemd-analyze verify: outpost.service and outpost.socket OK"
