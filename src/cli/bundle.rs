@@ -275,7 +275,8 @@ fn sign_cmd(
         .with_context(|| format!("{}", key.display()))
         .map_err(CliError::config)?;
     let pb = progress(&format!("hashing {}", bundle.display()));
-    let bytes = read(bundle, "bundle")?;
+    let bytes = install::read_bundle_file(bundle, Limits::default().max_compressed)
+        .map_err(CliError::app)?;
     let digest = bundle_mod::digest(&bytes);
     let sig_path = sig_path(bundle, sig);
 
@@ -394,7 +395,8 @@ fn verify_cmd(
         .collect();
     let policy = trust_policy(&keys, threshold, BTreeMap::new()).map_err(CliError::config)?;
     let pb = progress(&format!("verifying {}", bundle.display()));
-    let bytes = read(bundle, "bundle")?;
+    let bytes = install::read_bundle_file(bundle, Limits::default().max_compressed)
+        .map_err(CliError::app)?;
     let sig_path = sig_path(bundle, sig);
     let sig = std::fs::read(&sig_path)
         .map_err(|e| {
@@ -439,7 +441,8 @@ fn verify_cmd(
 }
 
 fn inspect(bundle: &Path, sig: Option<PathBuf>) -> CliResult {
-    let bytes = read(bundle, "bundle")?;
+    let bytes = install::read_bundle_file(bundle, Limits::default().max_compressed)
+        .map_err(CliError::app)?;
     let digest: Digest = bundle_mod::digest(&bytes);
     println!("bundle:  {}", bundle.display());
     println!("digest:  {digest}");
@@ -517,18 +520,7 @@ fn install_cmd(bundle: &Path, config: Option<PathBuf>, sig: Option<PathBuf>) -> 
         max_compressed: cfg.store.max_bundle_size,
         ..Default::default()
     };
-    let size = std::fs::metadata(bundle)
-        .with_context(|| format!("{}: cannot read bundle", bundle.display()))
-        .map_err(CliError::app)?
-        .len();
-    if size > limits.max_compressed {
-        return Err(CliError::app(anyhow!(
-            "{}: bundle is {size} bytes, over the {}-byte cap (store.max_bundle_size)",
-            bundle.display(),
-            limits.max_compressed
-        )));
-    }
-    let bytes = read(bundle, "bundle")?;
+    let bytes = install::read_bundle_file(bundle, limits.max_compressed).map_err(CliError::app)?;
     let sig_path = sig_path(bundle, sig);
     let sig = read(&sig_path, "signature file")?;
     let store_dir = cfg.state_dir().join("store");

@@ -339,12 +339,8 @@ fn open_store_and_install(
     }
     let mut hosts_by_app = std::collections::BTreeMap::new();
     for (hosts, path) in bundles {
-        let bytes = std::fs::read(path).map_err(|e| {
-            CliError::app(anyhow::anyhow!(
-                "{}: cannot read bundle: {e}",
-                path.display()
-            ))
-        })?;
+        let bytes = install::read_bundle_file(path, limits.max_compressed)
+            .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
         let mut sig_path = path.as_os_str().to_owned();
         sig_path.push(".sig");
         let sig = std::fs::read(&sig_path).map_err(|e| {

@@ -178,9 +178,9 @@ fn open_bundle(
     use crate::bundle::archive::{self, Limits};
     use crate::bundle::sign::{self, SignedDoc};
     use anyhow::anyhow;
-    let bytes = std::fs::read(path)
-        .map_err(|e| CliError::app(anyhow!("{}: cannot read: {e}", path.display())))?;
     let limits = Limits::default();
+    let bytes = crate::store::install::read_bundle_file(path, limits.max_compressed)
+        .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?;
     if !insecure {
         if trust.is_empty() {
             return Err(CliError::config(anyhow!(

@@ -25,6 +25,12 @@ pub const MAX_SIG_FILE: usize = 64 << 10;
 pub enum InstallError {
     #[error("bundle is {size} bytes, over the {limit}-byte cap")]
     TooLarge { size: u64, limit: u64 },
+    #[error("{}: cannot read bundle: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("signature file: {0}")]
     Signature(#[source] VerifyError),
     #[error("{0}")]
@@ -45,6 +51,30 @@ pub enum InstallError {
     NotComponent { id: String, reason: String },
     #[error("store: {0}")]
     Store(#[from] StoreError),
+}
+
+/// Reads a bundle file, refusing one over `max` bytes before reading it (and, should it grow
+/// while being read, as soon as it passes `max`).
+pub fn read_bundle_file(path: &Path, max: u64) -> Result<Vec<u8>, InstallError> {
+    use std::io::Read;
+    let io = |source| InstallError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size > max {
+        return Err(InstallError::TooLarge { size, limit: max });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(InstallError::TooLarge {
+            size: bytes.len() as u64,
+            limit: max,
+        });
+    }
+    Ok(bytes)
 }
 
 /// What an install did.
