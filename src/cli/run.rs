@@ -139,10 +139,6 @@ pub fn run(args: RunArgs) -> CliResult {
             .iter()
             .flat_map(|(_, a)| a.components.iter().map(|c| c.component.digest.clone()))
             .collect();
-        let code_dir = state_dir.join("compiled");
-        let budget = cfg.store.disk_budget;
-        let gc_store = store.clone();
-        tokio::task::spawn_blocking(move || run_gc(&gc_store, &code_dir, budget, &keep_wasm));
         let router = Router::new(apps).map_err(|e| CliError::config(anyhow::anyhow!(e)))?;
         if args.check {
             println!(
@@ -152,6 +148,10 @@ pub fn run(args: RunArgs) -> CliResult {
             );
             return Ok(());
         }
+        let code_dir = state_dir.join("compiled");
+        let budget = cfg.store.disk_budget;
+        let gc_store = store.clone();
+        tokio::task::spawn_blocking(move || run_gc(&gc_store, &code_dir, budget, &keep_wasm));
 
         // Sockets passed in by systemd (outpost.socket) replace the configured ones of their role.
         let activated = systemd::take_listeners()
