@@ -213,9 +213,10 @@ fn pack(dir: &Path, output: &Path) -> CliResult {
     let t0 = Instant::now();
     let pb = progress(&format!("reading {}", dir.display()));
     let entries = read_tree(dir).map_err(CliError::app)?;
-    let files: BTreeMap<String, Vec<u8>> = entries.iter().cloned().collect();
-    let text = files
-        .get("outpost.toml")
+    let text = entries
+        .iter()
+        .find(|(p, _)| p == "outpost.toml")
+        .map(|(_, b)| b)
         .ok_or_else(|| anyhow!("{}: no outpost.toml", dir.display()))
         .map_err(CliError::app)?;
     let text = std::str::from_utf8(text)
