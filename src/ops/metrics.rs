@@ -252,3 +252,43 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod dashboard_tests {
+    use super::*;
+
+    /// Every Outpost metric the shipped Grafana dashboard queries exists under that name.
+    #[test]
+    fn grafana_dashboard_queries_only_exported_metrics() {
+        let m = Metrics::new();
+        RequestMetrics::new(&m, "a", "c").record(http::StatusCode::OK, Protocol::Http1, 0.001);
+        m.request_errors.with_label_values(&["a", "trap"]).inc();
+        m.inflight.with_label_values(&["a"]).inc();
+        m.tls_handshake_failures.with_label_values(&["x"]).inc();
+        m.instantiate_duration.observe(0.00001);
+        let exported: std::collections::BTreeSet<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+
+        let dashboard = include_str!("../../config/grafana-dashboard.json");
+        let mut checked = 0;
+        for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with("outpost_") {
+                continue;
+            }
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .unwrap_or(word);
+            assert!(
+                exported.contains(name),
+                "dashboard queries unknown metric {word}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 10, "only {checked} metric references found");
+    }
+}
