@@ -820,13 +820,13 @@ mod tests {
     const ORIGIN: &str = "/etc/outpost/config.toml";
     const LISTEN: &str = "[listen]\nhttp = [\"127.0.0.1:8080\"]\n";
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
+    pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, ORIGIN)
     }
 
     /// Asserts the config fails at `key` with a message containing `needle`, and that the
     /// message names the origin and the key.
-    fn assert_rejects(text: &str, key: &str, needle: &str) {
+    pub(super) fn assert_rejects(text: &str, key: &str, needle: &str) {
         let err = parse(text).expect_err(key);
         let msg = err.to_string();
         assert_eq!(err.key(), Some(key), "{msg}");

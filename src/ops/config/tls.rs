@@ -287,23 +287,10 @@ pub(super) fn check_with_listen(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, ConfigError};
+    use super::super::tests::{assert_rejects, parse};
     use super::*;
 
-    const ORIGIN: &str = "/etc/outpost/config.toml";
     const LISTEN: &str = "[listen]\nhttp = [\"127.0.0.1:8080\"]\nhttps = [\"127.0.0.1:8443\"]\n";
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, ORIGIN)
-    }
-
-    fn assert_rejects(text: &str, key: &str, needle: &str) {
-        let err = parse(text).expect_err(key);
-        let msg = err.to_string();
-        assert_eq!(err.key(), Some(key), "{msg}");
-        assert!(msg.starts_with(&format!("{ORIGIN}: {key}: ")), "{msg}");
-        assert!(msg.contains(needle), "{msg:?} should contain {needle:?}");
-    }
 
     #[test]
     fn parses_tls_listeners_and_certificates() {
