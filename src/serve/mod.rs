@@ -615,6 +615,17 @@ fn dispatch(threads: &[ServingThread], next: &mut usize, conn: Accepted) {
     }
 }
 
+/// A connection permit, or `None` once the server stops accepting.
+async fn next_permit(
+    permits: &Arc<Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        _ = stop.changed() => None,
+        p = permits.clone().acquire_owned() => p.ok(),
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     permits: Arc<Semaphore>,
@@ -626,12 +637,8 @@ async fn accept_loop(
     let mut next = 0usize;
     loop {
         // Backpressure before work: no permit, no accept.
-        let permit = tokio::select! {
-            _ = stop.changed() => return,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
+        let Some(permit) = next_permit(&permits, stop).await else {
+            return;
         };
         let (tcp, peer) = tokio::select! {
             _ = stop.changed() => return,
@@ -681,12 +688,8 @@ async fn quic_accept_loop(
 ) {
     let mut next = 0usize;
     loop {
-        let permit = tokio::select! {
-            _ = stop.changed() => return,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
+        let Some(permit) = next_permit(&permits, stop).await else {
+            return;
         };
         let incoming = tokio::select! {
             _ = stop.changed() => return,
