@@ -448,3 +448,25 @@ async fn compiled_code_is_cached_across_restarts() {
     );
     assert_eq!(get(third.addr(), "/").await.status, 200);
 }
+
+#[tokio::test]
+async fn debug_logs_one_line_per_request() {
+    let d = Daemon::serve(&["--log-level", "debug", wasm("hello").to_str().unwrap()]);
+    let r = get(d.addr(), "/per-request-line").await;
+    assert_eq!(r.status, 200);
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    let log = d.wait_log(&[&id, "status=200"]);
+    let line = log
+        .lines()
+        .find(|l| l.contains(&id) && l.contains(" request "))
+        .unwrap_or_else(|| panic!("no request line for {id} in\n{log}"));
+    for needle in [
+        "method=GET",
+        "path=\"/per-request-line\"",
+        "status=200",
+        "protocol=\"http1\"",
+        "micros=",
+    ] {
+        assert!(line.contains(needle), "{needle} missing in {line}");
+    }
+}

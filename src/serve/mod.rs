@@ -139,6 +139,8 @@ impl ServeState {
         };
         let router = self.router();
         let component = router.route(request_host(&req), req.uri().path()).cloned();
+        // For the log lines; both clones are reference-count bumps.
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         let mut resp = match &component {
             None => {
                 tracing::debug!(request_id = %fmt_id(id), host = request_host(&req).unwrap_or(""), path = req.uri().path(), "no route");
@@ -147,17 +149,13 @@ impl ServeState {
                     format!("no app serves {}\n", req.uri().path()),
                 )
             }
-            Some(c) => {
-                // Kept for the log line of a failure; both clones are reference-count bumps.
-                let (method, uri) = (req.method().clone(), req.uri().clone());
-                match c.handle(req, RequestCtx { id, https }).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        log_failure(&e, id, &c.label, &method, uri.path());
-                        error_response(&e, id)
-                    }
+            Some(c) => match c.handle(req, RequestCtx { id, https }).await {
+                Ok(r) => r,
+                Err(e) => {
+                    log_failure(&e, id, &c.label, &method, uri.path());
+                    error_response(&e, id)
                 }
-            }
+            },
         };
         if let Ok(v) = http::HeaderValue::from_str(&fmt_id(id)) {
             resp.headers_mut().insert("x-request-id", v);
@@ -165,7 +163,19 @@ impl ServeState {
         let metrics = component
             .as_ref()
             .map_or(&self.unrouted, |c| &c.request_metrics);
-        metrics.record(resp.status(), protocol, start.elapsed().as_secs_f64());
+        let elapsed = start.elapsed();
+        metrics.record(resp.status(), protocol, elapsed.as_secs_f64());
+        // One line per request at debug (the response head; the body may still be streaming).
+        tracing::debug!(
+            request_id = %fmt_id(id),
+            %method,
+            path = uri.path(),
+            component = component.as_ref().map_or("-", |c| &*c.label),
+            protocol = protocol.label(),
+            status = resp.status().as_u16(),
+            micros = elapsed.as_micros() as u64,
+            "request"
+        );
         resp
     }
 }
