@@ -125,7 +125,10 @@ check_deb() {
     deb="$dist/outpost_${version}_${arch}.deb"
     scratch=$(mktemp -d)
     trap 'rm -rf "$scratch"' RETURN
-    dpkg-deb --info "$deb" | grep -q "Architecture: $arch" || die "$deb: wrong architecture"
+    # Captured first: `cmd | grep -q` under pipefail fails when grep exits early and cmd gets SIGPIPE.
+    local info status
+    info=$(dpkg-deb --info "$deb") || die "$deb: dpkg-deb --info failed"
+    grep -q "Architecture: $arch\$" <<<"$info" || die "$deb: wrong architecture"
     dpkg-deb --contents "$deb" >"$scratch/contents"
     for f in ./usr/bin/outpost ./lib/systemd/system/outpost.service \
         ./lib/systemd/system/outpost.socket ./etc/outpost/outpost.toml; do
@@ -139,10 +142,10 @@ check_deb() {
     [ -x "$scratch/root/usr/bin/outpost" ] || die "$deb: /usr/bin/outpost not installed"
     cmp -s "$scratch/root/usr/bin/outpost" "$dist/outpost-$(target_of "$arch")" ||
         die "$deb: installed binary differs from dist/"
-    grep -q "^Status: install ok unpacked" \
-        <(dpkg --admindir="$scratch/root/var/lib/dpkg" -s outpost) ||
+    status=$(dpkg --admindir="$scratch/root/var/lib/dpkg" -s outpost) || die "$deb: dpkg -s failed"
+    grep -q "^Status: install ok unpacked" <<<"$status" ||
         die "$deb: not recorded as unpacked"
-    dpkg --admindir="$scratch/root/var/lib/dpkg" -s outpost | grep -q "^ /etc/outpost/outpost.toml " ||
+    grep -q "^ /etc/outpost/outpost.toml " <<<"$status" ||
         die "$deb: /etc/outpost/outpost.toml is not registered as a conffile"
     for s in postinst prerm postrm; do
         sh -n "$scratch/root/var/lib/dpkg/info/outpost.$s" || die "$deb: $s is not valid sh"
