@@ -11,7 +11,9 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod desired;
 pub mod manifest;
+pub mod request_auth;
 pub mod sign;
 
 use std::fmt;

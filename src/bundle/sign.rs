@@ -181,7 +181,10 @@ impl SigningKey {
         )
     }
 
-    fn sign(&self, message: &[u8]) -> Signature {
+    /// Raw signature over `message`. Callers put a domain-separating header line first
+    /// (`outpost-release-v1`, `outpost-desired-state-v1`, `outpost-request-v1`), so a signature
+    /// made for one kind of message never verifies as another.
+    pub(crate) fn sign(&self, message: &[u8]) -> Signature {
         self.key.sign(message)
     }
 }
@@ -226,7 +229,7 @@ impl VerifyingKey {
 
     /// Strict verification: refuses non-canonical signatures and small-order components, so a
     /// signature cannot be malleated into a second valid one.
-    fn verifies(&self, message: &[u8], signature: &Signature) -> bool {
+    pub(crate) fn verifies(&self, message: &[u8], signature: &Signature) -> bool {
         self.key.verify_strict(message, signature).is_ok()
     }
 }

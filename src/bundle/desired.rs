@@ -1,0 +1,395 @@
+//! The signed desired state: what the control plane says one node should run.
+//!
+//! Owns: the [`DesiredState`] document (node id, monotonic sequence, issue and expiry times, and
+//! per app the bundle digest, size, detached release signature and host names), its signed JSON
+//! envelope ([`seal`]), and the node's checks ([`open`], [`check_fresh`]): signed by a pinned
+//! control-plane key, addressed to this node, not older than what the node applied (replay),
+//! not expired (freeze).
+//! Must not: do I/O, read the clock (`now` is passed in), or decide whether a bundle may run —
+//! that is still the release signature's job ([`super::sign::verify`]) under the node's trust
+//! policy. A desired state only says *which* verified releases go where.
+//! See `docs/rollout.md` ("Desired state").
+#![forbid(unsafe_code)]
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+
+use super::Digest;
+use super::manifest::is_valid_name;
+use super::sign::{KeyId, MAX_CLOCK_SKEW, Signature, SigningKey, VerifyingKey};
+
+/// Signed bytes are this header followed by the payload: the signature's domain separator.
+pub const DESIRED_HEADER: &[u8] = b"outpost-desired-state-v1\n";
+/// Largest envelope a node accepts (a few hundred apps with their signature files).
+pub const MAX_DESIRED_LEN: usize = 1 << 20;
+/// Most apps in one desired state.
+pub const MAX_APPS: usize = 256;
+/// Most host patterns per app.
+pub const MAX_HOSTS: usize = 64;
+
+/// What one node should run. Apps are unique by name and listed in name order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredState {
+    /// The node's id (its key id); a document for another node is refused.
+    pub node: String,
+    /// Grows with every change the control plane makes for this node; a node never applies a
+    /// sequence lower than the one it applied last.
+    pub sequence: u64,
+    /// Unix seconds.
+    pub issued: u64,
+    /// Unix seconds; an expired document is not applied (the node keeps what it runs).
+    pub expires: u64,
+    pub apps: Vec<DesiredApp>,
+}
+
+/// One app on the node: which release, and which host names route to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredApp {
+    pub app: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub version: String,
+    pub digest: Digest,
+    pub size: u64,
+    /// The bundle's detached release signature file, base64: the node verifies it against its
+    /// own trust policy, exactly as for a bundle installed by hand.
+    pub signature: String,
+    /// Host patterns (`example.com`, `*.example.com`, `*`); empty means every host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// The signed envelope, as sent over the wire and kept on the node's disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    /// base64 of the payload JSON.
+    payload: String,
+    /// Key id of the signer.
+    key: String,
+    /// base64 Ed25519 signature over [`DESIRED_HEADER`] + payload bytes.
+    signature: String,
+}
+
+/// Why a desired state was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DesiredError {
+    #[error("desired state is {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("malformed desired state: {0}")]
+    Malformed(String),
+    #[error(
+        "desired state is signed by key {0}, which is not the pinned control-plane key \
+         ([control_plane] key)"
+    )]
+    UnknownKey(KeyId),
+    #[error("desired state signature does not verify under control-plane key {0}")]
+    BadSignature(KeyId),
+    #[error("desired state is for node {got}, but this node is {expected}")]
+    WrongNode { expected: String, got: String },
+    #[error(
+        "desired state sequence {sequence} is older than the applied sequence {applied} \
+         (replayed or stale document)"
+    )]
+    Replay { sequence: u64, applied: u64 },
+    #[error("desired state sequence {sequence} repeats the applied one with different contents")]
+    Conflict { sequence: u64 },
+    #[error("desired state expired at {expires} (now {now}); keeping the current state")]
+    Expired { expires: u64, now: u64 },
+    #[error("desired state is issued at {issued}, in the future (now {now})")]
+    FromFuture { issued: u64, now: u64 },
+    #[error("invalid desired state: {0}")]
+    Invalid(String),
+}
+
+impl DesiredState {
+    /// Structural checks shared by the signer and the node: names, uniqueness, order, sizes.
+    pub fn validate(&self) -> Result<(), DesiredError> {
+        let bad = |m: String| Err(DesiredError::Invalid(m));
+        if self.node.parse::<KeyId>().is_err() {
+            return bad(format!("node {:?} is not a key id", self.node));
+        }
+        if self.expires <= self.issued {
+            return bad(format!(
+                "expires {} is not after issued {}",
+                self.expires, self.issued
+            ));
+        }
+        if self.apps.len() > MAX_APPS {
+            return bad(format!("{} apps; at most {MAX_APPS}", self.apps.len()));
+        }
+        for w in self.apps.windows(2) {
+            if w[0].app >= w[1].app {
+                return bad(format!(
+                    "apps must be unique and in name order ({:?} then {:?})",
+                    w[0].app, w[1].app
+                ));
+            }
+        }
+        for a in &self.apps {
+            if !is_valid_name(&a.app) {
+                return bad(format!("app name {:?} is not a valid name", a.app));
+            }
+            if let Some(t) = &a.tenant
+                && !is_valid_name(t)
+            {
+                return bad(format!("app {}: tenant {t:?} is not a valid name", a.app));
+            }
+            if a.hosts.len() > MAX_HOSTS {
+                return bad(format!("app {}: more than {MAX_HOSTS} hosts", a.app));
+            }
+            if a.hosts.iter().any(|h| h.is_empty() || h.len() > 253) {
+                return bad(format!("app {}: empty or overlong host pattern", a.app));
+            }
+            if a.version.is_empty() || a.version.len() > 64 {
+                return bad(format!("app {}: bad version {:?}", a.app, a.version));
+            }
+        }
+        Ok(())
+    }
+
+    /// The release signature file of `app`, decoded.
+    pub fn signature_file(app: &DesiredApp) -> Result<Vec<u8>, DesiredError> {
+        BASE64.decode(&app.signature).map_err(|_| {
+            DesiredError::Malformed(format!("app {}: signature is not base64", app.app))
+        })
+    }
+}
+
+/// Signs `state` with the control plane's key; returns the envelope bytes (JSON).
+pub fn seal(state: &DesiredState, key: &SigningKey) -> Result<Vec<u8>, DesiredError> {
+    state.validate()?;
+    let payload = serde_json::to_vec(state).map_err(|e| DesiredError::Malformed(e.to_string()))?;
+    let mut signed = DESIRED_HEADER.to_vec();
+    signed.extend_from_slice(&payload);
+    let env = Envelope {
+        payload: BASE64.encode(&payload),
+        key: key.id().to_string(),
+        signature: BASE64.encode(key.sign(&signed).to_bytes()),
+    };
+    serde_json::to_vec(&env).map_err(|e| DesiredError::Malformed(e.to_string()))
+}
+
+/// Checks the envelope's size, signer and signature against the `trusted` control-plane keys and
+/// returns the validated document. Freshness is [`check_fresh`]'s job (a node restarting offline
+/// re-opens its last applied document without it).
+pub fn open(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<DesiredState, DesiredError> {
+    if bytes.len() > MAX_DESIRED_LEN {
+        return Err(DesiredError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_DESIRED_LEN,
+        });
+    }
+    let env: Envelope =
+        serde_json::from_slice(bytes).map_err(|e| DesiredError::Malformed(e.to_string()))?;
+    let id: KeyId = env
+        .key
+        .parse()
+        .map_err(|_| DesiredError::Malformed(format!("key id {:?}", env.key)))?;
+    let key = trusted
+        .iter()
+        .find(|k| k.id() == id)
+        .ok_or(DesiredError::UnknownKey(id))?;
+    let payload = BASE64
+        .decode(&env.payload)
+        .map_err(|_| DesiredError::Malformed("payload is not base64".into()))?;
+    let sig_bytes: [u8; 64] = BASE64
+        .decode(&env.signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| DesiredError::Malformed("signature is not 64 bytes of base64".into()))?;
+    let mut signed = DESIRED_HEADER.to_vec();
+    signed.extend_from_slice(&payload);
+    if !key.verifies(&signed, &Signature::from_bytes(&sig_bytes)) {
+        return Err(DesiredError::BadSignature(id));
+    }
+    let state: DesiredState =
+        serde_json::from_slice(&payload).map_err(|e| DesiredError::Malformed(e.to_string()))?;
+    state.validate()?;
+    Ok(state)
+}
+
+/// The node's freshness checks on an opened document: addressed to `node`, not expired, not
+/// issued in the future, and not older than `applied` (the last applied document, if any). A
+/// document with the applied sequence must be identical to it apart from its times (the control
+/// plane re-signs to extend expiry). Returns whether it changes anything.
+pub fn check_fresh(
+    state: &DesiredState,
+    node: &str,
+    applied: Option<&DesiredState>,
+    now: u64,
+) -> Result<bool, DesiredError> {
+    if state.node != node {
+        return Err(DesiredError::WrongNode {
+            expected: node.to_owned(),
+            got: state.node.clone(),
+        });
+    }
+    if state.issued > now + MAX_CLOCK_SKEW {
+        return Err(DesiredError::FromFuture {
+            issued: state.issued,
+            now,
+        });
+    }
+    if state.expires <= now {
+        return Err(DesiredError::Expired {
+            expires: state.expires,
+            now,
+        });
+    }
+    let Some(applied) = applied else {
+        return Ok(true);
+    };
+    if state.sequence < applied.sequence {
+        return Err(DesiredError::Replay {
+            sequence: state.sequence,
+            applied: applied.sequence,
+        });
+    }
+    if state.sequence == applied.sequence {
+        if state.apps != applied.apps {
+            return Err(DesiredError::Conflict {
+                sequence: state.sequence,
+            });
+        }
+        return Ok(false);
+    }
+    Ok(state.apps != applied.apps)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_seed(&[seed; 32])
+    }
+
+    fn state(node: &SigningKey, seq: u64) -> DesiredState {
+        DesiredState {
+            node: node.id().to_string(),
+            sequence: seq,
+            issued: 1000,
+            expires: 2000,
+            apps: vec![DesiredApp {
+                app: "hello".into(),
+                tenant: Some("acme".into()),
+                version: "1.0.0".into(),
+                digest: super::super::digest(b"bundle"),
+                size: 6,
+                signature: BASE64.encode(b"sig"),
+                hosts: vec!["*.example.com".into()],
+            }],
+        }
+    }
+
+    #[test]
+    fn seal_open_round_trip() {
+        let cp = key(1);
+        let node = key(2);
+        let s = state(&node, 5);
+        let bytes = seal(&s, &cp).unwrap();
+        let opened = open(&bytes, &[cp.verifying_key()]).unwrap();
+        assert_eq!(opened, s);
+        assert!(check_fresh(&opened, &node.id().to_string(), None, 1500).unwrap());
+    }
+
+    #[test]
+    fn foreign_key_and_tampering_are_refused() {
+        let cp = key(1);
+        let other = key(3);
+        let node = key(2);
+        let bytes = seal(&state(&node, 5), &other).unwrap();
+        assert!(matches!(
+            open(&bytes, &[cp.verifying_key()]),
+            Err(DesiredError::UnknownKey(_))
+        ));
+        // Same key id claimed, payload swapped: the signature no longer matches.
+        let good = seal(&state(&node, 5), &cp).unwrap();
+        let mut env: Envelope = serde_json::from_slice(&good).unwrap();
+        let mut s = state(&node, 6);
+        s.apps.clear();
+        env.payload = BASE64.encode(serde_json::to_vec(&s).unwrap());
+        let forged = serde_json::to_vec(&env).unwrap();
+        assert!(matches!(
+            open(&forged, &[cp.verifying_key()]),
+            Err(DesiredError::BadSignature(_))
+        ));
+        assert!(matches!(
+            open(b"{", &[cp.verifying_key()]),
+            Err(DesiredError::Malformed(_))
+        ));
+        assert!(matches!(
+            open(&vec![b' '; MAX_DESIRED_LEN + 1], &[cp.verifying_key()]),
+            Err(DesiredError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn freshness_rules() {
+        let node = key(2);
+        let id = node.id().to_string();
+        let applied = state(&node, 5);
+        let older = state(&node, 4);
+        assert!(matches!(
+            check_fresh(&older, &id, Some(&applied), 1500),
+            Err(DesiredError::Replay {
+                sequence: 4,
+                applied: 5
+            })
+        ));
+        // Same sequence, same apps, later expiry: accepted, nothing to do.
+        let mut refreshed = state(&node, 5);
+        refreshed.expires = 3000;
+        assert!(!check_fresh(&refreshed, &id, Some(&applied), 1500).unwrap());
+        let mut changed = state(&node, 5);
+        changed.apps.clear();
+        assert!(matches!(
+            check_fresh(&changed, &id, Some(&applied), 1500),
+            Err(DesiredError::Conflict { sequence: 5 })
+        ));
+        assert!(check_fresh(&changed_seq(&node, 6), &id, Some(&applied), 1500).unwrap());
+        assert!(matches!(
+            check_fresh(&applied, &id, None, 2000),
+            Err(DesiredError::Expired { .. })
+        ));
+        assert!(matches!(
+            check_fresh(&applied, &key(9).id().to_string(), None, 1500),
+            Err(DesiredError::WrongNode { .. })
+        ));
+        let mut future = state(&node, 7);
+        future.issued = 1500 + MAX_CLOCK_SKEW + 1;
+        future.expires = future.issued + 10;
+        assert!(matches!(
+            check_fresh(&future, &id, None, 1500),
+            Err(DesiredError::FromFuture { .. })
+        ));
+    }
+
+    fn changed_seq(node: &SigningKey, seq: u64) -> DesiredState {
+        let mut s = state(node, seq);
+        s.apps[0].version = "1.0.1".into();
+        s
+    }
+
+    #[test]
+    fn validation() {
+        let node = key(2);
+        let mut s = state(&node, 1);
+        s.apps.push(s.apps[0].clone());
+        assert!(matches!(s.validate(), Err(DesiredError::Invalid(_))));
+        let mut s = state(&node, 1);
+        s.apps[0].app = "../x".into();
+        assert!(s.validate().is_err());
+        let mut s = state(&node, 1);
+        s.expires = s.issued;
+        assert!(s.validate().is_err());
+        let mut s = state(&node, 1);
+        s.node = "nope".into();
+        assert!(s.validate().is_err());
+    }
+}

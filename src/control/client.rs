@@ -1,0 +1,290 @@
+//! A signed-request client for the control-plane API, used by the node agent (`crate::sync`) and
+//! the operator commands.
+//!
+//! Owns: the reqwest client (rustls with ring, the platform's web PKI roots plus an optional
+//! extra CA for a self-signed control plane), request signing with [`crate::bundle::request_auth`],
+//! JSON bodies, response size caps and typed errors.
+//! Must not: retry, sleep or decide policy — callers own backoff.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::api::ApiError;
+use crate::bundle::request_auth::{Role, sign_request};
+use crate::bundle::sign::SigningKey;
+
+/// Largest JSON response read (desired states, rollout status, node lists).
+pub const MAX_JSON_RESPONSE: u64 = 8 << 20;
+
+/// What went wrong talking to the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid control-plane URL {url:?}: {problem}")]
+    Url { url: String, problem: String },
+    #[error("control plane CA {path}: {problem}")]
+    Ca { path: String, problem: String },
+    #[error("{method} {url}: {source}")]
+    Transport {
+        method: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The control plane answered with an error status; `message` is its `{"error": ...}`.
+    #[error("{method} {url}: {status}: {message}")]
+    Status {
+        method: &'static str,
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{method} {url}: response larger than {limit} bytes")]
+    TooLarge {
+        method: &'static str,
+        url: String,
+        limit: u64,
+    },
+    #[error("{method} {url}: unexpected response: {problem}")]
+    Decode {
+        method: &'static str,
+        url: String,
+        problem: String,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status of an error response, if that is what it was.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A response body with the headers callers look at.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub etag: Option<String>,
+    pub body: Bytes,
+}
+
+/// A client bound to one control plane and one signing key.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: std::sync::Arc<SigningKey>,
+    role: Role,
+}
+
+impl Client {
+    /// `base` is the control plane's URL (`https://cp.example:7070`; `http://` only for
+    /// loopback tests); `ca_pem` adds a trusted root (PEM) for a self-signed control plane.
+    pub fn new(
+        base: &str,
+        key: SigningKey,
+        role: Role,
+        ca_pem: Option<(&str, &[u8])>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let url = reqwest::Url::parse(base).map_err(|e| ClientError::Url {
+            url: base.to_owned(),
+            problem: e.to_string(),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ClientError::Url {
+                url: base.to_owned(),
+                problem: "expected http(s)://host[:port]".into(),
+            });
+        }
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout)
+            .user_agent(concat!("outpost/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some((path, pem)) = ca_pem {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| ClientError::Ca {
+                    path: path.to_owned(),
+                    problem: e.to_string(),
+                })?;
+            if certs.is_empty() {
+                return Err(ClientError::Ca {
+                    path: path.to_owned(),
+                    problem: "no PEM certificates in the file".into(),
+                });
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().map_err(|e| ClientError::Url {
+            url: base.to_owned(),
+            problem: e.to_string(),
+        })?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            key: std::sync::Arc::new(key),
+            role,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Sends a signed request and reads at most `limit` bytes of the response. Statuses 2xx and
+    /// 304 are returned; others become [`ClientError::Status`].
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+        limit: u64,
+    ) -> Result<Response, ClientError> {
+        let m = method_name(&method);
+        let url = format!("{}{path}", self.base);
+        let mut nonce = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+        let auth = sign_request(
+            &self.key,
+            self.role,
+            m,
+            path,
+            &body,
+            crate::store::unix_now(),
+            nonce,
+        );
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header(http::header::AUTHORIZATION, auth);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        if !body.is_empty() {
+            req = req.body(body);
+        }
+        let transport = |source| ClientError::Transport {
+            method: m,
+            url: url.clone(),
+            source,
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let etag = resp
+            .headers()
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(ClientError::TooLarge {
+                method: m,
+                url,
+                limit,
+            });
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(transport)?;
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(ClientError::TooLarge {
+                    method: m,
+                    url,
+                    limit,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if (200..300).contains(&status) || status == 304 {
+            return Ok(Response {
+                status,
+                etag,
+                body: body.into(),
+            });
+        }
+        let message = serde_json::from_slice::<ApiError>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        Err(ClientError::Status {
+            method: m,
+            url,
+            status,
+            message,
+        })
+    }
+
+    /// `GET path` → JSON.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let r = self
+            .send(
+                reqwest::Method::GET,
+                path,
+                Vec::new(),
+                &[],
+                MAX_JSON_RESPONSE,
+            )
+            .await?;
+        self.decode("GET", path, &r.body)
+    }
+
+    /// `POST path` with a JSON body → JSON.
+    pub async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            method: "POST",
+            url: format!("{}{path}", self.base),
+            problem: e.to_string(),
+        })?;
+        let r = self
+            .send(
+                reqwest::Method::POST,
+                path,
+                bytes,
+                &[("content-type", "application/json".into())],
+                MAX_JSON_RESPONSE,
+            )
+            .await?;
+        self.decode("POST", path, &r.body)
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<T, ClientError> {
+        serde_json::from_slice(body).map_err(|e| ClientError::Decode {
+            method,
+            url: format!("{}{path}", self.base),
+            problem: e.to_string(),
+        })
+    }
+}
+
+fn method_name(m: &reqwest::Method) -> &'static str {
+    match *m {
+        reqwest::Method::GET => "GET",
+        reqwest::Method::POST => "POST",
+        reqwest::Method::PUT => "PUT",
+        reqwest::Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
