@@ -13,7 +13,11 @@ use std::time::Duration;
 use crate::ops::units::{Field, FieldError, Fields, parse_toml, quote};
 use crate::runtime::outbound::HostPattern;
 
+mod control_plane;
 mod tls;
+pub use control_plane::{
+    ControlPlaneConfig, DEFAULT_POLL_INTERVAL, DEFAULT_REQUEST_TIMEOUT, NODE_SET_LABELS,
+};
 pub use tls::{CertFiles, DEFAULT_RELOAD_INTERVAL, TenantCert, TlsConfig};
 
 /// The configuration `outpost run` uses when no `--config` is given.
@@ -29,7 +33,16 @@ pub const FALLBACK_NODE_NAME: &str = "outpost";
 /// Last-resort state directory: not persistent across reboots, but always writable.
 pub const FALLBACK_STATE_DIR: &str = "/tmp/outpost-state";
 
-const TOP_KEYS: &[&str] = &["node", "listen", "runtime", "app", "trust", "store", "tls"];
+const TOP_KEYS: &[&str] = &[
+    "node",
+    "listen",
+    "runtime",
+    "app",
+    "trust",
+    "store",
+    "tls",
+    "control_plane",
+];
 const TRUST_KEYS: &[&str] = &["keys", "threshold", "tenants"];
 const STORE_KEYS: &[&str] = &["disk_budget", "max_bundle_size"];
 /// Default `[store] disk_budget`.
@@ -67,6 +80,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[tls]`: certificates for the `listen.https` listeners.
     pub tls: TlsConfig,
+    /// `[control_plane]`: the node agent (`crate::sync`) runs when this is set.
+    pub control_plane: Option<ControlPlaneConfig>,
     /// `[runtime]` with sizes and `default_timeout` already normalised to numbers.
     runtime: toml::Table,
     /// Where the config came from (file path or [`EMBEDDED_ORIGIN`]), for later errors.
@@ -270,6 +285,9 @@ impl Config {
             *dir = base.join(&*dir);
         }
         self.tls.resolve_relative_to(base);
+        if let Some(cp) = &mut self.control_plane {
+            cp.resolve_relative_to(base);
+        }
         for app in &mut self.apps {
             if let AppLocation::Path(p) = &mut app.source
                 && p.is_relative()
@@ -365,6 +383,7 @@ fn builtin_default() -> Config {
             self_signed: true,
             ..TlsConfig::default()
         },
+        control_plane: None,
         runtime: toml::Table::new(),
         origin: EMBEDDED_ORIGIN.to_owned(),
     }
@@ -517,6 +536,10 @@ fn parse_table(table: toml::Table) -> Result<(Config, toml::Table), FieldError> 
         None => (TlsConfig::default(), false),
     };
     tls::check_with_listen(&listen, &tls, tls_present)?;
+    let control_plane = match top.take("control_plane") {
+        Some(f) => Some(control_plane::parse_control_plane(f.table()?, TOP_KEYS)?),
+        None => None,
+    };
     top.finish(TOP_KEYS)?;
     Ok((
         Config {
@@ -526,6 +549,7 @@ fn parse_table(table: toml::Table) -> Result<(Config, toml::Table), FieldError> 
             trust,
             store,
             tls,
+            control_plane,
             runtime: toml::Table::new(),
             origin: String::new(),
         },
@@ -973,7 +997,7 @@ source = "/srv/x.wasm"
         assert_rejects(
             &format!("apps = []\n{LISTEN}"),
             "apps",
-            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls (did you mean \"app\"?)",
+            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls, control_plane (did you mean \"app\"?)",
         );
         assert_rejects(
             &format!("node = 1\n{LISTEN}"),
