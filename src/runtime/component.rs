@@ -196,7 +196,11 @@ impl AppComponent {
             let hit_memory_limit = store.data().limiter.hit;
             drop(store);
             if let GuestOutcome::TimedOut = outcome {
-                tracing::warn!(request_id = ctx.id, component = %this.label, timeout = ?this.limits.timeout, "request hit its wall-clock timeout; instance dropped");
+                static TIMEOUTS: crate::ops::logging::LogLimiter =
+                    crate::ops::logging::LogLimiter::new(20, Duration::from_secs(10));
+                if let crate::ops::logging::LogDecision::Log { suppressed } = TIMEOUTS.check() {
+                    tracing::warn!(request_id = ctx.id, component = %this.label, timeout = ?this.limits.timeout, suppressed, "request hit its wall-clock timeout; instance dropped");
+                }
             }
             (outcome, hit_memory_limit)
         };

@@ -194,16 +194,25 @@ fn fmt_id(id: u64) -> String {
 }
 
 fn log_failure(e: &RequestError, id: u64, label: &str, method: &http::Method, path: &str) {
+    use crate::ops::logging::{LogDecision, LogLimiter};
+    // A guest that traps on every request must not turn the journal into a copy of the traffic:
+    // per cause, 20 lines per 10 s, then a count of what was left out.
+    static GUEST: LogLimiter = LogLimiter::new(20, Duration::from_secs(10));
+    static HOST: LogLimiter = LogLimiter::new(20, Duration::from_secs(10));
     let rid = fmt_id(id);
     match e.kind.cause() {
         Cause::Client | Cause::Overload => {
             tracing::info!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = %e.detail, "request refused")
         }
         Cause::Guest | Cause::Timeout => {
-            tracing::warn!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = %e.detail, "guest failed")
+            if let LogDecision::Log { suppressed } = GUEST.check() {
+                tracing::warn!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = %e.detail, suppressed, "guest failed")
+            }
         }
         Cause::Host => {
-            tracing::error!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = %e.detail, "internal error")
+            if let LogDecision::Log { suppressed } = HOST.check() {
+                tracing::error!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = %e.detail, suppressed, "internal error")
+            }
         }
     }
 }
@@ -655,8 +664,12 @@ async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning, and say so at a sane rate.
+                    static ACCEPT: crate::ops::logging::LogLimiter =
+                        crate::ops::logging::LogLimiter::new(5, Duration::from_secs(60));
+                    if let crate::ops::logging::LogDecision::Log { suppressed } = ACCEPT.check() {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
