@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 mod bundle;
+mod control;
+mod fleet;
 mod info;
 mod run;
 mod serve;
@@ -59,6 +61,17 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Make, sign, verify, inspect and install signed app bundles.
     Bundle(bundle::BundleArgs),
+    /// Run the control plane: enrolment, signed desired state per node, rollouts in waves.
+    ControlPlane(control::ControlArgs),
+    /// Upload a signed bundle to the control plane and roll it out to a group in waves,
+    /// following the rollout live.
+    Push(fleet::PushArgs),
+    /// Show, list, pause, resume or abort rollouts.
+    Rollout(fleet::RolloutArgs),
+    /// Create one-time enrolment tokens for nodes.
+    Token(fleet::TokenArgs),
+    /// List or revoke enrolled nodes.
+    Nodes(fleet::NodesArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -100,6 +113,11 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Info(a) => info::run(a),
         Command::Bundle(a) => bundle::run(a),
+        Command::ControlPlane(a) => control::run(a),
+        Command::Push(a) => fleet::push(a),
+        Command::Rollout(a) => fleet::rollout(a),
+        Command::Token(a) => fleet::token(a),
+        Command::Nodes(a) => fleet::nodes(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,9 @@
 //!
 //! Order matters: parse and validate the config, derive the sizing, load and link every app, and
 //! only then bind ports — a bad config or a broken app never leaves a half-started daemon.
+//! With `[control_plane]`, the node agent's files (pinned keys, node key, enrolment, the last
+//! applied desired state) are checked before binding too; the agent itself starts once the
+//! listeners are up, so readiness never waits for the control plane.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,6 +80,12 @@ pub fn run(args: RunArgs) -> CliResult {
         apps_cfg.push((hosts, src));
     }
     let policy = super::bundle::node_trust_policy(&cfg)?;
+    let origin = cfg.origin().to_owned();
+    let cp_error =
+        move |e: crate::sync::SyncError| CliError::config(anyhow::anyhow!("{origin}: {e}"));
+    if let Some(cp) = &cfg.control_plane {
+        crate::sync::files::pinned_keys(&cp.keys).map_err(&cp_error)?;
+    }
     let tls = tls_from_config(&cfg, &sizing, (!args.check).then(|| state_dir.join("tls")))?;
 
     super::log_sizing(&sizing);
@@ -100,12 +109,20 @@ pub fn run(args: RunArgs) -> CliResult {
                 state_dir.display()
             )));
         }
+        let setup = match (&cfg.control_plane, args.check) {
+            (Some(cp), false) => Some(
+                crate::sync::Setup::prepare(cp, cfg.node_name(), &state_dir).map_err(&cp_error)?,
+            ),
+            _ => None,
+        };
         let metrics = Metrics::new();
-        let runtime = Runtime::new(
-            RuntimeSettings::from_sizing(&sizing, Some(state_dir.join("compiled"))),
-            metrics.clone(),
-        )
-        .map_err(CliError::runtime)?;
+        let runtime = Arc::new(
+            Runtime::new(
+                RuntimeSettings::from_sizing(&sizing, Some(state_dir.join("compiled"))),
+                metrics.clone(),
+            )
+            .map_err(CliError::runtime)?,
+        );
         let mut apps = Vec::with_capacity(apps_cfg.len());
         for (hosts, src) in &apps_cfg {
             let app = load_app(&runtime, src).await.map_err(CliError::app)?;
@@ -116,8 +133,25 @@ pub fn run(args: RunArgs) -> CliResult {
             max_compressed: cfg.store.max_bundle_size,
             ..Default::default()
         };
-        let (store, stored) = open_store_and_install(&store_dir, &policy, &limits, &bundle_cfg)?;
+        let (store, stored, config_store_apps) =
+            open_store_and_install(&store_dir, &policy, &limits, &bundle_cfg)?;
+        // Apps the control plane assigns (store apps not named by a config bundle) take their
+        // host names from the last applied desired state; one it does not name is not served
+        // (the agent drops its record when it re-applies that state).
+        let mut managed = Vec::new();
+        let mut releases = Vec::new();
         for (hosts, r) in &stored {
+            let from_cp = setup.is_some() && !config_store_apps.contains(&r.release.app);
+            let hosts = match setup.as_ref().filter(|_| from_cp) {
+                Some(s) if s.applied.is_some() => match s.applied_hosts(&r.release.app) {
+                    Some(h) => h,
+                    None => {
+                        tracing::info!(app = %r.release.app, "installed app is not in the applied desired state; not serving it");
+                        continue;
+                    }
+                },
+                _ => hosts.clone(),
+            };
             let app = load_app(&runtime, &AppSource::Dir(r.dir.clone()))
                 .await
                 .map_err(|e| {
@@ -129,8 +163,28 @@ pub fn run(args: RunArgs) -> CliResult {
                     ))
                 })?;
             tracing::info!(app = %r.release.app, version = %r.release.version, digest = %r.release.digest, "serving installed release");
-            apps.push((hosts.clone(), app));
+            releases.push(r.release.clone());
+            if from_cp {
+                managed.push(crate::sync::Managed {
+                    release: r.release.clone(),
+                    app,
+                    hosts,
+                });
+            } else {
+                apps.push((hosts, app));
+            }
         }
+        metrics.set_app_releases(releases.iter().map(|r| {
+            (r.app.as_str(), r.version.as_str(), r.digest.to_string())
+        }));
+        // Config apps stay as they are; the agent rebuilds the table around them.
+        let fixed = apps.clone();
+        let fixed_releases: Vec<_> = releases
+            .iter()
+            .filter(|r| config_store_apps.contains(&r.app))
+            .cloned()
+            .collect();
+        apps.extend(managed.iter().map(|m| (m.hosts.clone(), m.app.clone())));
         if apps.is_empty() {
             tracing::warn!(store = %store_dir.display(), "no apps configured or installed; every request will get 404");
         }
@@ -151,7 +205,9 @@ pub fn run(args: RunArgs) -> CliResult {
         let code_dir = state_dir.join("compiled");
         let budget = cfg.store.disk_budget;
         let gc_store = store.clone();
-        tokio::task::spawn_blocking(move || run_gc(&gc_store, &code_dir, budget, &keep_wasm));
+        let gc = tokio::task::spawn_blocking(move || {
+            run_gc(&gc_store, &code_dir, budget, &keep_wasm)
+        });
 
         // Sockets passed in by systemd (outpost.socket) replace the configured ones of their role.
         let activated = systemd::take_listeners()
@@ -211,7 +267,30 @@ pub fn run(args: RunArgs) -> CliResult {
                 let _ = admin_stopped.await;
             }))
         });
-        let state = Arc::new(ServeState::new(router, metrics));
+        let state = Arc::new(ServeState::new(router, metrics.clone()));
+        // The listeners are bound: the agent may swap the router from here on.
+        let (stop_agent, agent_stop) = tokio::sync::watch::channel(false);
+        let agent = setup.map(|setup| {
+            let parts = crate::sync::Parts {
+                setup,
+                store: store.clone(),
+                policy: Arc::new(policy),
+                limits,
+                runtime: runtime.clone(),
+                metrics: metrics.clone(),
+                serve: state.clone(),
+                fixed,
+                fixed_releases,
+                config_store_apps,
+                managed,
+            };
+            // After the start-up GC pass, which would take the agent's not yet activated
+            // installs for garbage.
+            tokio::spawn(async move {
+                let _ = gc.await;
+                let _ = crate::sync::spawn(parts, agent_stop).await;
+            })
+        });
         admin_state.ready.store(true, Ordering::Release);
         tracing::info!(apps = app_count, state_dir = %state_dir.display(), "outpost ready");
 
@@ -242,6 +321,7 @@ pub fn run(args: RunArgs) -> CliResult {
                     }
                 }
                 super::shutdown_signal().await;
+                let _ = stop_agent.send(true);
                 // Not ready while draining, so load balancers stop sending traffic.
                 admin_for_drain.ready.store(false, Ordering::Release);
                 if let Some(n) = &notifier {
@@ -257,6 +337,11 @@ pub fn run(args: RunArgs) -> CliResult {
         let _ = stop_admin.send(());
         if let Some(t) = admin_task {
             let _ = t.await;
+        }
+        if let Some(a) = agent {
+            // It stopped at the signal; this only collects the task (bounded, in case an
+            // install is finishing on a blocking thread).
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), a).await;
         }
         drop(runtime);
         if left > 0 {
@@ -315,12 +400,19 @@ type Servable = (
     crate::store::install::ServableRelease,
 );
 
+/// The store, what it serves, and the apps named by config bundles.
+type OpenedStore = (
+    Arc<crate::store::Store>,
+    Vec<Servable>,
+    std::collections::BTreeSet<String>,
+);
+
 fn open_store_and_install(
     store_dir: &std::path::Path,
     policy: &crate::bundle::sign::TrustPolicy,
     limits: &crate::bundle::archive::Limits,
     bundles: &[(Vec<crate::serve::HostPattern>, PathBuf)],
-) -> Result<(Arc<crate::store::Store>, Vec<Servable>), CliError> {
+) -> Result<OpenedStore, CliError> {
     use crate::store::{Store, install};
     let (store, report) = Store::open(store_dir)
         .map_err(|e| CliError::runtime(anyhow::anyhow!("store {}: {e}", store_dir.display())))?;
@@ -368,6 +460,7 @@ fn open_store_and_install(
     for b in bad {
         tracing::error!(app = %b.app, problem = %b.problem, "installed app cannot be served");
     }
+    let config_apps = hosts_by_app.keys().cloned().collect();
     let servable = ok
         .into_iter()
         .map(|r| {
@@ -378,7 +471,7 @@ fn open_store_and_install(
             (hosts, r)
         })
         .collect();
-    Ok((Arc::new(store), servable))
+    Ok((Arc::new(store), servable, config_apps))
 }
 
 /// One GC pass over the store and the compiled-code cache, logged.

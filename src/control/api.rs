@@ -116,6 +116,9 @@ pub struct NodeInfo {
     pub enrolled: u64,
     pub last_seen: Option<u64>,
     pub revoked: bool,
+    /// Heard from within the control plane's `node_offline_after`.
+    #[serde(default)]
+    pub online: bool,
     pub applied_sequence: Option<u64>,
     pub apps: Vec<AppHealth>,
     pub failed: Vec<FailedRelease>,

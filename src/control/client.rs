@@ -155,19 +155,68 @@ impl Client {
         headers: &[(&str, String)],
         limit: u64,
     ) -> Result<Response, ClientError> {
-        let m = method_name(&method);
-        let url = format!("{}{path}", self.base);
+        let auth = self.authorization(&method, path, &body);
+        let body = (!body.is_empty()).then(|| reqwest::Body::from(body));
+        self.send_signed(method, path, auth, body, headers, limit)
+            .await
+    }
+
+    /// Like [`Client::send`] for a large body (a bundle upload): sent in chunks, with
+    /// `progress(bytes_sent)` called as the transport takes each one.
+    pub async fn send_streamed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Bytes,
+        headers: &[(&str, String)],
+        limit: u64,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<Response, ClientError> {
+        const CHUNK: usize = 256 << 10;
+        let auth = self.authorization(&method, path, &body);
+        let chunks: Vec<Bytes> = (0..body.len())
+            .step_by(CHUNK)
+            .map(|i| body.slice(i..(i + CHUNK).min(body.len())))
+            .collect();
+        let mut sent = 0u64;
+        let stream = futures::stream::iter(chunks).map(move |c| {
+            sent += c.len() as u64;
+            progress(sent);
+            Ok::<_, std::io::Error>(c)
+        });
+        let mut headers = headers.to_vec();
+        headers.push(("content-length", body.len().to_string()));
+        let body = reqwest::Body::wrap_stream(stream);
+        self.send_signed(method, path, auth, Some(body), &headers, limit)
+            .await
+    }
+
+    /// The `Authorization` header for a request, signed now with a fresh nonce.
+    fn authorization(&self, method: &reqwest::Method, path: &str, body: &[u8]) -> String {
         let mut nonce = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-        let auth = sign_request(
+        sign_request(
             &self.key,
             self.role,
-            m,
+            method_name(method),
             path,
-            &body,
+            body,
             crate::store::unix_now(),
             nonce,
-        );
+        )
+    }
+
+    async fn send_signed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        auth: String,
+        body: Option<reqwest::Body>,
+        headers: &[(&str, String)],
+        limit: u64,
+    ) -> Result<Response, ClientError> {
+        let m = method_name(&method);
+        let url = format!("{}{path}", self.base);
         let mut req = self
             .http
             .request(method, &url)
@@ -175,7 +224,7 @@ impl Client {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        if !body.is_empty() {
+        if let Some(body) = body {
             req = req.body(body);
         }
         let transport = |source| ClientError::Transport {

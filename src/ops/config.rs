@@ -1384,4 +1384,149 @@ source = "/srv/x.wasm"
         let err = Config::load(dir.path()).expect_err("a directory");
         assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
     }
+
+    const CP_KEY: &str =
+        "outpost-public-key-v1 0102030405060708 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    fn cp_key() -> String {
+        crate::bundle::sign::SigningKey::from_seed(&[7; 32])
+            .verifying_key()
+            .to_public_text()
+            .trim_end()
+            .to_owned()
+    }
+
+    #[test]
+    fn control_plane_parses_with_defaults_and_resolves_paths() {
+        let key = cp_key();
+        let c = parse(&format!(
+            "{LISTEN}[control_plane]\nurl = \"https://cp.example:7070\"\nkey = \"{key}\"\n"
+        ))
+        .expect("valid");
+        let cp = c.control_plane.expect("set");
+        assert_eq!(cp.url, "https://cp.example:7070");
+        assert_eq!(cp.keys, [("control_plane.key".to_owned(), key.clone())]);
+        assert_eq!(cp.poll_interval, DEFAULT_POLL_INTERVAL);
+        assert_eq!(cp.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        assert!(cp.token.is_none() && cp.token_file.is_none() && cp.ca.is_none());
+        assert!(cp.labels.is_empty() && cp.name.is_none());
+
+        let mut c = parse(&format!(
+            "{LISTEN}[control_plane]\nurl = \"http://127.0.0.1:7070/\"\n\
+             key = [\"{key}\", \"keys/cp-next.pub\"]\ntoken_file = \"token\"\nca = \"/etc/cp.pem\"\n\
+             poll_interval = \"200ms\"\nrequest_timeout = 5000\nname = \"gw-9\"\n\
+             [control_plane.labels]\nsite = \"lab-1\"\nrack = \"r2\"\n"
+        ))
+        .expect("valid");
+        c.resolve_relative_to(Path::new("/etc/outpost"));
+        let cp = c.control_plane.expect("set");
+        assert_eq!(cp.keys[1].0, "control_plane.key[1]");
+        assert_eq!(cp.keys[1].1, "/etc/outpost/keys/cp-next.pub");
+        assert_eq!(cp.keys[0].1, key);
+        assert_eq!(cp.token_file, Some(PathBuf::from("/etc/outpost/token")));
+        assert_eq!(cp.ca, Some(PathBuf::from("/etc/cp.pem")));
+        assert_eq!(cp.poll_interval, Duration::from_millis(200));
+        assert_eq!(cp.request_timeout, Duration::from_secs(5));
+        assert_eq!(cp.name.as_deref(), Some("gw-9"));
+        assert_eq!(cp.labels.get("site").map(String::as_str), Some("lab-1"));
+        assert_eq!(cp.labels.len(), 2);
+    }
+
+    #[test]
+    fn control_plane_is_validated() {
+        let key = cp_key();
+        let cp = |body: &str| format!("{LISTEN}[control_plane]\n{body}\n");
+        let with_key = |body: &str| cp(&format!("key = \"{key}\"\n{body}"));
+        assert_rejects(
+            &cp(&format!("key = \"{key}\"")),
+            "control_plane.url",
+            "missing",
+        );
+        assert_rejects(
+            &cp("url = \"https://cp\""),
+            "control_plane.key",
+            "missing; expected the control plane's public key",
+        );
+        assert_rejects(
+            &with_key("url = \"http://cp.example:80\""),
+            "control_plane.url",
+            "plain http is only allowed to a loopback address",
+        );
+        assert_rejects(
+            &with_key("url = \"ftp://cp.example\""),
+            "control_plane.url",
+            "expected https://host",
+        );
+        assert_rejects(
+            &with_key("url = \"https://cp.example/api\""),
+            "control_plane.url",
+            "has a path",
+        );
+        assert_rejects(
+            &with_key("url = \"cp.example\""),
+            "control_plane.url",
+            "expected https://host",
+        );
+        let url = "url = \"https://cp.example\"";
+        assert_rejects(
+            &cp(&format!("{url}\nkey = []")),
+            "control_plane.key",
+            "no keys",
+        );
+        assert_rejects(
+            &cp(&format!("{url}\nkey = [\"{key}\", \"\"]")),
+            "control_plane.key[1]",
+            "empty",
+        );
+        assert_rejects(
+            &cp(&format!("{url}\nkey = \"{CP_KEY}\"")),
+            "control_plane.key",
+            "",
+        );
+        assert_rejects(
+            &with_key(&format!("{url}\ntoken = \"a\"\ntoken_file = \"t\"")),
+            "control_plane.token_file",
+            "set either token or token_file, not both",
+        );
+        assert_rejects(
+            &with_key(&format!("{url}\ntoken = \" \"")),
+            "control_plane.token",
+            "empty token",
+        );
+        assert_rejects(
+            &with_key(&format!("{url}\npoll_interval = \"1ms\"")),
+            "control_plane.poll_interval",
+            "out of range",
+        );
+        assert_rejects(
+            &with_key(&format!("{url}\nrequest_timeout = \"forever\"")),
+            "control_plane.request_timeout",
+            "expected a duration",
+        );
+        assert_rejects(
+            &with_key(&format!("{url}\nname = \"a b\"")),
+            "control_plane.name",
+            "invalid name",
+        );
+        assert_rejects(
+            &with_key(&format!("{url}\nlabels = {{ arch = \"x86_64\" }}")),
+            "control_plane.labels.arch",
+            "set by the node itself",
+        );
+        assert_rejects(
+            &with_key(&format!("{url}\nlabels = {{ site = \"a b\" }}")),
+            "control_plane.labels.site",
+            "invalid label value",
+        );
+        assert_rejects(
+            &with_key(&format!("{url}\nlabels = {{ site = 1 }}")),
+            "control_plane.labels.site",
+            "expected a string",
+        );
+        assert_rejects(
+            &with_key(&format!("{url}\npoll = \"1s\"")),
+            "control_plane.poll",
+            "unknown key in [control_plane]",
+        );
+    }
 }

@@ -60,7 +60,9 @@ pub struct LogLimiter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogDecision {
     /// Log it; `suppressed` events were dropped since the last logged one.
-    Log { suppressed: u64 },
+    Log {
+        suppressed: u64,
+    },
     Drop,
 }
 

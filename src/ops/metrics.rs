@@ -20,6 +20,8 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// Store creation + instantiation time per request.
     pub instantiate_duration: Histogram,
+    /// Linear memory each request's instance reached, by app.
+    pub instance_memory: HistogramVec,
     /// Failed requests by app and kind (`trap`, `timeout`, `memory_limit`, `saturated`, ...).
     pub request_errors: IntCounterVec,
     /// Requests currently executing a guest, by app.
@@ -34,6 +36,19 @@ pub struct Metrics {
     /// TLS and QUIC handshakes that did not complete, by reason (`unknown_server_name`,
     /// `timeout`, `error`).
     pub tls_handshake_failures: IntCounterVec,
+    /// Node agent: unix time of the last successful exchange with the control plane.
+    pub sync_last_success: IntGauge,
+    /// Node agent: failed control-plane exchanges and refused desired states, by reason
+    /// (`unreachable`, `timeout`, `server_error`, `rejected`, `enroll`, `desired_state`,
+    /// `release`).
+    pub sync_failures: IntCounterVec,
+    /// Node agent: 1 while the last exchange with the control plane succeeded.
+    pub sync_up: IntGauge,
+    /// Node agent: sequence of the applied desired state.
+    pub desired_sequence: IntGauge,
+    /// The active release of each app served from the store (always 1); see
+    /// [`Metrics::set_app_releases`].
+    pub app_release_info: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -114,7 +129,31 @@ impl Metrics {
 
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
+        let instance_memory = HistogramVec::new(
+            HistogramOpts::new(
+                "outpost_instance_memory_peak_bytes",
+                "Peak linear memory of each request's instance, by app.",
+            )
+            .buckets(
+                [
+                    64u64 << 10,
+                    1 << 20,
+                    2 << 20,
+                    4 << 20,
+                    8 << 20,
+                    16 << 20,
+                    32 << 20,
+                    64 << 20,
+                ]
+                .into_iter()
+                .chain([128 << 20, 256 << 20, 512 << 20, 1 << 30])
+                .map(|b| b as f64)
+                .collect(),
+            ),
+            &["app"],
+        )?;
         registry.register(Box::new(instantiate_duration.clone()))?;
+        registry.register(Box::new(instance_memory.clone()))?;
         registry.register(Box::new(request_errors.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(pool_slots_used.clone()))?;
@@ -122,6 +161,38 @@ impl Metrics {
         registry.register(Box::new(components_loaded.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(tls_handshake_failures.clone()))?;
+
+        let sync_last_success = IntGauge::new(
+            "outpost_sync_last_success_timestamp_seconds",
+            "Unix time of the last successful exchange with the control plane.",
+        )?;
+        let sync_failures = IntCounterVec::new(
+            Opts::new(
+                "outpost_sync_failures_total",
+                "Failed control-plane exchanges and refused desired states, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let sync_up = IntGauge::new(
+            "outpost_sync_up",
+            "1 when the last exchange with the control plane succeeded, else 0.",
+        )?;
+        let desired_sequence = IntGauge::new(
+            "outpost_desired_state_sequence",
+            "Sequence of the desired state this node applied.",
+        )?;
+        let app_release_info = IntGaugeVec::new(
+            Opts::new(
+                "outpost_app_release_info",
+                "The active release of each app served from the store; always 1.",
+            ),
+            &["app", "version", "digest"],
+        )?;
+        registry.register(Box::new(sync_last_success.clone()))?;
+        registry.register(Box::new(sync_failures.clone()))?;
+        registry.register(Box::new(sync_up.clone()))?;
+        registry.register(Box::new(desired_sequence.clone()))?;
+        registry.register(Box::new(app_release_info.clone()))?;
 
         let build = IntGaugeVec::new(
             Opts::new("outpost_build_info", "Build information; always 1."),
@@ -140,6 +211,7 @@ impl Metrics {
             requests,
             request_duration,
             instantiate_duration,
+            instance_memory,
             request_errors,
             inflight,
             pool_slots_used,
@@ -147,7 +219,26 @@ impl Metrics {
             components_loaded,
             connections,
             tls_handshake_failures,
+            sync_last_success,
+            sync_failures,
+            sync_up,
+            desired_sequence,
+            app_release_info,
         })
+    }
+
+    /// Replaces every `outpost_app_release_info` series with one per `(app, version, digest)`:
+    /// label sets of releases no longer active disappear.
+    pub fn set_app_releases<'a>(
+        &self,
+        releases: impl IntoIterator<Item = (&'a str, &'a str, String)>,
+    ) {
+        self.app_release_info.reset();
+        for (app, version, digest) in releases {
+            self.app_release_info
+                .with_label_values(&[app, version, digest.as_str()])
+                .set(1);
+        }
     }
 
     /// The registry in Prometheus text exposition format.
@@ -266,6 +357,8 @@ mod dashboard_tests {
         m.inflight.with_label_values(&["a"]).inc();
         m.tls_handshake_failures.with_label_values(&["x"]).inc();
         m.instantiate_duration.observe(0.00001);
+        m.sync_failures.with_label_values(&["unreachable"]).inc();
+        m.set_app_releases([("a", "1.0.0", "sha256:00".to_owned())]);
         let exported: std::collections::BTreeSet<String> = m
             .registry
             .gather()
@@ -290,5 +383,41 @@ mod dashboard_tests {
             checked += 1;
         }
         assert!(checked >= 10, "only {checked} metric references found");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_release_info_keeps_only_the_current_releases() {
+        let m = Metrics::new();
+        m.set_app_releases([
+            ("a", "1.0.0", "sha256:aa".to_owned()),
+            ("b", "2.0.0", "sha256:bb".to_owned()),
+        ]);
+        m.set_app_releases([("a", "1.1.0", "sha256:cc".to_owned())]);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "outpost_app_release_info{app=\"a\",digest=\"sha256:cc\",version=\"1.1.0\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("sha256:aa") && !text.contains("sha256:bb"),
+            "{text}"
+        );
+        for name in [
+            "outpost_sync_up",
+            "outpost_sync_last_success_timestamp_seconds",
+            "outpost_desired_state_sequence",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} gauge")),
+                "{name}: {text}"
+            );
+        }
     }
 }

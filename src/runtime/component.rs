@@ -70,6 +70,8 @@ pub struct AppComponent {
     metrics: Metrics,
     /// This component's `outpost_requests_inflight` series, resolved once.
     inflight: prometheus::IntGauge,
+    /// This app's `outpost_instance_memory_peak_bytes` series, resolved once.
+    memory_peak: prometheus::Histogram,
     /// Per-request counters and histograms, recorded by the front door.
     pub request_metrics: RequestMetrics,
 }
@@ -98,9 +100,11 @@ impl AppComponent {
     ) -> Self {
         let concurrency = Arc::new(Semaphore::new(limits.max_concurrency as usize));
         let inflight = metrics.inflight.with_label_values(&[app]);
+        let memory_peak = metrics.instance_memory.with_label_values(&[app]);
         let request_metrics = RequestMetrics::new(&metrics, app, id);
         Self {
             inflight,
+            memory_peak,
             request_metrics,
             app: app.into(),
             id: id.into(),
@@ -194,6 +198,7 @@ impl AppComponent {
                 None => GuestOutcome::TimedOut,
             };
             let hit_memory_limit = store.data().limiter.hit;
+            this.memory_peak.observe(store.data().limiter.peak as f64);
             drop(store);
             if let GuestOutcome::TimedOut = outcome {
                 static TIMEOUTS: crate::ops::logging::LogLimiter =

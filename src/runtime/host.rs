@@ -69,6 +69,8 @@ impl Host {
             limiter: MemoryLimiter {
                 limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
                 hit: false,
+                total: 0,
+                peak: 0,
             },
         })
     }
@@ -167,12 +169,15 @@ impl WasiHttpHooks for OutboundHooks {
 pub(crate) struct MemoryLimiter {
     limit: usize,
     pub(crate) hit: bool,
+    /// Bytes of linear memory granted to the instance (all its memories), and the most it held.
+    total: usize,
+    pub(crate) peak: usize,
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -180,6 +185,8 @@ impl ResourceLimiter for MemoryLimiter {
             self.hit = true;
             return Ok(false);
         }
+        self.total = self.total.saturating_add(desired.saturating_sub(current));
+        self.peak = self.peak.max(self.total);
         Ok(true)
     }
 

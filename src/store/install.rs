@@ -6,12 +6,16 @@
 //! then the writes (blob, tree, index last). At start, `load_active` re-checks every active
 //! release (blob digest, signature under today's trust policy, unpacked files) and falls back to
 //! the previous release of an app when its active one is damaged.
+//! Releases named by a verified desired state (`crate::sync`) go through the same pipeline in
+//! [`InstallMode::Desired`]: only the rollback check is left out (the control plane may roll a
+//! node back) and activation is left to the caller, which activates once the release loads.
 //! Must not: compile wasm (the runtime does that from the unpacked tree) or fetch anything.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 
 use crate::bundle::archive::{self, ArchiveError, Limits};
+use crate::bundle::desired::DesiredApp;
 use crate::bundle::manifest::{Manifest, ManifestError};
 use crate::bundle::sign::{self, SignedDoc, TrustPolicy, VerifyError};
 use crate::bundle::{self as bundle_mod, Digest};
@@ -49,8 +53,23 @@ pub enum InstallError {
     MissingComponent { id: String, source_path: String },
     #[error("component {id}: {reason}")]
     NotComponent { id: String, reason: String },
+    #[error("the signed release is {signed} but the desired state names {desired}")]
+    DesiredMismatch { signed: String, desired: String },
     #[error("store: {0}")]
     Store(#[from] StoreError),
+}
+
+/// How an install treats the release it replaces.
+#[derive(Debug, Clone, Copy)]
+pub enum InstallMode<'a> {
+    /// `outpost bundle install` and config bundles: never older than the active release (the
+    /// rollback check), and the release becomes active at once.
+    Upgrade,
+    /// A release a verified desired state names: the signature and tenant checks apply as
+    /// always, and the signed document must be the entry's app, version, tenant and digest; the
+    /// version may be older than the active one (the control plane rolls back). Nothing is
+    /// activated: the caller calls `Store::activate` once the release loads.
+    Desired(&'a DesiredApp),
 }
 
 /// Reads a bundle file, refusing one over `max` bytes before reading it (and, should it grow
@@ -98,6 +117,27 @@ pub fn install(
     now: u64,
     limits: &Limits,
 ) -> Result<Installed, InstallError> {
+    install_with(
+        store,
+        bundle,
+        sig,
+        policy,
+        now,
+        limits,
+        InstallMode::Upgrade,
+    )
+}
+
+/// [`install`] with an explicit [`InstallMode`].
+pub fn install_with(
+    store: &Store,
+    bundle: &[u8],
+    sig: &[u8],
+    policy: &TrustPolicy,
+    now: u64,
+    limits: &Limits,
+    mode: InstallMode<'_>,
+) -> Result<Installed, InstallError> {
     let size = bundle.len() as u64;
     if size > limits.max_compressed {
         return Err(InstallError::TooLarge {
@@ -111,8 +151,31 @@ pub fn install(
     let verified =
         sign::verify(&signed, size, &digest, policy, now).map_err(InstallError::Verify)?;
     let doc = &verified.doc;
+    if let InstallMode::Desired(entry) = mode
+        && (doc.app != entry.app
+            || doc.version != entry.version
+            || doc.tenant != entry.tenant
+            || digest != entry.digest)
+    {
+        let tenant = |t: &Option<String>| t.as_ref().map(|t| format!(" (tenant {t})"));
+        return Err(InstallError::DesiredMismatch {
+            signed: format!(
+                "{} {}{} {digest}",
+                doc.app,
+                doc.version,
+                tenant(&doc.tenant).unwrap_or_default()
+            ),
+            desired: format!(
+                "{} {}{} {}",
+                entry.app,
+                entry.version,
+                tenant(&entry.tenant).unwrap_or_default(),
+                entry.digest
+            ),
+        });
+    }
 
-    // 2. Rollback: never older than what this node runs.
+    // 2. Rollback: never older than what this node runs (unless the control plane says so).
     let current = store.app(&doc.app)?;
     let active = match &current {
         Some(rec) => store.release(&rec.active)?,
@@ -126,8 +189,10 @@ pub fn install(
                 unchanged: true,
             });
         }
-        sign::check_not_older(doc, &active.version, &active.digest)
-            .map_err(InstallError::Rollback)?;
+        if let InstallMode::Upgrade = mode {
+            sign::check_not_older(doc, &active.version, &active.digest)
+                .map_err(InstallError::Rollback)?;
+        }
         sign::check_same_tenant(doc, active.tenant.as_deref()).map_err(InstallError::Verify)?;
     }
 
@@ -147,7 +212,9 @@ pub fn install(
         components,
         installed_at: now,
     };
-    store.activate(&release)?;
+    if let InstallMode::Upgrade = mode {
+        store.activate(&release)?;
+    }
     Ok(Installed {
         release,
         replaced: current.map(|r| r.active),

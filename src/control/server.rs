@@ -1,0 +1,863 @@
+//! The control plane's HTTP front door: HTTP/1.1 and HTTP/2 (hyper-util auto), plain on
+//! loopback or rustls, request authentication, routing, body caps and the engine ticker.
+//!
+//! Owns: accept loops (a connection permit before accept), TLS handshakes and a first-byte
+//! timeout in the connection's own task, header and body read timeouts, `Content-Length` and
+//! streaming body caps (JSON 1 MiB, bundles `max_bundle_size`), the `Authorization` check
+//! (signature, clock window, nonce replay, role), JSON and error bodies, ranged bundle
+//! downloads streamed from disk, the 200 ms rollout tick, and graceful shutdown.
+//! Must not: hold state or decide policy ([`super::service`] does), or run blocking work on an
+//! async worker — database and file work goes to the blocking pool.
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use super::api::{self, CreateRollout, EnrollRequest, SyncReport, TokenRequest};
+use super::config::TlsFiles;
+use super::service::{Command, ControlError, ControlPlane, SyncReply, now_ms};
+use crate::bundle::Digest;
+use crate::bundle::request_auth::{RequestAuth, Role};
+use crate::bundle::sign::{self, VerifyingKey};
+use crate::serve::certs::{CertPaths, CertSpec, CertStore, DefaultCert, provider};
+
+/// Largest JSON request body (reports, rollouts, enrolments are a few KiB).
+pub const MAX_JSON_BODY: u64 = 1 << 20;
+/// Open connections at most; the next accept waits for one to close. A fleet polls over
+/// short-lived or keep-alive connections; this bounds memory, not throughput.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// How long a client gets to send its first byte (plain) or finish the TLS handshake, and then
+/// the request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a JSON body may take to arrive.
+pub const JSON_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a bundle upload may take: 64 MiB at ~100 KiB/s, a slow uplink.
+pub const BUNDLE_BODY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How often the rollout engine looks at the reports.
+pub const TICK: Duration = Duration::from_millis(200);
+/// How often expired nonces and tokens are dropped.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+/// How long in-flight requests get after SIGTERM.
+pub const DRAIN: Duration = Duration::from_secs(10);
+/// Bundle downloads are streamed in chunks of this size.
+const CHUNK: usize = 64 << 10;
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// What the request handlers share.
+#[derive(Debug)]
+pub struct Server {
+    pub cp: Arc<ControlPlane>,
+    pub max_bundle_size: u64,
+}
+
+/// Why a TLS setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerTlsError {
+    #[error(transparent)]
+    Cert(#[from] crate::serve::certs::CertError),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A TLS acceptor (ALPN h2, http/1.1) serving the `[tls]` certificate, and its store (for
+/// reloading on change or SIGHUP).
+pub fn tls_acceptor(files: &TlsFiles) -> Result<(TlsAcceptor, Arc<CertStore>), ServerTlsError> {
+    let store = Arc::new(CertStore::load(CertSpec {
+        default: Some(DefaultCert::Files(CertPaths {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+        })),
+        tenants: Vec::new(),
+    })?);
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(store.clone());
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((TlsAcceptor::from(Arc::new(cfg)), store))
+}
+
+/// Serves `listeners` until `shutdown` resolves, with the rollout engine ticking meanwhile;
+/// then stops accepting and gives open requests [`DRAIN`] to finish.
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    tls: Option<TlsAcceptor>,
+    srv: Arc<Server>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_concurrent_streams(64);
+    let builder = Arc::new(builder);
+
+    let ticker = tokio::spawn(engine(srv.cp.clone(), stop_rx.clone()));
+    let mut accepts = Vec::new();
+    for l in listeners {
+        accepts.push(tokio::spawn(accept_loop(
+            l,
+            tls.clone(),
+            srv.clone(),
+            builder.clone(),
+            permits.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for a in accepts {
+        let _ = a.await;
+    }
+    let _ = ticker.await;
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    tracing::info!(open_connections = graceful.count(), deadline = ?DRAIN, "draining");
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed; closing remaining connections");
+    }
+}
+
+/// The rollout engine: one tick every [`TICK`], on the blocking pool.
+async fn engine(cp: Arc<ControlPlane>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_housekeeping = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let housekeeping = last_housekeeping.elapsed() >= HOUSEKEEPING;
+        if housekeeping {
+            last_housekeeping = std::time::Instant::now();
+        }
+        let cp = cp.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            cp.tick(now_ms())?;
+            if housekeeping {
+                cp.housekeeping(crate::store::unix_now())?;
+            }
+            Ok::<_, ControlError>(())
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "rollout engine step failed"),
+            Err(e) => tracing::error!(error = %e, "rollout engine step panicked"),
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    srv: Arc<Server>,
+    builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
+    permits: Arc<Semaphore>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        // Backpressure before work: no permit, no accept.
+        let permit = tokio::select! {
+            _ = stop.changed() => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let (tls, srv, builder) = (tls.clone(), srv.clone(), builder.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc = service_fn(move |req| {
+                let srv = srv.clone();
+                async move { Ok::<_, Infallible>(handle(srv, req).await) }
+            });
+            match tls {
+                None => {
+                    if !first_byte(&tcp).await {
+                        tracing::debug!(%peer, "no request within the header timeout");
+                        return;
+                    }
+                    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with error");
+                    }
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with error");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Waits up to [`HEADER_TIMEOUT`] for the client's first byte. hyper's header timeout starts
+/// only once the protocol is detected, so a client that connects and sends nothing would
+/// otherwise hold its permit forever.
+async fn first_byte(tcp: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut b)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
+// === routing ===
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Health,
+    Key,
+    Enroll,
+    Sync,
+    GetBundle(Digest),
+    PutBundle(Digest),
+    Tokens,
+    Nodes,
+    Revoke(String),
+    CreateRollout,
+    ListRollouts,
+    GetRollout(u64),
+    RolloutCommand(u64, &'static str),
+}
+
+impl Route {
+    /// Who may call it: `None` is unauthenticated.
+    fn roles(&self) -> Option<&'static [Role]> {
+        match self {
+            Self::Health | Self::Key => None,
+            Self::Enroll | Self::Sync => Some(&[Role::Node]),
+            Self::GetBundle(_) => Some(&[Role::Node, Role::Operator]),
+            _ => Some(&[Role::Operator]),
+        }
+    }
+}
+
+fn route(method: &Method, path: &str) -> Result<Route, ControlError> {
+    let not_found = || ControlError::NotFound(format!("no endpoint {path}"));
+    let wrong_method =
+        || ControlError::MethodNotAllowed(format!("{method} is not allowed on {path}"));
+    let is = |m: &Method| method == m;
+    let r = match path {
+        api::HEALTH if is(&Method::GET) => Route::Health,
+        api::KEY if is(&Method::GET) => Route::Key,
+        api::ENROLL if is(&Method::POST) => Route::Enroll,
+        api::SYNC if is(&Method::POST) => Route::Sync,
+        api::TOKENS if is(&Method::POST) => Route::Tokens,
+        api::NODES if is(&Method::GET) => Route::Nodes,
+        api::ROLLOUTS if is(&Method::POST) => Route::CreateRollout,
+        api::ROLLOUTS if is(&Method::GET) => Route::ListRollouts,
+        api::HEALTH
+        | api::KEY
+        | api::ENROLL
+        | api::SYNC
+        | api::TOKENS
+        | api::NODES
+        | api::ROLLOUTS => return Err(wrong_method()),
+        _ => {
+            if let Some(d) = path.strip_prefix(api::BUNDLES) {
+                let d: Digest = d.parse().map_err(|e: crate::bundle::DigestParseError| {
+                    ControlError::BadRequest(e.to_string())
+                })?;
+                return match *method {
+                    Method::GET => Ok(Route::GetBundle(d)),
+                    Method::PUT => Ok(Route::PutBundle(d)),
+                    _ => Err(wrong_method()),
+                };
+            }
+            if let Some(rest) = path
+                .strip_prefix(api::NODES)
+                .and_then(|r| r.strip_prefix('/'))
+            {
+                let id = rest.strip_suffix("/revoke").ok_or_else(not_found)?;
+                if !is(&Method::POST) {
+                    return Err(wrong_method());
+                }
+                return Ok(Route::Revoke(id.to_owned()));
+            }
+            if let Some(rest) = path
+                .strip_prefix(api::ROLLOUTS)
+                .and_then(|r| r.strip_prefix('/'))
+            {
+                let (id, cmd) = match rest.split_once('/') {
+                    Some((id, cmd)) => (id, Some(cmd)),
+                    None => (rest, None),
+                };
+                let id: u64 = id.parse().map_err(|_| not_found())?;
+                return match (cmd, method) {
+                    (None, &Method::GET) => Ok(Route::GetRollout(id)),
+                    (Some("pause"), &Method::POST) => Ok(Route::RolloutCommand(id, "pause")),
+                    (Some("resume"), &Method::POST) => Ok(Route::RolloutCommand(id, "resume")),
+                    (Some("abort"), &Method::POST) => Ok(Route::RolloutCommand(id, "abort")),
+                    (None | Some("pause" | "resume" | "abort"), _) => Err(wrong_method()),
+                    _ => Err(not_found()),
+                };
+            }
+            return Err(not_found());
+        }
+    };
+    Ok(r)
+}
+
+// === handlers ===
+
+async fn handle(srv: Arc<Server>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let resp = match dispatch(&srv, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let ControlError::Internal(detail) = &e {
+                tracing::error!(%method, %path, error = %detail, "request failed");
+            } else {
+                tracing::debug!(%method, %path, status = e.status(), error = %e, "request refused");
+            }
+            error_response(&e)
+        }
+    };
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed = ?started.elapsed(), "request");
+    resp
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ControlError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ControlError::Internal(format!("worker failed: {e}")))?
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ControlError> {
+    serde_json::from_slice(body).map_err(|e| ControlError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+async fn dispatch(
+    srv: &Arc<Server>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ControlError> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.clone(), |p| p.as_str().to_owned());
+    let route = route(&method, &path)?;
+    let Some(roles) = route.roles() else {
+        return Ok(match route {
+            Route::Key => text_response(StatusCode::OK, srv.cp.public_key_text()),
+            _ => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        });
+    };
+    let auth = RequestAuth::parse(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
+    .map_err(|e| ControlError::Unauthorized(e.to_string()))?;
+    if !roles.contains(&auth.role) {
+        return Err(ControlError::Forbidden(format!(
+            "{method} {path} is not for {} keys",
+            auth.role
+        )));
+    }
+    // The signer is resolved before the body is read: nobody unknown gets to upload.
+    let key: Option<VerifyingKey> = match auth.role {
+        Role::Operator => Some(srv.cp.operator_key(&auth.key).cloned().ok_or_else(|| {
+            ControlError::Unauthorized(format!(
+                "operator key {} is not configured on this control plane",
+                auth.key
+            ))
+        })?),
+        // Enrolment is signed by the key in its body.
+        Role::Node if route == Route::Enroll => None,
+        Role::Node => {
+            let cp = srv.cp.clone();
+            let id = auth.key;
+            Some(blocking(move || cp.node_key(&id)).await?.0)
+        }
+    };
+    let (limit, timeout) = match route {
+        Route::PutBundle(_) => (srv.max_bundle_size, BUNDLE_BODY_TIMEOUT),
+        _ => (MAX_JSON_BODY, JSON_BODY_TIMEOUT),
+    };
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, limit, timeout).await?;
+    let mut enroll = None;
+    let key = match key {
+        Some(k) => k,
+        None => {
+            let r: EnrollRequest = parse_json(&body)?;
+            let k = sign::parse_public_key(r.public_key.trim_end())
+                .map_err(|e| ControlError::BadRequest(format!("public_key: {e}")))?;
+            if k.id() != auth.key {
+                return Err(ControlError::Unauthorized(format!(
+                    "enrolment must be signed by the enrolling key {}, not {}",
+                    k.id(),
+                    auth.key
+                )));
+            }
+            enroll = Some(r);
+            k
+        }
+    };
+    let now = crate::store::unix_now();
+    auth.verify(&key, method.as_str(), &path_and_query, &body, now)
+        .map_err(|e| ControlError::Unauthorized(e.to_string()))?;
+    {
+        let (cp, nonce) = (srv.cp.clone(), auth.nonce.clone());
+        blocking(move || cp.check_nonce(&nonce, now)).await?;
+    }
+    if auth.role == Role::Node && route != Route::Enroll && srv.cp.is_revoked(&auth.key) {
+        return Err(ControlError::Forbidden(format!(
+            "node {} is revoked",
+            auth.key
+        )));
+    }
+    let cp = srv.cp.clone();
+    match route {
+        Route::Enroll => {
+            let r = enroll.ok_or_else(|| ControlError::Internal("enrolment body lost".into()))?;
+            let resp = blocking(move || cp.enroll(r, &key, now)).await?;
+            Ok(json_response(StatusCode::OK, &resp))
+        }
+        Route::Sync => {
+            let report: SyncReport = parse_json(&body)?;
+            let inm = if_none_match(&parts.headers);
+            let id = auth.key;
+            match blocking(move || cp.sync(&id, report, inm, now)).await? {
+                SyncReply::NotModified(seq) => Ok(with_etag(
+                    empty(StatusCode::NOT_MODIFIED),
+                    &format!("\"{seq}\""),
+                )),
+                SyncReply::Desired { sequence, envelope } => {
+                    let mut r = bytes_response(StatusCode::OK, envelope.into());
+                    set(&mut r, header::CONTENT_TYPE, "application/json");
+                    Ok(with_etag(r, &format!("\"{sequence}\"")))
+                }
+            }
+        }
+        Route::GetBundle(d) => get_bundle(&cp, &d, &parts.headers).await,
+        Route::PutBundle(d) => {
+            let sig = parts
+                .headers
+                .get(api::BUNDLE_SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let resp = blocking(move || cp.upload(&d, &body, sig.as_deref())).await?;
+            Ok(json_response(StatusCode::OK, &resp))
+        }
+        Route::Tokens => {
+            let req: TokenRequest = parse_json(&body)?;
+            let resp = blocking(move || cp.create_tokens(&req, now)).await?;
+            Ok(json_response(StatusCode::OK, &resp))
+        }
+        Route::Nodes => {
+            let nodes = blocking(move || Ok(cp.nodes(now))).await?;
+            Ok(json_response(StatusCode::OK, &nodes))
+        }
+        Route::Revoke(id) => {
+            let node = blocking(move || cp.revoke(&id)).await?;
+            Ok(json_response(StatusCode::OK, &node))
+        }
+        Route::CreateRollout => {
+            let req: CreateRollout = parse_json(&body)?;
+            let status = blocking(move || cp.create_rollout(&req, now_ms())).await?;
+            Ok(json_response(StatusCode::CREATED, &status))
+        }
+        Route::ListRollouts => {
+            let all = blocking(move || Ok(cp.rollouts())).await?;
+            Ok(json_response(StatusCode::OK, &all))
+        }
+        Route::GetRollout(id) => {
+            let s = blocking(move || cp.rollout(id)).await?;
+            Ok(json_response(StatusCode::OK, &s))
+        }
+        Route::RolloutCommand(id, cmd) => {
+            let by = auth.key.to_string();
+            let s = blocking(move || {
+                let c = match cmd {
+                    "pause" => Command::Pause,
+                    "resume" => Command::Resume,
+                    _ => Command::Abort { by: &by },
+                };
+                cp.command(id, c, now_ms())
+            })
+            .await?;
+            Ok(json_response(StatusCode::OK, &s))
+        }
+        Route::Health | Route::Key => Err(ControlError::Internal("unreachable route".into())),
+    }
+}
+
+/// Reads a request body of at most `limit` bytes within `timeout`: `Content-Length` is checked
+/// first (413 without reading), then the stream as it arrives (chunked bodies).
+async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Bytes, ControlError> {
+    let too_large = || ControlError::TooLarge(format!("request body is larger than {limit} bytes"));
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ControlError::SlowClient(format!(
+            "request body not received within {timeout:?}"
+        ))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(ControlError::BadRequest(format!("reading the body: {e}"))),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+fn if_none_match(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v);
+    v.trim_matches('"').parse().ok()
+}
+
+/// A byte range request: `bytes=a-b`, `bytes=a-` or `bytes=-n`.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeReq {
+    /// No (usable) Range header: the whole file.
+    Full,
+    /// Inclusive start and end.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+fn parse_range(value: Option<&str>, size: u64) -> RangeReq {
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return RangeReq::Full;
+    };
+    // Several ranges: serving the whole file is allowed (RFC 9110 §14.2) and simpler.
+    if spec.contains(',') {
+        return RangeReq::Full;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeReq::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parse = |s: &str| s.parse::<u64>().ok();
+    match (a.is_empty(), b.is_empty()) {
+        (true, false) => match parse(b) {
+            Some(0) => RangeReq::Unsatisfiable,
+            Some(n) if size > 0 => RangeReq::Part(size.saturating_sub(n), size - 1),
+            Some(_) => RangeReq::Unsatisfiable,
+            None => RangeReq::Full,
+        },
+        (false, _) => {
+            let Some(start) = parse(a) else {
+                return RangeReq::Full;
+            };
+            let end = if b.is_empty() {
+                Some(size.saturating_sub(1))
+            } else {
+                parse(b)
+            };
+            match end {
+                None => RangeReq::Full,
+                Some(_) if start >= size => RangeReq::Unsatisfiable,
+                Some(end) if end < start => RangeReq::Full,
+                Some(end) => RangeReq::Part(start, end.min(size - 1)),
+            }
+        }
+        (true, true) => RangeReq::Full,
+    }
+}
+
+async fn get_bundle(
+    cp: &ControlPlane,
+    digest: &Digest,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ControlError> {
+    let path = cp.bundle_path(digest);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ControlError::NotFound(format!("no bundle {digest}")));
+        }
+        Err(e) => return Err(ControlError::Internal(format!("{}: {e}", path.display()))),
+    };
+    let size = file
+        .metadata()
+        .await
+        .map_err(|e| ControlError::Internal(format!("{}: {e}", path.display())))?
+        .len();
+    let etag = format!("\"{digest}\"");
+    let range = parse_range(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        size,
+    );
+    let (status, start, len) = match range {
+        RangeReq::Full => (StatusCode::OK, 0, size),
+        RangeReq::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        RangeReq::Unsatisfiable => {
+            let mut r = json_response(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                &api::ApiError {
+                    error: format!("range not satisfiable; the bundle is {size} bytes"),
+                },
+            );
+            set(&mut r, header::CONTENT_RANGE, &format!("bytes */{size}"));
+            return Ok(r);
+        }
+    };
+    if start > 0 {
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|e| ControlError::Internal(format!("{}: {e}", path.display())))?;
+    }
+    let stream = futures::stream::unfold((file, len), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+        let mut buf = vec![0u8; want];
+        match file.read(&mut buf).await {
+            Ok(0) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "bundle file shrank while being sent",
+                )),
+                (file, 0),
+            )),
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Frame::data(Bytes::from(buf))), (file, left - n as u64)))
+            }
+            Err(e) => Some((Err(e), (file, 0))),
+        }
+    });
+    let mut r = Response::new(StreamBody::new(stream.boxed()).boxed_unsync());
+    *r.status_mut() = status;
+    set(&mut r, header::CONTENT_TYPE, "application/octet-stream");
+    set(&mut r, header::CONTENT_LENGTH, &len.to_string());
+    set(&mut r, header::ACCEPT_RANGES, "bytes");
+    if status == StatusCode::PARTIAL_CONTENT {
+        set(
+            &mut r,
+            header::CONTENT_RANGE,
+            &format!("bytes {start}-{}/{size}", start + len - 1),
+        );
+    }
+    Ok(with_etag(r, &etag))
+}
+
+// === responses ===
+
+fn set(r: &mut Response<Body>, name: header::HeaderName, value: &str) {
+    if let Ok(v) = header::HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+fn with_etag(mut r: Response<Body>, etag: &str) -> Response<Body> {
+    set(&mut r, header::ETAG, etag);
+    r
+}
+
+fn bytes_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    bytes_response(status, Bytes::new())
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Body> {
+    match serde_json::to_vec(v) {
+        Ok(b) => {
+            let mut r = bytes_response(status, b.into());
+            set(&mut r, header::CONTENT_TYPE, "application/json");
+            r
+        }
+        Err(e) => error_response(&ControlError::Internal(e.to_string())),
+    }
+}
+
+fn text_response(status: StatusCode, text: String) -> Response<Body> {
+    let mut r = bytes_response(status, text.into());
+    set(&mut r, header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    r
+}
+
+fn error_response(e: &ControlError) -> Response<Body> {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(&api::ApiError {
+        error: e.public_message(),
+    })
+    .unwrap_or_default();
+    let mut r = bytes_response(status, body.into());
+    set(&mut r, header::CONTENT_TYPE, "application/json");
+    if status == StatusCode::UNAUTHORIZED {
+        set(
+            &mut r,
+            header::WWW_AUTHENTICATE,
+            crate::bundle::request_auth::SCHEME,
+        );
+    }
+    r
+}
+
+/// Binds every address, naming the one that failed.
+pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, std::io::Error> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        out.push(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeReq::*;
+        assert_eq!(parse_range(None, 10), Full);
+        assert_eq!(parse_range(Some("bytes=0-3"), 10), Part(0, 3));
+        assert_eq!(parse_range(Some("bytes=4-"), 10), Part(4, 9));
+        assert_eq!(parse_range(Some("bytes=4-100"), 10), Part(4, 9));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), Part(7, 9));
+        assert_eq!(parse_range(Some("bytes=-30"), 10), Part(0, 9));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), Full);
+        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Full);
+        assert_eq!(parse_range(Some("items=0-1"), 10), Full);
+        assert_eq!(parse_range(Some("bytes=x-"), 10), Full);
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
+    }
+
+    #[test]
+    fn routes() {
+        let d = crate::bundle::digest(b"x");
+        let p = format!("{}{d}", api::BUNDLES);
+        assert_eq!(route(&Method::GET, &p).unwrap(), Route::GetBundle(d));
+        assert_eq!(route(&Method::PUT, &p).unwrap(), Route::PutBundle(d));
+        assert_eq!(route(&Method::DELETE, &p).unwrap_err().status(), 405);
+        assert_eq!(
+            route(&Method::GET, "/v1/bundles/nope")
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/rollouts/3/abort").unwrap(),
+            Route::RolloutCommand(3, "abort")
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/rollouts/3").unwrap(),
+            Route::GetRollout(3)
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/rollouts/3/x")
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/rollouts/x").unwrap_err().status(),
+            404
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/nodes/00112233aabbccdd/revoke").unwrap(),
+            Route::Revoke("00112233aabbccdd".into())
+        );
+        assert_eq!(route(&Method::GET, "/v1/sync").unwrap_err().status(), 405);
+        assert_eq!(route(&Method::GET, "/nope").unwrap_err().status(), 404);
+        assert_eq!(route(&Method::GET, api::HEALTH).unwrap().roles(), None);
+    }
+
+    #[test]
+    fn etags() {
+        let mut h = HeaderMap::new();
+        assert_eq!(if_none_match(&h), None);
+        h.insert(header::IF_NONE_MATCH, "\"42\"".parse().unwrap());
+        assert_eq!(if_none_match(&h), Some(42));
+        h.insert(header::IF_NONE_MATCH, "W/\"7\"".parse().unwrap());
+        assert_eq!(if_none_match(&h), Some(7));
+        h.insert(header::IF_NONE_MATCH, "*".parse().unwrap());
+        assert_eq!(if_none_match(&h), None);
+    }
+}

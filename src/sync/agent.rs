@@ -1,0 +1,728 @@
+//! The agent's loop: enrol, poll `POST /v1/sync` with the health report, apply new desired
+//! states, back off while the control plane is unreachable.
+//!
+//! Owns: the order of an apply — fetch, verify and install, load, then one router swap (requests
+//! in flight finish on the old table), then the store's records, then `desired.json` — and what
+//! the node tells the control plane. Must not: block the serving threads (installs and loads run
+//! on blocking threads) or delay shutdown (every wait is raced against the stop signal).
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::apply::{self, Served, Step};
+use super::backoff::{self, Backoff, FailureLog, Outage};
+use super::files::{self, Enrolment};
+use super::health::{self, Counts};
+use super::{Managed, Parts, Setup};
+use crate::bundle::archive::Limits;
+use crate::bundle::desired::{self, DesiredApp, DesiredState};
+use crate::bundle::sign::TrustPolicy;
+use crate::control::api::{
+    self, AppHealth, EnrollRequest, EnrollResponse, FailedRelease, SyncReport,
+};
+use crate::control::client::ClientError;
+use crate::ops::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::runtime::app::{AppSource, LoadedApp, load_app};
+use crate::serve::{HostPattern, ServeState};
+use crate::store::install::{InstallMode, install_with};
+use crate::store::{Release, Store, unix_now};
+
+/// Why one exchange with the control plane failed; also the `reason` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Connection refused, reset, DNS, TLS.
+    Unreachable,
+    Timeout,
+    /// 5xx (or 429).
+    ServerError,
+    /// Any other refusal (401 unknown node, 403 revoked, 400).
+    Rejected,
+    /// A response that is not what the API promises.
+    BadResponse,
+}
+
+impl Failure {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::Timeout => "timeout",
+            Self::ServerError => "server_error",
+            Self::Rejected => "rejected",
+            Self::BadResponse => "bad_response",
+        }
+    }
+
+    pub fn of(e: &ClientError) -> Self {
+        match e {
+            ClientError::Transport { source, .. } if source.is_timeout() => Self::Timeout,
+            ClientError::Transport { .. } | ClientError::Url { .. } | ClientError::Ca { .. } => {
+                Self::Unreachable
+            }
+            ClientError::Status { status, .. } if *status >= 500 || *status == 429 => {
+                Self::ServerError
+            }
+            ClientError::Status { .. } => Self::Rejected,
+            ClientError::TooLarge { .. } | ClientError::Decode { .. } => Self::BadResponse,
+        }
+    }
+
+    /// Whether the next attempt may well succeed (the bundle download is retried on the next
+    /// poll rather than reported as a failed release).
+    pub fn transient(self) -> bool {
+        matches!(self, Self::Unreachable | Self::Timeout | Self::ServerError)
+    }
+}
+
+/// Why one release could not be made to serve.
+#[derive(Debug)]
+struct ReleaseError {
+    message: String,
+    /// A download that failed in a way a retry may fix.
+    transient: bool,
+}
+
+impl ReleaseError {
+    fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
+/// The agent's state. Only its own task touches it.
+pub struct Agent {
+    setup: Setup,
+    store: Arc<Store>,
+    policy: Arc<TrustPolicy>,
+    limits: Limits,
+    runtime: Arc<Runtime>,
+    metrics: Metrics,
+    serve: Arc<ServeState>,
+    fixed: Vec<(Vec<HostPattern>, LoadedApp)>,
+    fixed_releases: Vec<Release>,
+    config_store_apps: BTreeSet<String>,
+    /// Apps served from the store for the control plane, by name.
+    serving: BTreeMap<String, Served>,
+    /// Releases of the applied state that could not run, by app.
+    failed: BTreeMap<String, FailedRelease>,
+    backoff: Backoff,
+    outage: Outage,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.setup.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    pub fn new(p: Parts) -> Self {
+        let now = unix_now();
+        let base = health::snapshot(&p.metrics);
+        let serving = p
+            .managed
+            .into_iter()
+            .map(
+                |Managed {
+                     release,
+                     app,
+                     hosts,
+                 }| {
+                    let baseline = base.get(&release.app).cloned().unwrap_or_default();
+                    (
+                        release.app.clone(),
+                        Served {
+                            release,
+                            app,
+                            hosts,
+                            baseline,
+                            active_since: now,
+                        },
+                    )
+                },
+            )
+            .collect();
+        let backoff = Backoff::new(p.setup.poll_interval, backoff::MAX_BACKOFF);
+        let agent = Self {
+            setup: p.setup,
+            store: p.store,
+            policy: p.policy,
+            limits: p.limits,
+            runtime: p.runtime,
+            metrics: p.metrics,
+            serve: p.serve,
+            fixed: p.fixed,
+            fixed_releases: p.fixed_releases,
+            config_store_apps: p.config_store_apps,
+            serving,
+            failed: BTreeMap::new(),
+            backoff,
+            outage: Outage::default(),
+            started: Instant::now(),
+        };
+        agent.publish_releases();
+        if let Some(s) = &agent.setup.applied {
+            agent.metrics.desired_sequence.set(clamp_i64(s.sequence));
+        }
+        agent
+    }
+
+    /// Runs until `stop` turns true. Whatever is in progress then is abandoned at its next
+    /// await point; the store and `desired.json` are only ever replaced atomically.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        tracing::info!(node = %self.setup.node_id, control_plane = %self.setup.client.base(), "node agent started");
+        tokio::select! {
+            () = self.main() => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        tracing::debug!("node agent stopped");
+    }
+
+    async fn main(&mut self) {
+        // The saved state may name releases the store lost (damaged on disk, or never loaded):
+        // apply it again locally so they are fetched, without waiting for a new sequence.
+        if let Some(state) = self.setup.applied.clone() {
+            self.apply(&state, None).await;
+        }
+        while self.setup.enrolment.is_none() {
+            let wait = self.enrol().await;
+            tokio::time::sleep(wait).await;
+        }
+        loop {
+            let wait = self.poll().await;
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    // === enrolment ===
+
+    /// One enrolment attempt; returns how long to wait before the next step.
+    async fn enrol(&mut self) -> Duration {
+        let Some(token) = self.setup.token.clone() else {
+            // `Setup::prepare` refuses to start without one; nothing to do but wait.
+            return backoff::MAX_BACKOFF;
+        };
+        let req = EnrollRequest {
+            token,
+            public_key: self
+                .setup
+                .client
+                .key()
+                .verifying_key()
+                .to_public_text()
+                .trim_end()
+                .to_owned(),
+            name: self.setup.name.clone(),
+            labels: self.setup.labels.clone(),
+        };
+        match self
+            .setup
+            .client
+            .post_json::<_, EnrollResponse>(api::ENROLL, &req)
+            .await
+        {
+            Ok(resp) => {
+                if resp.node != self.setup.node_id {
+                    tracing::warn!(confirmed = %resp.node, node = %self.setup.node_id, "control plane confirmed another node id");
+                }
+                let record = Enrolment {
+                    node: self.setup.node_id.clone(),
+                    url: self.setup.client.base().to_owned(),
+                    labels: resp.labels,
+                    enrolled_at: unix_now(),
+                };
+                if let Err(e) = files::write_enrolment(&self.setup.state_dir, &record) {
+                    // Enrolled all the same; the token is spent, so keep going and say so.
+                    tracing::error!(error = %e, "cannot save the enrolment record; the node must be enrolled again after a restart");
+                }
+                tracing::info!(node = %record.node, labels = ?record.labels, "enrolled with the control plane");
+                self.setup.enrolment = Some(record);
+                self.setup.token = None;
+                self.succeeded();
+                Duration::ZERO
+            }
+            Err(e) => {
+                self.metrics
+                    .sync_failures
+                    .with_label_values(&["enroll"])
+                    .inc();
+                self.metrics.sync_up.set(0);
+                if matches!(e.status(), Some(401 | 403)) {
+                    tracing::error!(error = %e, "enrolment refused (unknown, used or expired token, or a revoked node); retrying at the longest interval — fix control_plane.token and restart");
+                    self.backoff.fail_hard(backoff::sample())
+                } else {
+                    self.log_failure(&e);
+                    self.backoff.fail(backoff::sample())
+                }
+            }
+        }
+    }
+
+    // === polling ===
+
+    /// One `POST /v1/sync`; returns how long to wait before the next.
+    async fn poll(&mut self) -> Duration {
+        let report = self.report();
+        let body = match serde_json::to_vec(&report) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the sync report");
+                return backoff::jittered(self.setup.poll_interval, backoff::sample());
+            }
+        };
+        let mut headers = vec![("content-type", "application/json".to_owned())];
+        if let Some(s) = &self.setup.applied {
+            headers.push(("if-none-match", format!("\"{}\"", s.sequence)));
+        }
+        let resp = self
+            .setup
+            .client
+            .send(
+                reqwest::Method::POST,
+                api::SYNC,
+                body,
+                &headers,
+                desired::MAX_DESIRED_LEN as u64,
+            )
+            .await;
+        match resp {
+            Ok(r) => {
+                self.succeeded();
+                if r.status == 200 {
+                    self.received(&r.body).await;
+                }
+                backoff::jittered(self.setup.poll_interval, backoff::sample())
+            }
+            Err(e) => {
+                let f = Failure::of(&e);
+                self.metrics
+                    .sync_failures
+                    .with_label_values(&[f.label()])
+                    .inc();
+                self.metrics.sync_up.set(0);
+                if matches!(e.status(), Some(401 | 403)) {
+                    tracing::error!(error = %e, "the control plane refuses this node (unknown or revoked)");
+                    self.outage.failed(Instant::now());
+                } else {
+                    self.log_failure(&e);
+                }
+                self.backoff.fail(backoff::sample())
+            }
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.backoff.reset();
+        self.metrics.sync_up.set(1);
+        self.metrics.sync_last_success.set(clamp_i64(unix_now()));
+        if let Some((failures, secs)) = self.outage.recovered(Instant::now()) {
+            tracing::info!(failures, down_secs = secs, "control plane reachable again");
+        }
+    }
+
+    fn log_failure(&mut self, e: &ClientError) {
+        match self.outage.failed(Instant::now()) {
+            FailureLog::First => {
+                tracing::warn!(error = %e, "control plane unreachable; serving the current state and retrying")
+            }
+            FailureLog::Still { failures, for_secs } => {
+                tracing::warn!(error = %e, failures, for_secs, "control plane still unreachable")
+            }
+            FailureLog::Quiet => tracing::debug!(error = %e, "control plane still unreachable"),
+        }
+    }
+
+    /// A desired state arrived: check it, apply it if it changes anything, remember it.
+    async fn received(&mut self, envelope: &[u8]) {
+        let refuse = |this: &Self, e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, "refusing the desired state from the control plane; keeping the current state");
+            this.metrics
+                .sync_failures
+                .with_label_values(&["desired_state"])
+                .inc();
+        };
+        let state = match desired::open(envelope, &self.setup.keys) {
+            Ok(s) => s,
+            Err(e) => return refuse(self, &e),
+        };
+        let changes = match desired::check_fresh(
+            &state,
+            &self.setup.node_id,
+            self.setup.applied.as_ref(),
+            unix_now(),
+        ) {
+            Ok(c) => c,
+            Err(e) => return refuse(self, &e),
+        };
+        if changes {
+            self.apply(&state, Some(envelope)).await;
+        } else {
+            // Re-signed (new expiry) or a new sequence with the same apps: nothing to switch.
+            self.remember(state, envelope);
+        }
+    }
+
+    /// Records `state` as applied and saves its envelope.
+    fn remember(&mut self, state: DesiredState, envelope: &[u8]) {
+        if let Err(e) = files::write_desired(&self.setup.state_dir, envelope) {
+            tracing::error!(error = %e, "cannot save the applied desired state");
+        }
+        self.metrics.desired_sequence.set(clamp_i64(state.sequence));
+        self.setup.applied = Some(state);
+    }
+
+    // === applying ===
+
+    /// Applies `state`: installs and loads what is new, swaps the router once, updates the
+    /// store's records. `envelope` is `None` when re-applying the saved state at start. A
+    /// download that failed in a way a retry may fix leaves the state un-applied, so the next
+    /// poll brings it again.
+    async fn apply(&mut self, state: &DesiredState, envelope: Option<&[u8]>) {
+        apply::retain_failures(&mut self.failed, state);
+        let current: BTreeMap<String, crate::bundle::Digest> = self
+            .serving
+            .iter()
+            .map(|(k, s)| (k.clone(), s.release.digest))
+            .collect();
+        let plan = apply::plan(state, &current, &self.failed);
+        let mut next: BTreeMap<String, Served> = BTreeMap::new();
+        let mut fresh: Vec<Release> = Vec::new();
+        let mut retry = false;
+        for step in plan.steps {
+            match step {
+                Step::Keep { entry, hosts } => {
+                    if let Some(mut s) = self.serving.get(&entry.app).cloned() {
+                        s.hosts = hosts;
+                        next.insert(entry.app.clone(), s);
+                    }
+                }
+                Step::Fail { entry, error } => {
+                    self.record_failure(entry, error);
+                    self.keep_previous(entry, &mut next);
+                }
+                Step::Install { entry, hosts } => match self.prepare(entry).await {
+                    Ok((release, app)) => {
+                        tracing::info!(app = %entry.app, version = %entry.version, digest = %entry.digest, "release installed and loaded");
+                        fresh.push(release.clone());
+                        next.insert(
+                            entry.app.clone(),
+                            Served {
+                                release,
+                                app,
+                                hosts,
+                                baseline: Counts::default(),
+                                active_since: 0,
+                            },
+                        );
+                    }
+                    Err(e) if e.transient => {
+                        retry = true;
+                        self.metrics
+                            .sync_failures
+                            .with_label_values(&["release"])
+                            .inc();
+                        tracing::warn!(app = %entry.app, digest = %entry.digest, error = %e.message, "cannot download the release; retrying on the next poll");
+                        self.keep_previous(entry, &mut next);
+                    }
+                    Err(e) => {
+                        self.record_failure(entry, e.message);
+                        self.keep_previous(entry, &mut next);
+                    }
+                },
+            }
+        }
+
+        // One swap for the whole state. A routing conflict (hosts and paths claimed twice)
+        // refuses the changed apps and keeps what served before.
+        let (router, shadowed) = match apply::build_router(&self.fixed, &next) {
+            Ok(r) => r,
+            Err(conflict) => {
+                let changed: Vec<String> = next
+                    .iter()
+                    .filter(|(app, s)| {
+                        self.serving.get(*app).is_none_or(|old| {
+                            old.release.digest != s.release.digest || old.hosts != s.hosts
+                        })
+                    })
+                    .map(|(app, _)| app.clone())
+                    .collect();
+                for app in &changed {
+                    if let Some(entry) = state.apps.iter().find(|a| a.app == *app) {
+                        self.record_failure(entry, conflict.clone());
+                    }
+                    next.remove(app);
+                    fresh.retain(|r| r.app != *app);
+                    if let Some(old) = self.serving.get(app) {
+                        next.insert(app.clone(), old.clone());
+                    }
+                }
+                match apply::build_router(&self.fixed, &next) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot build a routing table; keeping the current one");
+                        return;
+                    }
+                }
+            }
+        };
+        for app in shadowed {
+            tracing::warn!(%app, "the control plane assigns an app also configured in [[app]]; serving the control plane's release");
+        }
+        let snap = health::snapshot(&self.metrics);
+        let now = unix_now();
+        for (app, s) in next.iter_mut() {
+            if s.active_since == 0 {
+                s.baseline = snap.get(app).cloned().unwrap_or_default();
+                s.active_since = now;
+            }
+        }
+        // In-flight requests hold the components they were routed to and finish on them.
+        self.serve.swap_router(router);
+        let removed: Vec<String> = plan
+            .remove
+            .into_iter()
+            .filter(|a| !next.contains_key(a))
+            .collect();
+        self.serving = next;
+        self.publish_releases();
+        self.update_store(state, fresh).await;
+        for app in &removed {
+            tracing::info!(%app, "app removed by the control plane");
+        }
+        tracing::info!(
+            sequence = state.sequence,
+            apps = self.serving.len(),
+            failed = self.failed.len(),
+            complete = !retry,
+            "desired state applied"
+        );
+        if retry {
+            return;
+        }
+        match envelope {
+            Some(bytes) => self.remember(state.clone(), bytes),
+            None => {
+                self.metrics.desired_sequence.set(clamp_i64(state.sequence));
+                self.setup.applied = Some(state.clone());
+            }
+        }
+    }
+
+    /// The store follows what serves: fresh releases become active, apps the state does not
+    /// name lose their record (config bundles keep theirs).
+    async fn update_store(&self, state: &DesiredState, fresh: Vec<Release>) {
+        let store = self.store.clone();
+        let named: BTreeSet<String> = state.apps.iter().map(|a| a.app.clone()).collect();
+        let keep = self.config_store_apps.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            for r in &fresh {
+                if let Err(e) = store.activate(r) {
+                    tracing::error!(app = %r.app, error = %e, "cannot record the active release; a restart serves the one before");
+                }
+            }
+            for entry in store.apps() {
+                let Ok((app, _)) = entry else { continue };
+                if !named.contains(&app)
+                    && !keep.contains(&app)
+                    && let Err(e) = store.set_app(&app, None)
+                {
+                    tracing::error!(%app, error = %e, "cannot remove the app's store record");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "store update task failed");
+        }
+    }
+
+    fn keep_previous(&self, entry: &DesiredApp, next: &mut BTreeMap<String, Served>) {
+        if let Some(s) = self.serving.get(&entry.app) {
+            next.insert(entry.app.clone(), s.clone());
+        }
+    }
+
+    fn record_failure(&mut self, entry: &DesiredApp, error: String) {
+        let known = self
+            .failed
+            .get(&entry.app)
+            .is_some_and(|f| f.digest == entry.digest);
+        if !known {
+            self.metrics
+                .sync_failures
+                .with_label_values(&["release"])
+                .inc();
+            tracing::error!(app = %entry.app, version = %entry.version, digest = %entry.digest, %error, "cannot run the release the control plane assigned; the previous release keeps serving");
+        }
+        self.failed.insert(
+            entry.app.clone(),
+            FailedRelease {
+                app: entry.app.clone(),
+                digest: entry.digest,
+                error,
+            },
+        );
+    }
+
+    /// Gets the bundle (from the store, else the control plane), installs it under the node's
+    /// trust policy and loads it.
+    async fn prepare(&self, entry: &DesiredApp) -> Result<(Release, LoadedApp), ReleaseError> {
+        let cap = self.limits.max_compressed;
+        if entry.size > cap {
+            return Err(ReleaseError::permanent(format!(
+                "bundle is {} bytes, over this node's [store] max_bundle_size ({cap})",
+                entry.size
+            )));
+        }
+        let sig = DesiredState::signature_file(entry)
+            .map_err(|e| ReleaseError::permanent(e.to_string()))?;
+        let bytes = match self.store.read_blob(&entry.digest) {
+            Ok(b) => b,
+            Err(_) => self.fetch(entry).await?,
+        };
+        let (store, policy, limits, e) = (
+            self.store.clone(),
+            self.policy.clone(),
+            self.limits,
+            entry.clone(),
+        );
+        let installed = tokio::task::spawn_blocking(move || {
+            install_with(
+                &store,
+                &bytes,
+                &sig,
+                &policy,
+                unix_now(),
+                &limits,
+                InstallMode::Desired(&e),
+            )
+        })
+        .await
+        .map_err(|e| ReleaseError::permanent(format!("install task: {e}")))?
+        .map_err(|e| ReleaseError::permanent(e.to_string()))?;
+        let dir = self.store.tree_path(&entry.digest);
+        let rt = self.runtime.clone();
+        let handle = tokio::runtime::Handle::current();
+        // Compiling is CPU work: off the async workers, so the accept loops keep accepting.
+        let app = tokio::task::spawn_blocking(move || {
+            handle.block_on(async move { load_app(&rt, &AppSource::Dir(dir)).await })
+        })
+        .await
+        .map_err(|e| ReleaseError::permanent(format!("load task: {e}")))?
+        .map_err(|e| ReleaseError::permanent(format!("load: {e}")))?;
+        Ok((installed.release, app))
+    }
+
+    /// `GET /v1/bundles/<digest>`, at most `entry.size` bytes, which must hash to the digest.
+    async fn fetch(&self, entry: &DesiredApp) -> Result<Vec<u8>, ReleaseError> {
+        let path = format!("{}{}", api::BUNDLES, entry.digest);
+        let r = self
+            .setup
+            .client
+            .send(reqwest::Method::GET, &path, Vec::new(), &[], entry.size)
+            .await
+            .map_err(|e| ReleaseError {
+                transient: Failure::of(&e).transient(),
+                message: format!("download: {e}"),
+            })?;
+        if r.body.len() as u64 != entry.size {
+            return Err(ReleaseError::permanent(format!(
+                "download: {} bytes, but the desired state says {}",
+                r.body.len(),
+                entry.size
+            )));
+        }
+        let got = crate::bundle::digest(&r.body);
+        if got != entry.digest {
+            return Err(ReleaseError::permanent(format!(
+                "download: content hashes to {got}, not {}",
+                entry.digest
+            )));
+        }
+        Ok(r.body.to_vec())
+    }
+
+    // === reporting ===
+
+    fn report(&self) -> SyncReport {
+        let snap = health::snapshot(&self.metrics);
+        let apps = self
+            .serving
+            .values()
+            .map(|s| {
+                let d = snap
+                    .get(&s.release.app)
+                    .cloned()
+                    .unwrap_or_default()
+                    .since(&s.baseline);
+                AppHealth {
+                    app: s.release.app.clone(),
+                    version: s.release.version.clone(),
+                    digest: s.release.digest,
+                    active_since: s.active_since,
+                    requests: d.requests,
+                    errors: d.errors,
+                    instantiate_failures: d.instantiate_failures,
+                    latency_p99_ms: d.p99_ms(),
+                }
+            })
+            .collect();
+        SyncReport {
+            applied_sequence: self.setup.applied.as_ref().map(|s| s.sequence),
+            outpost_version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            apps,
+            failed: self.failed.values().cloned().collect(),
+        }
+    }
+
+    fn publish_releases(&self) {
+        let fixed = self
+            .fixed_releases
+            .iter()
+            .filter(|r| !self.serving.contains_key(&r.app));
+        self.metrics.set_app_releases(
+            fixed
+                .chain(self.serving.values().map(|s| &s.release))
+                .map(|r| (r.app.as_str(), r.version.as_str(), r.digest.to_string())),
+        );
+    }
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_map_to_labels_and_retry_policy() {
+        let status = |status| ClientError::Status {
+            method: "GET",
+            url: "u".into(),
+            status,
+            message: String::new(),
+        };
+        assert_eq!(Failure::of(&status(503)), Failure::ServerError);
+        assert!(Failure::of(&status(503)).transient());
+        assert_eq!(Failure::of(&status(429)), Failure::ServerError);
+        assert_eq!(Failure::of(&status(404)), Failure::Rejected);
+        assert!(!Failure::of(&status(404)).transient());
+        let too_large = ClientError::TooLarge {
+            method: "GET",
+            url: "u".into(),
+            limit: 1,
+        };
+        assert_eq!(Failure::of(&too_large).label(), "bad_response");
+        assert!(!Failure::of(&too_large).transient());
+    }
+}

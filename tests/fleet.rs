@@ -1,0 +1,495 @@
+#![allow(clippy::unwrap_used)]
+//! The fleet through the real binaries: one `outpost control-plane`, several `outpost run` nodes
+//! enrolled with one-time tokens, and the operator commands (`outpost token`, `outpost push`,
+//! `outpost rollout`). Proves wave-by-wave convergence, automatic rollback of a bad release
+//! before it passes its first wave, zero failed requests during a hot swap, and nodes serving
+//! their cached state while the control plane is down and catching up when it returns.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A running control plane, killed on drop.
+struct ControlPlane {
+    child: Child,
+    url: String,
+    key: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl ControlPlane {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["control-plane", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("OUTPOST_LOG")
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut url, mut key) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while url.is_none() || key.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "control plane did not start: {}",
+                    stderr.lock().unwrap().clone()
+                )
+            });
+            if let Some(u) = line.strip_prefix("control plane listening on ") {
+                url = Some(u.trim().to_owned());
+            } else if let Some(k) = line.strip_prefix("control-plane key: ") {
+                key = Some(k.trim().to_owned());
+            }
+        }
+        Self {
+            child,
+            url: url.unwrap(),
+            key: key.unwrap(),
+            stderr,
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Keys, bundles, a control plane and nodes in one temp directory.
+struct Fleet {
+    dir: tempfile::TempDir,
+    cp: ControlPlane,
+    nodes: Vec<Daemon>,
+}
+
+impl Fleet {
+    fn new(nodes: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |r: &str| dir.path().join(r).to_str().unwrap().to_owned();
+        for k in ["release", "operator"] {
+            let (code, _, err) = run_to_end(&["bundle", "keygen", "--out", &p(k)]);
+            assert_eq!(code, 0, "{err}");
+        }
+        let cfg = dir.path().join("cp.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = [\"127.0.0.1:0\"]\nstate_dir = \"{}\"\noperators = [\"{}\"]\n",
+                p("cp"),
+                p("operator.pub")
+            ),
+        )
+        .unwrap();
+        let cp = ControlPlane::start(&cfg);
+        let mut fleet = Self {
+            dir,
+            cp,
+            nodes: Vec::new(),
+        };
+        for i in 0..nodes {
+            fleet.start_node(i, None);
+        }
+        fleet
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn s(&self, rel: &str) -> String {
+        self.path(rel).to_str().unwrap().to_owned()
+    }
+
+    /// `outpost ARGS --control-plane URL --key operator.key`.
+    fn op(&self, args: &[&str]) -> (i32, String, String) {
+        let key = self.s("operator.key");
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend_from_slice(&["--control-plane", &self.cp.url, "--key", &key]);
+        run_to_end(&full)
+    }
+
+    fn token(&self) -> String {
+        let (code, out, err) = self.op(&["token", "create", "--count", "1"]);
+        assert_eq!(code, 0, "{err}");
+        out.lines().next().unwrap().trim().to_owned()
+    }
+
+    /// Starts node `i` (state in `node{i}/`); `token` None = a fresh token (first start).
+    fn start_node(&mut self, i: usize, token: Option<&str>) -> &Daemon {
+        let token = match token {
+            Some(t) => t.to_owned(),
+            None => self.token(),
+        };
+        let cfg = self.path(&format!("node{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[node]
+state_dir = "{state}"
+[listen]
+http = ["127.0.0.1:0"]
+admin = "127.0.0.1:0"
+drain_timeout = "2s"
+[runtime]
+instance_slots = 16
+[trust]
+keys = ["{release}"]
+[control_plane]
+url = "{url}"
+key = "{key}"
+token = "{token}"
+poll_interval = "200ms"
+name = "node-{i}"
+labels = {{ site = "lab" }}
+"#,
+                state = self.s(&format!("node{i}")),
+                release = self.s("release.pub"),
+                url = self.cp.url,
+                key = self.cp.key,
+            ),
+        )
+        .unwrap();
+        let d = Daemon::run_config(&cfg);
+        if i < self.nodes.len() {
+            self.nodes[i] = d;
+        } else {
+            self.nodes.push(d);
+        }
+        &self.nodes[i]
+    }
+
+    /// Waits until `n` nodes are enrolled.
+    fn wait_enrolled(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, out, err) = self.op(&["nodes", "list", "--json"]);
+            assert_eq!(code, 0, "{err}");
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            if v.as_array().unwrap().len() >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {out} enrolled");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A signed bundle of app `greeter` at `version`: `component` is `config_reader` (whose
+    /// `/greeting` answers `greeting`) or `trap` (500 on every request).
+    fn bundle(&self, version: &str, component: &str, greeting: &str) -> String {
+        let dir = self.path(&format!("app-{version}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("outpost.toml"),
+            format!(
+                r#"manifest_version = 1
+[application]
+name = "greeter"
+version = "{version}"
+[component.main]
+source = "main.wasm"
+routes = ["/"]
+[component.main.variables]
+greeting = "{greeting}"
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::copy(wasm(component), dir.join("main.wasm")).unwrap();
+        let out = self.s(&format!("greeter-{version}.bundle"));
+        let (code, _, err) = run_to_end(&["bundle", "pack", dir.to_str().unwrap(), "-o", &out]);
+        assert_eq!(code, 0, "{err}");
+        let key = self.s("release.key");
+        let (code, _, err) = run_to_end(&["bundle", "sign", &out, "--key", &key]);
+        assert_eq!(code, 0, "{err}");
+        out
+    }
+
+    fn push(&self, bundle: &str, waves: &str, bake: &str) -> (i32, String, String) {
+        self.op(&[
+            "push",
+            bundle,
+            "--group",
+            "site=lab",
+            "--waves",
+            waves,
+            "--bake",
+            bake,
+            "--max-error-rate",
+            "0.05",
+        ])
+    }
+
+    fn rollouts(&self) -> Vec<serde_json::Value> {
+        let (code, out, err) = self.op(&["rollout", "list", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn rollout_of(&self, version: &str) -> serde_json::Value {
+        self.rollouts()
+            .into_iter()
+            .find(|r| r["version"] == version)
+            .unwrap_or_else(|| panic!("no rollout of {version}"))
+    }
+}
+
+/// What node `d` answers on `/greeting` (status, body).
+async fn greeting(d: &Daemon) -> (u16, String) {
+    let r = get(d.addr(), "/greeting").await;
+    (r.status, r.body)
+}
+
+/// Waits until every node answers `want` on `/greeting`.
+async fn wait_all_serve(nodes: &[Daemon], want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for d in nodes {
+        loop {
+            let (s, b) = greeting(d).await;
+            if s == 200 && b == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} answers {s} {b:?}, expected {want:?}\n{}",
+                d.addr(),
+                d.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Steady traffic to every node until stopped: counts answers by class.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    bodies: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(nodes: &[Daemon], path: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let bodies = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+        let tasks = nodes
+            .iter()
+            .map(|d| {
+                let (addr, stop, ok, failed, bodies) = (
+                    d.addr(),
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    bodies.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = get(addr, path).await;
+                        if r.status == 200 {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            bodies.lock().unwrap().insert(r.body);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            bodies,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> (u64, u64, std::collections::BTreeSet<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let bodies = self.bodies.lock().unwrap().clone();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            bodies,
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_refuses_bad_tokens_and_unknown_nodes() {
+    let mut fleet = Fleet::new(1);
+    fleet.wait_enrolled(1);
+    // A node with a made-up token never enrols, says why, and still serves (nothing).
+    let d = fleet.start_node(1, Some(&"00".repeat(32)));
+    let log = d.wait_log(&["enrol"]);
+    assert!(log.contains("401") || log.contains("token"), "{log}");
+    let (code, out, _) = fleet.op(&["nodes", "list", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{out}");
+    // A used token is refused too: node 2 reuses node 0's enrolment token... which the
+    // operator never saw again; so create one, use it, and use it again.
+    let t = fleet.token();
+    fleet.start_node(2, Some(&t));
+    fleet.wait_enrolled(2);
+    let d = fleet.start_node(3, Some(&t));
+    d.wait_log(&["enrol"]);
+    let (_, out, _) = fleet.op(&["nodes", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_converges_wave_by_wave_and_a_bad_release_rolls_back_in_its_first_wave() {
+    let fleet = Fleet::new(3);
+    fleet.wait_enrolled(3);
+    let v1 = fleet.bundle("1.0.0", "config_reader", "one");
+    let (code, out, err) = fleet.push(&v1, "33,66,100", "1s");
+    assert_eq!(code, 0, "push failed:\n{out}\n{err}");
+    wait_all_serve(&fleet.nodes, "one").await;
+    let r = fleet.rollout_of("1.0.0");
+    assert_eq!(r["state"], "succeeded", "{r:#}");
+    let waves = r["waves"].as_array().unwrap();
+    assert_eq!(waves.len(), 3, "{r:#}");
+    let mut last_done = 0;
+    for w in waves {
+        assert_eq!(w["state"], "passed", "{r:#}");
+        assert_eq!(w["nodes"].as_array().unwrap().len(), 1, "{r:#}");
+        let (started, converged, finished) = (
+            w["started_ms"].as_u64().unwrap(),
+            w["converged_ms"].as_u64().unwrap(),
+            w["finished_ms"].as_u64().unwrap(),
+        );
+        // Wave by wave: each starts after the previous passed, and bakes ≥ 1 s.
+        assert!(started >= last_done && converged >= started, "{r:#}");
+        assert!(finished >= converged + 1000, "{r:#}");
+        last_done = finished;
+    }
+
+    // The bad release: its component traps. Under traffic, wave 1 fails its gate and the
+    // rollout rolls back before any later wave starts.
+    let load = Load::start(&fleet.nodes, "/greeting");
+    let bad = fleet.bundle("1.1.0", "trap", "bad");
+    let (code, out, err) = fleet.push(&bad, "33,66,100", "30s");
+    assert_ne!(code, 0, "a bad release must not succeed:\n{out}\n{err}");
+    let (_ok, failed, _) = load.stop().await;
+    let r = fleet.rollout_of("1.1.0");
+    assert_eq!(r["state"], "rolled_back", "{r:#}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("error rate"),
+        "{r:#}"
+    );
+    let waves = r["waves"].as_array().unwrap();
+    assert_eq!(waves[0]["state"], "failed", "{r:#}");
+    for w in &waves[1..] {
+        assert_eq!(w["state"], "pending", "{r:#}");
+        assert!(w["started_ms"].is_null(), "{r:#}");
+    }
+    assert!(failed > 0, "the first wave's node served the bad release");
+    wait_all_serve(&fleet.nodes, "one").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_under_load_fails_no_request() {
+    let fleet = Fleet::new(2);
+    fleet.wait_enrolled(2);
+    let v1 = fleet.bundle("1.0.0", "config_reader", "one");
+    let (code, out, err) = fleet.push(&v1, "100", "0s");
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_all_serve(&fleet.nodes, "one").await;
+
+    let load = Load::start(&fleet.nodes, "/greeting");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v2 = fleet.bundle("1.1.0", "config_reader", "two");
+    let (code, out, err) = fleet.push(&v2, "50,100", "1s");
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_all_serve(&fleet.nodes, "two").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed, bodies) = load.stop().await;
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed during the swap ({ok} ok)"
+    );
+    assert!(ok > 50, "too little traffic to prove anything: {ok}");
+    assert_eq!(
+        bodies.into_iter().collect::<Vec<_>>(),
+        ["one", "two"],
+        "both versions answered, nothing else"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_serve_their_cache_while_the_control_plane_is_down_and_catch_up_after() {
+    let mut fleet = Fleet::new(1);
+    fleet.wait_enrolled(1);
+    let v1 = fleet.bundle("1.0.0", "config_reader", "one");
+    let (code, out, err) = fleet.push(&v1, "100", "0s");
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_all_serve(&fleet.nodes, "one").await;
+
+    // Control plane gone (kill -9), node restarted: it serves its last verified state.
+    let cp_port = fleet.cp.url.rsplit(':').next().unwrap().to_owned();
+    fleet.cp.kill9();
+    let cfg = fleet.path("node0.toml");
+    fleet.nodes[0].sigterm();
+    fleet.nodes[0].wait_exit(Duration::from_secs(10));
+    fleet.nodes[0] = Daemon::run_config(&cfg);
+    wait_all_serve(&fleet.nodes, "one").await;
+    assert_eq!(greeting(&fleet.nodes[0]).await, (200, "one".into()));
+
+    // Back on the same address with the same state: the node catches up with a new push.
+    let cp_cfg = fleet.path("cp.toml");
+    let text = std::fs::read_to_string(&cp_cfg)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{cp_port}"));
+    std::fs::write(&cp_cfg, text).unwrap();
+    fleet.cp = ControlPlane::start(&cp_cfg);
+    let v2 = fleet.bundle("1.1.0", "config_reader", "two");
+    let (code, out, err) = fleet.push(&v2, "100", "0s");
+    assert_eq!(code, 0, "{out}\n{err}\n{}", fleet.cp.stderr.lock().unwrap());
+    wait_all_serve(&fleet.nodes, "two").await;
+}

@@ -1,0 +1,194 @@
+#![allow(clippy::unwrap_used)]
+//! `/metrics` through the real daemon: every family the docs and the Grafana dashboard promise
+//! exists with its Prometheus type, follows the naming conventions, and moves when traffic,
+//! guest failures and timeouts happen.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+
+/// One scrape: `family -> type`, and `series (name{labels}) -> value`.
+struct Scrape {
+    types: BTreeMap<String, String>,
+    series: BTreeMap<String, f64>,
+}
+
+fn parse(text: &str) -> Scrape {
+    let mut types = BTreeMap::new();
+    let mut series = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.split_once(' ').unwrap();
+            types.insert(name.to_owned(), ty.to_owned());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let (key, value) = line.rsplit_once(' ').unwrap();
+            series.insert(key.to_owned(), value.parse().unwrap());
+        }
+    }
+    Scrape { types, series }
+}
+
+impl Scrape {
+    /// Sum of every series of `name` whose labels contain all `labels` (`k="v"` strings).
+    fn sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.series
+            .iter()
+            .filter(|(k, _)| {
+                let (n, l) = k.split_once('{').unwrap_or((k.as_str(), ""));
+                n == name && labels.iter().all(|want| l.contains(want))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+async fn scrape(admin: std::net::SocketAddr) -> Scrape {
+    let r = get(admin, "/metrics").await;
+    assert_eq!(r.status, 200);
+    parse(&r.body)
+}
+
+#[tokio::test]
+async fn metrics_have_conventional_names_and_types_and_move_with_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = AppDir::new(
+        r#"
+manifest_version = 1
+[application]
+name = "shop"
+version = "1.0.0"
+[component.hello]
+source = "hello.wasm"
+routes = ["/"]
+[component.trap]
+source = "trap.wasm"
+routes = ["/trap"]
+[component.slow]
+source = "slow.wasm"
+routes = ["/sleep"]
+timeout = "200ms"
+"#,
+        &["hello", "trap", "slow"],
+    );
+    let cfg = dir.path().join("outpost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[node]
+state_dir = "{}"
+[listen]
+http = ["127.0.0.1:0"]
+admin = "127.0.0.1:0"
+[[app]]
+source = "{}"
+hosts = ["*"]
+"#,
+            dir.path().join("state").display(),
+            app.path().display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::run_config(&cfg);
+    let admin = d.admin.unwrap();
+    let before = scrape(admin).await;
+
+    let expected = [
+        ("outpost_http_requests_total", "counter"),
+        ("outpost_http_request_duration_seconds", "histogram"),
+        ("outpost_instantiate_duration_seconds", "histogram"),
+        ("outpost_request_errors_total", "counter"),
+        ("outpost_requests_inflight", "gauge"),
+        ("outpost_pool_slots_used", "gauge"),
+        ("outpost_pool_slots", "gauge"),
+        ("outpost_components_loaded", "gauge"),
+        ("outpost_connections_open", "gauge"),
+        ("outpost_instance_memory_peak_bytes", "histogram"),
+        ("outpost_build_info", "gauge"),
+        ("outpost_sync_up", "gauge"),
+        ("outpost_sync_last_success_timestamp_seconds", "gauge"),
+        ("outpost_desired_state_sequence", "gauge"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_open_fds", "gauge"),
+    ];
+    // Families whose vectors have no series until first use are checked after the traffic.
+    for (name, ty) in expected {
+        if let Some(t) = before.types.get(name) {
+            assert_eq!(t, ty, "{name} has type {t}, expected {ty}");
+        }
+    }
+    // Conventions: counters end in _total; no family mixes units into other suffixes.
+    for (name, ty) in &before.types {
+        if ty == "counter" {
+            assert!(
+                name.ends_with("_total"),
+                "counter {name} must end in _total"
+            );
+        }
+        assert!(
+            name.starts_with("outpost_") || name.starts_with("process_"),
+            "{name}: unexpected namespace"
+        );
+    }
+    assert!(before.sum("outpost_pool_slots", &[]) > 0.0);
+    assert_eq!(before.sum("outpost_components_loaded", &[]), 3.0);
+
+    for _ in 0..5 {
+        assert_eq!(get(d.addr(), "/").await.status, 200);
+    }
+    assert_eq!(get(d.addr(), "/trap").await.status, 500);
+    assert_eq!(get(d.addr(), "/sleep/5000").await.status, 504);
+
+    let after = scrape(admin).await;
+    for (name, ty) in expected {
+        assert_eq!(
+            after.types.get(name).map(String::as_str),
+            Some(ty),
+            "{name} missing or mistyped after traffic"
+        );
+    }
+    let moved = |name: &str, labels: &[&str]| after.sum(name, labels) - before.sum(name, labels);
+    assert_eq!(
+        moved(
+            "outpost_http_requests_total",
+            &[r#"app="shop""#, r#"component="hello""#, r#"status="200""#]
+        ),
+        5.0
+    );
+    assert_eq!(
+        moved(
+            "outpost_http_requests_total",
+            &[r#"component="trap""#, r#"status="500""#]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved("outpost_request_errors_total", &[r#"kind="trap""#]),
+        1.0
+    );
+    assert_eq!(
+        moved("outpost_request_errors_total", &[r#"kind="timeout""#]),
+        1.0
+    );
+    assert_eq!(
+        moved(
+            "outpost_http_request_duration_seconds_count",
+            &[r#"app="shop""#]
+        ),
+        7.0
+    );
+    assert!(moved("outpost_instantiate_duration_seconds_count", &[]) >= 7.0);
+    // Each request's peak linear memory, by app: the guests' memories are at least one page.
+    assert!(
+        moved(
+            "outpost_instance_memory_peak_bytes_count",
+            &[r#"app="shop""#]
+        ) >= 7.0
+    );
+    assert!(moved("outpost_instance_memory_peak_bytes_sum", &[r#"app="shop""#]) >= 7.0 * 65536.0);
+    assert!(after.sum("process_resident_memory_bytes", &[]) > 1e6);
+    assert_eq!(after.sum("outpost_pool_slots_used", &[]), 0.0);
+}

@@ -1,0 +1,471 @@
+//! The node agent through the real binary against a small in-process mock control plane:
+//! enrol → sync → fetch → serve → report health; a control-plane rollback to an older release;
+//! a desired state signed by another key refused; offline restart from the saved state.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use outpost::bundle::desired::{DesiredApp, DesiredState, seal};
+use outpost::bundle::request_auth::{RequestAuth, Role};
+use outpost::bundle::sign::{SigningKey, parse_public_key};
+use outpost::control::api::{EnrollRequest, EnrollResponse, SyncReport};
+
+const TOKEN: &str = "one-time-token";
+
+#[derive(Default)]
+struct Mock {
+    node: Option<String>,
+    enrolments: usize,
+    /// (sequence, envelope)
+    desired: Option<(u64, Vec<u8>)>,
+    bundles: HashMap<String, Vec<u8>>,
+    reports: Vec<SyncReport>,
+    bundle_gets: usize,
+}
+
+type Shared = Arc<Mutex<Mock>>;
+
+/// Serves the node endpoints on 127.0.0.1:0 until dropped (the task is aborted).
+struct MockCp {
+    addr: std::net::SocketAddr,
+    state: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockCp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockCp {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state: Shared = Arc::default();
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    fn node(&self) -> Option<String> {
+        self.state.lock().unwrap().node.clone()
+    }
+
+    fn set_desired(&self, seq: u64, envelope: Vec<u8>) {
+        self.state.lock().unwrap().desired = Some((seq, envelope));
+    }
+
+    /// Waits (up to 30 s) for a sync report that satisfies `f`.
+    async fn wait_report(&self, what: &str, f: impl Fn(&SyncReport) -> bool) -> SyncReport {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(r) = self
+                .state
+                .lock()
+                .unwrap()
+                .reports
+                .iter()
+                .rev()
+                .find(|r| f(r))
+            {
+                return r.clone();
+            }
+            assert!(Instant::now() < deadline, "no sync report with {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn reply(status: u16, body: Vec<u8>) -> http::Response<Full<Bytes>> {
+    http::Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+async fn handle(
+    st: Shared,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let auth = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Ok(auth) = RequestAuth::parse(auth) else {
+        return Ok(reply(401, br#"{"error":"unauthenticated"}"#.to_vec()));
+    };
+    assert_eq!(auth.role, Role::Node);
+    let path = parts.uri.path().to_owned();
+    let now = outpost::store::unix_now();
+    let mut m = st.lock().unwrap();
+    match (parts.method.as_str(), path.as_str()) {
+        ("POST", "/v1/enroll") => {
+            let req: EnrollRequest = serde_json::from_slice(&body).unwrap();
+            let key = parse_public_key(&req.public_key).unwrap();
+            auth.verify(&key, "POST", &path, &body, now).unwrap();
+            if req.token != TOKEN || m.node.is_some() {
+                return Ok(reply(401, br#"{"error":"unknown or used token"}"#.to_vec()));
+            }
+            assert_eq!(req.labels.get("os").map(String::as_str), Some("linux"));
+            assert_eq!(req.labels.get("site").map(String::as_str), Some("lab"));
+            m.node = Some(key.id().to_string());
+            m.enrolments += 1;
+            let resp = EnrollResponse {
+                node: key.id().to_string(),
+                labels: req.labels,
+            };
+            Ok(reply(200, serde_json::to_vec(&resp).unwrap()))
+        }
+        ("POST", "/v1/sync") => {
+            assert_eq!(Some(auth.key.to_string()), m.node, "sync before enrolment");
+            let report: SyncReport = serde_json::from_slice(&body).unwrap();
+            m.reports.push(report);
+            let inm = parts
+                .headers
+                .get(http::header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            match &m.desired {
+                Some((seq, env)) if inm.as_deref() != Some(&format!("\"{seq}\"")) => {
+                    Ok(http::Response::builder()
+                        .status(200)
+                        .header("etag", format!("\"{seq}\""))
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(env.clone())))
+                        .unwrap())
+                }
+                _ => Ok(reply(304, Vec::new())),
+            }
+        }
+        ("GET", p) if p.starts_with("/v1/bundles/") => {
+            m.bundle_gets += 1;
+            let digest = p.trim_start_matches("/v1/bundles/");
+            match m.bundles.get(digest) {
+                Some(b) => Ok(reply(200, b.clone())),
+                None => Ok(reply(404, br#"{"error":"no such bundle"}"#.to_vec())),
+            }
+        }
+        _ => Ok(reply(404, br#"{"error":"not found"}"#.to_vec())),
+    }
+}
+
+/// Keys, app directories and signed bundles.
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn s(&self, rel: &str) -> String {
+        self.path(rel).to_str().unwrap().to_owned()
+    }
+
+    /// A signed bundle of app `greeter` at `version` whose `/greeting` answers `greeting`;
+    /// returns (bundle bytes, signature file bytes).
+    fn release(&self, version: &str, greeting: &str) -> (Vec<u8>, Vec<u8>) {
+        let dir = self.path(&format!("app-{version}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("outpost.toml"),
+            format!(
+                "manifest_version = 1\n[application]\nname = \"greeter\"\nversion = \"{version}\"\n\
+                 [component.main]\nsource = \"config-reader.wasm\"\nroutes = [\"/\"]\n\
+                 [component.main.variables]\ngreeting = \"{greeting}\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::copy(wasm("config_reader"), dir.join("config-reader.wasm")).unwrap();
+        let out = self.s(&format!("greeter-{version}.bundle"));
+        let (code, _, err) = run_to_end(&["bundle", "pack", dir.to_str().unwrap(), "-o", &out]);
+        assert_eq!(code, 0, "{err}");
+        let (code, _, err) = run_to_end(&["bundle", "sign", &out, "--key", &self.s("alice.key")]);
+        assert_eq!(code, 0, "{err}");
+        (
+            std::fs::read(&out).unwrap(),
+            std::fs::read(format!("{out}.sig")).unwrap(),
+        )
+    }
+}
+
+fn entry(version: &str, bundle: &[u8], sig: &[u8], hosts: &[&str]) -> DesiredApp {
+    DesiredApp {
+        app: "greeter".into(),
+        tenant: None,
+        version: version.into(),
+        digest: outpost::bundle::digest(bundle),
+        size: bundle.len() as u64,
+        signature: base64::engine::general_purpose::STANDARD.encode(sig),
+        hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+    }
+}
+
+fn sealed(cp: &SigningKey, node: &str, seq: u64, apps: Vec<DesiredApp>) -> Vec<u8> {
+    let now = outpost::store::unix_now();
+    let state = DesiredState {
+        node: node.to_owned(),
+        sequence: seq,
+        issued: now,
+        expires: now + 3600,
+        apps,
+    };
+    seal(&state, cp).unwrap()
+}
+
+/// GETs `path` until the body is `want` (up to 30 s).
+async fn wait_body(addr: std::net::SocketAddr, path: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = get(addr, path).await;
+        if r.status == 200 && r.body == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never answered {want:?}; last {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn node_config(lab: &Lab, cp: &MockCp, cp_key: &SigningKey) -> PathBuf {
+    let cfg = lab.path("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[node]
+state_dir = "node-state"
+[listen]
+http = ["127.0.0.1:0"]
+admin = "127.0.0.1:0"
+drain_timeout = "1s"
+[trust]
+keys = ["alice.pub"]
+[control_plane]
+url = "http://{}"
+key = "{}"
+token = "{TOKEN}"
+poll_interval = "200ms"
+request_timeout = "5s"
+[control_plane.labels]
+site = "lab"
+"#,
+            cp.addr,
+            cp_key.verifying_key().to_public_text().trim_end()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
+    let lab = Lab {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let (code, _, err) = run_to_end(&["bundle", "keygen", "--out", &lab.s("alice")]);
+    assert_eq!(code, 0, "{err}");
+    let (v1, v1_sig) = lab.release("1.0.0", "one");
+    let (v2, v2_sig) = lab.release("2.0.0", "two");
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    {
+        let mut m = cp.state.lock().unwrap();
+        m.bundles
+            .insert(outpost::bundle::digest(&v1).to_string(), v1.clone());
+        m.bundles
+            .insert(outpost::bundle::digest(&v2).to_string(), v2.clone());
+    }
+    let cfg = node_config(&lab, &cp, &cp_key);
+
+    let d = Daemon::run_config(&cfg);
+    let admin = d.admin.unwrap();
+    // Ready without waiting for the control plane (it has not assigned anything yet).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(admin, "/readyz").await.status != 200 {
+        assert!(Instant::now() < deadline, "never ready:\n{}", d.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let node = loop {
+        if let Some(n) = cp.node() {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "never enrolled:\n{}", d.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let state = lab.path("node-state");
+    assert_eq!(mode(&state.join("node.key")), 0o600);
+    // Written once the enrolment response is in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !state.join("enrolment.json").exists() {
+        assert!(Instant::now() < deadline, "no enrolment record");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let enrolment: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("enrolment.json")).unwrap()).unwrap();
+    assert_eq!(enrolment["node"], node.as_str());
+
+    // Sequence 1: v1 for every host. The agent fetches, verifies, installs, loads and swaps.
+    cp.set_desired(
+        1,
+        sealed(&cp_key, &node, 1, vec![entry("1.0.0", &v1, &v1_sig, &[])]),
+    );
+    wait_body(d.addr(), "/greeting", "one").await;
+    for _ in 0..6 {
+        assert_eq!(get(d.addr(), "/greeting").await.status, 200);
+    }
+    let v1_digest = outpost::bundle::digest(&v1);
+    let r = cp
+        .wait_report("greeter health", |r| {
+            r.applied_sequence == Some(1)
+                && r.apps
+                    .iter()
+                    .any(|a| a.app == "greeter" && a.digest == v1_digest && a.requests >= 6)
+        })
+        .await;
+    let h = r.apps.iter().find(|a| a.app == "greeter").unwrap();
+    assert_eq!((h.version.as_str(), h.errors), ("1.0.0", 0));
+    assert!(h.latency_p99_ms.is_some_and(|ms| ms > 0.0), "{h:?}");
+    assert!(h.active_since > 0);
+    assert!(r.failed.is_empty(), "{r:?}");
+    assert!(state.join("desired.json").exists());
+    let m = get(admin, "/metrics").await.body;
+    for needle in [
+        "outpost_sync_up 1",
+        "outpost_desired_state_sequence 1",
+        &format!(
+            "outpost_app_release_info{{app=\"greeter\",digest=\"{v1_digest}\",version=\"1.0.0\"}} 1"
+        ),
+    ] {
+        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
+
+    // Sequence 2: v2, only on greeter.example.com.
+    cp.set_desired(
+        2,
+        sealed(
+            &cp_key,
+            &node,
+            2,
+            vec![entry("2.0.0", &v2, &v2_sig, &["greeter.example.com"])],
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = request_with(
+            d.addr(),
+            "GET",
+            "/greeting",
+            b"",
+            &[("host", "greeter.example.com")],
+        )
+        .await;
+        if r.body == "two" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "v2 never served: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(d.addr(), "/greeting").await.status, 404, "other hosts");
+
+    // Sequence 3: the control plane rolls back to the older v1 (already in the store: no
+    // download), which `outpost bundle install` would refuse.
+    let gets = cp.state.lock().unwrap().bundle_gets;
+    cp.set_desired(
+        3,
+        sealed(&cp_key, &node, 3, vec![entry("1.0.0", &v1, &v1_sig, &[])]),
+    );
+    wait_body(d.addr(), "/greeting", "one").await;
+    assert_eq!(
+        cp.state.lock().unwrap().bundle_gets,
+        gets,
+        "v1 came from the store"
+    );
+    cp.wait_report("sequence 3 applied", |r| r.applied_sequence == Some(3))
+        .await;
+
+    // A document signed by another key is refused and counted; v1 keeps serving.
+    let rogue = SigningKey::from_seed(&[9; 32]);
+    cp.set_desired(4, sealed(&rogue, &node, 4, Vec::new()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = get(admin, "/metrics").await.body;
+        if m.contains("outpost_sync_failures_total{reason=\"desired_state\"}") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "refusal not counted:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(d.addr(), "/greeting").await.body, "one");
+    let r = cp.state.lock().unwrap().reports.last().cloned().unwrap();
+    assert_eq!(r.applied_sequence, Some(3));
+    drop(d);
+
+    // The control plane is gone: a restart serves the saved state at once and keeps retrying.
+    drop(cp);
+    let d = Daemon::run_config(&cfg);
+    let r = get(d.addr(), "/greeting").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "one"), "{}", d.stderr());
+    let log = d.wait_log(&["control plane unreachable"]);
+    assert!(log.contains("control plane unreachable"), "{log}");
+    let m = get(d.admin.unwrap(), "/metrics").await.body;
+    assert!(m.contains("outpost_sync_up 0"), "{m}");
+}
+
+#[test]
+fn not_enrolled_without_a_token_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_seed(&[1; 32]).verifying_key();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nstate_dir = \"state\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+             [control_plane]\nurl = \"http://127.0.0.1:9\"\nkey = \"{}\"\n",
+            key.to_public_text().trim_end()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run_to_end(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("node.toml") && err.contains("not enrolled"),
+        "{err}"
+    );
+    assert!(!err.contains("listening on"), "{err}");
+}
