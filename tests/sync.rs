@@ -434,6 +434,42 @@ async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
     assert_eq!(get(d.addr(), "/greeting").await.body, "one");
     let r = cp.state.lock().unwrap().reports.last().cloned().unwrap();
     assert_eq!(r.applied_sequence, Some(3));
+
+    // A replay: the genuine, still unexpired sequence-2 document (v2) is refused as older than
+    // the applied sequence 3, and v1 keeps serving.
+    cp.set_desired(
+        2,
+        sealed(
+            &cp_key,
+            &node,
+            2,
+            vec![entry("2.0.0", &v2, &v2_sig, &["greeter.example.com"])],
+        ),
+    );
+    // (Waiting without blocking the thread: the mock control plane runs on this runtime.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d
+        .stderr()
+        .contains("sequence 2 is older than the applied sequence 3")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "replay not refused:\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = request_with(
+        d.addr(),
+        "GET",
+        "/greeting",
+        b"",
+        &[("host", "greeter.example.com")],
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_str()), (200, "one"));
+    let r = cp.state.lock().unwrap().reports.last().cloned().unwrap();
+    assert_eq!(r.applied_sequence, Some(3));
     drop(d);
 
     // The control plane is gone: a restart serves the saved state at once and keeps retrying.
