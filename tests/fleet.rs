@@ -94,10 +94,18 @@ struct Fleet {
     dir: tempfile::TempDir,
     cp: ControlPlane,
     nodes: Vec<Daemon>,
+    /// The control plane's self-signed certificate (PEM path) when it serves HTTPS.
+    ca: Option<String>,
 }
 
 impl Fleet {
     fn new(nodes: usize) -> Self {
+        Self::with_tls(nodes, false)
+    }
+
+    /// `tls`: the control plane serves HTTPS with a self-signed certificate for 127.0.0.1 that
+    /// nodes (`[control_plane] ca`) and operator commands (`--ca`) trust explicitly.
+    fn with_tls(nodes: usize, tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let p = |r: &str| dir.path().join(r).to_str().unwrap().to_owned();
         for k in ["release", "operator"] {
@@ -105,20 +113,31 @@ impl Fleet {
             assert_eq!(code, 0, "{err}");
         }
         let cfg = dir.path().join("cp.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "listen = [\"127.0.0.1:0\"]\nstate_dir = \"{}\"\noperators = [\"{}\"]\n",
-                p("cp"),
-                p("operator.pub")
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "listen = [\"127.0.0.1:0\"]\nstate_dir = \"{}\"\noperators = [\"{}\"]\n",
+            p("cp"),
+            p("operator.pub")
+        );
+        let ca = tls.then(|| {
+            let made =
+                rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+                    .unwrap();
+            std::fs::write(p("cp.pem"), made.cert.pem()).unwrap();
+            std::fs::write(p("cp-key.pem"), made.signing_key.serialize_pem()).unwrap();
+            text.push_str(&format!(
+                "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                p("cp.pem"),
+                p("cp-key.pem")
+            ));
+            p("cp.pem")
+        });
+        std::fs::write(&cfg, text).unwrap();
         let cp = ControlPlane::start(&cfg);
         let mut fleet = Self {
             dir,
             cp,
             nodes: Vec::new(),
+            ca,
         };
         for i in 0..nodes {
             fleet.start_node(i, None);
@@ -139,6 +158,9 @@ impl Fleet {
         let key = self.s("operator.key");
         let mut full: Vec<&str> = args.to_vec();
         full.extend_from_slice(&["--control-plane", &self.cp.url, "--key", &key]);
+        if let Some(ca) = &self.ca {
+            full.extend_from_slice(&["--ca", ca]);
+        }
         run_to_end(&full)
     }
 
@@ -175,11 +197,17 @@ token = "{token}"
 poll_interval = "200ms"
 name = "node-{i}"
 labels = {{ site = "lab" }}
+{ca}
 "#,
                 state = self.s(&format!("node{i}")),
                 release = self.s("release.pub"),
                 url = self.cp.url,
                 key = self.cp.key,
+                ca = self
+                    .ca
+                    .as_ref()
+                    .map(|c| format!("ca = \"{c}\""))
+                    .unwrap_or_default(),
             ),
         )
         .unwrap();
@@ -492,4 +520,32 @@ async fn nodes_serve_their_cache_while_the_control_plane_is_down_and_catch_up_af
     let (code, out, err) = fleet.push(&v2, "100", "0s");
     assert_eq!(code, 0, "{out}\n{err}\n{}", fleet.cp.stderr.lock().unwrap());
     wait_all_serve(&fleet.nodes, "two").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_nodes_and_operators_trust_the_control_plane_by_its_private_ca() {
+    let fleet = Fleet::with_tls(2, true);
+    assert!(
+        fleet.cp.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        fleet.cp.url
+    );
+    fleet.wait_enrolled(2);
+    let v1 = fleet.bundle("1.0.0", "config_reader", "one");
+    let (code, out, err) = fleet.push(&v1, "50,100", "0s");
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_all_serve(&fleet.nodes, "one").await;
+
+    // Without the CA the operator command refuses the certificate.
+    let key = fleet.s("operator.key");
+    let (code, _, err) = run_to_end(&[
+        "nodes",
+        "list",
+        "--control-plane",
+        &fleet.cp.url,
+        "--key",
+        &key,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
