@@ -357,6 +357,7 @@ mod dashboard_tests {
         m.inflight.with_label_values(&["a"]).inc();
         m.tls_handshake_failures.with_label_values(&["x"]).inc();
         m.instantiate_duration.observe(0.00001);
+        m.instance_memory.with_label_values(&["a"]).observe(65536.0);
         m.sync_failures.with_label_values(&["unreachable"]).inc();
         m.set_app_releases([("a", "1.0.0", "sha256:00".to_owned())]);
         let exported: std::collections::BTreeSet<String> = m
