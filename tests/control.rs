@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -107,35 +106,15 @@ impl Lab {
         if !cfg.exists() {
             self.config("");
         }
-        let mut child = Command::new(BIN)
-            .args(["control-plane", "--config", cfg.to_str().unwrap()])
-            .env("OUTPOST_LOG", "info,outpost::control=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let err = child.stderr.take().unwrap();
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().unwrap();
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let Spawned {
+            mut child,
+            lines: rx,
+            stderr,
+        } = spawn_piped(
+            Command::new(BIN)
+                .args(["control-plane", "--config", cfg.to_str().unwrap()])
+                .env("OUTPOST_LOG", "info,outpost::control=debug"),
+        );
         let (mut key, mut addr) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(60);
         while key.is_none() || addr.is_none() {

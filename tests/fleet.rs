@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,33 +25,15 @@ struct ControlPlane {
 
 impl ControlPlane {
     fn start(config: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["control-plane", "--config", config.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env_remove("OUTPOST_LOG")
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let Spawned {
+            child,
+            lines: rx,
+            stderr,
+        } = spawn_piped(
+            Command::new(BIN)
+                .args(["control-plane", "--config", config.to_str().unwrap()])
+                .env_remove("OUTPOST_LOG"),
+        );
         let (mut url, mut key) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(30);
         while url.is_none() || key.is_none() {

@@ -60,29 +60,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// Why a config could not be used. Displays as `<file>: <key>: <problem>`.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlConfigError {
-    #[error("{}: cannot read config file: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{origin}:{line}:{column}: invalid TOML: {message}")]
-    Syntax {
-        origin: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{origin}: {key}: {problem}")]
-    Invalid {
-        origin: String,
-        key: String,
-        problem: String,
-    },
-}
+/// Why a config could not be used: the daemon config's error type, so both files report
+/// `<file>: <key>: <problem>` the same way.
+pub use crate::ops::config::ConfigError as ControlConfigError;
 
 impl ControlConfig {
     /// Parses and validates `text`; `origin` (the file path) prefixes errors. Relative paths

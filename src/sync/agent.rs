@@ -428,7 +428,17 @@ impl Agent {
                             .sync_failures
                             .with_label_values(&["release"])
                             .inc();
-                        tracing::warn!(app = %entry.app, digest = %entry.digest, error = %e.message, "cannot download the release; retrying on the next poll");
+                        // Retried on every poll while the outage lasts: say so at a sane rate.
+                        static DOWNLOAD: crate::ops::logging::LogLimiter =
+                            crate::ops::logging::LogLimiter::new(
+                                3,
+                                std::time::Duration::from_secs(600),
+                            );
+                        if let crate::ops::logging::LogDecision::Log { suppressed } =
+                            DOWNLOAD.check()
+                        {
+                            tracing::warn!(app = %entry.app, digest = %entry.digest, error = %e.message, suppressed, "cannot download the release; retrying on the next poll");
+                        }
                         self.keep_previous(entry, &mut next);
                     }
                     Err(e) => {
@@ -496,16 +506,20 @@ impl Agent {
         for app in &removed {
             tracing::info!(%app, "app removed by the control plane");
         }
+        if retry {
+            tracing::debug!(
+                sequence = state.sequence,
+                apps = self.serving.len(),
+                "desired state partly applied; downloads retried on the next poll"
+            );
+            return;
+        }
         tracing::info!(
             sequence = state.sequence,
             apps = self.serving.len(),
             failed = self.failed.len(),
-            complete = !retry,
             "desired state applied"
         );
-        if retry {
-            return;
-        }
         match envelope {
             Some(bytes) => self.remember(state.clone(), bytes),
             None => {

@@ -49,6 +49,47 @@ impl AppDir {
     }
 }
 
+/// A child process whose stdout lines arrive on `lines` and whose stderr collects in `stderr`.
+pub struct Spawned {
+    pub child: Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+/// Spawns `cmd` with stdout and stderr piped and read by two threads.
+pub fn spawn_piped(cmd: &mut Command) -> Spawned {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let err = child.stderr.take().unwrap();
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    let (tx, lines) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Spawned {
+        child,
+        lines,
+        stderr,
+    }
+}
+
 /// A running `outpost` process, killed on drop.
 pub struct Daemon {
     pub child: Child,
@@ -123,28 +164,11 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let err = child.stderr.take().unwrap();
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().unwrap();
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let Spawned {
+            mut child,
+            lines: rx,
+            stderr,
+        } = spawn_piped(&mut cmd);
         let mut addrs = Vec::new();
         let mut https = Vec::new();
         let mut h3 = Vec::new();
