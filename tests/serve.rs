@@ -408,6 +408,47 @@ async fn sigterm_drains_in_flight_requests() {
 }
 
 #[tokio::test]
+async fn sigint_drains_like_sigterm() {
+    let d = Daemon::serve(&[wasm("slow").to_str().unwrap()]);
+    let addr = d.addr();
+    let inflight = tokio::spawn(async move { get(addr, "/sleep/600").await });
+    // Nothing is logged when a request starts; give it time to reach the guest.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    d.signal("INT");
+    let r = inflight.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "slept 600ms\n"));
+    let mut d = d;
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test]
+async fn drain_deadline_cuts_requests_that_outlast_it() {
+    // The guest would answer after 60 s; the drain gives it 300 ms. The daemon must exit at the
+    // deadline (well before the guest would have answered), cutting the connection, and say so.
+    let d = Daemon::serve(&["--drain-timeout", "300ms", wasm("slow").to_str().unwrap()]);
+    let addr = d.addr();
+    let inflight = tokio::spawn(async move { try_get(addr, "/sleep/60000").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.sigterm();
+    let mut d = d;
+    let code = d.wait_exit(Duration::from_secs(20));
+    assert!(
+        code.is_some(),
+        "still running 20 s after SIGTERM with a 300 ms drain"
+    );
+    let log = d.stderr();
+    assert!(log.contains("drain deadline passed"), "{log}");
+    let r = tokio::time::timeout(Duration::from_secs(5), inflight)
+        .await
+        .expect("the cut request resolves once the daemon is gone")
+        .unwrap();
+    assert!(
+        r.is_err(),
+        "the request outlasting the drain was cut: {r:?}"
+    );
+}
+
+#[tokio::test]
 async fn compiled_code_is_cached_across_restarts() {
     let cache = tempfile::tempdir().unwrap();
     let c = cache.path().to_str().unwrap().to_owned();

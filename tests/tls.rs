@@ -642,6 +642,59 @@ async fn unknown_server_name_without_default_is_refused_and_logged() {
     assert_eq!(r.status, 200);
 }
 
+/// Clients that open a TCP connection to the TLS port and never finish the handshake do not
+/// stall the accept loop or other clients, and are dropped at `tls.handshake_timeout`.
+#[tokio::test]
+async fn stalled_tls_handshakes_time_out_without_blocking_others() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "default", &["localhost"]);
+    let d = run_tls(
+        dir,
+        false,
+        &format!(
+            "[tls]\nhandshake_timeout = \"500ms\"\ndefault_cert = {{ cert = \"{}\", key = \"{}\" }}\n",
+            cert.cert.display(),
+            cert.key.display()
+        ),
+    );
+    // 20 silent clients, and 5 that send half a ClientHello (a record header promising more).
+    let mut stalled = Vec::new();
+    for i in 0..25 {
+        let mut s = tokio::net::TcpStream::connect(d.https[0]).await.unwrap();
+        if i % 5 == 0 {
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .await
+                .unwrap();
+        }
+        stalled.push(s);
+    }
+    // A real client is served while they hang.
+    let tls = tls_connect(d.https[0], "localhost", client_tls(&[&cert.der], &[b"h2"]))
+        .await
+        .unwrap();
+    let r = h2_get(&mut h2_over(tls).await, "localhost", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hello from outpost\n"));
+    // Every stalled connection is closed by the server (EOF or reset), not left open.
+    for (i, mut s) in stalled.into_iter().enumerate() {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("stalled connection {i} still open after 30 s"));
+        assert!(
+            matches!(read, Ok(0) | Err(_)) || matches!(read, Ok(n) if buf[0] == 0x15 && n > 0),
+            "connection {i}: expected close or alert, got {read:?}"
+        );
+    }
+    let m = get(d.admin.unwrap(), "/metrics").await.body;
+    let timeouts: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("outpost_tls_handshake_failures_total{reason=\"timeout\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no timeout series in\n{m}"));
+    assert!(timeouts >= 20, "{timeouts} timeouts counted\n{m}");
+}
+
 /// SIGHUP reloads certificate files: new connections get the new certificate, a connection
 /// opened before keeps working, and a broken file keeps the previous certificate (logged).
 #[tokio::test]
@@ -804,6 +857,65 @@ async fn garbage_datagrams_and_half_open_handshakes_leave_h3_serving() {
         "no panic on hostile input:\n{}",
         d.stderr()
     );
+}
+
+/// The README's first command: `outpost run` with no config serves the built-in demo over
+/// HTTP/1.1 on 127.0.0.1:8080, HTTPS and HTTP/3 on 127.0.0.1:8443 with a self-signed localhost
+/// certificate it generates and saves under the state directory, and the admin endpoints on
+/// 127.0.0.1:9090. Fixed ports, as documented: no other test binds them (all use port 0).
+#[tokio::test]
+async fn embedded_demo_config_serves_every_protocol_on_the_documented_ports() {
+    let home = tempfile::tempdir().unwrap();
+    let pem = home
+        .path()
+        .join("state/outpost/tls/self-signed-localhost.pem");
+    let d = Daemon::spawn_expecting(
+        &["run"],
+        home,
+        &[],
+        Expect {
+            http: 1,
+            https: 1,
+            h3: 1,
+            admin: true,
+        },
+    );
+    assert_eq!(d.addr(), "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(d.https[0], "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(d.h3[0], "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(d.admin, Some("127.0.0.1:9090".parse().unwrap()));
+    let log = d.wait_log(&["generated a self-signed TLS certificate"]);
+    assert!(log.contains(&pem.display().to_string()), "{log}");
+
+    let demo = "hello from outpost\n";
+    let r = get(d.addr(), "/").await;
+    assert_eq!((r.status, r.body.as_str()), (200, demo));
+    assert_eq!(r.headers["alt-svc"], "h3=\":8443\"");
+    let cert = CertificateDer::from_pem_file(&pem).unwrap();
+    let tls = tls_connect(d.https[0], "localhost", client_tls(&[&cert], &[b"h2"]))
+        .await
+        .unwrap();
+    let r = h2_get(&mut h2_over(tls).await, "localhost", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (200, demo));
+    let mut client = h3_connect(d.h3[0], "localhost", client_tls(&[&cert], &[])).await;
+    let r = h3_request(&mut client, "GET", "/", b"").await;
+    assert_eq!((r.status, r.body.as_str()), (200, demo));
+
+    let admin = d.admin.unwrap();
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+    let m = get(admin, "/metrics").await;
+    assert_eq!(m.status, 200);
+    for protocol in ["http1", "http2", "http3"] {
+        assert!(
+            m.body
+                .lines()
+                .any(|l| l.starts_with("outpost_http_requests_total{")
+                    && l.contains(&format!("protocol=\"{protocol}\""))),
+            "no {protocol} request counted:\n{}",
+            m.body
+        );
+    }
 }
 
 /// SIGTERM with an HTTP/3 request in flight: the request finishes, then the connection is

@@ -220,6 +220,7 @@ fn tls_setup(
     self_signed_pem: Option<&std::path::Path>,
     h3: bool,
     sizing: &crate::runtime::sizing::Sizing,
+    handshake_timeout: std::time::Duration,
 ) -> Result<crate::serve::tls::TlsSetup, CliError> {
     use crate::serve::certs::{CertStore, DefaultCert, SELF_SIGNED_NAMES, SelfSigned};
     if self_signed {
@@ -246,6 +247,10 @@ fn tls_setup(
     let limits = h3.then(|| {
         crate::serve::h3::QuicLimits::from_sizing(&sizing.quic, sizing.max_connections.value)
     });
-    crate::serve::tls::TlsSetup::new(std::sync::Arc::new(certs), limits.as_ref())
-        .map_err(CliError::runtime)
+    crate::serve::tls::TlsSetup::new(
+        std::sync::Arc::new(certs),
+        limits.as_ref(),
+        handshake_timeout,
+    )
+    .map_err(CliError::runtime)
 }

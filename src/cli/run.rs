@@ -385,12 +385,19 @@ fn tls_from_config(
             .collect(),
     };
     let pem = pem_dir.map(|d| d.join("self-signed-localhost.pem"));
-    super::tls_setup(spec, cfg.tls.self_signed, pem.as_deref(), cfg.h3(), sizing)
-        .map(Some)
-        .map_err(|e| CliError {
-            code: e.code,
-            error: e.error.context(format!("{}: tls", cfg.origin())),
-        })
+    super::tls_setup(
+        spec,
+        cfg.tls.self_signed,
+        pem.as_deref(),
+        cfg.h3(),
+        sizing,
+        cfg.tls.handshake_timeout,
+    )
+    .map(Some)
+    .map_err(|e| CliError {
+        code: e.code,
+        error: e.error.context(format!("{}: tls", cfg.origin())),
+    })
 }
 
 /// Opens the store, installs the bundles named in the config, and returns every release to

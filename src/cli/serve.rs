@@ -157,7 +157,15 @@ fn tls_from_args(
         default: files.map(DefaultCert::Files),
         tenants: Vec::new(),
     };
-    super::tls_setup(spec, self_signed, pem.as_deref(), !args.no_h3, sizing).map(Some)
+    super::tls_setup(
+        spec,
+        self_signed,
+        pem.as_deref(),
+        !args.no_h3,
+        sizing,
+        crate::serve::tls::HANDSHAKE_TIMEOUT,
+    )
+    .map(Some)
 }
 
 /// Removes a directory tree when dropped (the unpacked bundles of a dev-mode run).

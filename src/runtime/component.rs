@@ -32,7 +32,7 @@ pub type ResponseBody =
 /// Limits of one component, after defaults from the sizing have been applied.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest linear memory, bytes.
+    /// Most linear memory one instance may hold, all its memories together, bytes.
     pub memory_limit: u64,
     /// Wall-clock budget for the whole request, streaming included.
     pub timeout: Duration,

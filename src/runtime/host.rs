@@ -164,8 +164,10 @@ impl WasiHttpHooks for OutboundHooks {
     }
 }
 
-/// Caps each linear memory at the component's `memory_limit` and remembers whether the guest ran
-/// into it, so a resulting trap is reported as `memory_limit` rather than a generic trap.
+/// Caps the linear memory of one instance — all its memories together, since a component made of
+/// several core modules has one memory each — at the component's `memory_limit`, and remembers
+/// whether the guest ran into it, so a resulting trap is reported as `memory_limit` rather than a
+/// generic trap.
 pub(crate) struct MemoryLimiter {
     limit: usize,
     pub(crate) hit: bool,
@@ -181,11 +183,12 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit || maximum.is_some_and(|m| desired > m) {
+        let total = self.total.saturating_add(desired.saturating_sub(current));
+        if total > self.limit || maximum.is_some_and(|m| desired > m) {
             self.hit = true;
             return Ok(false);
         }
-        self.total = self.total.saturating_add(desired.saturating_sub(current));
+        self.total = total;
         self.peak = self.peak.max(self.total);
         Ok(true)
     }
@@ -198,5 +201,42 @@ impl ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         // Tables hold function references; a million entries is far beyond any real handler.
         Ok(desired <= 1_000_000 && maximum.is_none_or(|m| desired <= m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(limit: usize) -> MemoryLimiter {
+        MemoryLimiter {
+            limit,
+            hit: false,
+            total: 0,
+            peak: 0,
+        }
+    }
+
+    #[test]
+    fn the_limit_covers_all_memories_of_an_instance() {
+        const MIB: usize = 1 << 20;
+        let mut l = limiter(10 * MIB);
+        // Two memories created at instantiation (current 0), 4 MiB each: 8 MiB in all.
+        assert!(l.memory_growing(0, 4 * MIB, None).unwrap());
+        assert!(l.memory_growing(0, 4 * MIB, None).unwrap());
+        // Growing the first to 6 MiB would make 10 MiB: allowed, exactly at the limit.
+        assert!(l.memory_growing(4 * MIB, 6 * MIB, None).unwrap());
+        assert!(!l.hit);
+        // Any further growth of either memory crosses the instance's limit, though each memory
+        // alone stays below it.
+        assert!(!l.memory_growing(4 * MIB, 5 * MIB, None).unwrap());
+        assert!(l.hit);
+        assert_eq!((l.total, l.peak), (10 * MIB, 10 * MIB));
+    }
+
+    #[test]
+    fn a_memory_maximum_below_the_limit_is_honoured() {
+        let mut l = limiter(1 << 30);
+        assert!(!l.memory_growing(0, 2 << 20, Some(1 << 20)).unwrap());
     }
 }

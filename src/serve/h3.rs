@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 
 use super::ServeState;
 use super::certs::is_refusal;
-use super::tls::{HANDSHAKE_TIMEOUT, TlsError};
+use super::tls::TlsError;
 use crate::runtime::component::ResponseBody;
 use crate::runtime::sizing::QuicSizing;
 
@@ -109,13 +109,14 @@ impl Drop for Handshaking {
     }
 }
 
-/// Serves one QUIC connection on this thread: the handshake (at most [`HANDSHAKE_TIMEOUT`]),
+/// Serves one QUIC connection on this thread: the handshake (at most `handshake_timeout`),
 /// then each request stream on a task of its own through [`ServeState::handle`]. When `drain`
 /// turns true: GOAWAY (no new requests), wait for the requests in flight, then close with
 /// `H3_NO_ERROR`. The caller's drain deadline covers the wait.
 pub(super) async fn serve_connection(
     incoming: quinn::Incoming,
     handshaking: Handshaking,
+    handshake_timeout: std::time::Duration,
     state: Arc<ServeState>,
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -137,7 +138,7 @@ pub(super) async fn serve_connection(
         }
     };
     let conn = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting) => match r {
+        r = tokio::time::timeout(handshake_timeout, connecting) => match r {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 let message = e.to_string();
@@ -149,7 +150,7 @@ pub(super) async fn serve_connection(
             }
             Err(_) => {
                 count_failure("timeout");
-                tracing::debug!(%peer, timeout = ?HANDSHAKE_TIMEOUT, "QUIC handshake timed out");
+                tracing::debug!(%peer, timeout = ?handshake_timeout, "QUIC handshake timed out");
                 return;
             }
         },

@@ -29,7 +29,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 
 use crate::ops::metrics::{Metrics, Protocol, RequestMetrics};
 use crate::runtime::component::{RequestCtx, ResponseBody, plain_response};
@@ -266,7 +265,7 @@ pub struct Listeners {
     pub http: Vec<TcpListener>,
     /// TLS: HTTP/1.1 and HTTP/2 by ALPN, each with its HTTP/3 endpoint when h3 is on.
     pub https: Vec<HttpsListener>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<tls::Handshaker>,
 }
 
 impl std::fmt::Debug for Listeners {
@@ -315,7 +314,7 @@ impl Listeners {
             return Ok(out);
         }
         let tls = tls.ok_or(BindError::NoTls)?;
-        out.tls = Some(tls.acceptor.clone());
+        out.tls = Some(tls.handshaker());
         for &a in https {
             out.https.push(bind_https(a, tls.quic.as_ref()).await?);
         }
@@ -411,7 +410,7 @@ pub struct ServeOptions {
 /// What a connection needs to know about the listener that accepted it.
 struct ListenerCtx {
     /// `Some` on TLS listeners: the handshake runs in the connection's task.
-    tls: Option<TlsAcceptor>,
+    tls: Option<tls::Handshaker>,
     /// `Alt-Svc` for every response, when HTTP/3 is on.
     alt_svc: Option<http::HeaderValue>,
 }
@@ -434,6 +433,7 @@ enum Conn {
         /// case on this channel.
         incoming: Box<quinn::Incoming>,
         handshaking: h3::Handshaking,
+        handshake_timeout: Duration,
         drain: watch::Receiver<bool>,
     },
 }
@@ -516,9 +516,15 @@ pub async fn serve(
         };
         accept_tasks.push(spawn_tcp(l, ctx, stop_rx.clone()));
     }
-    let handshaking = Arc::new(AtomicUsize::new(0));
-    // Above this many QUIC handshakes in progress, clients must prove their address first.
-    let retry_above = (opts.max_connections / 16).max(16);
+    let handshakes = Arc::new(QuicHandshakes {
+        in_progress: Arc::new(AtomicUsize::new(0)),
+        // Above this many QUIC handshakes in progress, clients must prove their address first.
+        retry_above: (opts.max_connections / 16).max(16),
+        timeout: listeners
+            .tls
+            .as_ref()
+            .map_or(tls::HANDSHAKE_TIMEOUT, |t| t.timeout),
+    });
     for h in listeners.https {
         let own_h3 = h
             .quic
@@ -531,25 +537,16 @@ pub async fn serve(
         };
         accept_tasks.push(spawn_tcp(h.tcp, ctx, stop_rx.clone()));
         if let Some(endpoint) = h.quic {
-            let (permits, threads, drain, handshaking) = (
+            let (permits, threads, drain, handshakes) = (
                 permits.clone(),
                 threads.clone(),
                 quic_drain.clone(),
-                handshaking.clone(),
+                handshakes.clone(),
             );
             let mut stop = stop_rx.clone();
             let ep = endpoint.clone();
             accept_tasks.push(tokio::spawn(async move {
-                quic_accept_loop(
-                    ep,
-                    permits,
-                    &threads,
-                    &drain,
-                    &handshaking,
-                    retry_above,
-                    &mut stop,
-                )
-                .await;
+                quic_accept_loop(ep, permits, &threads, &drain, &handshakes, &mut stop).await;
             }));
             endpoints.push(endpoint);
         }
@@ -696,6 +693,14 @@ async fn accept_loop(
     }
 }
 
+/// QUIC handshakes across every endpoint: how many are in progress, when a flood starts, and how
+/// long one may take.
+struct QuicHandshakes {
+    in_progress: Arc<AtomicUsize>,
+    retry_above: usize,
+    timeout: Duration,
+}
+
 /// Takes QUIC connection attempts from `endpoint` — a permit first, like TCP — and hands them to
 /// serving threads, which run the handshake. Under a handshake flood (more than `retry_above`
 /// in progress), clients that have not proven their address get a Retry first: a spoofed
@@ -705,8 +710,7 @@ async fn quic_accept_loop(
     permits: Arc<Semaphore>,
     threads: &[ServingThread],
     drain: &watch::Sender<bool>,
-    handshaking: &Arc<AtomicUsize>,
-    retry_above: usize,
+    handshakes: &Arc<QuicHandshakes>,
     stop: &mut watch::Receiver<bool>,
 ) {
     let mut next = 0usize;
@@ -721,7 +725,7 @@ async fn quic_accept_loop(
                 None => return,
             },
         };
-        if handshaking.load(Ordering::Relaxed) >= retry_above
+        if handshakes.in_progress.load(Ordering::Relaxed) >= handshakes.retry_above
             && !incoming.remote_address_validated()
             && incoming.may_retry()
         {
@@ -732,7 +736,8 @@ async fn quic_accept_loop(
             permit,
             conn: Conn::Quic {
                 incoming: Box::new(incoming),
-                handshaking: h3::Handshaking::new(handshaking),
+                handshaking: h3::Handshaking::new(&handshakes.in_progress),
+                handshake_timeout: handshakes.timeout,
                 drain: drain.subscribe(),
             },
         };
@@ -808,10 +813,9 @@ async fn serving_thread(
                             )
                             .await
                         }
-                        Some(acceptor) => {
+                        Some(hs) => {
                             let Some(tls) =
-                                tls::handshake(acceptor, tcp, peer, &mut stop, &state.metrics)
-                                    .await
+                                tls::handshake(hs, tcp, peer, &mut stop, &state.metrics).await
                             else {
                                 return;
                             };
@@ -832,13 +836,15 @@ async fn serving_thread(
             Conn::Quic {
                 incoming,
                 handshaking,
+                handshake_timeout,
                 drain,
             } => {
                 let state = state.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     let _guard = guard;
-                    h3::serve_connection(*incoming, handshaking, state, drain).await;
+                    h3::serve_connection(*incoming, handshaking, handshake_timeout, state, drain)
+                        .await;
                 });
             }
         }

@@ -19,9 +19,10 @@ use super::certs::{CertStore, is_refusal, provider};
 use super::h3::QuicLimits;
 use crate::ops::metrics::Metrics;
 
-/// A client gets this long to finish its TLS or QUIC handshake. Real clients need one to three
-/// round trips (well under a second even over satellite links); a connection still
-/// handshaking after this is stalled or hostile, and holds a connection permit.
+/// By default a client gets this long to finish its TLS or QUIC handshake (`tls.handshake_timeout`
+/// overrides it). Real clients need one to three round trips (well under a second even over
+/// satellite links); a connection still handshaking after this is stalled or hostile, and holds
+/// a connection permit.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// ALPN protocol ids.
@@ -46,6 +47,15 @@ pub struct TlsSetup {
     pub certs: Arc<CertStore>,
     pub(super) acceptor: TlsAcceptor,
     pub(super) quic: Option<quinn::ServerConfig>,
+    /// How long a TLS or QUIC handshake may take before the connection is dropped.
+    pub(super) handshake_timeout: Duration,
+}
+
+/// What a TLS listener's connection tasks need for their handshake.
+#[derive(Clone)]
+pub(super) struct Handshaker {
+    pub(super) acceptor: TlsAcceptor,
+    pub(super) timeout: Duration,
 }
 
 impl std::fmt::Debug for TlsSetup {
@@ -58,8 +68,13 @@ impl std::fmt::Debug for TlsSetup {
 
 impl TlsSetup {
     /// TLS 1.2 and 1.3 over TCP with ALPN `h2` then `http/1.1`; with `h3`, also a QUIC (TLS 1.3,
-    /// ALPN `h3`) config with those transport limits.
-    pub fn new(certs: Arc<CertStore>, h3: Option<&QuicLimits>) -> Result<Self, TlsError> {
+    /// ALPN `h3`) config with those transport limits. Handshakes of either kind that take longer
+    /// than `handshake_timeout` are dropped.
+    pub fn new(
+        certs: Arc<CertStore>,
+        h3: Option<&QuicLimits>,
+        handshake_timeout: Duration,
+    ) -> Result<Self, TlsError> {
         let mut tcp = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
@@ -76,12 +91,20 @@ impl TlsSetup {
             certs,
             acceptor: TlsAcceptor::from(Arc::new(tcp)),
             quic,
+            handshake_timeout,
         })
     }
 
     /// Whether HTTP/3 is configured.
     pub fn h3(&self) -> bool {
         self.quic.is_some()
+    }
+
+    pub(super) fn handshaker(&self) -> Handshaker {
+        Handshaker {
+            acceptor: self.acceptor.clone(),
+            timeout: self.handshake_timeout,
+        }
     }
 }
 
@@ -99,18 +122,18 @@ fn quic_tls(certs: &Arc<CertStore>) -> Result<quinn::crypto::rustls::QuicServerC
         .map_err(|e| TlsError::Quic(e.to_string()))
 }
 
-/// Runs the server side of a TLS handshake on `tcp`, for at most [`HANDSHAKE_TIMEOUT`] and not
-/// past the shutdown signal. `None` when it failed (counted in
+/// Runs the server side of a TLS handshake on `tcp`, for at most the configured handshake timeout
+/// and not past the shutdown signal. `None` when it failed (counted in
 /// `outpost_tls_handshake_failures_total`, logged at debug: failed handshakes are routine on a
 /// public port).
 pub(super) async fn handshake(
-    acceptor: &TlsAcceptor,
+    hs: &Handshaker,
     tcp: TcpStream,
     peer: SocketAddr,
     stop: &mut tokio::sync::watch::Receiver<bool>,
     metrics: &Metrics,
 ) -> Option<TlsStream<TcpStream>> {
-    let accept = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let accept = tokio::time::timeout(hs.timeout, hs.acceptor.accept(tcp));
     let result = tokio::select! {
         r = accept => r,
         // Draining: a connection that has not finished its handshake has no request in flight.
@@ -136,7 +159,7 @@ pub(super) async fn handshake(
                 .tls_handshake_failures
                 .with_label_values(&["timeout"])
                 .inc();
-            tracing::debug!(%peer, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+            tracing::debug!(%peer, timeout = ?hs.timeout, "TLS handshake timed out");
             None
         }
     }

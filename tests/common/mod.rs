@@ -334,6 +334,38 @@ pub async fn request_with(
     collect(resp).await
 }
 
+/// One HTTP/1.1 GET on a fresh connection; an error instead of a panic when the connection is
+/// refused or cut before the response is complete.
+pub async fn try_get(addr: SocketAddr, path: &str) -> Result<Resp, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", format!("{addr}"))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
 /// One HTTP/2 (prior knowledge, cleartext) request.
 pub async fn get_h2(addr: SocketAddr, path: &str) -> Resp {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

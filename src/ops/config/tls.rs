@@ -15,7 +15,13 @@ use crate::ops::units::{Field, FieldError, Fields, quote};
 use crate::runtime::outbound::HostPattern;
 
 /// `[tls]` keys.
-pub(super) const TLS_KEYS: &[&str] = &["default_cert", "self_signed", "cert", "reload_interval"];
+pub(super) const TLS_KEYS: &[&str] = &[
+    "default_cert",
+    "self_signed",
+    "cert",
+    "reload_interval",
+    "handshake_timeout",
+];
 const CERT_FILE_KEYS: &[&str] = &["cert", "key"];
 const TENANT_CERT_KEYS: &[&str] = &["hosts", "cert", "key"];
 /// How often certificate files are checked for changes when `tls.reload_interval` is not set.
@@ -23,6 +29,10 @@ pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// Shortest `tls.reload_interval`: each check is a few `stat` calls, but a tight loop is a
 /// mistake, not a setting.
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+/// Bounds of `tls.handshake_timeout`: below 100 ms real clients on slow links fail; above five
+/// minutes a stalled client holds its connection permit for no reason.
+const HANDSHAKE_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(300));
 
 /// `[tls]`: where certificates come from. Empty (the default) when no `listen.https` is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +46,8 @@ pub struct TlsConfig {
     pub certs: Vec<TenantCert>,
     /// How often certificate files are checked for changes (SIGHUP reloads at once).
     pub reload_interval: Duration,
+    /// How long a client may take to finish a TLS (or QUIC) handshake before it is dropped.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for TlsConfig {
@@ -45,6 +57,7 @@ impl Default for TlsConfig {
             self_signed: false,
             certs: Vec::new(),
             reload_interval: DEFAULT_RELOAD_INTERVAL,
+            handshake_timeout: crate::serve::tls::HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -109,6 +122,18 @@ pub(super) fn parse_tls(mut t: Fields, top_keys: &[&str]) -> Result<TlsConfig, F
             });
         }
         out.reload_interval = d;
+    }
+    if let Some(f) = t.take("handshake_timeout") {
+        let key = f.key.clone();
+        let d = f.duration()?;
+        let (lo, hi) = HANDSHAKE_TIMEOUT_RANGE;
+        if d < lo || d > hi {
+            return Err(FieldError {
+                key,
+                problem: format!("{d:?} is out of range; expected {lo:?} to {hi:?}, like \"10s\""),
+            });
+        }
+        out.handshake_timeout = d;
     }
     if let Some(f) = t.take("cert") {
         if matches!(f.value, toml::Value::Table(_)) {
@@ -313,6 +338,10 @@ key = "c.key"
         assert_eq!(c.listen.https, ["127.0.0.1:8443".parse().expect("addr")]);
         assert!(c.listen.h3);
         assert_eq!(c.tls.reload_interval, Duration::from_secs(2));
+        assert_eq!(
+            c.tls.handshake_timeout,
+            crate::serve::tls::HANDSHAKE_TIMEOUT
+        );
         assert_eq!(c.tls.certs.len(), 2);
         assert_eq!(
             c.tls.certs[0].hosts,
@@ -406,6 +435,13 @@ key = "c.key"
             "tls.reload_interval",
             "too short",
         );
+        for bad in ["\"10ms\"", "\"1h\""] {
+            assert_rejects(
+                &tls(&format!("handshake_timeout = {bad}")),
+                "tls.handshake_timeout",
+                "out of range",
+            );
+        }
         assert_rejects(
             &tls("selfsigned = true"),
             "tls.selfsigned",
