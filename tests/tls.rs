@@ -933,6 +933,29 @@ async fn quic_drain_finishes_in_flight_streams_then_closes_with_h3_no_error() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     d.sigterm();
+    d.wait_log(&["draining"]);
+    // While draining, new QUIC connections are refused; the one in flight carries on.
+    let refused = {
+        let mut tls = client_tls(&[&cert.der], &[]);
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        tokio::time::timeout(
+            Duration::from_secs(15),
+            ep.connect(d.h3[0], "localhost").unwrap(),
+        )
+        .await
+        .expect("a refused or closed connection attempt, not a hang")
+    };
+    match refused {
+        Err(quinn::ConnectionError::ConnectionClosed(c)) => assert_eq!(
+            c.error_code,
+            quinn::TransportErrorCode::CONNECTION_REFUSED,
+            "{c:?}"
+        ),
+        other => panic!("expected CONNECTION_REFUSED while draining, got {other:?}"),
+    }
     let (r, _client) = inflight.await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "slept 800ms\n"));
     let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed())

@@ -554,13 +554,23 @@ pub async fn serve(
 
     shutdown.await;
     let _ = stop_tx.send(true);
-    // New QUIC connection attempts are refused from here on; open connections carry on.
-    for e in &endpoints {
-        e.set_server_config(None);
-    }
     for t in accept_tasks {
         let _ = t.await;
     }
+    // New QUIC connection attempts are refused from here on — CONNECTION_REFUSED, so a client
+    // tries another node (or TCP) at once instead of waiting out its handshake timeout, which is
+    // what an endpoint without a server config would make it do. Open connections carry on.
+    let refusers: Vec<_> = endpoints
+        .iter()
+        .map(|e| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                while let Some(incoming) = e.accept().await {
+                    incoming.refuse();
+                }
+            })
+        })
+        .collect();
     // Every accept loop has ended, so this is the last reference.
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     let open = graceful.count() + quic_drain.receiver_count();
@@ -590,6 +600,9 @@ pub async fn serve(
     }
     let idle = futures::future::join_all(endpoints.iter().map(|e| e.wait_idle()));
     let _ = tokio::time::timeout(h3::CLOSE_GRACE, idle).await;
+    for r in refusers {
+        r.abort();
+    }
     // Closing the channels ends the serving threads; dropping their runtimes closes whatever
     // connections are left.
     drop(threads);
