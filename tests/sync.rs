@@ -190,21 +190,50 @@ impl Lab {
         self.path(rel).to_str().unwrap().to_owned()
     }
 
+    /// A lab with the release key `alice`.
+    fn new() -> Self {
+        let lab = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let (code, _, err) = run_to_end(&["bundle", "keygen", "--out", &lab.s("alice")]);
+        assert_eq!(code, 0, "{err}");
+        lab
+    }
+
     /// A signed bundle of app `greeter` at `version` whose `/greeting` answers `greeting`;
     /// returns (bundle bytes, signature file bytes).
     fn release(&self, version: &str, greeting: &str) -> (Vec<u8>, Vec<u8>) {
+        self.release_with(
+            version,
+            &format!(
+                "[component.main]\nsource = \"config_reader.wasm\"\nroutes = [\"/\"]\n\
+                 [component.main.variables]\ngreeting = \"{greeting}\"\n"
+            ),
+            &["config_reader"],
+        )
+    }
+
+    /// A signed bundle of app `greeter` at `version` with the manifest's `components` tables
+    /// and the named guest apps (as `<name>.wasm`); returns (bundle bytes, signature bytes).
+    fn release_with(
+        &self,
+        version: &str,
+        components: &str,
+        guests: &[&str],
+    ) -> (Vec<u8>, Vec<u8>) {
         let dir = self.path(&format!("app-{version}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("outpost.toml"),
             format!(
                 "manifest_version = 1\n[application]\nname = \"greeter\"\nversion = \"{version}\"\n\
-                 [component.main]\nsource = \"config-reader.wasm\"\nroutes = [\"/\"]\n\
-                 [component.main.variables]\ngreeting = \"{greeting}\"\n"
+                 {components}"
             ),
         )
         .unwrap();
-        std::fs::copy(wasm("config_reader"), dir.join("config-reader.wasm")).unwrap();
+        for g in guests {
+            std::fs::copy(wasm(g), dir.join(format!("{g}.wasm"))).unwrap();
+        }
         let out = self.s(&format!("greeter-{version}.bundle"));
         let (code, _, err) = run_to_end(&["bundle", "pack", dir.to_str().unwrap(), "-o", &out]);
         assert_eq!(code, 0, "{err}");
@@ -294,11 +323,7 @@ fn mode(p: &Path) -> u32 {
 
 #[tokio::test]
 async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
-    let lab = Lab {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let (code, _, err) = run_to_end(&["bundle", "keygen", "--out", &lab.s("alice")]);
-    assert_eq!(code, 0, "{err}");
+    let lab = Lab::new();
     let (v1, v1_sig) = lab.release("1.0.0", "one");
     let (v2, v2_sig) = lab.release("2.0.0", "two");
     let cp_key = SigningKey::from_seed(&[42; 32]);
@@ -505,3 +530,87 @@ fn not_enrolled_without_a_token_is_a_config_error() {
     );
     assert!(!err.contains("listening on"), "{err}");
 }
+
+/// Waits until the mock control plane enrolled the node; returns its id.
+async fn enrolled(cp: &MockCp, d: &Daemon) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(n) = cp.node() {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "never enrolled:\n{}", d.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Receives notify datagrams until one has the line `line`; returns that datagram.
+async fn recv_notify(sock: &tokio::net::UnixDatagram, line: &str, d: &Daemon) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = match tokio::time::timeout(left, sock.recv(&mut buf)).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => panic!("no notification {line:?}; stderr:\n{}", d.stderr()),
+        };
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if m.lines().any(|l| l == line) {
+            return m;
+        }
+    }
+}
+
+/// systemd's STATUS line follows the agent: READY says what serves at start, and every
+/// install and removal the control plane asks for sends the new counts.
+#[tokio::test]
+async fn status_line_follows_installs_and_removals() {
+    let lab = Lab::new();
+    let (v1, v1_sig) = lab.release("1.0.0", "one");
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    cp.state
+        .lock()
+        .unwrap()
+        .bundles
+        .insert(outpost::bundle::digest(&v1).to_string(), v1.clone());
+    let cfg = node_config(&lab, &cp, &cp_key);
+    let notify = lab.path("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&notify).unwrap();
+    let d = Daemon::spawn_with(
+        &["run", "--config", cfg.to_str().unwrap()],
+        tempfile::tempdir().unwrap(),
+        &[("NOTIFY_SOCKET", notify.to_str().unwrap())],
+        1,
+        true,
+    );
+    let addr = d.addr();
+    let ready = recv_notify(&sock, "READY=1", &d).await;
+    assert!(
+        ready.contains(&format!("STATUS=serving 0 apps (0 components) on {addr}\n")),
+        "{ready:?}"
+    );
+    let node = enrolled(&cp, &d).await;
+
+    cp.set_desired(
+        1,
+        sealed(&cp_key, &node, 1, vec![entry("1.0.0", &v1, &v1_sig, &[])]),
+    );
+    recv_notify(
+        &sock,
+        &format!("STATUS=serving 1 app (1 component) on {addr}"),
+        &d,
+    )
+    .await;
+    assert_eq!(get(addr, "/greeting").await.body, "one");
+
+    // The control plane takes the app away again.
+    cp.set_desired(2, sealed(&cp_key, &node, 2, Vec::new()));
+    recv_notify(
+        &sock,
+        &format!("STATUS=serving 0 apps (0 components) on {addr}"),
+        &d,
+    )
+    .await;
+    assert_eq!(get(addr, "/greeting").await.status, 404);
+}
+

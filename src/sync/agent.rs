@@ -112,6 +112,7 @@ pub struct Agent {
     backoff: Backoff,
     outage: Outage,
     started: Instant,
+    on_swap: Option<super::OnSwap>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -166,6 +167,7 @@ impl Agent {
             backoff,
             outage: Outage::default(),
             started: Instant::now(),
+            on_swap: p.on_swap,
         };
         agent.publish_releases();
         if let Some(s) = &agent.setup.applied {
@@ -495,6 +497,10 @@ impl Agent {
         }
         // In-flight requests hold the components they were routed to and finish on them.
         self.serve.swap_router(router);
+        // Installs, removals and rollbacks change the app counts systemd shows.
+        if let Some(f) = &self.on_swap {
+            (f.0)();
+        }
         let removed: Vec<String> = plan
             .remove
             .into_iter()
