@@ -614,3 +614,102 @@ async fn status_line_follows_installs_and_removals() {
     assert_eq!(get(addr, "/greeting").await.status, 404);
 }
 
+/// A request in flight during a hot swap finishes on the release that took it; requests after
+/// the swap get the new one. v1 routes `/echo` to the streaming echo guest, v2 to `hello`: the
+/// request stays open (its body is still being sent) across the swap, so only v1 can answer it
+/// with the echo of everything sent.
+#[tokio::test]
+async fn a_request_in_flight_during_a_swap_finishes_on_the_old_release() {
+    let lab = Lab::new();
+    let (v1, v1_sig) = lab.release_with(
+        "1.0.0",
+        "[component.main]\nsource = \"config_reader.wasm\"\nroutes = [\"/\"]\n\
+         [component.main.variables]\ngreeting = \"one\"\n\
+         [component.echo]\nsource = \"echo.wasm\"\nroutes = [\"/echo\"]\n",
+        &["config_reader", "echo"],
+    );
+    let (v2, v2_sig) = lab.release_with(
+        "2.0.0",
+        "[component.main]\nsource = \"config_reader.wasm\"\nroutes = [\"/\"]\n\
+         [component.main.variables]\ngreeting = \"two\"\n\
+         [component.echo]\nsource = \"hello.wasm\"\nroutes = [\"/echo\"]\n",
+        &["config_reader", "hello"],
+    );
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    {
+        let mut m = cp.state.lock().unwrap();
+        m.bundles
+            .insert(outpost::bundle::digest(&v1).to_string(), v1.clone());
+        m.bundles
+            .insert(outpost::bundle::digest(&v2).to_string(), v2.clone());
+    }
+    let cfg = node_config(&lab, &cp, &cp_key);
+    let d = Daemon::run_config(&cfg);
+    let node = enrolled(&cp, &d).await;
+    cp.set_desired(
+        1,
+        sealed(&cp_key, &node, 1, vec![entry("1.0.0", &v1, &v1_sig, &[])]),
+    );
+    wait_body(d.addr(), "/greeting", "one").await;
+
+    // The long request: head and a first chunk now, the rest after the swap.
+    let tcp = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let body = http_body_util::StreamBody::new(futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|c| c.map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b))))
+    }));
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/echo")
+        .header("host", "x")
+        .body(body)
+        .unwrap();
+    tx.send(Bytes::from_static(b"before the swap;"))
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
+        .await
+        .expect("the echo guest answers while the request body is open")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut resp_body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(30), resp_body.frame())
+        .await
+        .expect("the first chunk is echoed while the request is open")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(&first[..], b"before the swap;");
+
+    // Swap to v2 while that request is open; new requests get v2 on every path.
+    cp.set_desired(
+        2,
+        sealed(&cp_key, &node, 2, vec![entry("2.0.0", &v2, &v2_sig, &[])]),
+    );
+    wait_body(d.addr(), "/greeting", "two").await;
+    let r = request(d.addr(), "POST", "/echo", b"after").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello from outpost\nyou asked for /echo\n")
+    );
+
+    // The old request finishes on v1's echo guest.
+    tx.send(Bytes::from_static(b"after the swap"))
+        .await
+        .unwrap();
+    drop(tx);
+    let rest = tokio::time::timeout(Duration::from_secs(30), resp_body.collect())
+        .await
+        .expect("the in-flight request finishes")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&rest[..], b"after the swap");
+}
+
