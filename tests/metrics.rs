@@ -192,3 +192,91 @@ hosts = ["*"]
     assert!(after.sum("process_resident_memory_bytes", &[]) > 1e6);
     assert_eq!(after.sum("outpost_pool_slots_used", &[]), 0.0);
 }
+
+/// `outpost run` with `app` (an app directory or a bundle) on every host, plus `trust`
+/// (a `[trust]` table, or nothing).
+fn run_app(dir: &std::path::Path, app: &std::path::Path, trust: &str) -> Daemon {
+    let cfg = dir.join("outpost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[node]
+state_dir = "{}"
+[listen]
+http = ["127.0.0.1:0"]
+admin = "127.0.0.1:0"
+{trust}
+[[app]]
+source = "{}"
+hosts = ["*"]
+"#,
+            dir.join("state").display(),
+            app.display()
+        ),
+    )
+    .unwrap();
+    Daemon::run_config(&cfg)
+}
+
+/// Request metrics carry the tenant of the release serving them: the tenant in its signed
+/// document, or "" for an app without one (a plain app directory).
+#[tokio::test]
+async fn request_metrics_carry_the_tenant_of_the_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |r: &str| dir.path().join(r).to_str().unwrap().to_owned();
+    let (code, _, err) = run_to_end(&["bundle", "keygen", "--out", &p("ops")]);
+    assert_eq!(code, 0, "{err}");
+    let app = AppDir::new(
+        "manifest_version = 1\n[application]\nname = \"shop\"\nversion = \"1.0.0\"\n\
+         [component.hello]\nsource = \"hello.wasm\"\nroutes = [\"/\"]\n",
+        &["hello"],
+    );
+    let bundle = p("shop.bundle");
+    let (code, _, err) = run_to_end(&[
+        "bundle",
+        "pack",
+        app.path().to_str().unwrap(),
+        "-o",
+        &bundle,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_to_end(&[
+        "bundle",
+        "sign",
+        &bundle,
+        "--key",
+        &p("ops.key"),
+        "--tenant",
+        "acme",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let d = run_app(
+        dir.path(),
+        std::path::Path::new(&bundle),
+        &format!("[trust]\nkeys = [\"{}\"]\n", p("ops.pub")),
+    );
+    for _ in 0..3 {
+        assert_eq!(get(d.addr(), "/").await.status, 200);
+    }
+    let m = scrape(d.admin.unwrap()).await;
+    let labels = [r#"app="shop""#, r#"tenant="acme""#];
+    assert_eq!(m.sum("outpost_http_requests_total", &labels), 3.0);
+    assert_eq!(
+        m.sum("outpost_http_request_duration_seconds_count", &labels),
+        3.0
+    );
+    drop(d);
+
+    // The same app from a directory has no tenant.
+    let dir2 = tempfile::tempdir().unwrap();
+    let d = run_app(dir2.path(), app.path(), "");
+    assert_eq!(get(d.addr(), "/").await.status, 200);
+    let m = scrape(d.admin.unwrap()).await;
+    let labels = [r#"app="shop""#, r#"tenant="""#];
+    assert_eq!(m.sum("outpost_http_requests_total", &labels), 1.0);
+    assert_eq!(
+        m.sum("outpost_http_request_duration_seconds_count", &labels),
+        1.0
+    );
+}

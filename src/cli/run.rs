@@ -15,7 +15,7 @@ use crate::ops::admin::{self, AdminState};
 use crate::ops::config::{self, Config};
 use crate::ops::metrics::Metrics;
 use crate::ops::systemd::{self, Notify};
-use crate::runtime::app::{AppSource, load_app};
+use crate::runtime::app::{AppSource, load_app, load_tenant_app};
 use crate::runtime::{Runtime, RuntimeSettings, sizing};
 use crate::serve::{Router, ServeState};
 
@@ -152,8 +152,12 @@ pub fn run(args: RunArgs) -> CliResult {
                 },
                 _ => hosts.clone(),
             };
-            let app = load_app(&runtime, &AppSource::Dir(r.dir.clone()))
-                .await
+            let app = load_tenant_app(
+                &runtime,
+                &AppSource::Dir(r.dir.clone()),
+                r.release.tenant.as_deref(),
+            )
+            .await
                 .map_err(|e| {
                     CliError::app(anyhow::anyhow!(
                         "installed release {} {} ({}): {e:#}",

@@ -67,7 +67,7 @@ impl ServeState {
             .set(router.component_count() as i64);
         Self {
             router: RwLock::new(Arc::new(router)),
-            unrouted: RequestMetrics::new(&metrics, "-", "-"),
+            unrouted: RequestMetrics::new(&metrics, None, "-", "-"),
             metrics,
             next_id: AtomicU64::new(0),
             id_base: (nanos ^ u64::from(std::process::id())) << 24,
