@@ -67,7 +67,7 @@ source = "trap.wasm"
 routes = ["/trap"]
 [component.slow]
 source = "slow.wasm"
-routes = ["/sleep"]
+routes = ["/sleep", "/spin"]
 timeout = "200ms"
 "#,
         &["hello", "trap", "slow"],
@@ -141,6 +141,9 @@ hosts = ["*"]
     }
     assert_eq!(get(d.addr(), "/trap").await.status, 500);
     assert_eq!(get(d.addr(), "/sleep/5000").await.status, 504);
+    // A CPU-bound guest that never calls the host: epoch interruption preempts it so its
+    // wall-clock deadline can fire, and that timeout is counted like any other.
+    assert_eq!(get(d.addr(), "/spin").await.status, 504);
 
     let after = scrape(admin).await;
     for (name, ty) in expected {
@@ -170,25 +173,35 @@ hosts = ["*"]
         1.0
     );
     assert_eq!(
-        moved("outpost_request_errors_total", &[r#"kind="timeout""#]),
-        1.0
+        moved(
+            "outpost_request_errors_total",
+            &[r#"app="shop""#, r#"kind="timeout""#]
+        ),
+        2.0
+    );
+    assert_eq!(
+        moved(
+            "outpost_http_requests_total",
+            &[r#"component="slow""#, r#"status="504""#]
+        ),
+        2.0
     );
     assert_eq!(
         moved(
             "outpost_http_request_duration_seconds_count",
             &[r#"app="shop""#]
         ),
-        7.0
+        8.0
     );
-    assert!(moved("outpost_instantiate_duration_seconds_count", &[]) >= 7.0);
+    assert!(moved("outpost_instantiate_duration_seconds_count", &[]) >= 8.0);
     // Each request's peak linear memory, by app: the guests' memories are at least one page.
     assert!(
         moved(
             "outpost_instance_memory_peak_bytes_count",
             &[r#"app="shop""#]
-        ) >= 7.0
+        ) >= 8.0
     );
-    assert!(moved("outpost_instance_memory_peak_bytes_sum", &[r#"app="shop""#]) >= 7.0 * 65536.0);
+    assert!(moved("outpost_instance_memory_peak_bytes_sum", &[r#"app="shop""#]) >= 8.0 * 65536.0);
     assert!(after.sum("process_resident_memory_bytes", &[]) > 1e6);
     assert_eq!(after.sum("outpost_pool_slots_used", &[]), 0.0);
 }
