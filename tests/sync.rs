@@ -316,6 +316,21 @@ site = "lab"
     cfg
 }
 
+/// The value of the unlabelled gauge `name` in a scrape (panics if absent).
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn last_success(metrics: &str) -> f64 {
+    gauge(metrics, "outpost_sync_last_success_timestamp_seconds")
+}
+
 fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -398,6 +413,21 @@ async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
         ),
     ] {
         assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
+    // Every successful poll moves the last-success time (unix seconds): set, and rising.
+    let first = last_success(&m);
+    assert!(first > 0.0, "outpost_sync_last_success_timestamp_seconds {first}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = last_success(&get(admin, "/metrics").await.body);
+        if now > first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "last success stuck at {first} while polling every 200 ms"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Sequence 2: v2, only on greeter.example.com.
