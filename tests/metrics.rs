@@ -232,6 +232,79 @@ hosts = ["*"]
     Daemon::run_config(&cfg)
 }
 
+/// The `suppressed=N` value of a log line, if it has one.
+fn suppressed(line: &str) -> Option<u64> {
+    let rest = &line[line.find("suppressed=")? + "suppressed=".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// A guest trapping at request rate costs the journal the limiter's burst (20 lines per 10 s,
+/// `serve::log_failure`), not a line per request; the first line of the next window says how
+/// many were left out. The counters still count every failure.
+#[tokio::test]
+async fn trap_warnings_are_rate_limited_and_report_what_they_dropped() {
+    const BURST: usize = 20;
+    const TRAPS: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let app = AppDir::new(
+        "manifest_version = 1\n[application]\nname = \"trappy\"\nversion = \"1.0.0\"\n\
+         [component.trap]\nsource = \"trap.wasm\"\nroutes = [\"/\"]\n",
+        &["trap"],
+    );
+    let d = run_app(dir.path(), app.path(), "");
+    let addr = d.addr();
+    // In parallel batches, so the burst lands well inside one 10 s window.
+    for _ in 0..TRAPS / 10 {
+        let batch: Vec<_> = (0..10)
+            .map(|_| tokio::spawn(async move { get(addr, "/").await.status }))
+            .collect();
+        for t in batch {
+            assert_eq!(t.await.unwrap(), 500);
+        }
+    }
+    let m = scrape(d.admin.unwrap()).await;
+    assert_eq!(
+        m.sum("outpost_request_errors_total", &[r#"kind="trap""#]),
+        TRAPS as f64,
+        "every trap is counted"
+    );
+
+    // One trap at a time until the window rolls over and a line reports the dropped ones.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let lines = loop {
+        let log = d.stderr();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("guest failed"))
+            .map(str::to_owned)
+            .collect();
+        if lines.iter().any(|l| suppressed(l).is_some_and(|n| n > 0)) {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line reported suppressed warnings:\n{log}"
+        );
+        assert_eq!(get(addr, "/").await.status, 500);
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let first_report = lines
+        .iter()
+        .position(|l| suppressed(l).is_some_and(|n| n > 0))
+        .unwrap();
+    // Every line of the first window says suppressed=0; it logged exactly the burst (it did
+    // drop some, or no later line would report them).
+    assert_eq!(first_report, BURST, "{lines:#?}");
+    for l in &lines[..first_report] {
+        assert_eq!(suppressed(l), Some(0), "{l}");
+        assert!(l.contains(r#"kind="trap""#), "{l}");
+    }
+    // It dropped at least what the burst had beyond the limit.
+    let n = suppressed(&lines[first_report]).unwrap();
+    assert!(n as usize >= TRAPS - BURST, "suppressed={n}");
+}
+
 /// Request metrics carry the tenant of the release serving them: the tenant in its signed
 /// document, or "" for an app without one (a plain app directory).
 #[tokio::test]
