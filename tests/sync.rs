@@ -32,7 +32,31 @@ struct Mock {
     bundles: HashMap<String, Vec<u8>>,
     reports: Vec<SyncReport>,
     bundle_gets: usize,
+    /// Bundle downloads send their head and first bytes, then nothing more.
+    stall_bundles: bool,
 }
+
+/// A response body that yields its first chunk and then never another frame: a control plane
+/// hanging in the middle of a download.
+struct Stalled(Option<Bytes>);
+
+impl hyper::body::Body for Stalled {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        match self.0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
+            // Never woken: the connection stays open until the client gives up.
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+type MockBody = http_body_util::Either<Full<Bytes>, Stalled>;
 
 type Shared = Arc<Mutex<Mock>>;
 
@@ -109,6 +133,34 @@ fn reply(status: u16, body: Vec<u8>) -> http::Response<Full<Bytes>> {
 }
 
 async fn handle(
+    st: Shared,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<MockBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if req.method() == http::Method::GET && path.starts_with("/v1/bundles/") {
+        let mut m = st.lock().unwrap();
+        if m.stall_bundles {
+            m.bundle_gets += 1;
+            let len = m
+                .bundles
+                .get(path.trim_start_matches("/v1/bundles/"))
+                .map_or(0, Vec::len);
+            // The true length and a first chunk, so the client is mid-body when it stalls.
+            return Ok(http::Response::builder()
+                .status(200)
+                .header("content-length", len)
+                .body(http_body_util::Either::Right(Stalled(Some(
+                    Bytes::from_static(b"OUTPOST"),
+                ))))
+                .unwrap());
+        }
+    }
+    Ok(handle_full(st, req)
+        .await?
+        .map(http_body_util::Either::Left))
+}
+
+async fn handle_full(
     st: Shared,
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
@@ -287,6 +339,17 @@ async fn wait_body(addr: std::net::SocketAddr, path: &str, want: &str) {
 }
 
 fn node_config(lab: &Lab, cp: &MockCp, cp_key: &SigningKey) -> PathBuf {
+    node_config_with(lab, cp, cp_key, "5s", "")
+}
+
+/// The node's config with `request_timeout` and `extra` (whole tables) appended.
+fn node_config_with(
+    lab: &Lab,
+    cp: &MockCp,
+    cp_key: &SigningKey,
+    request_timeout: &str,
+    extra: &str,
+) -> PathBuf {
     let cfg = lab.path("node.toml");
     std::fs::write(
         &cfg,
@@ -304,9 +367,10 @@ url = "http://{}"
 key = "{}"
 token = "{TOKEN}"
 poll_interval = "200ms"
-request_timeout = "5s"
+request_timeout = "{request_timeout}"
 [control_plane.labels]
 site = "lab"
+{extra}
 "#,
             cp.addr,
             cp_key.verifying_key().to_public_text().trim_end()
@@ -329,6 +393,14 @@ fn gauge(metrics: &str, name: &str) -> f64 {
 
 fn last_success(metrics: &str) -> f64 {
     gauge(metrics, "outpost_sync_last_success_timestamp_seconds")
+}
+
+/// The value of the series `series` (`name{labels}` exactly as exported), 0 when absent.
+fn counter(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 fn mode(p: &Path) -> u32 {
@@ -573,6 +645,42 @@ async fn enrolled(cp: &MockCp, d: &Daemon) -> String {
     }
 }
 
+/// Waits until a scrape of `admin` satisfies `f`; returns that scrape.
+async fn wait_metrics(
+    admin: std::net::SocketAddr,
+    d: &Daemon,
+    what: &str,
+    f: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = get(admin, "/metrics").await.body;
+        if f(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed {what}:\n{m}\nstderr:\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (without blocking the thread: the mock control plane runs on this runtime) until the
+/// node's stderr contains `needle`; returns the log.
+async fn wait_stderr(d: &Daemon, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = d.stderr();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "never logged {needle:?}:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Receives notify datagrams until one has the line `line`; returns that datagram.
 async fn recv_notify(sock: &tokio::net::UnixDatagram, line: &str, d: &Daemon) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -743,3 +851,103 @@ async fn a_request_in_flight_during_a_swap_finishes_on_the_old_release() {
     assert_eq!(&rest[..], b"after the swap");
 }
 
+/// The agent's download limits: a release advertised larger than the node's
+/// `max_bundle_size`, or a download larger than advertised, is reported failed without being
+/// read; a control plane that stalls mid-download is cut off at `request_timeout` and counted.
+/// The node keeps serving its release throughout.
+#[tokio::test]
+async fn oversized_and_stalled_downloads_fail_and_the_node_keeps_serving() {
+    let lab = Lab::new();
+    let (v1, v1_sig) = lab.release("1.0.0", "one");
+    let (v2, v2_sig) = lab.release("2.0.0", "two");
+    let (v3, v3_sig) = lab.release("3.0.0", "three");
+    let (v4, v4_sig) = lab.release("4.0.0", "four");
+    let cap: u64 = 4 << 20;
+    assert!((v1.len() as u64) < cap);
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    {
+        let mut m = cp.state.lock().unwrap();
+        for b in [&v1, &v2, &v3, &v4] {
+            m.bundles
+                .insert(outpost::bundle::digest(b).to_string(), b.clone());
+        }
+    }
+    let cfg = node_config_with(
+        &lab,
+        &cp,
+        &cp_key,
+        "1s",
+        &format!("[store]\nmax_bundle_size = {cap}\n"),
+    );
+    let d = Daemon::run_config(&cfg);
+    let admin = d.admin.unwrap();
+    let node = enrolled(&cp, &d).await;
+    cp.set_desired(
+        1,
+        sealed(&cp_key, &node, 1, vec![entry("1.0.0", &v1, &v1_sig, &[])]),
+    );
+    wait_body(d.addr(), "/greeting", "one").await;
+    let release_failures =
+        |m: &str| counter(m, "outpost_sync_failures_total{reason=\"release\"}");
+    let before = release_failures(&get(admin, "/metrics").await.body);
+
+    // Advertised over the cap: refused before any download.
+    let gets = cp.state.lock().unwrap().bundle_gets;
+    let mut big = entry("2.0.0", &v2, &v2_sig, &[]);
+    big.size = cap + 1;
+    let v2_digest = big.digest;
+    cp.set_desired(2, sealed(&cp_key, &node, 2, vec![big]));
+    let r = cp
+        .wait_report("the oversized release failed", |r| {
+            r.failed.iter().any(|f| f.digest == v2_digest)
+        })
+        .await;
+    let f = r.failed.iter().find(|f| f.digest == v2_digest).unwrap();
+    assert!(f.error.contains("max_bundle_size"), "{f:?}");
+    wait_stderr(&d, "cannot run the release the control plane assigned").await;
+    assert_eq!(cp.state.lock().unwrap().bundle_gets, gets, "nothing fetched");
+    wait_metrics(admin, &d, "the refusal counted", |m| {
+        release_failures(m) >= before + 1.0
+    })
+    .await;
+    assert_eq!(get(d.addr(), "/greeting").await.body, "one");
+
+    // Advertised one byte short of what the control plane sends: the download is cut at the
+    // advertised size.
+    let mut short = entry("3.0.0", &v3, &v3_sig, &[]);
+    short.size -= 1;
+    let v3_digest = short.digest;
+    cp.set_desired(3, sealed(&cp_key, &node, 3, vec![short]));
+    let r = cp
+        .wait_report("the over-long download failed", |r| {
+            r.failed.iter().any(|f| f.digest == v3_digest)
+        })
+        .await;
+    let f = r.failed.iter().find(|f| f.digest == v3_digest).unwrap();
+    assert!(f.error.contains("larger than"), "{f:?}");
+    assert_eq!(get(d.addr(), "/greeting").await.body, "one");
+
+    // A control plane that stalls in the middle of the bundle: each attempt times out after
+    // request_timeout (1 s), is counted, and is retried on the next poll.
+    let counted = release_failures(&get(admin, "/metrics").await.body);
+    cp.state.lock().unwrap().stall_bundles = true;
+    cp.set_desired(
+        4,
+        sealed(&cp_key, &node, 4, vec![entry("4.0.0", &v4, &v4_sig, &[])]),
+    );
+    const RETRY: &str = "cannot download the release; retrying on the next poll";
+    let log = wait_stderr(&d, RETRY).await;
+    let line = log.lines().find(|l| l.contains(RETRY)).unwrap();
+    assert!(line.contains("timed out"), "the log must say why: {line}");
+    wait_metrics(admin, &d, "the stalled download counted", |m| {
+        release_failures(m) >= counted + 1.0
+    })
+    .await;
+    assert_eq!(get(d.addr(), "/greeting").await.body, "one");
+    assert!(cp.state.lock().unwrap().bundle_gets > gets);
+
+    // Once the control plane answers again, the retry installs the release.
+    cp.state.lock().unwrap().stall_bundles = false;
+    wait_body(d.addr(), "/greeting", "four").await;
+}
