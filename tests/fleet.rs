@@ -426,10 +426,7 @@ async fn enrolment_refuses_bad_tokens_and_unknown_nodes() {
     assert!(log.contains("401"), "{log}");
     wait_metric(d, ENROL_FAILURES, 1.0).await;
     assert_eq!(get(d.addr(), "/").await.status, 404);
-    assert_eq!(
-        fleet.node_ids().into_keys().collect::<Vec<_>>(),
-        ["node-0"]
-    );
+    assert_eq!(fleet.node_ids().into_keys().collect::<Vec<_>>(), ["node-0"]);
 
     // A used token is refused too: create one, enrol node 2 with it, then try it for node 3.
     let t = fleet.token();

@@ -267,12 +267,7 @@ impl Lab {
 
     /// A signed bundle of app `greeter` at `version` with the manifest's `components` tables
     /// and the named guest apps (as `<name>.wasm`); returns (bundle bytes, signature bytes).
-    fn release_with(
-        &self,
-        version: &str,
-        components: &str,
-        guests: &[&str],
-    ) -> (Vec<u8>, Vec<u8>) {
+    fn release_with(&self, version: &str, components: &str, guests: &[&str]) -> (Vec<u8>, Vec<u8>) {
         let dir = self.path(&format!("app-{version}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
@@ -488,7 +483,10 @@ async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
     }
     // Every successful poll moves the last-success time (unix seconds): set, and rising.
     let first = last_success(&m);
-    assert!(first > 0.0, "outpost_sync_last_success_timestamp_seconds {first}");
+    assert!(
+        first > 0.0,
+        "outpost_sync_last_success_timestamp_seconds {first}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = last_success(&get(admin, "/metrics").await.body);
@@ -888,8 +886,7 @@ async fn oversized_and_stalled_downloads_fail_and_the_node_keeps_serving() {
         sealed(&cp_key, &node, 1, vec![entry("1.0.0", &v1, &v1_sig, &[])]),
     );
     wait_body(d.addr(), "/greeting", "one").await;
-    let release_failures =
-        |m: &str| counter(m, "outpost_sync_failures_total{reason=\"release\"}");
+    let release_failures = |m: &str| counter(m, "outpost_sync_failures_total{reason=\"release\"}");
     let before = release_failures(&get(admin, "/metrics").await.body);
 
     // Advertised over the cap: refused before any download.
@@ -906,7 +903,11 @@ async fn oversized_and_stalled_downloads_fail_and_the_node_keeps_serving() {
     let f = r.failed.iter().find(|f| f.digest == v2_digest).unwrap();
     assert!(f.error.contains("max_bundle_size"), "{f:?}");
     wait_stderr(&d, "cannot run the release the control plane assigned").await;
-    assert_eq!(cp.state.lock().unwrap().bundle_gets, gets, "nothing fetched");
+    assert_eq!(
+        cp.state.lock().unwrap().bundle_gets,
+        gets,
+        "nothing fetched"
+    );
     wait_metrics(admin, &d, "the refusal counted", |m| {
         release_failures(m) >= before + 1.0
     })

@@ -359,7 +359,11 @@ mod dashboard_tests {
     #[test]
     fn grafana_dashboard_queries_only_exported_metrics() {
         let m = Metrics::new();
-        RequestMetrics::new(&m, None, "a", "c").record(http::StatusCode::OK, Protocol::Http1, 0.001);
+        RequestMetrics::new(&m, None, "a", "c").record(
+            http::StatusCode::OK,
+            Protocol::Http1,
+            0.001,
+        );
         m.request_errors.with_label_values(&["a", "trap"]).inc();
         m.inflight.with_label_values(&["a"]).inc();
         m.tls_handshake_failures.with_label_values(&["x"]).inc();
