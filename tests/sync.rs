@@ -268,6 +268,17 @@ impl Lab {
     /// A signed bundle of app `greeter` at `version` with the manifest's `components` tables
     /// and the named guest apps (as `<name>.wasm`); returns (bundle bytes, signature bytes).
     fn release_with(&self, version: &str, components: &str, guests: &[&str]) -> (Vec<u8>, Vec<u8>) {
+        self.release_for(None, version, components, guests)
+    }
+
+    /// [`Lab::release_with`], signed for `tenant` (`outpost bundle sign --tenant`).
+    fn release_for(
+        &self,
+        tenant: Option<&str>,
+        version: &str,
+        components: &str,
+        guests: &[&str],
+    ) -> (Vec<u8>, Vec<u8>) {
         let dir = self.path(&format!("app-{version}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
@@ -284,7 +295,12 @@ impl Lab {
         let out = self.s(&format!("greeter-{version}.bundle"));
         let (code, _, err) = run_to_end(&["bundle", "pack", dir.to_str().unwrap(), "-o", &out]);
         assert_eq!(code, 0, "{err}");
-        let (code, _, err) = run_to_end(&["bundle", "sign", &out, "--key", &self.s("alice.key")]);
+        let key = self.s("alice.key");
+        let mut sign = vec!["bundle", "sign", &out, "--key", &key];
+        if let Some(t) = tenant {
+            sign.extend(["--tenant", t]);
+        }
+        let (code, _, err) = run_to_end(&sign);
         assert_eq!(code, 0, "{err}");
         (
             std::fs::read(&out).unwrap(),
@@ -847,6 +863,49 @@ async fn a_request_in_flight_during_a_swap_finishes_on_the_old_release() {
         .unwrap()
         .to_bytes();
     assert_eq!(&rest[..], b"after the swap");
+}
+
+/// A release the agent installs labels its requests with the tenant of its signed document.
+#[tokio::test]
+async fn requests_to_an_assigned_release_carry_its_tenant() {
+    let lab = Lab::new();
+    let (v1, v1_sig) = lab.release_for(
+        Some("acme"),
+        "1.0.0",
+        "[component.main]\nsource = \"hello.wasm\"\nroutes = [\"/\"]\n",
+        &["hello"],
+    );
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    cp.state
+        .lock()
+        .unwrap()
+        .bundles
+        .insert(outpost::bundle::digest(&v1).to_string(), v1.clone());
+    let cfg = node_config(&lab, &cp, &cp_key);
+    let d = Daemon::run_config(&cfg);
+    let node = enrolled(&cp, &d).await;
+    let mut e = entry("1.0.0", &v1, &v1_sig, &[]);
+    e.tenant = Some("acme".into());
+    cp.set_desired(1, sealed(&cp_key, &node, 1, vec![e]));
+    wait_body(d.addr(), "/", "hello from outpost\n").await;
+    let m = get(d.admin.unwrap(), "/metrics").await.body;
+    let series: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("outpost_http_requests_total{") && l.contains(r#"app="greeter""#))
+        .collect();
+    assert!(!series.is_empty(), "{m}");
+    for l in series {
+        assert!(l.contains(r#"tenant="acme""#), "{l}");
+    }
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("outpost_http_request_duration_seconds_count{")
+                && l.contains(r#"app="greeter""#)
+                && l.contains(r#"tenant="acme""#)
+        ),
+        "{m}"
+    );
 }
 
 /// The agent's download limits: a release advertised larger than the node's
