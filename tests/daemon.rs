@@ -61,7 +61,7 @@ hosts = ["echo.example.com"]
     assert_eq!(m.status, 200);
     for needle in [
         "# TYPE outpost_http_requests_total counter",
-        "outpost_http_requests_total{app=\"demo\",component=\"demo\",protocol=\"http1\",status=\"200\"}",
+        "outpost_http_requests_total{app=\"demo\",component=\"demo\",protocol=\"http1\",status=\"200\",tenant=\"\"}",
         "# TYPE outpost_http_request_duration_seconds histogram",
         "# TYPE outpost_instantiate_duration_seconds histogram",
         "outpost_pool_slots ",

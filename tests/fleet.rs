@@ -368,28 +368,106 @@ impl Load {
     }
 }
 
+/// The value of the series `series` (`name{labels}` exactly as exported) on `d`'s admin
+/// listener, 0 when absent.
+async fn metric(d: &Daemon, series: &str) -> f64 {
+    let m = get(d.admin.unwrap(), "/metrics").await.body;
+    m.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Waits until `d`'s series `series` is at least `at_least`.
+async fn wait_metric(d: &Daemon, series: &str, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = metric(d, series).await;
+        if v >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {v}, expected ≥ {at_least}\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const ENROL_REFUSED: &str = "enrolment refused";
+const ENROL_FAILURES: &str = "outpost_sync_failures_total{reason=\"enroll\"}";
+
+impl Fleet {
+    /// The ids of the enrolled nodes, by name (`node-<i>`).
+    fn node_ids(&self) -> std::collections::BTreeMap<String, String> {
+        let (code, out, err) = self.op(&["nodes", "list", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap().to_owned(),
+                    n["id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolment_refuses_bad_tokens_and_unknown_nodes() {
     let mut fleet = Fleet::new(1);
     fleet.wait_enrolled(1);
-    // A node with a made-up token never enrols, says why, and still serves (nothing).
+    // A node with a made-up token never enrols, says why, counts it, and still serves (nothing).
     let d = fleet.start_node(1, Some(&"00".repeat(32)));
-    let log = d.wait_log(&["enrol"]);
-    assert!(log.contains("401") || log.contains("token"), "{log}");
-    let (code, out, _) = fleet.op(&["nodes", "list", "--json"]);
-    assert_eq!(code, 0);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 1, "{out}");
-    // A used token is refused too: node 2 reuses node 0's enrolment token... which the
-    // operator never saw again; so create one, use it, and use it again.
+    let log = d.expect_log(&[ENROL_REFUSED]);
+    assert!(log.contains("401"), "{log}");
+    wait_metric(d, ENROL_FAILURES, 1.0).await;
+    assert_eq!(get(d.addr(), "/").await.status, 404);
+    assert_eq!(fleet.node_ids().into_keys().collect::<Vec<_>>(), ["node-0"]);
+
+    // A used token is refused too: create one, enrol node 2 with it, then try it for node 3.
     let t = fleet.token();
     fleet.start_node(2, Some(&t));
     fleet.wait_enrolled(2);
     let d = fleet.start_node(3, Some(&t));
-    d.wait_log(&["enrol"]);
-    let (_, out, _) = fleet.op(&["nodes", "list", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 2, "{out}");
+    let log = d.expect_log(&[ENROL_REFUSED]);
+    assert!(log.contains("401"), "{log}");
+    wait_metric(d, ENROL_FAILURES, 1.0).await;
+    assert_eq!(
+        fleet.node_ids().into_keys().collect::<Vec<_>>(),
+        ["node-0", "node-2"]
+    );
+
+    // A revoked node: node 0 runs a release, is revoked, logs the refusal, and keeps serving
+    // its cached release — also after a restart, from its store.
+    let v1 = fleet.bundle("1.0.0", "config_reader", "one");
+    let (code, out, err) = fleet.push(&v1, "100", "0s");
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_all_serve(&fleet.nodes[0..1], "one").await;
+    let id = fleet.node_ids()["node-0"].clone();
+    let (code, out, err) = fleet.op(&["nodes", "revoke", &id]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("revoked"), "{out}");
+    const REFUSED: &str = "the control plane refuses this node";
+    let log = fleet.nodes[0].expect_log(&[REFUSED]);
+    assert!(log.contains("403"), "{log}");
+    wait_metric(
+        &fleet.nodes[0],
+        "outpost_sync_failures_total{reason=\"rejected\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(greeting(&fleet.nodes[0]).await, (200, "one".into()));
+    let cfg = fleet.path("node0.toml");
+    fleet.nodes[0].sigterm();
+    assert_eq!(fleet.nodes[0].wait_exit(Duration::from_secs(10)), Some(0));
+    fleet.nodes[0] = Daemon::run_config(&cfg);
+    assert_eq!(greeting(&fleet.nodes[0]).await, (200, "one".into()));
+    fleet.nodes[0].expect_log(&[REFUSED]);
+    assert_eq!(greeting(&fleet.nodes[0]).await, (200, "one".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,7 +32,31 @@ struct Mock {
     bundles: HashMap<String, Vec<u8>>,
     reports: Vec<SyncReport>,
     bundle_gets: usize,
+    /// Bundle downloads send their head and first bytes, then nothing more.
+    stall_bundles: bool,
 }
+
+/// A response body that yields its first chunk and then never another frame: a control plane
+/// hanging in the middle of a download.
+struct Stalled(Option<Bytes>);
+
+impl hyper::body::Body for Stalled {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        match self.0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
+            // Never woken: the connection stays open until the client gives up.
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+type MockBody = http_body_util::Either<Full<Bytes>, Stalled>;
 
 type Shared = Arc<Mutex<Mock>>;
 
@@ -109,6 +133,34 @@ fn reply(status: u16, body: Vec<u8>) -> http::Response<Full<Bytes>> {
 }
 
 async fn handle(
+    st: Shared,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<MockBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if req.method() == http::Method::GET && path.starts_with("/v1/bundles/") {
+        let mut m = st.lock().unwrap();
+        if m.stall_bundles {
+            m.bundle_gets += 1;
+            let len = m
+                .bundles
+                .get(path.trim_start_matches("/v1/bundles/"))
+                .map_or(0, Vec::len);
+            // The true length and a first chunk, so the client is mid-body when it stalls.
+            return Ok(http::Response::builder()
+                .status(200)
+                .header("content-length", len)
+                .body(http_body_util::Either::Right(Stalled(Some(
+                    Bytes::from_static(b"OUTPOST"),
+                ))))
+                .unwrap());
+        }
+    }
+    Ok(handle_full(st, req)
+        .await?
+        .map(http_body_util::Either::Left))
+}
+
+async fn handle_full(
     st: Shared,
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
@@ -190,25 +242,65 @@ impl Lab {
         self.path(rel).to_str().unwrap().to_owned()
     }
 
+    /// A lab with the release key `alice`.
+    fn new() -> Self {
+        let lab = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let (code, _, err) = run_to_end(&["bundle", "keygen", "--out", &lab.s("alice")]);
+        assert_eq!(code, 0, "{err}");
+        lab
+    }
+
     /// A signed bundle of app `greeter` at `version` whose `/greeting` answers `greeting`;
     /// returns (bundle bytes, signature file bytes).
     fn release(&self, version: &str, greeting: &str) -> (Vec<u8>, Vec<u8>) {
+        self.release_with(
+            version,
+            &format!(
+                "[component.main]\nsource = \"config_reader.wasm\"\nroutes = [\"/\"]\n\
+                 [component.main.variables]\ngreeting = \"{greeting}\"\n"
+            ),
+            &["config_reader"],
+        )
+    }
+
+    /// A signed bundle of app `greeter` at `version` with the manifest's `components` tables
+    /// and the named guest apps (as `<name>.wasm`); returns (bundle bytes, signature bytes).
+    fn release_with(&self, version: &str, components: &str, guests: &[&str]) -> (Vec<u8>, Vec<u8>) {
+        self.release_for(None, version, components, guests)
+    }
+
+    /// [`Lab::release_with`], signed for `tenant` (`outpost bundle sign --tenant`).
+    fn release_for(
+        &self,
+        tenant: Option<&str>,
+        version: &str,
+        components: &str,
+        guests: &[&str],
+    ) -> (Vec<u8>, Vec<u8>) {
         let dir = self.path(&format!("app-{version}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("outpost.toml"),
             format!(
                 "manifest_version = 1\n[application]\nname = \"greeter\"\nversion = \"{version}\"\n\
-                 [component.main]\nsource = \"config-reader.wasm\"\nroutes = [\"/\"]\n\
-                 [component.main.variables]\ngreeting = \"{greeting}\"\n"
+                 {components}"
             ),
         )
         .unwrap();
-        std::fs::copy(wasm("config_reader"), dir.join("config-reader.wasm")).unwrap();
+        for g in guests {
+            std::fs::copy(wasm(g), dir.join(format!("{g}.wasm"))).unwrap();
+        }
         let out = self.s(&format!("greeter-{version}.bundle"));
         let (code, _, err) = run_to_end(&["bundle", "pack", dir.to_str().unwrap(), "-o", &out]);
         assert_eq!(code, 0, "{err}");
-        let (code, _, err) = run_to_end(&["bundle", "sign", &out, "--key", &self.s("alice.key")]);
+        let key = self.s("alice.key");
+        let mut sign = vec!["bundle", "sign", &out, "--key", &key];
+        if let Some(t) = tenant {
+            sign.extend(["--tenant", t]);
+        }
+        let (code, _, err) = run_to_end(&sign);
         assert_eq!(code, 0, "{err}");
         (
             std::fs::read(&out).unwrap(),
@@ -258,6 +350,17 @@ async fn wait_body(addr: std::net::SocketAddr, path: &str, want: &str) {
 }
 
 fn node_config(lab: &Lab, cp: &MockCp, cp_key: &SigningKey) -> PathBuf {
+    node_config_with(lab, cp, cp_key, "5s", "")
+}
+
+/// The node's config with `request_timeout` and `extra` (whole tables) appended.
+fn node_config_with(
+    lab: &Lab,
+    cp: &MockCp,
+    cp_key: &SigningKey,
+    request_timeout: &str,
+    extra: &str,
+) -> PathBuf {
     let cfg = lab.path("node.toml");
     std::fs::write(
         &cfg,
@@ -275,9 +378,10 @@ url = "http://{}"
 key = "{}"
 token = "{TOKEN}"
 poll_interval = "200ms"
-request_timeout = "5s"
+request_timeout = "{request_timeout}"
 [control_plane.labels]
 site = "lab"
+{extra}
 "#,
             cp.addr,
             cp_key.verifying_key().to_public_text().trim_end()
@@ -287,6 +391,29 @@ site = "lab"
     cfg
 }
 
+/// The value of the unlabelled gauge `name` in a scrape (panics if absent).
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn last_success(metrics: &str) -> f64 {
+    gauge(metrics, "outpost_sync_last_success_timestamp_seconds")
+}
+
+/// The value of the series `series` (`name{labels}` exactly as exported), 0 when absent.
+fn counter(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
 fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -294,11 +421,7 @@ fn mode(p: &Path) -> u32 {
 
 #[tokio::test]
 async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
-    let lab = Lab {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let (code, _, err) = run_to_end(&["bundle", "keygen", "--out", &lab.s("alice")]);
-    assert_eq!(code, 0, "{err}");
+    let lab = Lab::new();
     let (v1, v1_sig) = lab.release("1.0.0", "one");
     let (v2, v2_sig) = lab.release("2.0.0", "two");
     let cp_key = SigningKey::from_seed(&[42; 32]);
@@ -373,6 +496,24 @@ async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
         ),
     ] {
         assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
+    // Every successful poll moves the last-success time (unix seconds): set, and rising.
+    let first = last_success(&m);
+    assert!(
+        first > 0.0,
+        "outpost_sync_last_success_timestamp_seconds {first}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = last_success(&get(admin, "/metrics").await.body);
+        if now > first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "last success stuck at {first} while polling every 200 ms"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Sequence 2: v2, only on greeter.example.com.
@@ -504,4 +645,369 @@ fn not_enrolled_without_a_token_is_a_config_error() {
         "{err}"
     );
     assert!(!err.contains("listening on"), "{err}");
+}
+
+/// Waits until the mock control plane enrolled the node; returns its id.
+async fn enrolled(cp: &MockCp, d: &Daemon) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(n) = cp.node() {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "never enrolled:\n{}", d.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until a scrape of `admin` satisfies `f`; returns that scrape.
+async fn wait_metrics(
+    admin: std::net::SocketAddr,
+    d: &Daemon,
+    what: &str,
+    f: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = get(admin, "/metrics").await.body;
+        if f(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed {what}:\n{m}\nstderr:\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (without blocking the thread: the mock control plane runs on this runtime) until the
+/// node's stderr contains `needle`; returns the log.
+async fn wait_stderr(d: &Daemon, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = d.stderr();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "never logged {needle:?}:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Receives notify datagrams until one has the line `line`; returns that datagram.
+async fn recv_notify(sock: &tokio::net::UnixDatagram, line: &str, d: &Daemon) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = match tokio::time::timeout(left, sock.recv(&mut buf)).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => panic!("no notification {line:?}; stderr:\n{}", d.stderr()),
+        };
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if m.lines().any(|l| l == line) {
+            return m;
+        }
+    }
+}
+
+/// systemd's STATUS line follows the agent: READY says what serves at start, and every
+/// install and removal the control plane asks for sends the new counts.
+#[tokio::test]
+async fn status_line_follows_installs_and_removals() {
+    let lab = Lab::new();
+    let (v1, v1_sig) = lab.release("1.0.0", "one");
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    cp.state
+        .lock()
+        .unwrap()
+        .bundles
+        .insert(outpost::bundle::digest(&v1).to_string(), v1.clone());
+    let cfg = node_config(&lab, &cp, &cp_key);
+    let notify = lab.path("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&notify).unwrap();
+    let d = Daemon::spawn_with(
+        &["run", "--config", cfg.to_str().unwrap()],
+        tempfile::tempdir().unwrap(),
+        &[("NOTIFY_SOCKET", notify.to_str().unwrap())],
+        1,
+        true,
+    );
+    let addr = d.addr();
+    let ready = recv_notify(&sock, "READY=1", &d).await;
+    assert!(
+        ready.contains(&format!("STATUS=serving 0 apps (0 components) on {addr}\n")),
+        "{ready:?}"
+    );
+    let node = enrolled(&cp, &d).await;
+
+    cp.set_desired(
+        1,
+        sealed(&cp_key, &node, 1, vec![entry("1.0.0", &v1, &v1_sig, &[])]),
+    );
+    recv_notify(
+        &sock,
+        &format!("STATUS=serving 1 app (1 component) on {addr}"),
+        &d,
+    )
+    .await;
+    assert_eq!(get(addr, "/greeting").await.body, "one");
+
+    // The control plane takes the app away again.
+    cp.set_desired(2, sealed(&cp_key, &node, 2, Vec::new()));
+    recv_notify(
+        &sock,
+        &format!("STATUS=serving 0 apps (0 components) on {addr}"),
+        &d,
+    )
+    .await;
+    assert_eq!(get(addr, "/greeting").await.status, 404);
+}
+
+/// A request in flight during a hot swap finishes on the release that took it; requests after
+/// the swap get the new one. v1 routes `/echo` to the streaming echo guest, v2 to `hello`: the
+/// request stays open (its body is still being sent) across the swap, so only v1 can answer it
+/// with the echo of everything sent.
+#[tokio::test]
+async fn a_request_in_flight_during_a_swap_finishes_on_the_old_release() {
+    let lab = Lab::new();
+    let (v1, v1_sig) = lab.release_with(
+        "1.0.0",
+        "[component.main]\nsource = \"config_reader.wasm\"\nroutes = [\"/\"]\n\
+         [component.main.variables]\ngreeting = \"one\"\n\
+         [component.echo]\nsource = \"echo.wasm\"\nroutes = [\"/echo\"]\n",
+        &["config_reader", "echo"],
+    );
+    let (v2, v2_sig) = lab.release_with(
+        "2.0.0",
+        "[component.main]\nsource = \"config_reader.wasm\"\nroutes = [\"/\"]\n\
+         [component.main.variables]\ngreeting = \"two\"\n\
+         [component.echo]\nsource = \"hello.wasm\"\nroutes = [\"/echo\"]\n",
+        &["config_reader", "hello"],
+    );
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    {
+        let mut m = cp.state.lock().unwrap();
+        m.bundles
+            .insert(outpost::bundle::digest(&v1).to_string(), v1.clone());
+        m.bundles
+            .insert(outpost::bundle::digest(&v2).to_string(), v2.clone());
+    }
+    let cfg = node_config(&lab, &cp, &cp_key);
+    let d = Daemon::run_config(&cfg);
+    let node = enrolled(&cp, &d).await;
+    cp.set_desired(
+        1,
+        sealed(&cp_key, &node, 1, vec![entry("1.0.0", &v1, &v1_sig, &[])]),
+    );
+    wait_body(d.addr(), "/greeting", "one").await;
+
+    // The long request: head and a first chunk now, the rest after the swap.
+    let tcp = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let body = http_body_util::StreamBody::new(futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|c| c.map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b))))
+    }));
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/echo")
+        .header("host", "x")
+        .body(body)
+        .unwrap();
+    tx.send(Bytes::from_static(b"before the swap;"))
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
+        .await
+        .expect("the echo guest answers while the request body is open")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut resp_body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(30), resp_body.frame())
+        .await
+        .expect("the first chunk is echoed while the request is open")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(&first[..], b"before the swap;");
+
+    // Swap to v2 while that request is open; new requests get v2 on every path.
+    cp.set_desired(
+        2,
+        sealed(&cp_key, &node, 2, vec![entry("2.0.0", &v2, &v2_sig, &[])]),
+    );
+    wait_body(d.addr(), "/greeting", "two").await;
+    let r = request(d.addr(), "POST", "/echo", b"after").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello from outpost\nyou asked for /echo\n")
+    );
+
+    // The old request finishes on v1's echo guest.
+    tx.send(Bytes::from_static(b"after the swap"))
+        .await
+        .unwrap();
+    drop(tx);
+    let rest = tokio::time::timeout(Duration::from_secs(30), resp_body.collect())
+        .await
+        .expect("the in-flight request finishes")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&rest[..], b"after the swap");
+}
+
+/// A release the agent installs labels its requests with the tenant of its signed document.
+#[tokio::test]
+async fn requests_to_an_assigned_release_carry_its_tenant() {
+    let lab = Lab::new();
+    let (v1, v1_sig) = lab.release_for(
+        Some("acme"),
+        "1.0.0",
+        "[component.main]\nsource = \"hello.wasm\"\nroutes = [\"/\"]\n",
+        &["hello"],
+    );
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    cp.state
+        .lock()
+        .unwrap()
+        .bundles
+        .insert(outpost::bundle::digest(&v1).to_string(), v1.clone());
+    let cfg = node_config(&lab, &cp, &cp_key);
+    let d = Daemon::run_config(&cfg);
+    let node = enrolled(&cp, &d).await;
+    let mut e = entry("1.0.0", &v1, &v1_sig, &[]);
+    e.tenant = Some("acme".into());
+    cp.set_desired(1, sealed(&cp_key, &node, 1, vec![e]));
+    wait_body(d.addr(), "/", "hello from outpost\n").await;
+    let m = get(d.admin.unwrap(), "/metrics").await.body;
+    let series: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("outpost_http_requests_total{") && l.contains(r#"app="greeter""#))
+        .collect();
+    assert!(!series.is_empty(), "{m}");
+    for l in series {
+        assert!(l.contains(r#"tenant="acme""#), "{l}");
+    }
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("outpost_http_request_duration_seconds_count{")
+                && l.contains(r#"app="greeter""#)
+                && l.contains(r#"tenant="acme""#)
+        ),
+        "{m}"
+    );
+}
+
+/// The agent's download limits: a release advertised larger than the node's
+/// `max_bundle_size`, or a download larger than advertised, is reported failed without being
+/// read; a control plane that stalls mid-download is cut off at `request_timeout` and counted.
+/// The node keeps serving its release throughout.
+#[tokio::test]
+async fn oversized_and_stalled_downloads_fail_and_the_node_keeps_serving() {
+    let lab = Lab::new();
+    let (v1, v1_sig) = lab.release("1.0.0", "one");
+    let (v2, v2_sig) = lab.release("2.0.0", "two");
+    let (v3, v3_sig) = lab.release("3.0.0", "three");
+    let (v4, v4_sig) = lab.release("4.0.0", "four");
+    let cap: u64 = 4 << 20;
+    assert!((v1.len() as u64) < cap);
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    {
+        let mut m = cp.state.lock().unwrap();
+        for b in [&v1, &v2, &v3, &v4] {
+            m.bundles
+                .insert(outpost::bundle::digest(b).to_string(), b.clone());
+        }
+    }
+    let cfg = node_config_with(
+        &lab,
+        &cp,
+        &cp_key,
+        "1s",
+        &format!("[store]\nmax_bundle_size = {cap}\n"),
+    );
+    let d = Daemon::run_config(&cfg);
+    let admin = d.admin.unwrap();
+    let node = enrolled(&cp, &d).await;
+    cp.set_desired(
+        1,
+        sealed(&cp_key, &node, 1, vec![entry("1.0.0", &v1, &v1_sig, &[])]),
+    );
+    wait_body(d.addr(), "/greeting", "one").await;
+    let release_failures = |m: &str| counter(m, "outpost_sync_failures_total{reason=\"release\"}");
+    let before = release_failures(&get(admin, "/metrics").await.body);
+
+    // Advertised over the cap: refused before any download.
+    let gets = cp.state.lock().unwrap().bundle_gets;
+    let mut big = entry("2.0.0", &v2, &v2_sig, &[]);
+    big.size = cap + 1;
+    let v2_digest = big.digest;
+    cp.set_desired(2, sealed(&cp_key, &node, 2, vec![big]));
+    let r = cp
+        .wait_report("the oversized release failed", |r| {
+            r.failed.iter().any(|f| f.digest == v2_digest)
+        })
+        .await;
+    let f = r.failed.iter().find(|f| f.digest == v2_digest).unwrap();
+    assert!(f.error.contains("max_bundle_size"), "{f:?}");
+    wait_stderr(&d, "cannot run the release the control plane assigned").await;
+    assert_eq!(
+        cp.state.lock().unwrap().bundle_gets,
+        gets,
+        "nothing fetched"
+    );
+    wait_metrics(admin, &d, "the refusal counted", |m| {
+        release_failures(m) >= before + 1.0
+    })
+    .await;
+    assert_eq!(get(d.addr(), "/greeting").await.body, "one");
+
+    // Advertised one byte short of what the control plane sends: the download is cut at the
+    // advertised size.
+    let mut short = entry("3.0.0", &v3, &v3_sig, &[]);
+    short.size -= 1;
+    let v3_digest = short.digest;
+    cp.set_desired(3, sealed(&cp_key, &node, 3, vec![short]));
+    let r = cp
+        .wait_report("the over-long download failed", |r| {
+            r.failed.iter().any(|f| f.digest == v3_digest)
+        })
+        .await;
+    let f = r.failed.iter().find(|f| f.digest == v3_digest).unwrap();
+    assert!(f.error.contains("larger than"), "{f:?}");
+    assert_eq!(get(d.addr(), "/greeting").await.body, "one");
+
+    // A control plane that stalls in the middle of the bundle: each attempt times out after
+    // request_timeout (1 s), is counted, and is retried on the next poll.
+    let counted = release_failures(&get(admin, "/metrics").await.body);
+    cp.state.lock().unwrap().stall_bundles = true;
+    cp.set_desired(
+        4,
+        sealed(&cp_key, &node, 4, vec![entry("4.0.0", &v4, &v4_sig, &[])]),
+    );
+    const RETRY: &str = "cannot download the release; retrying on the next poll";
+    let log = wait_stderr(&d, RETRY).await;
+    let line = log.lines().find(|l| l.contains(RETRY)).unwrap();
+    assert!(line.contains("timed out"), "the log must say why: {line}");
+    wait_metrics(admin, &d, "the stalled download counted", |m| {
+        release_failures(m) >= counted + 1.0
+    })
+    .await;
+    assert_eq!(get(d.addr(), "/greeting").await.body, "one");
+    assert!(cp.state.lock().unwrap().bundle_gets > gets);
+
+    // Once the control plane answers again, the retry installs the release.
+    cp.state.lock().unwrap().stall_bundles = false;
+    wait_body(d.addr(), "/greeting", "four").await;
 }

@@ -455,7 +455,7 @@ async fn h3_get_and_streamed_post_round_trip() {
     let m = get(d.admin.unwrap(), "/metrics").await.body;
     for component in ["hello", "echo"] {
         let series = format!(
-            "outpost_http_requests_total{{app=\"edge\",component=\"{component}\",protocol=\"http3\",status=\"200\"}} 1"
+            "outpost_http_requests_total{{app=\"edge\",component=\"{component}\",protocol=\"http3\",status=\"200\",tenant=\"\"}} 1"
         );
         assert!(m.contains(&series), "missing {series} in\n{m}");
     }

@@ -15,7 +15,7 @@ use crate::ops::admin::{self, AdminState};
 use crate::ops::config::{self, Config};
 use crate::ops::metrics::Metrics;
 use crate::ops::systemd::{self, Notify};
-use crate::runtime::app::{AppSource, load_app};
+use crate::runtime::app::{AppSource, load_app, load_tenant_app};
 use crate::runtime::{Runtime, RuntimeSettings, sizing};
 use crate::serve::{Router, ServeState};
 
@@ -152,8 +152,12 @@ pub fn run(args: RunArgs) -> CliResult {
                 },
                 _ => hosts.clone(),
             };
-            let app = load_app(&runtime, &AppSource::Dir(r.dir.clone()))
-                .await
+            let app = load_tenant_app(
+                &runtime,
+                &AppSource::Dir(r.dir.clone()),
+                r.release.tenant.as_deref(),
+            )
+            .await
                 .map_err(|e| {
                     CliError::app(anyhow::anyhow!(
                         "installed release {} {} ({}): {e:#}",
@@ -252,11 +256,7 @@ pub fn run(args: RunArgs) -> CliResult {
         }
 
         let app_count = router.apps().count();
-        let status = systemd::serving_status(
-            app_count,
-            router.component_count(),
-            &[listeners.http_addrs(), listeners.https_addrs()].concat(),
-        );
+        let tenant_addrs = [listeners.http_addrs(), listeners.https_addrs()].concat();
         let admin_state = Arc::new(AdminState {
             metrics: metrics.clone(),
             ready: Default::default(),
@@ -268,6 +268,14 @@ pub fn run(args: RunArgs) -> CliResult {
             }))
         });
         let state = Arc::new(ServeState::new(router, metrics.clone()));
+        let status_line = notifier.as_ref().map(|n| {
+            Arc::new(StatusLine {
+                notifier: n.clone(),
+                addrs: tenant_addrs,
+                serve: state.clone(),
+                phase: std::sync::Mutex::new(Phase::Starting),
+            })
+        });
         // The listeners are bound: the agent may swap the router from here on.
         let (stop_agent, agent_stop) = tokio::sync::watch::channel(false);
         let agent = setup.map(|setup| {
@@ -283,6 +291,9 @@ pub fn run(args: RunArgs) -> CliResult {
                 fixed_releases,
                 config_store_apps,
                 managed,
+                on_swap: status_line.clone().map(|s| {
+                    crate::sync::OnSwap(Arc::new(move || s.swapped()))
+                }),
             };
             // After the start-up GC pass, which would take the agent's not yet activated
             // installs for garbage.
@@ -307,25 +318,25 @@ pub fn run(args: RunArgs) -> CliResult {
             },
             async {
                 // First polled once `serve` has started its serving threads and accept loops.
-                if let Some(n) = &notifier {
-                    n.send_or_log(&[Notify::Ready, Notify::Status(status)]);
-                    if let Some(every) = watchdog_every {
-                        watchdog = Some(tokio::spawn(systemd::run_watchdog(
-                            n.clone(),
-                            every,
-                            move || {
-                                let s = probe_state.clone();
-                                async move { s.serving_threads_answer(every / 2).await }
-                            },
-                        )));
-                    }
+                if let Some(s) = &status_line {
+                    s.ready();
+                }
+                if let (Some(n), Some(every)) = (&notifier, watchdog_every) {
+                    watchdog = Some(tokio::spawn(systemd::run_watchdog(
+                        n.clone(),
+                        every,
+                        move || {
+                            let s = probe_state.clone();
+                            async move { s.serving_threads_answer(every / 2).await }
+                        },
+                    )));
                 }
                 super::shutdown_signal().await;
                 let _ = stop_agent.send(true);
                 // Not ready while draining, so load balancers stop sending traffic.
                 admin_for_drain.ready.store(false, Ordering::Release);
-                if let Some(n) = &notifier {
-                    n.send_or_log(&[Notify::Stopping, Notify::Status("draining".into())]);
+                if let Some(s) = &status_line {
+                    s.stopping();
                 }
             },
         )
@@ -355,6 +366,66 @@ pub fn run(args: RunArgs) -> CliResult {
 }
 
 use serde::Deserialize as _;
+
+/// Where the daemon is in its life, as far as systemd's STATUS line goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before READY: a swap sends nothing, READY carries the counts of the table then.
+    Starting,
+    Ready,
+    /// After STOPPING: "draining" must stay the last word, whatever the agent still swaps.
+    Stopping,
+}
+
+/// systemd's `STATUS=` line follows the routing table: sent with READY and again after every
+/// swap the node agent makes (installs, removals, rollbacks change the counts). The lock orders
+/// the messages, and each one reads the table current when it is sent, so the last STATUS
+/// systemd sees is never an older table's.
+struct StatusLine {
+    notifier: Arc<systemd::Notifier>,
+    addrs: Vec<std::net::SocketAddr>,
+    serve: Arc<ServeState>,
+    phase: std::sync::Mutex<Phase>,
+}
+
+impl StatusLine {
+    fn serving(&self) -> Notify {
+        let router = self.serve.router();
+        Notify::Status(systemd::serving_status(
+            router.apps().count(),
+            router.component_count(),
+            &self.addrs,
+        ))
+    }
+
+    fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
+        self.phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn ready(&self) {
+        let mut phase = self.phase();
+        if *phase == Phase::Starting {
+            *phase = Phase::Ready;
+            self.notifier.send_or_log(&[Notify::Ready, self.serving()]);
+        }
+    }
+
+    fn swapped(&self) {
+        let phase = self.phase();
+        if *phase == Phase::Ready {
+            self.notifier.send_or_log(&[self.serving()]);
+        }
+    }
+
+    fn stopping(&self) {
+        let mut phase = self.phase();
+        *phase = Phase::Stopping;
+        self.notifier
+            .send_or_log(&[Notify::Stopping, Notify::Status("draining".into())]);
+    }
+}
 
 /// The TLS setup for `listen.https` (`None` without TLS listeners); a generated development
 /// certificate is saved under `pem_dir` for clients to trust.

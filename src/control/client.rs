@@ -28,7 +28,9 @@ pub enum ClientError {
     Url { url: String, problem: String },
     #[error("control plane CA {path}: {problem}")]
     Ca { path: String, problem: String },
-    #[error("{method} {url}: {source}")]
+    /// Shown with reqwest's causes: its own message alone ("error decoding response body")
+    /// hides whether the connection was refused, reset or timed out.
+    #[error("{method} {url}: {}", with_causes(source))]
     Transport {
         method: &'static str,
         url: String,
@@ -65,6 +67,22 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// `e` and each distinct message in its source chain, joined by ": ".
+fn with_causes(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let msg = c.to_string();
+        // hyper and reqwest often wrap an error in one that repeats it.
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// A response body with the headers callers look at.

@@ -13,10 +13,11 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Requests answered, by app, component, status code and protocol (`http1.0`, `http1`,
-    /// `http2`, `http3`).
+    /// Requests answered, by tenant, app, component, status code and protocol (`http1.0`,
+    /// `http1`, `http2`, `http3`). `tenant` is the tenant of the release's signed document, ""
+    /// for apps without one.
     pub requests: IntCounterVec,
-    /// Time from request head received to response head sent, by app and protocol.
+    /// Time from request head received to response head sent, by tenant, app and protocol.
     pub request_duration: HistogramVec,
     /// Store creation + instantiation time per request.
     pub instantiate_duration: Histogram,
@@ -69,7 +70,7 @@ impl Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new("outpost_http_requests_total", "HTTP requests answered."),
-            &["app", "component", "status", "protocol"],
+            &["tenant", "app", "component", "status", "protocol"],
         )?;
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -80,7 +81,7 @@ impl Metrics {
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
-            &["app", "protocol"],
+            &["tenant", "app", "protocol"],
         )?;
         let instantiate_duration = Histogram::with_opts(
             HistogramOpts::new(
@@ -286,6 +287,7 @@ impl Protocol {
 /// `with_label_values` hashes every label and takes a lock, a cost paid tens of thousands of
 /// times a second on the hot path. Counters per status code are created on first use.
 pub struct RequestMetrics {
+    tenant: String,
     app: String,
     component: String,
     /// One slot per (protocol, status 100..=599).
@@ -297,6 +299,7 @@ pub struct RequestMetrics {
 impl std::fmt::Debug for RequestMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestMetrics")
+            .field("tenant", &self.tenant)
             .field("app", &self.app)
             .field("component", &self.component)
             .finish_non_exhaustive()
@@ -304,13 +307,16 @@ impl std::fmt::Debug for RequestMetrics {
 }
 
 impl RequestMetrics {
-    pub fn new(metrics: &Metrics, app: &str, component: &str) -> Self {
+    /// `tenant`: the release's tenant, `None` for an app without one (exported as "").
+    pub fn new(metrics: &Metrics, tenant: Option<&str>, app: &str, component: &str) -> Self {
+        let tenant = tenant.unwrap_or("");
         let durations = Protocol::ALL.map(|p| {
             metrics
                 .request_duration
-                .with_label_values(&[app, p.label()])
+                .with_label_values(&[tenant, app, p.label()])
         });
         Self {
+            tenant: tenant.to_owned(),
             app: app.to_owned(),
             component: component.to_owned(),
             counters: (0..Protocol::ALL.len() * 500)
@@ -327,6 +333,7 @@ impl RequestMetrics {
         let slot = usize::from(code.clamp(100, 599) - 100) + protocol.index() * 500;
         let counter = self.counters[slot].get_or_init(|| {
             self.metrics.requests.with_label_values(&[
+                &self.tenant,
                 &self.app,
                 &self.component,
                 status.as_str(),
@@ -352,7 +359,11 @@ mod dashboard_tests {
     #[test]
     fn grafana_dashboard_queries_only_exported_metrics() {
         let m = Metrics::new();
-        RequestMetrics::new(&m, "a", "c").record(http::StatusCode::OK, Protocol::Http1, 0.001);
+        RequestMetrics::new(&m, None, "a", "c").record(
+            http::StatusCode::OK,
+            Protocol::Http1,
+            0.001,
+        );
         m.request_errors.with_label_values(&["a", "trap"]).inc();
         m.inflight.with_label_values(&["a"]).inc();
         m.tls_handshake_failures.with_label_values(&["x"]).inc();

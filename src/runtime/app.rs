@@ -108,8 +108,18 @@ pub struct LoadedApp {
 }
 
 /// Loads every component of the app at `src`. Fails as a whole: an app is served complete or not
-/// at all.
+/// at all. For an app without a tenant (config directories, bare `.wasm`, the demo).
 pub async fn load_app(rt: &Runtime, src: &AppSource) -> Result<LoadedApp, AppError> {
+    load_tenant_app(rt, src, None).await
+}
+
+/// [`load_app`] for a release of `tenant` (from its signed document): the tenant labels the
+/// app's request metrics. The manifest cannot name it — only the signature vouches for it.
+pub async fn load_tenant_app(
+    rt: &Runtime,
+    src: &AppSource,
+    tenant: Option<&str>,
+) -> Result<LoadedApp, AppError> {
     let (manifest, base, demo) = match src {
         AppSource::Dir(dir) => {
             let mpath = dir.join("outpost.toml");
@@ -153,6 +163,7 @@ pub async fn load_app(rt: &Runtime, src: &AppSource) -> Result<LoadedApp, AppErr
         let settings = settings_for(&mpath, spec, &base)?;
         let (component, info) = rt.load_component(
             &manifest.application.name,
+            tenant,
             &spec.id,
             &wasm_path,
             demo.then_some(DEMO_WASM),

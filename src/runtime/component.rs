@@ -90,6 +90,7 @@ impl AppComponent {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         app: &str,
+        tenant: Option<&str>,
         id: &str,
         digest: String,
         pre: ProxyPre<Host>,
@@ -101,7 +102,7 @@ impl AppComponent {
         let concurrency = Arc::new(Semaphore::new(limits.max_concurrency as usize));
         let inflight = metrics.inflight.with_label_values(&[app]);
         let memory_peak = metrics.instance_memory.with_label_values(&[app]);
-        let request_metrics = RequestMetrics::new(&metrics, app, id);
+        let request_metrics = RequestMetrics::new(&metrics, tenant, app, id);
         Self {
             inflight,
             memory_peak,

@@ -162,9 +162,11 @@ impl Runtime {
     /// Loads, links and pre-instantiates a component from `wasm` bytes (`path` names it in
     /// errors). Every problem a request could hit later because of the component itself —
     /// missing imports, wrong world, bad limits, missing file grants — is reported here.
+    #[allow(clippy::too_many_arguments)]
     pub fn load_component(
         &self,
         app: &str,
+        tenant: Option<&str>,
         id: &str,
         path: &Path,
         wasm: Option<&[u8]>,
@@ -202,6 +204,7 @@ impl Runtime {
         };
         let c = AppComponent::new(
             app,
+            tenant,
             id,
             info.digest.clone(),
             pre,

@@ -66,7 +66,7 @@ impl ServeState {
             .set(router.component_count() as i64);
         Self {
             router: RwLock::new(Arc::new(router)),
-            unrouted: RequestMetrics::new(&metrics, "-", "-"),
+            unrouted: RequestMetrics::new(&metrics, None, "-", "-"),
             metrics,
             next_id: AtomicU64::new(0),
             id_base: (nanos ^ u64::from(std::process::id())) << 24,
@@ -199,18 +199,20 @@ fn log_failure(e: &RequestError, id: u64, label: &str, method: &http::Method, pa
     static GUEST: LogLimiter = LogLimiter::new(20, Duration::from_secs(10));
     static HOST: LogLimiter = LogLimiter::new(20, Duration::from_secs(10));
     let rid = fmt_id(id);
+    // `detail` may hold a multi-line wasm backtrace; Debug-quoting keeps each event on one line
+    // (journald, grep, and the per-line rate limit all assume that).
     match e.kind.cause() {
         Cause::Client | Cause::Overload => {
-            tracing::info!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = %e.detail, "request refused")
+            tracing::info!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = ?e.detail, "request refused")
         }
         Cause::Guest | Cause::Timeout => {
             if let LogDecision::Log { suppressed } = GUEST.check() {
-                tracing::warn!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = %e.detail, suppressed, "guest failed")
+                tracing::warn!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = ?e.detail, suppressed, "guest failed")
             }
         }
         Cause::Host => {
             if let LogDecision::Log { suppressed } = HOST.check() {
-                tracing::error!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = %e.detail, suppressed, "internal error")
+                tracing::error!(request_id = %rid, component = label, %method, path, kind = e.kind.label(), detail = ?e.detail, suppressed, "internal error")
             }
         }
     }

@@ -25,7 +25,7 @@ use crate::control::api::{
 use crate::control::client::ClientError;
 use crate::ops::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::runtime::app::{AppSource, LoadedApp, load_app};
+use crate::runtime::app::{AppSource, LoadedApp, load_tenant_app};
 use crate::serve::{HostPattern, ServeState};
 use crate::store::install::{InstallMode, install_with};
 use crate::store::{Release, Store, unix_now};
@@ -112,6 +112,7 @@ pub struct Agent {
     backoff: Backoff,
     outage: Outage,
     started: Instant,
+    on_swap: Option<super::OnSwap>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -166,6 +167,7 @@ impl Agent {
             backoff,
             outage: Outage::default(),
             started: Instant::now(),
+            on_swap: p.on_swap,
         };
         agent.publish_releases();
         if let Some(s) = &agent.setup.applied {
@@ -495,6 +497,10 @@ impl Agent {
         }
         // In-flight requests hold the components they were routed to and finish on them.
         self.serve.swap_router(router);
+        // Installs, removals and rollbacks change the app counts systemd shows.
+        if let Some(f) = &self.on_swap {
+            (f.0)();
+        }
         let removed: Vec<String> = plan
             .remove
             .into_iter()
@@ -624,9 +630,13 @@ impl Agent {
         let dir = self.store.tree_path(&entry.digest);
         let rt = self.runtime.clone();
         let handle = tokio::runtime::Handle::current();
+        // The signed document's tenant (install checked it equals the entry's).
+        let tenant = installed.release.tenant.clone();
         // Compiling is CPU work: off the async workers, so the accept loops keep accepting.
         let app = tokio::task::spawn_blocking(move || {
-            handle.block_on(async move { load_app(&rt, &AppSource::Dir(dir)).await })
+            handle.block_on(async move {
+                load_tenant_app(&rt, &AppSource::Dir(dir), tenant.as_deref()).await
+            })
         })
         .await
         .map_err(|e| ReleaseError::permanent(format!("load task: {e}")))?

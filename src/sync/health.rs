@@ -153,9 +153,9 @@ mod tests {
     #[test]
     fn snapshot_sums_by_app_and_deltas_subtract_the_baseline() {
         let m = Metrics::new();
-        let a = RequestMetrics::new(&m, "a", "main");
-        let a2 = RequestMetrics::new(&m, "a", "admin");
-        let b = RequestMetrics::new(&m, "b", "main");
+        let a = RequestMetrics::new(&m, None, "a", "main");
+        let a2 = RequestMetrics::new(&m, Some("t"), "a", "admin");
+        let b = RequestMetrics::new(&m, None, "b", "main");
         for _ in 0..3 {
             a.record(http::StatusCode::OK, Protocol::Http1, 0.002);
         }

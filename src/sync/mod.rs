@@ -210,6 +210,20 @@ pub struct Parts {
     /// state does not name them.
     pub config_store_apps: BTreeSet<String>,
     pub managed: Vec<Managed>,
+    /// Called after every routing swap the agent makes, so the daemon can tell systemd the new
+    /// app counts (`STATUS=`); `None` outside systemd.
+    pub on_swap: Option<OnSwap>,
+}
+
+/// A callback run after each [`ServeState::swap_router`] by the agent. It reads the table it
+/// needs from the `ServeState` itself, so a late call never reports an older table.
+#[derive(Clone)]
+pub struct OnSwap(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnSwap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnSwap")
+    }
 }
 
 /// Starts the agent; it stops when `stop` turns true (or its sender is dropped).

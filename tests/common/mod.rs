@@ -231,6 +231,24 @@ impl Daemon {
         }
     }
 
+    /// Waits (up to 30 s) until stderr contains every one of `needles`; returns the log, and
+    /// fails the test with the log when they never all appear (unlike [`Daemon::wait_log`],
+    /// which leaves the judging to the caller).
+    pub fn expect_log(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.stderr();
+            if needles.iter().all(|n| log.contains(n)) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stderr never contained all of {needles:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM (via the `kill` command, to keep tests free of unsafe code).
     pub fn sigterm(&self) {
         self.signal("TERM");
