@@ -63,6 +63,30 @@ greeting = "{greeting}"
         dir
     }
 
+    /// An app directory `name/` with `manifest` and `files` (name, bytes).
+    fn app_dir(&self, name: &str, manifest: &str, files: &[(&str, &[u8])]) -> PathBuf {
+        let dir = self.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("outpost.toml"), manifest).unwrap();
+        for (f, bytes) in files {
+            std::fs::write(dir.join(f), bytes).unwrap();
+        }
+        dir
+    }
+
+    /// The store's record of committed app records (`apps.snapshot`), as text.
+    fn snapshot(&self, node: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{node}-state/store/apps.snapshot")))
+            .unwrap_or_default()
+    }
+
+    /// The active release digest (hex) of `app` in a node's store, from its last commit.
+    fn active(&self, node: &str, app: &str) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(&self.snapshot(node)).ok()?;
+        let d = v.get(app)?.get("active")?.as_str()?.to_owned();
+        Some(d.trim_start_matches("sha256:").to_owned())
+    }
+
     /// `outpost bundle pack DIR -o OUT`; returns the digest printed.
     fn pack(&self, dir: &Path, out: &str) -> String {
         let (code, stdout, err) =
@@ -250,10 +274,25 @@ fn install_rejections_never_reach_the_store() {
     let dir = lab.app("v1", "1.0.0", "hello");
     lab.pack(&dir, "good.bundle");
 
-    // Unsigned.
+    // Unsigned: said so, with the file it looked for and what to do.
     let (code, _, err) = lab.install("good.bundle", &cfg);
     assert_eq!(code, 65, "{err}");
-    assert!(err.contains("cannot read signature file"), "{err}");
+    assert!(
+        err.contains("good.bundle is unsigned: no signature file")
+            && err.contains("good.bundle.sig")
+            && err.contains("outpost bundle sign"),
+        "{err}"
+    );
+
+    // An oversized signature file is refused by its size, before it is read or parsed.
+    std::fs::copy(lab.path("good.bundle"), lab.path("big.bundle")).unwrap();
+    std::fs::write(lab.path("big.bundle.sig"), vec![b'x'; (64 << 10) + 1]).unwrap();
+    let (code, _, err) = lab.install("big.bundle", &cfg);
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("big.bundle.sig: signature file is 65537 bytes, over the 65536-byte cap"),
+        "{err}"
+    );
 
     // Signed by a key the node does not trust.
     std::fs::copy(lab.path("good.bundle"), lab.path("bob.bundle")).unwrap();
@@ -370,6 +409,15 @@ async fn rollback_is_refused_and_the_store_serves_offline_after_restart() {
     assert!(log.contains("corrupted on disk"), "{log}");
 }
 
+/// The active release of `app` a daemon reports (`outpost_app_release_info`), as its version.
+async fn served_version(d: &Daemon, app: &str) -> Option<String> {
+    let m = get(d.admin.unwrap(), "/metrics").await.body;
+    let prefix = format!("outpost_app_release_info{{app=\"{app}\"");
+    let line = m.lines().find(|l| l.starts_with(&prefix))?;
+    let v = line.split("version=\"").nth(1)?;
+    Some(v.split('"').next()?.to_owned())
+}
+
 /// kill -9 at random points of an install of v2 over v1: after every kill, a restarted node
 /// serves a fully verified v1 or v2 — never a mix, never nothing.
 #[tokio::test]
@@ -437,6 +485,92 @@ async fn kill_9_during_install_leaves_the_old_or_the_new_release() {
     let d = Daemon::run_config(&cfg);
     assert_eq!(get(d.addr(), "/greeting").await.body, "two");
     eprintln!("outcomes seen across kills: {seen:?}");
+}
+
+/// A validly signed v2 whose component does not load on this node — it imports something
+/// Outpost does not provide, or it is truncated — is refused by `outpost bundle install` with
+/// the component's name, is never activated, and leaves v1 serving.
+#[tokio::test]
+async fn a_signed_release_that_does_not_load_never_becomes_active() {
+    let lab = Lab::new();
+    lab.keygen("alice");
+    let cfg = lab.node_config("node", "[trust]\nkeys = [\"alice.pub\"]\n");
+    let v1 = lab.app("v1", "1.0.0", "one");
+    let d1 = lab.pack(&v1, "v1.bundle");
+    lab.sign("v1.bundle", "alice.key", &[]);
+    let (code, _, err) = lab.install("v1.bundle", &cfg);
+    assert_eq!(code, 0, "{err}");
+    let d1 = d1.trim_start_matches("sha256:").to_owned();
+    assert_eq!(lab.active("node", "greeter").as_deref(), Some(d1.as_str()));
+
+    let reader = std::fs::read(wasm("config_reader")).unwrap();
+    let weird = std::fs::read(bad_input("weird-import.wat")).unwrap();
+    let truncated = reader[..reader.len() / 2].to_vec();
+    let manifest = r#"manifest_version = 1
+[application]
+name = "greeter"
+version = "2.0.0"
+[component.main]
+source = "config-reader.wasm"
+routes = ["/"]
+[component.main.variables]
+greeting = "two"
+[component.vault]
+source = "vault.wasm"
+routes = ["/vault"]
+"#;
+    let cases: [(&str, &[u8], &[&str]); 2] = [
+        (
+            "weird",
+            &weird,
+            &["component vault", "acme:secret/vault", "does not provide"],
+        ),
+        (
+            "truncated",
+            &truncated,
+            &["component vault", "invalid component"],
+        ),
+    ];
+    for (name, vault, needles) in cases {
+        let dir = lab.app_dir(
+            &format!("v2-{name}"),
+            manifest,
+            &[("config-reader.wasm", &reader), ("vault.wasm", vault)],
+        );
+        let bundle = format!("v2-{name}.bundle");
+        let d2 = lab.pack(&dir, &bundle);
+        lab.sign(&bundle, "alice.key", &[]);
+        let (code, _, err) = lab.install(&bundle, &cfg);
+        assert_eq!(code, 65, "{name}: {err}");
+        assert!(
+            err.contains("greeter 2.0.0 cannot be loaded on this node, so it was not activated"),
+            "{name}: {err}"
+        );
+        for n in needles {
+            assert!(err.contains(n), "{name}: expected {n:?} in: {err}");
+        }
+        // Not active, not in the index, and its staged files are gone again.
+        let d2 = d2.trim_start_matches("sha256:").to_owned();
+        assert_eq!(lab.active("node", "greeter").as_deref(), Some(d1.as_str()));
+        assert!(!lab.snapshot("node").contains(&d2), "{name}");
+        let blobs = lab.blobs("node");
+        assert!(
+            blobs.iter().all(|b| b.starts_with(&d1)),
+            "{name}: {blobs:?}"
+        );
+        assert!(
+            !lab.path(&format!("node-state/store/unpacked/{d2}"))
+                .exists()
+        );
+    }
+
+    let d = Daemon::run_config(&cfg);
+    let r = get(d.addr(), "/greeting").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "one"), "{}", d.stderr());
+    assert_eq!(
+        served_version(&d, "greeter").await.as_deref(),
+        Some("1.0.0")
+    );
 }
 
 /// One ustar header block + data padded to 512 bytes.

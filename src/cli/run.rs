@@ -133,8 +133,18 @@ pub fn run(args: RunArgs) -> CliResult {
             max_compressed: cfg.store.max_bundle_size,
             ..Default::default()
         };
+        // A config bundle is loaded once before it becomes active (like `outpost bundle
+        // install`), so a broken one never replaces the release that served before.
+        let handle = tokio::runtime::Handle::current();
+        let load_check = |_: &crate::store::Release, dir: &std::path::Path| {
+            tokio::task::block_in_place(|| {
+                handle.block_on(load_app(&runtime, &AppSource::Dir(dir.to_owned())))
+            })
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+        };
         let (store, stored, config_store_apps) =
-            open_store_and_install(&store_dir, &policy, &limits, &bundle_cfg)?;
+            open_store_and_install(&store_dir, &policy, &limits, &bundle_cfg, &load_check)?;
         // Apps the control plane assigns (store apps not named by a config bundle) take their
         // host names from the last applied desired state; one it does not name is not served
         // (the agent drops its record when it re-applies that state).
@@ -412,6 +422,7 @@ fn open_store_and_install(
     policy: &crate::bundle::sign::TrustPolicy,
     limits: &crate::bundle::archive::Limits,
     bundles: &[(Vec<crate::serve::HostPattern>, PathBuf)],
+    load_check: &dyn Fn(&crate::store::Release, &std::path::Path) -> Result<(), String>,
 ) -> Result<OpenedStore, CliError> {
     use crate::store::{Store, install};
     let (store, report) = Store::open(store_dir)
@@ -435,13 +446,7 @@ fn open_store_and_install(
             .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
         let mut sig_path = path.as_os_str().to_owned();
         sig_path.push(".sig");
-        let sig = std::fs::read(&sig_path).map_err(|e| {
-            CliError::app(anyhow::anyhow!(
-                "{}: unsigned: cannot read {}: {e}",
-                path.display(),
-                PathBuf::from(&sig_path).display()
-            ))
-        })?;
+        let sig = super::bundle::read_sig_file(path, std::path::Path::new(&sig_path))?;
         let installed = install::install(
             &store,
             &bytes,
@@ -449,6 +454,7 @@ fn open_store_and_install(
             policy,
             crate::store::unix_now(),
             limits,
+            load_check,
         )
         .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
         if !installed.unchanged {

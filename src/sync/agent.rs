@@ -27,7 +27,7 @@ use crate::ops::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::app::{AppSource, LoadedApp, load_app};
 use crate::serve::{HostPattern, ServeState};
-use crate::store::install::{InstallMode, install_with};
+use crate::store::install::{InstallMode, stage};
 use crate::store::{Release, Store, unix_now};
 
 /// Why one exchange with the control plane failed; also the `reason` metric label.
@@ -608,7 +608,7 @@ impl Agent {
             entry.clone(),
         );
         let installed = tokio::task::spawn_blocking(move || {
-            install_with(
+            stage(
                 &store,
                 &bytes,
                 &sig,
