@@ -573,6 +573,138 @@ routes = ["/vault"]
     );
 }
 
+/// What `outpost bundle install` did before it load-checked releases (and what a release that
+/// stopped fitting this node looks like): verified, stored and activated without loading it.
+fn install_unchecked(lab: &Lab, node: &str, bundle: &str) {
+    use outpost::bundle::sign::{TrustPolicy, parse_public_key};
+    use outpost::store::{Store, install};
+    let (store, _) = Store::open(&lab.path(&format!("{node}-state/store"))).unwrap();
+    let key = std::fs::read_to_string(lab.path("alice.pub")).unwrap();
+    let policy = TrustPolicy::new(vec![parse_public_key(key.trim_end()).unwrap()]).unwrap();
+    let bytes = std::fs::read(lab.path(bundle)).unwrap();
+    let sig = std::fs::read(lab.path(&format!("{bundle}.sig"))).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let staged = install::stage(
+        &store,
+        &bytes,
+        &sig,
+        &policy,
+        now,
+        &Default::default(),
+        install::InstallMode::Upgrade,
+    )
+    .unwrap();
+    store.activate(&staged.release).unwrap();
+}
+
+/// Releases in the store that pass every integrity check but do not load must not stop the
+/// daemon: an app falls back to its previous release, an app with nothing loadable is skipped,
+/// the others are served, and each failure is logged and counted. A broken bundle the config
+/// names in [[app]] still fails the start.
+#[tokio::test]
+async fn a_stored_release_that_does_not_load_falls_back_and_the_rest_is_served() {
+    let lab = Lab::new();
+    lab.keygen("alice");
+    let cfg = lab.node_config("node", "[trust]\nkeys = [\"alice.pub\"]\n");
+    let reader = std::fs::read(wasm("config_reader")).unwrap();
+    let weird = std::fs::read(bad_input("weird-import.wat")).unwrap();
+    let manifest = |app: &str, version: &str, route: &str, source: &str, var: &str| {
+        format!(
+            "manifest_version = 1\n[application]\nname = \"{app}\"\nversion = \"{version}\"\n\
+             [component.main]\nsource = \"{source}\"\nroutes = [\"{route}\"]\n\
+             [component.main.variables]\n{var}\n"
+        )
+    };
+    let bundle = |name: &str, text: String, files: &[(&str, &[u8])]| {
+        let dir = lab.app_dir(name, &text, files);
+        lab.pack(&dir, &format!("{name}.bundle"));
+        lab.sign(&format!("{name}.bundle"), "alice.key", &[]);
+    };
+    // greeter: v1 loads, v2 (active) imports what Outpost does not provide.
+    bundle(
+        "greeter1",
+        manifest("greeter", "1.0.0", "/", "r.wasm", "greeting = \"one\""),
+        &[("r.wasm", &reader)],
+    );
+    bundle(
+        "greeter2",
+        manifest("greeter", "2.0.0", "/", "w.wasm", "greeting = \"two\""),
+        &[("w.wasm", &weird)],
+    );
+    // other: one good release.
+    bundle(
+        "other",
+        manifest(
+            "other",
+            "1.0.0",
+            "/other",
+            "r.wasm",
+            "other = \"from-other\"",
+        ),
+        &[("r.wasm", &reader)],
+    );
+    // lonely: its only release is broken.
+    bundle(
+        "lonely",
+        manifest("lonely", "1.0.0", "/lonely", "w.wasm", "lonely = \"x\""),
+        &[("w.wasm", &weird)],
+    );
+    for b in ["greeter1.bundle", "other.bundle"] {
+        let (code, _, err) = lab.install(b, &cfg);
+        assert_eq!(code, 0, "{b}: {err}");
+    }
+    install_unchecked(&lab, "node", "greeter2.bundle");
+    install_unchecked(&lab, "node", "lonely.bundle");
+
+    let d = Daemon::run_config(&cfg);
+    let r = get(d.addr(), "/greeting").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "one"), "{}", d.stderr());
+    let r = get(d.addr(), "/other").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "from-other"));
+    // /lonely falls through to greeter's "/", which has no such variable.
+    let r = get(d.addr(), "/lonely").await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(
+        served_version(&d, "greeter").await.as_deref(),
+        Some("1.0.0")
+    );
+    assert_eq!(served_version(&d, "lonely").await, None);
+    let m = get(d.admin.unwrap(), "/metrics").await.body;
+    for app in ["greeter", "lonely"] {
+        let line = format!("outpost_app_load_failures_total{{app=\"{app}\"}} 1");
+        assert!(m.contains(&line), "{line} missing:\n{m}");
+    }
+    assert!(
+        !m.contains("outpost_app_load_failures_total{app=\"other\"}"),
+        "{m}"
+    );
+    let log = d.stderr();
+    for needle in [
+        "installed release cannot be loaded app=greeter version=2.0.0",
+        "acme:secret/vault",
+        "serving the previous release instead app=greeter from=2.0.0 to=1.0.0",
+        "no installed release of the app loads; not serving it app=lonely",
+    ] {
+        assert!(log.contains(needle), "{needle:?} missing:\n{log}");
+    }
+    drop(d);
+
+    // Named in the config, the same kind of broken bundle is the operator's to fix: exit 65.
+    let named = lab.node_config(
+        "named",
+        "[trust]\nkeys = [\"alice.pub\"]\n[[app]]\nsource = \"lonely.bundle\"\n",
+    );
+    let (code, _, err) = run_to_end(&["run", "--config", named.to_str().unwrap()]);
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("lonely 1.0.0 cannot be loaded") && err.contains("acme:secret/vault"),
+        "{err}"
+    );
+}
+
 /// One ustar header block + data padded to 512 bytes.
 fn tar_entry(name: &str, typeflag: u8, data: &[u8], link: &str) -> Vec<u8> {
     let mut h = [0u8; 512];

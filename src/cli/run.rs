@@ -162,21 +162,31 @@ pub fn run(args: RunArgs) -> CliResult {
                 },
                 _ => hosts.clone(),
             };
-            let app = load_app(&runtime, &AppSource::Dir(r.dir.clone()))
-                .await
-                .map_err(|e| {
-                    CliError::app(anyhow::anyhow!(
-                        "installed release {} {} ({}): {e:#}",
-                        r.release.app,
-                        r.release.version,
-                        r.release.digest
-                    ))
-                })?;
-            tracing::info!(app = %r.release.app, version = %r.release.version, digest = %r.release.digest, "serving installed release");
-            releases.push(r.release.clone());
+            let loaded = if config_store_apps.contains(&r.release.app) {
+                // The operator named this bundle in [[app]]: like any configured app, it
+                // loads or the start fails.
+                let app = load_app(&runtime, &AppSource::Dir(r.dir.clone()))
+                    .await
+                    .map_err(|e| {
+                        CliError::app(anyhow::anyhow!(
+                            "installed release {} {} ({}): {e:#}",
+                            r.release.app,
+                            r.release.version,
+                            r.release.digest
+                        ))
+                    })?;
+                Some((r.release.clone(), app))
+            } else {
+                load_stored(&runtime, &store, &policy, &limits, &metrics, r).await
+            };
+            let Some((release, app)) = loaded else {
+                continue;
+            };
+            tracing::info!(app = %release.app, version = %release.version, digest = %release.digest, "serving installed release");
+            releases.push(release.clone());
             if from_cp {
                 managed.push(crate::sync::Managed {
-                    release: r.release.clone(),
+                    release,
                     app,
                     hosts,
                 });
@@ -478,6 +488,51 @@ fn open_store_and_install(
         })
         .collect();
     Ok((Arc::new(store), servable, config_apps))
+}
+
+/// Loads a release the store serves (one no `[[app]]` names). One that does not load must not
+/// stop the daemon: it is logged and counted, and the app's newest earlier release that passes
+/// the store's checks and loads serves instead; with none, the app is skipped. The index is left
+/// as it is, so the next start tries the active release again (a fixed host may load it) and
+/// GC keeps every release involved.
+async fn load_stored(
+    runtime: &Runtime,
+    store: &crate::store::Store,
+    policy: &crate::bundle::sign::TrustPolicy,
+    limits: &crate::bundle::archive::Limits,
+    metrics: &Metrics,
+    r: &crate::store::install::ServableRelease,
+) -> Option<(crate::store::Release, crate::runtime::app::LoadedApp)> {
+    let app_name = r.release.app.as_str();
+    let failed = |release: &crate::store::Release, error: &str| {
+        metrics
+            .app_load_failures
+            .with_label_values(&[app_name])
+            .inc();
+        tracing::error!(app = %release.app, version = %release.version, digest = %release.digest, %error, "installed release cannot be loaded");
+    };
+    match load_app(runtime, &AppSource::Dir(r.dir.clone())).await {
+        Ok(app) => return Some((r.release.clone(), app)),
+        Err(e) => failed(&r.release, &format!("{e:#}")),
+    }
+    for d in &r.older {
+        let release = match crate::store::install::check_release(store, d, policy, limits) {
+            Ok(release) => release,
+            Err(problem) => {
+                tracing::warn!(app = %app_name, digest = %d, %problem, "previous release is not usable either");
+                continue;
+            }
+        };
+        match load_app(runtime, &AppSource::Dir(store.tree_path(d))).await {
+            Ok(app) => {
+                tracing::warn!(app = %app_name, from = %r.release.version, to = %release.version, digest = %release.digest, "serving the previous release instead");
+                return Some((release, app));
+            }
+            Err(e) => failed(&release, &format!("{e:#}")),
+        }
+    }
+    tracing::error!(app = %app_name, "no installed release of the app loads; not serving it");
+    None
 }
 
 /// One GC pass over the store and the compiled-code cache, logged.

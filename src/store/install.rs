@@ -336,6 +336,9 @@ pub struct ServableRelease {
     pub dir: PathBuf,
     /// The active release was damaged and this earlier one is served instead.
     pub fell_back_from: Option<Digest>,
+    /// The app's releases before this one, newest first, not yet checked: what the caller may
+    /// fall back to (through [`check_release`]) if this one does not load.
+    pub older: Vec<Digest>,
 }
 
 /// What `load_active` could not serve.
@@ -403,6 +406,7 @@ pub fn load_active(
                 ok.push(ServableRelease {
                     dir: store.tree_path(&release.digest),
                     fell_back_from: (i > 0).then_some(record.active),
+                    older: candidates[i + 1..].to_vec(),
                     release,
                 });
             }
@@ -418,7 +422,10 @@ pub fn load_active(
     (ok, bad)
 }
 
-fn check_release(
+/// The start-time checks of one installed release (blob sha256, signature under `policy` as of
+/// its install time, unpacked tree — re-extracted from the blob if damaged): `load_active` runs
+/// them on the active release, and the daemon on an earlier one it falls back to.
+pub fn check_release(
     store: &Store,
     d: &Digest,
     policy: &TrustPolicy,
