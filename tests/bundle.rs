@@ -418,8 +418,9 @@ async fn served_version(d: &Daemon, app: &str) -> Option<String> {
     Some(v.split('"').next()?.to_owned())
 }
 
-/// kill -9 at random points of an install of v2 over v1: after every kill, a restarted node
-/// serves a fully verified v1 or v2 — never a mix, never nothing.
+/// kill -9 at points spread over a whole install of v2 over v1: after every kill, a restarted
+/// node serves a fully verified v1 or v2 — never a mix, never nothing — and across the rounds
+/// both outcomes occur (so the kills really landed before and after the commit point).
 #[tokio::test]
 async fn kill_9_during_install_leaves_the_old_or_the_new_release() {
     let lab = Lab::new();
@@ -436,15 +437,17 @@ async fn kill_9_during_install_leaves_the_old_or_the_new_release() {
     lab.pack(&v2, "v2.bundle");
     lab.sign("v1.bundle", "alice.key", &[]);
     lab.sign("v2.bundle", "alice.key", &[]);
-    let (code, _, err) = lab.install("v1.bundle", &cfg);
-    assert_eq!(code, 0, "{err}");
-
-    let mut seen = std::collections::BTreeSet::new();
-    for round in 0..12u64 {
-        // Spread the kill over the whole install (a few to a few hundred ms).
-        let delay = Duration::from_millis(3 + (round * 37) % 250);
-        let home = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+    // Back to "v1 installed": a fresh store (the code cache stays, as it would on a node, so
+    // every install of v2 does the same work).
+    let reset = || {
+        let _ = std::fs::remove_dir_all(lab.path("node-state/store"));
+        let (code, _, err) = lab.install("v1.bundle", &cfg);
+        assert_eq!(code, 0, "{err}");
+    };
+    let home = tempfile::tempdir().unwrap();
+    let spawn_install = || {
+        Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .env("HOME", home.path())
             .args([
                 "bundle",
                 "install",
@@ -452,39 +455,88 @@ async fn kill_9_during_install_leaves_the_old_or_the_new_release() {
                 "--config",
                 cfg.to_str().unwrap(),
             ])
-            .env("HOME", home.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
+            .unwrap()
+    };
+    reset();
+    // How long one uninterrupted install takes here, now: the kills are spread over it.
+    let t0 = std::time::Instant::now();
+    let st = spawn_install().wait().unwrap();
+    let full = t0.elapsed();
+    assert!(st.success(), "uninterrupted install failed");
+    reset();
+
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    let mut round = 0u32;
+    const SPREAD: u32 = 16;
+    loop {
+        // 0, 1/15, ..., 15/15 of 1.2 × the uninterrupted time; then, should one outcome still be
+        // missing, alternately the two ends, the late one later each time (a loaded machine
+        // can make an install slower than the one timed).
+        let delay = if round < SPREAD {
+            full.mul_f64(1.2 * f64::from(round) / f64::from(SPREAD - 1))
+        } else if round.is_multiple_of(2) {
+            Duration::ZERO
+        } else {
+            full.mul_f64(2.0 + f64::from(round - SPREAD) / 2.0)
+        };
+        let mut child = spawn_install();
         std::thread::sleep(delay);
-        let _ = child.kill(); // SIGKILL
+        let _ = child.kill(); // SIGKILL (a no-op if it already finished)
         let _ = child.wait();
+        round += 1;
 
         let d = Daemon::run_config(&cfg);
+        let log = d.stderr();
         let r = get(d.addr(), "/greeting").await;
-        assert_eq!(r.status, 200, "round {round}: {r:?}\n{}", d.stderr());
-        assert!(
-            r.body == "one" || r.body == "two",
-            "round {round}: {}",
-            r.body
+        assert_eq!(r.status, 200, "round {round} ({delay:?}): {r:?}\n{log}");
+        let version = match r.body.as_str() {
+            "one" => "1.0.0",
+            "two" => "2.0.0",
+            other => panic!("round {round} ({delay:?}): served {other:?}"),
+        };
+        // Fully verified: the release serving is the one the store holds active, it passed the
+        // start checks as it was (no damaged file had to be repaired, nothing was dropped).
+        assert_eq!(
+            served_version(&d, "greeter").await.as_deref(),
+            Some(version),
+            "round {round}"
         );
-        seen.insert(r.body.clone());
-        drop(d);
-        if r.body == "two" {
-            // Start over from v1 for the next round: a fresh state directory.
-            let _ = std::fs::remove_dir_all(lab.path("node-state"));
-            let (code, _, err) = lab.install("v1.bundle", &cfg);
-            assert_eq!(code, 0, "{err}");
+        let log = d.stderr();
+        for bad in [
+            "unusable",
+            "damaged",
+            "cannot be loaded",
+            "previous release",
+        ] {
+            assert!(
+                !log.contains(bad),
+                "round {round} ({delay:?}): {bad}:\n{log}"
+            );
         }
+        drop(d);
+        *seen.entry(r.body.clone()).or_default() += 1;
+        if r.body == "two" {
+            reset();
+        }
+        if round >= SPREAD && seen.len() == 2 {
+            break;
+        }
+        assert!(
+            round < 3 * SPREAD,
+            "after {round} kills spread over 0..={:?} only {seen:?} was ever served",
+            full.mul_f64(1.2)
+        );
     }
+    eprintln!("uninterrupted install: {full:?}; outcomes over {round} kills: {seen:?}");
     // A finished install always wins.
     let (code, _, err) = lab.install("v2.bundle", &cfg);
     assert_eq!(code, 0, "{err}");
     let d = Daemon::run_config(&cfg);
     assert_eq!(get(d.addr(), "/greeting").await.body, "two");
-    eprintln!("outcomes seen across kills: {seen:?}");
 }
 
 /// A validly signed v2 whose component does not load on this node — it imports something
