@@ -757,6 +757,51 @@ async fn a_stored_release_that_does_not_load_falls_back_and_the_rest_is_served()
     );
 }
 
+/// A validly signed bundle whose gzip stream expands past the unpacked cap (256 MiB): refused
+/// with its own error while streaming, and nothing reaches the store.
+#[test]
+fn a_signed_gzip_bomb_is_refused_before_the_store() {
+    use std::io::Write;
+    let lab = Lab::new();
+    lab.keygen("alice");
+    let cfg = lab.node_config("node", "[trust]\nkeys = [\"alice.pub\"]\n");
+    let manifest = b"manifest_version = 1\n[application]\nname = \"greeter\"\nversion = \"1.0.0\"\n[component.main]\nsource = \"main.wasm\"\nroutes = [\"/\"]\n";
+    let component = std::fs::read(wasm("hello")).unwrap();
+    // A valid archive, then 257 MiB of zeros, which look like end-of-archive padding: streamed
+    // into the compressor 1 MiB at a time, they compress to a few hundred KiB.
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(&tar_entry("main.wasm", b'0', &component, ""))
+        .unwrap();
+    e.write_all(&tar_entry("outpost.toml", b'0', manifest, ""))
+        .unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..257 {
+        e.write_all(&zeros).unwrap();
+    }
+    let bomb = e.finish().unwrap();
+    assert!(bomb.len() < 2 << 20, "{}", bomb.len());
+    sign_raw(&lab, "bomb.bundle", &bomb, "alice.key");
+    let (code, _, err) = lab.install("bomb.bundle", &cfg);
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("bundle unpacks to more than 268435456 bytes (the unpacked limit)"),
+        "{err}"
+    );
+    assert!(lab.blobs("node").is_empty(), "{:?}", lab.blobs("node"));
+    assert!(lab.active("node", "greeter").is_none());
+
+    // The same archive without the zeros installs: the cap, not the archive, refused it.
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&tar_entry("main.wasm", b'0', &component, ""))
+        .unwrap();
+    e.write_all(&tar_entry("outpost.toml", b'0', manifest, ""))
+        .unwrap();
+    e.write_all(&[0u8; 1024]).unwrap();
+    sign_raw(&lab, "ok.bundle", &e.finish().unwrap(), "alice.key");
+    let (code, _, err) = lab.install("ok.bundle", &cfg);
+    assert_eq!(code, 0, "{err}");
+}
+
 /// One ustar header block + data padded to 512 bytes.
 fn tar_entry(name: &str, typeflag: u8, data: &[u8], link: &str) -> Vec<u8> {
     let mut h = [0u8; 512];
