@@ -63,6 +63,30 @@ greeting = "{greeting}"
         dir
     }
 
+    /// An app directory `name/` with `manifest` and `files` (name, bytes).
+    fn app_dir(&self, name: &str, manifest: &str, files: &[(&str, &[u8])]) -> PathBuf {
+        let dir = self.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("outpost.toml"), manifest).unwrap();
+        for (f, bytes) in files {
+            std::fs::write(dir.join(f), bytes).unwrap();
+        }
+        dir
+    }
+
+    /// The store's record of committed app records (`apps.snapshot`), as text.
+    fn snapshot(&self, node: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{node}-state/store/apps.snapshot")))
+            .unwrap_or_default()
+    }
+
+    /// The active release digest (hex) of `app` in a node's store, from its last commit.
+    fn active(&self, node: &str, app: &str) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(&self.snapshot(node)).ok()?;
+        let d = v.get(app)?.get("active")?.as_str()?.to_owned();
+        Some(d.trim_start_matches("sha256:").to_owned())
+    }
+
     /// `outpost bundle pack DIR -o OUT`; returns the digest printed.
     fn pack(&self, dir: &Path, out: &str) -> String {
         let (code, stdout, err) =
@@ -250,10 +274,25 @@ fn install_rejections_never_reach_the_store() {
     let dir = lab.app("v1", "1.0.0", "hello");
     lab.pack(&dir, "good.bundle");
 
-    // Unsigned.
+    // Unsigned: said so, with the file it looked for and what to do.
     let (code, _, err) = lab.install("good.bundle", &cfg);
     assert_eq!(code, 65, "{err}");
-    assert!(err.contains("cannot read signature file"), "{err}");
+    assert!(
+        err.contains("good.bundle is unsigned: no signature file")
+            && err.contains("good.bundle.sig")
+            && err.contains("outpost bundle sign"),
+        "{err}"
+    );
+
+    // An oversized signature file is refused by its size, before it is read or parsed.
+    std::fs::copy(lab.path("good.bundle"), lab.path("big.bundle")).unwrap();
+    std::fs::write(lab.path("big.bundle.sig"), vec![b'x'; (64 << 10) + 1]).unwrap();
+    let (code, _, err) = lab.install("big.bundle", &cfg);
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("big.bundle.sig: signature file is 65537 bytes, over the 65536-byte cap"),
+        "{err}"
+    );
 
     // Signed by a key the node does not trust.
     std::fs::copy(lab.path("good.bundle"), lab.path("bob.bundle")).unwrap();
@@ -370,8 +409,18 @@ async fn rollback_is_refused_and_the_store_serves_offline_after_restart() {
     assert!(log.contains("corrupted on disk"), "{log}");
 }
 
-/// kill -9 at random points of an install of v2 over v1: after every kill, a restarted node
-/// serves a fully verified v1 or v2 — never a mix, never nothing.
+/// The active release of `app` a daemon reports (`outpost_app_release_info`), as its version.
+async fn served_version(d: &Daemon, app: &str) -> Option<String> {
+    let m = get(d.admin.unwrap(), "/metrics").await.body;
+    let prefix = format!("outpost_app_release_info{{app=\"{app}\"");
+    let line = m.lines().find(|l| l.starts_with(&prefix))?;
+    let v = line.split("version=\"").nth(1)?;
+    Some(v.split('"').next()?.to_owned())
+}
+
+/// kill -9 at points spread over a whole install of v2 over v1: after every kill, a restarted
+/// node serves a fully verified v1 or v2 — never a mix, never nothing — and across the rounds
+/// both outcomes occur (so the kills really landed before and after the commit point).
 #[tokio::test]
 async fn kill_9_during_install_leaves_the_old_or_the_new_release() {
     let lab = Lab::new();
@@ -388,15 +437,17 @@ async fn kill_9_during_install_leaves_the_old_or_the_new_release() {
     lab.pack(&v2, "v2.bundle");
     lab.sign("v1.bundle", "alice.key", &[]);
     lab.sign("v2.bundle", "alice.key", &[]);
-    let (code, _, err) = lab.install("v1.bundle", &cfg);
-    assert_eq!(code, 0, "{err}");
-
-    let mut seen = std::collections::BTreeSet::new();
-    for round in 0..12u64 {
-        // Spread the kill over the whole install (a few to a few hundred ms).
-        let delay = Duration::from_millis(3 + (round * 37) % 250);
-        let home = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+    // Back to "v1 installed": a fresh store (the code cache stays, as it would on a node, so
+    // every install of v2 does the same work).
+    let reset = || {
+        let _ = std::fs::remove_dir_all(lab.path("node-state/store"));
+        let (code, _, err) = lab.install("v1.bundle", &cfg);
+        assert_eq!(code, 0, "{err}");
+    };
+    let home = tempfile::tempdir().unwrap();
+    let spawn_install = || {
+        Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .env("HOME", home.path())
             .args([
                 "bundle",
                 "install",
@@ -404,39 +455,351 @@ async fn kill_9_during_install_leaves_the_old_or_the_new_release() {
                 "--config",
                 cfg.to_str().unwrap(),
             ])
-            .env("HOME", home.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
+            .unwrap()
+    };
+    reset();
+    // How long one uninterrupted install takes here, now: the kills are spread over it.
+    let t0 = std::time::Instant::now();
+    let st = spawn_install().wait().unwrap();
+    let full = t0.elapsed();
+    assert!(st.success(), "uninterrupted install failed");
+    reset();
+
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    let mut round = 0u32;
+    const SPREAD: u32 = 16;
+    loop {
+        // 0, 1/15, ..., 15/15 of 1.2 × the uninterrupted time; then, should one outcome still be
+        // missing, alternately the two ends, the late one later each time (a loaded machine
+        // can make an install slower than the one timed).
+        let delay = if round < SPREAD {
+            full.mul_f64(1.2 * f64::from(round) / f64::from(SPREAD - 1))
+        } else if round.is_multiple_of(2) {
+            Duration::ZERO
+        } else {
+            full.mul_f64(2.0 + f64::from(round - SPREAD) / 2.0)
+        };
+        let mut child = spawn_install();
         std::thread::sleep(delay);
-        let _ = child.kill(); // SIGKILL
+        let _ = child.kill(); // SIGKILL (a no-op if it already finished)
         let _ = child.wait();
+        round += 1;
 
         let d = Daemon::run_config(&cfg);
+        let log = d.stderr();
         let r = get(d.addr(), "/greeting").await;
-        assert_eq!(r.status, 200, "round {round}: {r:?}\n{}", d.stderr());
-        assert!(
-            r.body == "one" || r.body == "two",
-            "round {round}: {}",
-            r.body
+        assert_eq!(r.status, 200, "round {round} ({delay:?}): {r:?}\n{log}");
+        let version = match r.body.as_str() {
+            "one" => "1.0.0",
+            "two" => "2.0.0",
+            other => panic!("round {round} ({delay:?}): served {other:?}"),
+        };
+        // Fully verified: the release serving is the one the store holds active, it passed the
+        // start checks as it was (no damaged file had to be repaired, nothing was dropped).
+        assert_eq!(
+            served_version(&d, "greeter").await.as_deref(),
+            Some(version),
+            "round {round}"
         );
-        seen.insert(r.body.clone());
-        drop(d);
-        if r.body == "two" {
-            // Start over from v1 for the next round: a fresh state directory.
-            let _ = std::fs::remove_dir_all(lab.path("node-state"));
-            let (code, _, err) = lab.install("v1.bundle", &cfg);
-            assert_eq!(code, 0, "{err}");
+        let log = d.stderr();
+        for bad in [
+            "unusable",
+            "damaged",
+            "cannot be loaded",
+            "previous release",
+        ] {
+            assert!(
+                !log.contains(bad),
+                "round {round} ({delay:?}): {bad}:\n{log}"
+            );
         }
+        drop(d);
+        *seen.entry(r.body.clone()).or_default() += 1;
+        if r.body == "two" {
+            reset();
+        }
+        if round >= SPREAD && seen.len() == 2 {
+            break;
+        }
+        assert!(
+            round < 3 * SPREAD,
+            "after {round} kills spread over 0..={:?} only {seen:?} was ever served",
+            full.mul_f64(1.2)
+        );
     }
+    eprintln!("uninterrupted install: {full:?}; outcomes over {round} kills: {seen:?}");
     // A finished install always wins.
     let (code, _, err) = lab.install("v2.bundle", &cfg);
     assert_eq!(code, 0, "{err}");
     let d = Daemon::run_config(&cfg);
     assert_eq!(get(d.addr(), "/greeting").await.body, "two");
-    eprintln!("outcomes seen across kills: {seen:?}");
+}
+
+/// A validly signed v2 whose component does not load on this node — it imports something
+/// Outpost does not provide, or it is truncated — is refused by `outpost bundle install` with
+/// the component's name, is never activated, and leaves v1 serving.
+#[tokio::test]
+async fn a_signed_release_that_does_not_load_never_becomes_active() {
+    let lab = Lab::new();
+    lab.keygen("alice");
+    let cfg = lab.node_config("node", "[trust]\nkeys = [\"alice.pub\"]\n");
+    let v1 = lab.app("v1", "1.0.0", "one");
+    let d1 = lab.pack(&v1, "v1.bundle");
+    lab.sign("v1.bundle", "alice.key", &[]);
+    let (code, _, err) = lab.install("v1.bundle", &cfg);
+    assert_eq!(code, 0, "{err}");
+    let d1 = d1.trim_start_matches("sha256:").to_owned();
+    assert_eq!(lab.active("node", "greeter").as_deref(), Some(d1.as_str()));
+
+    let reader = std::fs::read(wasm("config_reader")).unwrap();
+    let weird = std::fs::read(bad_input("weird-import.wat")).unwrap();
+    let truncated = reader[..reader.len() / 2].to_vec();
+    let manifest = r#"manifest_version = 1
+[application]
+name = "greeter"
+version = "2.0.0"
+[component.main]
+source = "config-reader.wasm"
+routes = ["/"]
+[component.main.variables]
+greeting = "two"
+[component.vault]
+source = "vault.wasm"
+routes = ["/vault"]
+"#;
+    let cases: [(&str, &[u8], &[&str]); 2] = [
+        (
+            "weird",
+            &weird,
+            &["component vault", "acme:secret/vault", "does not provide"],
+        ),
+        (
+            "truncated",
+            &truncated,
+            &["component vault", "invalid component"],
+        ),
+    ];
+    for (name, vault, needles) in cases {
+        let dir = lab.app_dir(
+            &format!("v2-{name}"),
+            manifest,
+            &[("config-reader.wasm", &reader), ("vault.wasm", vault)],
+        );
+        let bundle = format!("v2-{name}.bundle");
+        let d2 = lab.pack(&dir, &bundle);
+        lab.sign(&bundle, "alice.key", &[]);
+        let (code, _, err) = lab.install(&bundle, &cfg);
+        assert_eq!(code, 65, "{name}: {err}");
+        assert!(
+            err.contains("greeter 2.0.0 cannot be loaded on this node, so it was not activated"),
+            "{name}: {err}"
+        );
+        for n in needles {
+            assert!(err.contains(n), "{name}: expected {n:?} in: {err}");
+        }
+        // Not active, not in the index, and its staged files are gone again.
+        let d2 = d2.trim_start_matches("sha256:").to_owned();
+        assert_eq!(lab.active("node", "greeter").as_deref(), Some(d1.as_str()));
+        assert!(!lab.snapshot("node").contains(&d2), "{name}");
+        let blobs = lab.blobs("node");
+        assert!(
+            blobs.iter().all(|b| b.starts_with(&d1)),
+            "{name}: {blobs:?}"
+        );
+        assert!(
+            !lab.path(&format!("node-state/store/unpacked/{d2}"))
+                .exists()
+        );
+    }
+
+    let d = Daemon::run_config(&cfg);
+    let r = get(d.addr(), "/greeting").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "one"), "{}", d.stderr());
+    assert_eq!(
+        served_version(&d, "greeter").await.as_deref(),
+        Some("1.0.0")
+    );
+}
+
+/// What `outpost bundle install` did before it load-checked releases (and what a release that
+/// stopped fitting this node looks like): verified, stored and activated without loading it.
+fn install_unchecked(lab: &Lab, node: &str, bundle: &str) {
+    use outpost::bundle::sign::{TrustPolicy, parse_public_key};
+    use outpost::store::{Store, install};
+    let (store, _) = Store::open(&lab.path(&format!("{node}-state/store"))).unwrap();
+    let key = std::fs::read_to_string(lab.path("alice.pub")).unwrap();
+    let policy = TrustPolicy::new(vec![parse_public_key(key.trim_end()).unwrap()]).unwrap();
+    let bytes = std::fs::read(lab.path(bundle)).unwrap();
+    let sig = std::fs::read(lab.path(&format!("{bundle}.sig"))).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let staged = install::stage(
+        &store,
+        &bytes,
+        &sig,
+        &policy,
+        now,
+        &Default::default(),
+        install::InstallMode::Upgrade,
+    )
+    .unwrap();
+    store.activate(&staged.release).unwrap();
+}
+
+/// Releases in the store that pass every integrity check but do not load must not stop the
+/// daemon: an app falls back to its previous release, an app with nothing loadable is skipped,
+/// the others are served, and each failure is logged and counted. A broken bundle the config
+/// names in [[app]] still fails the start.
+#[tokio::test]
+async fn a_stored_release_that_does_not_load_falls_back_and_the_rest_is_served() {
+    let lab = Lab::new();
+    lab.keygen("alice");
+    let cfg = lab.node_config("node", "[trust]\nkeys = [\"alice.pub\"]\n");
+    let reader = std::fs::read(wasm("config_reader")).unwrap();
+    let weird = std::fs::read(bad_input("weird-import.wat")).unwrap();
+    let manifest = |app: &str, version: &str, route: &str, source: &str, var: &str| {
+        format!(
+            "manifest_version = 1\n[application]\nname = \"{app}\"\nversion = \"{version}\"\n\
+             [component.main]\nsource = \"{source}\"\nroutes = [\"{route}\"]\n\
+             [component.main.variables]\n{var}\n"
+        )
+    };
+    let bundle = |name: &str, text: String, files: &[(&str, &[u8])]| {
+        let dir = lab.app_dir(name, &text, files);
+        lab.pack(&dir, &format!("{name}.bundle"));
+        lab.sign(&format!("{name}.bundle"), "alice.key", &[]);
+    };
+    // greeter: v1 loads, v2 (active) imports what Outpost does not provide.
+    bundle(
+        "greeter1",
+        manifest("greeter", "1.0.0", "/", "r.wasm", "greeting = \"one\""),
+        &[("r.wasm", &reader)],
+    );
+    bundle(
+        "greeter2",
+        manifest("greeter", "2.0.0", "/", "w.wasm", "greeting = \"two\""),
+        &[("w.wasm", &weird)],
+    );
+    // other: one good release.
+    bundle(
+        "other",
+        manifest(
+            "other",
+            "1.0.0",
+            "/other",
+            "r.wasm",
+            "other = \"from-other\"",
+        ),
+        &[("r.wasm", &reader)],
+    );
+    // lonely: its only release is broken.
+    bundle(
+        "lonely",
+        manifest("lonely", "1.0.0", "/lonely", "w.wasm", "lonely = \"x\""),
+        &[("w.wasm", &weird)],
+    );
+    for b in ["greeter1.bundle", "other.bundle"] {
+        let (code, _, err) = lab.install(b, &cfg);
+        assert_eq!(code, 0, "{b}: {err}");
+    }
+    install_unchecked(&lab, "node", "greeter2.bundle");
+    install_unchecked(&lab, "node", "lonely.bundle");
+
+    let d = Daemon::run_config(&cfg);
+    let r = get(d.addr(), "/greeting").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "one"), "{}", d.stderr());
+    let r = get(d.addr(), "/other").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "from-other"));
+    // /lonely falls through to greeter's "/", which has no such variable.
+    let r = get(d.addr(), "/lonely").await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(
+        served_version(&d, "greeter").await.as_deref(),
+        Some("1.0.0")
+    );
+    assert_eq!(served_version(&d, "lonely").await, None);
+    let m = get(d.admin.unwrap(), "/metrics").await.body;
+    for app in ["greeter", "lonely"] {
+        let line = format!("outpost_app_load_failures_total{{app=\"{app}\"}} 1");
+        assert!(m.contains(&line), "{line} missing:\n{m}");
+    }
+    assert!(
+        !m.contains("outpost_app_load_failures_total{app=\"other\"}"),
+        "{m}"
+    );
+    let log = d.stderr();
+    for needle in [
+        "installed release cannot be loaded app=greeter version=2.0.0",
+        "acme:secret/vault",
+        "serving the previous release instead app=greeter from=2.0.0 to=1.0.0",
+        "no installed release of the app loads; not serving it app=lonely",
+    ] {
+        assert!(log.contains(needle), "{needle:?} missing:\n{log}");
+    }
+    drop(d);
+
+    // Named in the config, the same kind of broken bundle is the operator's to fix: exit 65.
+    let named = lab.node_config(
+        "named",
+        "[trust]\nkeys = [\"alice.pub\"]\n[[app]]\nsource = \"lonely.bundle\"\n",
+    );
+    let (code, _, err) = run_to_end(&["run", "--config", named.to_str().unwrap()]);
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("lonely 1.0.0 cannot be loaded") && err.contains("acme:secret/vault"),
+        "{err}"
+    );
+}
+
+/// A validly signed bundle whose gzip stream expands past the unpacked cap (256 MiB): refused
+/// with its own error while streaming, and nothing reaches the store.
+#[test]
+fn a_signed_gzip_bomb_is_refused_before_the_store() {
+    use std::io::Write;
+    let lab = Lab::new();
+    lab.keygen("alice");
+    let cfg = lab.node_config("node", "[trust]\nkeys = [\"alice.pub\"]\n");
+    let manifest = b"manifest_version = 1\n[application]\nname = \"greeter\"\nversion = \"1.0.0\"\n[component.main]\nsource = \"main.wasm\"\nroutes = [\"/\"]\n";
+    let component = std::fs::read(wasm("hello")).unwrap();
+    // A valid archive, then 257 MiB of zeros, which look like end-of-archive padding: streamed
+    // into the compressor 1 MiB at a time, they compress to a few hundred KiB.
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(&tar_entry("main.wasm", b'0', &component, ""))
+        .unwrap();
+    e.write_all(&tar_entry("outpost.toml", b'0', manifest, ""))
+        .unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..257 {
+        e.write_all(&zeros).unwrap();
+    }
+    let bomb = e.finish().unwrap();
+    assert!(bomb.len() < 2 << 20, "{}", bomb.len());
+    sign_raw(&lab, "bomb.bundle", &bomb, "alice.key");
+    let (code, _, err) = lab.install("bomb.bundle", &cfg);
+    assert_eq!(code, 65, "{err}");
+    assert!(
+        err.contains("bundle unpacks to more than 268435456 bytes (the unpacked limit)"),
+        "{err}"
+    );
+    assert!(lab.blobs("node").is_empty(), "{:?}", lab.blobs("node"));
+    assert!(lab.active("node", "greeter").is_none());
+
+    // The same archive without the zeros installs: the cap, not the archive, refused it.
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&tar_entry("main.wasm", b'0', &component, ""))
+        .unwrap();
+    e.write_all(&tar_entry("outpost.toml", b'0', manifest, ""))
+        .unwrap();
+    e.write_all(&[0u8; 1024]).unwrap();
+    sign_raw(&lab, "ok.bundle", &e.finish().unwrap(), "alice.key");
+    let (code, _, err) = lab.install("ok.bundle", &cfg);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// One ustar header block + data padded to 512 bytes.

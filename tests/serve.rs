@@ -482,12 +482,86 @@ async fn compiled_code_is_cached_across_restarts() {
         std::fs::write(e.path(), b).unwrap();
     }
     let third = Daemon::spawn_with(&args, tempfile::tempdir().unwrap(), &[], 1, false);
-    let log = third.wait_log(&["checksum mismatch", "cached=false"]);
+    let log = third.wait_log(&["tag mismatch", "cached=false"]);
     assert!(
-        log.contains("checksum mismatch") && log.contains("cached=false"),
+        log.contains("tag mismatch") && log.contains("cached=false"),
         "{log}"
     );
     assert_eq!(get(third.addr(), "/").await.status, 200);
+}
+
+/// Compiled code is mapped only if this node compiled it: an artifact (with its tag file) copied
+/// from another cache — another state directory, another node — does not verify under this
+/// cache's key, so it is deleted and recompiled, never loaded.
+#[tokio::test]
+async fn an_artifact_from_another_cache_is_recompiled_not_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let hello = wasm("hello");
+    let caches = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let args = |c: &tempfile::TempDir| {
+        vec![
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--cache-dir".to_owned(),
+            c.path().to_str().unwrap().to_owned(),
+            hello.to_str().unwrap().to_owned(),
+        ]
+    };
+    let start = |c: &tempfile::TempDir| {
+        let a = args(c);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        Daemon::spawn_with(&a, tempfile::tempdir().unwrap(), &[], 1, false)
+    };
+    for c in &caches {
+        let d = start(c);
+        let log = d.wait_log(&["cached=false"]);
+        assert!(log.contains("cached=false"), "{log}");
+    }
+    let artifacts = |c: &tempfile::TempDir| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(c.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy();
+                n.ends_with(".cwasm") || n.ends_with(".cwasm.sum")
+            })
+            .collect()
+    };
+    // Each cache has its own secret key, private to the daemon's user.
+    let key = |c: &tempfile::TempDir| std::fs::read(c.path().join("artifact.key")).unwrap();
+    assert_eq!(key(&caches[0]).len(), 32);
+    assert_ne!(key(&caches[0]), key(&caches[1]));
+    let mode = std::fs::metadata(caches[0].path().join("artifact.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Same engine, same component, same file names: only the key differs.
+    let copied = artifacts(&caches[0]);
+    assert_eq!(copied.len(), 2, "{copied:?}");
+    for p in &copied {
+        std::fs::copy(p, caches[1].path().join(p.file_name().unwrap())).unwrap();
+    }
+    let d = start(&caches[1]);
+    let log = d.wait_log(&["tag mismatch", "cached=false"]);
+    assert!(
+        log.contains("tag mismatch")
+            && log.contains("cached=false")
+            && !log.contains("cached=true"),
+        "{log}"
+    );
+    assert_eq!(get(d.addr(), "/").await.status, 200);
+    drop(d);
+    // What replaced it is this cache's own artifact, loaded on the next start.
+    let d = start(&caches[1]);
+    let log = d.wait_log(&["cached=true"]);
+    assert!(
+        log.contains("cached=true") && !log.contains("tag mismatch"),
+        "{log}"
+    );
 }
 
 #[tokio::test]

@@ -133,12 +133,6 @@ fn progress(msg: &str) -> indicatif::ProgressBar {
     pb
 }
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, CliError> {
-    std::fs::read(path)
-        .with_context(|| format!("{}: cannot read {what}", path.display()))
-        .map_err(CliError::app)
-}
-
 fn keygen(out: &Path, force: bool) -> CliResult {
     let key_path = out.with_extension("key");
     let pub_path = out.with_extension("pub");
@@ -281,8 +275,8 @@ fn sign_cmd(
     let digest = bundle_mod::digest(&bytes);
     let sig_path = sig_path(bundle, sig);
 
-    let mut signed = match std::fs::read(&sig_path) {
-        Ok(existing) => {
+    let mut signed = match read_sig_opt(&sig_path)? {
+        Some(existing) => {
             let signed = SignedDoc::parse(&existing, MAX_SIG_FILE)
                 .with_context(|| format!("{}", sig_path.display()))
                 .map_err(CliError::app)?;
@@ -296,7 +290,7 @@ fn sign_cmd(
             }
             signed
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             pb.set_message("reading the manifest");
             let unpacked = archive::unpack(&bytes, &Limits::default())
                 .with_context(|| format!("{}", bundle.display()))
@@ -324,12 +318,6 @@ fn sign_cmd(
             SignedDoc::new(doc)
                 .with_context(|| format!("{}", bundle.display()))
                 .map_err(CliError::app)?
-        }
-        Err(e) => {
-            return Err(CliError::runtime(anyhow!(
-                "{}: cannot read: {e}",
-                sig_path.display()
-            )));
         }
     };
     signed
@@ -399,19 +387,7 @@ fn verify_cmd(
     let bytes = install::read_bundle_file(bundle, Limits::default().max_compressed)
         .map_err(CliError::app)?;
     let sig_path = sig_path(bundle, sig);
-    let sig = std::fs::read(&sig_path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow!(
-                    "{}: unsigned: no signature file {}",
-                    bundle.display(),
-                    sig_path.display()
-                )
-            } else {
-                anyhow!("{}: cannot read: {e}", sig_path.display())
-            }
-        })
-        .map_err(CliError::app)?;
+    let sig = read_sig_file(bundle, &sig_path)?;
     let digest = bundle_mod::digest(&bytes);
     let signed = SignedDoc::parse(&sig, MAX_SIG_FILE)
         .with_context(|| format!("{}", sig_path.display()))
@@ -475,8 +451,23 @@ fn inspect(bundle: &Path, sig: Option<PathBuf>) -> CliResult {
     }
     let explicit = sig.is_some();
     let sig_path = sig_path(bundle, sig);
-    match std::fs::read(&sig_path) {
-        Ok(s) => match SignedDoc::parse(&s, MAX_SIG_FILE) {
+    // A signature file that cannot be read or is oversized is reported like an invalid one:
+    // inspecting is for looking at broken bundles too.
+    let sig_file = match install::read_sig_file(&sig_path) {
+        Ok(bytes) => Some(Ok(bytes)),
+        Err(install::InstallError::Read { source, .. })
+            if !explicit && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            None
+        }
+        Err(e) => Some(Err(e)),
+    };
+    match sig_file {
+        Some(Err(e @ install::InstallError::Read { .. })) => {
+            return Err(CliError::app(anyhow!("{e}")));
+        }
+        Some(Err(e)) => println!("signature file {}: invalid: {e}", sig_path.display()),
+        Some(Ok(s)) => match SignedDoc::parse(&s, MAX_SIG_FILE) {
             Ok(signed) => {
                 let d = signed.doc();
                 println!("signed document ({}, NOT verified):", sig_path.display());
@@ -497,15 +488,7 @@ fn inspect(bundle: &Path, sig: Option<PathBuf>) -> CliResult {
             }
             Err(e) => println!("signature file {}: invalid: {e}", sig_path.display()),
         },
-        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
-            println!("unsigned (no {})", sig_path.display());
-        }
-        Err(e) => {
-            return Err(CliError::app(anyhow!(
-                "{}: cannot read: {e}",
-                sig_path.display()
-            )));
-        }
+        None => println!("unsigned (no {})", sig_path.display()),
     }
     Ok(())
 }
@@ -523,20 +506,42 @@ fn install_cmd(bundle: &Path, config: Option<PathBuf>, sig: Option<PathBuf>) -> 
     };
     let bytes = install::read_bundle_file(bundle, limits.max_compressed).map_err(CliError::app)?;
     let sig_path = sig_path(bundle, sig);
-    let sig = read(&sig_path, "signature file")?;
+    let sig = read_sig_file(bundle, &sig_path)?;
+    // The engine `outpost run` would build: set up before anything is written, so a config
+    // problem is reported as one (64) and the load check below measures only the release.
+    let loader = Loader::new(&cfg)?;
     let store_dir = cfg.state_dir().join("store");
     let (store, _) = Store::open(&store_dir)
         .with_context(|| format!("opening the store in {}", store_dir.display()))
         .map_err(CliError::runtime)?;
     let pb = progress(&format!("installing {}", bundle.display()));
-    let installed = install::install(&store, &bytes, &sig, &policy, unix_now(), &limits)
-        .with_context(|| format!("{}", bundle.display()))
-        .map_err(CliError::app)?;
+    // The load check compiles every component with the daemon's engine settings (so the next
+    // start deserializes instead of compiling) and proves the release links against and
+    // instantiates on this node's host — before it becomes active, so a signed but broken
+    // release never replaces a working one.
+    let installed = install::install(
+        &store,
+        &bytes,
+        &sig,
+        &policy,
+        unix_now(),
+        &limits,
+        |r, dir| {
+            pb.set_message(format!("compiling {} {}", r.app, r.version));
+            loader.load(dir).map_err(|e| format!("{e:#}"))
+        },
+    )
+    .with_context(|| format!("{}", bundle.display()))
+    .map_err(CliError::app)?;
     let r = &installed.release;
-    // Precompile with the daemon's engine settings, so the next start deserializes instead of
-    // compiling; this also proves the release links against this node's host.
-    pb.set_message(format!("compiling {} {}", r.app, r.version));
-    precompile(&cfg, &store.tree_path(&r.digest))?;
+    if installed.unchanged {
+        // Not re-checked by the install; loading it refills the code cache if it was trimmed.
+        pb.set_message(format!("compiling {} {}", r.app, r.version));
+        loader
+            .load(&store.tree_path(&r.digest))
+            .with_context(|| format!("{}", bundle.display()))
+            .map_err(CliError::app)?;
+    }
     pb.finish_and_clear();
     if installed.unchanged {
         println!("{} {} ({}) already active", r.app, r.version, r.digest);
@@ -552,6 +557,31 @@ fn install_cmd(bundle: &Path, config: Option<PathBuf>, sig: Option<PathBuf>) -> 
     Ok(())
 }
 
+/// Reads a bundle's detached signature file, capped at [`MAX_SIG_FILE`] before it is read;
+/// `None` when there is none.
+fn read_sig_opt(sig_path: &Path) -> Result<Option<Vec<u8>>, CliError> {
+    match install::read_sig_file(sig_path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(install::InstallError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(CliError::app(anyhow!("{e}"))),
+    }
+}
+
+/// [`read_sig_opt`] for a bundle that must be signed: a missing file says so.
+pub(super) fn read_sig_file(bundle: &Path, sig_path: &Path) -> Result<Vec<u8>, CliError> {
+    read_sig_opt(sig_path)?.ok_or_else(|| {
+        CliError::app(anyhow!(
+            "{} is unsigned: no signature file {}; sign it with `outpost bundle sign`",
+            bundle.display(),
+            sig_path.display()
+        ))
+    })
+}
+
 /// The node's trust policy from `[trust]`.
 pub fn node_trust_policy(cfg: &crate::ops::config::Config) -> Result<TrustPolicy, CliError> {
     trust_policy(
@@ -562,29 +592,44 @@ pub fn node_trust_policy(cfg: &crate::ops::config::Config) -> Result<TrustPolicy
     .map_err(|e| CliError::config(anyhow!("{}: trust.{e:#}", cfg.origin())))
 }
 
-/// Loads the app in `dir` once with the engine `outpost run` would build from `cfg`, leaving
-/// its compiled code in the state directory's cache.
-fn precompile(cfg: &crate::ops::config::Config, dir: &Path) -> CliResult {
-    use crate::runtime::{Runtime, RuntimeSettings, sizing};
-    let overrides = super::run::overrides_from(cfg)?;
-    let sizing = sizing::derive(&sizing::detect(), &overrides).map_err(CliError::config)?;
-    let code_dir = cfg.state_dir().join("compiled");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::runtime(anyhow!("cannot start the async runtime: {e}")))?;
-    rt.block_on(async {
-        let runtime = Runtime::new(
-            RuntimeSettings::from_sizing(&sizing, Some(code_dir)),
-            crate::ops::metrics::Metrics::new(),
-        )
-        .map_err(CliError::runtime)?;
-        crate::runtime::app::load_app(
-            &runtime,
-            &crate::runtime::app::AppSource::Dir(dir.to_owned()),
-        )
-        .await
-        .map_err(CliError::app)?;
-        Ok(())
-    })
+/// The engine `outpost run` would build from a config, for loading a release once: that
+/// compiles it into the state directory's code cache and runs the same checks as a start.
+struct Loader {
+    rt: tokio::runtime::Runtime,
+    runtime: crate::runtime::Runtime,
+}
+
+impl Loader {
+    fn new(cfg: &crate::ops::config::Config) -> Result<Self, CliError> {
+        use crate::runtime::{Runtime, RuntimeSettings, sizing};
+        let overrides = super::run::overrides_from(cfg)?;
+        let sizing = sizing::derive(&sizing::detect(), &overrides).map_err(CliError::config)?;
+        let code_dir = cfg.state_dir().join("compiled");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::runtime(anyhow!("cannot start the async runtime: {e}")))?;
+        // The pooling allocator's reservations belong to a runtime context.
+        let runtime = rt.block_on(async {
+            Runtime::new(
+                RuntimeSettings::from_sizing(&sizing, Some(code_dir)),
+                crate::ops::metrics::Metrics::new(),
+            )
+            .map_err(CliError::runtime)
+        })?;
+        Ok(Self { rt, runtime })
+    }
+
+    /// Loads (compile or deserialize, link, probe-instantiate) every component of the app in
+    /// `dir`.
+    fn load(&self, dir: &Path) -> Result<(), crate::runtime::app::AppError> {
+        self.rt.block_on(async {
+            crate::runtime::app::load_app(
+                &self.runtime,
+                &crate::runtime::app::AppSource::Dir(dir.to_owned()),
+            )
+            .await
+            .map(drop)
+        })
+    }
 }

@@ -133,8 +133,22 @@ pub fn run(args: RunArgs) -> CliResult {
             max_compressed: cfg.store.max_bundle_size,
             ..Default::default()
         };
+        // A config bundle is loaded once before it becomes active (like `outpost bundle
+        // install`), so a broken one never replaces the release that served before.
+        let handle = tokio::runtime::Handle::current();
+        let load_check = |release: &crate::store::Release, dir: &std::path::Path| {
+            tokio::task::block_in_place(|| {
+                handle.block_on(load_tenant_app(
+                    &runtime,
+                    &AppSource::Dir(dir.to_owned()),
+                    release.tenant.as_deref(),
+                ))
+            })
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+        };
         let (store, stored, config_store_apps) =
-            open_store_and_install(&store_dir, &policy, &limits, &bundle_cfg)?;
+            open_store_and_install(&store_dir, &policy, &limits, &bundle_cfg, &load_check)?;
         // Apps the control plane assigns (store apps not named by a config bundle) take their
         // host names from the last applied desired state; one it does not name is not served
         // (the agent drops its record when it re-applies that state).
@@ -152,25 +166,35 @@ pub fn run(args: RunArgs) -> CliResult {
                 },
                 _ => hosts.clone(),
             };
-            let app = load_tenant_app(
-                &runtime,
-                &AppSource::Dir(r.dir.clone()),
-                r.release.tenant.as_deref(),
-            )
-            .await
-                .map_err(|e| {
-                    CliError::app(anyhow::anyhow!(
-                        "installed release {} {} ({}): {e:#}",
-                        r.release.app,
-                        r.release.version,
-                        r.release.digest
-                    ))
-                })?;
-            tracing::info!(app = %r.release.app, version = %r.release.version, digest = %r.release.digest, "serving installed release");
-            releases.push(r.release.clone());
+            let loaded = if config_store_apps.contains(&r.release.app) {
+                // The operator named this bundle in [[app]]: like any configured app, it
+                // loads or the start fails.
+                let app = load_tenant_app(
+                    &runtime,
+                    &AppSource::Dir(r.dir.clone()),
+                    r.release.tenant.as_deref(),
+                )
+                .await
+                    .map_err(|e| {
+                        CliError::app(anyhow::anyhow!(
+                            "installed release {} {} ({}): {e:#}",
+                            r.release.app,
+                            r.release.version,
+                            r.release.digest
+                        ))
+                    })?;
+                Some((r.release.clone(), app))
+            } else {
+                load_stored(&runtime, &store, &policy, &limits, &metrics, r).await
+            };
+            let Some((release, app)) = loaded else {
+                continue;
+            };
+            tracing::info!(app = %release.app, version = %release.version, digest = %release.digest, "serving installed release");
+            releases.push(release.clone());
             if from_cp {
                 managed.push(crate::sync::Managed {
-                    release: r.release.clone(),
+                    release,
                     app,
                     hosts,
                 });
@@ -490,6 +514,7 @@ fn open_store_and_install(
     policy: &crate::bundle::sign::TrustPolicy,
     limits: &crate::bundle::archive::Limits,
     bundles: &[(Vec<crate::serve::HostPattern>, PathBuf)],
+    load_check: &dyn Fn(&crate::store::Release, &std::path::Path) -> Result<(), String>,
 ) -> Result<OpenedStore, CliError> {
     use crate::store::{Store, install};
     let (store, report) = Store::open(store_dir)
@@ -513,13 +538,7 @@ fn open_store_and_install(
             .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
         let mut sig_path = path.as_os_str().to_owned();
         sig_path.push(".sig");
-        let sig = std::fs::read(&sig_path).map_err(|e| {
-            CliError::app(anyhow::anyhow!(
-                "{}: unsigned: cannot read {}: {e}",
-                path.display(),
-                PathBuf::from(&sig_path).display()
-            ))
-        })?;
+        let sig = super::bundle::read_sig_file(path, std::path::Path::new(&sig_path))?;
         let installed = install::install(
             &store,
             &bytes,
@@ -527,6 +546,7 @@ fn open_store_and_install(
             policy,
             crate::store::unix_now(),
             limits,
+            load_check,
         )
         .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
         if !installed.unchanged {
@@ -550,6 +570,63 @@ fn open_store_and_install(
         })
         .collect();
     Ok((Arc::new(store), servable, config_apps))
+}
+
+/// Loads a release the store serves (one no `[[app]]` names). One that does not load must not
+/// stop the daemon: it is logged and counted, and the app's newest earlier release that passes
+/// the store's checks and loads serves instead; with none, the app is skipped. The index is left
+/// as it is, so the next start tries the active release again (a fixed host may load it) and
+/// GC keeps every release involved.
+async fn load_stored(
+    runtime: &Runtime,
+    store: &crate::store::Store,
+    policy: &crate::bundle::sign::TrustPolicy,
+    limits: &crate::bundle::archive::Limits,
+    metrics: &Metrics,
+    r: &crate::store::install::ServableRelease,
+) -> Option<(crate::store::Release, crate::runtime::app::LoadedApp)> {
+    let app_name = r.release.app.as_str();
+    let failed = |release: &crate::store::Release, error: &str| {
+        metrics
+            .app_load_failures
+            .with_label_values(&[app_name])
+            .inc();
+        tracing::error!(app = %release.app, version = %release.version, digest = %release.digest, %error, "installed release cannot be loaded");
+    };
+    match load_tenant_app(
+        runtime,
+        &AppSource::Dir(r.dir.clone()),
+        r.release.tenant.as_deref(),
+    )
+    .await
+    {
+        Ok(app) => return Some((r.release.clone(), app)),
+        Err(e) => failed(&r.release, &format!("{e:#}")),
+    }
+    for d in &r.older {
+        let release = match crate::store::install::check_release(store, d, policy, limits) {
+            Ok(release) => release,
+            Err(problem) => {
+                tracing::warn!(app = %app_name, digest = %d, %problem, "previous release is not usable either");
+                continue;
+            }
+        };
+        match load_tenant_app(
+            runtime,
+            &AppSource::Dir(store.tree_path(d)),
+            release.tenant.as_deref(),
+        )
+        .await
+        {
+            Ok(app) => {
+                tracing::warn!(app = %app_name, from = %r.release.version, to = %release.version, digest = %release.digest, "serving the previous release instead");
+                return Some((release, app));
+            }
+            Err(e) => failed(&release, &format!("{e:#}")),
+        }
+    }
+    tracing::error!(app = %app_name, "no installed release of the app loads; not serving it");
+    None
 }
 
 /// One GC pass over the store and the compiled-code cache, logged.

@@ -204,13 +204,7 @@ fn open_bundle(
             super::bundle::trust_policy(&keys, 1, Default::default()).map_err(CliError::config)?;
         let mut sig_path = path.as_os_str().to_owned();
         sig_path.push(".sig");
-        let sig = std::fs::read(&sig_path).map_err(|e| {
-            CliError::app(anyhow!(
-                "{}: unsigned: cannot read {}: {e}",
-                path.display(),
-                PathBuf::from(&sig_path).display()
-            ))
-        })?;
+        let sig = super::bundle::read_sig_file(path, std::path::Path::new(&sig_path))?;
         let signed = SignedDoc::parse(&sig, crate::store::install::MAX_SIG_FILE)
             .map_err(|e| CliError::app(anyhow!("{}: {e}", PathBuf::from(&sig_path).display())))?;
         let digest = crate::bundle::digest(&bytes);

@@ -50,6 +50,9 @@ pub struct Metrics {
     /// The active release of each app served from the store (always 1); see
     /// [`Metrics::set_app_releases`].
     pub app_release_info: IntGaugeVec,
+    /// Releases from the store that failed to load at start, by app (the daemon then serves the
+    /// app's previous release, or skips the app).
+    pub app_load_failures: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -194,6 +197,14 @@ impl Metrics {
         registry.register(Box::new(sync_up.clone()))?;
         registry.register(Box::new(desired_sequence.clone()))?;
         registry.register(Box::new(app_release_info.clone()))?;
+        let app_load_failures = IntCounterVec::new(
+            Opts::new(
+                "outpost_app_load_failures_total",
+                "Releases from the store that failed to load at start, by app.",
+            ),
+            &["app"],
+        )?;
+        registry.register(Box::new(app_load_failures.clone()))?;
 
         let build = IntGaugeVec::new(
             Opts::new("outpost_build_info", "Build information; always 1."),
@@ -225,6 +236,7 @@ impl Metrics {
             sync_up,
             desired_sequence,
             app_release_info,
+            app_load_failures,
         })
     }
 

@@ -3,8 +3,8 @@
 //!
 //! Owns: the notify wire format, parsing the `NOTIFY_SOCKET` / `WATCHDOG_*` / `LISTEN_*`
 //! environment, the watchdog loop (ping only while a health probe passes), and adopting the
-//! listening sockets systemd passes in — the one `unsafe` conversion of the crate lives here,
-//! in [`adopt_inherited_fd`].
+//! listening sockets systemd passes in — one of the crate's two `unsafe` blocks lives here, in
+//! [`adopt_inherited_fd`] (the other maps compiled code: `runtime::compile`).
 //! Must not: decide *when* the daemon is ready or healthy (the caller passes the probe and
 //! sends READY), bind sockets, or route traffic. Every function is a no-op outside systemd.
 #![deny(unsafe_code)]

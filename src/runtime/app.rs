@@ -64,6 +64,14 @@ pub enum AppError {
     },
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A component failed to load; named, since the wasm path alone does not say which
+    /// component of the manifest it is.
+    #[error("component {component}: {source}")]
+    Component {
+        component: String,
+        #[source]
+        source: LoadError,
+    },
 }
 
 impl AppSource {
@@ -161,21 +169,26 @@ pub async fn load_tenant_app(
             resolve(&mpath, spec, "source", &base, &spec.source)?
         };
         let settings = settings_for(&mpath, spec, &base)?;
-        let (component, info) = rt.load_component(
-            &manifest.application.name,
-            tenant,
-            &spec.id,
-            &wasm_path,
-            demo.then_some(DEMO_WASM),
-            settings,
-        )?;
-        component
-            .probe()
-            .await
-            .map_err(|reason| LoadError::Instantiate {
+        let named = |source| AppError::Component {
+            component: spec.id.clone(),
+            source,
+        };
+        let (component, info) = rt
+            .load_component(
+                &manifest.application.name,
+                tenant,
+                &spec.id,
+                &wasm_path,
+                demo.then_some(DEMO_WASM),
+                settings,
+            )
+            .map_err(named)?;
+        component.probe().await.map_err(|reason| {
+            named(LoadError::Instantiate {
                 path: wasm_path.clone(),
                 reason,
-            })?;
+            })
+        })?;
         tracing::info!(
             app = %manifest.application.name,
             component = %spec.id,

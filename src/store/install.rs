@@ -3,13 +3,16 @@
 //! Owns: the order of checks that keeps anything rejected out of the store — size caps, then the
 //! signature over (digest, size) *before* anything is decompressed, then the rollback check, then
 //! unpacking under limits, the manifest and that every component really is a component — and only
-//! then the writes (blob, tree, index last). At start, `load_active` re-checks every active
+//! then the writes (blob, tree), the caller's load check over the unpacked tree (compile, link,
+//! probe — a signed release this node cannot run must not become active), and last the index
+//! (the commit point). At start, `load_active` re-checks every active
 //! release (blob digest, signature under today's trust policy, unpacked files) and falls back to
 //! the previous release of an app when its active one is damaged.
 //! Releases named by a verified desired state (`crate::sync`) go through the same pipeline in
 //! [`InstallMode::Desired`]: only the rollback check is left out (the control plane may roll a
 //! node back) and activation is left to the caller, which activates once the release loads.
-//! Must not: compile wasm (the runtime does that from the unpacked tree) or fetch anything.
+//! Must not: compile wasm itself (the caller's check runs the runtime over the unpacked tree) or
+//! fetch anything.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -35,6 +38,12 @@ pub enum InstallError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{}: signature file is {size} bytes, over the {limit}-byte cap", path.display())]
+    SignatureFileTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("signature file: {0}")]
     Signature(#[source] VerifyError),
     #[error("{0}")]
@@ -55,6 +64,15 @@ pub enum InstallError {
     NotComponent { id: String, reason: String },
     #[error("the signed release is {signed} but the desired state names {desired}")]
     DesiredMismatch { signed: String, desired: String },
+    #[error(
+        "{app} {version} cannot be loaded on this node, so it was not activated (the active \
+         release, if any, stays): {reason}"
+    )]
+    Unloadable {
+        app: String,
+        version: String,
+        reason: String,
+    },
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -63,7 +81,7 @@ pub enum InstallError {
 #[derive(Debug, Clone, Copy)]
 pub enum InstallMode<'a> {
     /// `outpost bundle install` and config bundles: never older than the active release (the
-    /// rollback check), and the release becomes active at once.
+    /// rollback check); [`install`] activates it once it loads.
     Upgrade,
     /// A release a verified desired state names: the signature and tenant checks apply as
     /// always, and the signed document must be the entry's app, version, tenant and digest; the
@@ -75,6 +93,30 @@ pub enum InstallMode<'a> {
 /// Reads a bundle file, refusing one over `max` bytes before reading it (and, should it grow
 /// while being read, as soon as it passes `max`).
 pub fn read_bundle_file(path: &Path, max: u64) -> Result<Vec<u8>, InstallError> {
+    read_capped(path, max, |size| InstallError::TooLarge {
+        size,
+        limit: max,
+    })
+}
+
+/// Reads a detached signature file the way [`read_bundle_file`] reads a bundle: refused before
+/// reading when over [`MAX_SIG_FILE`], and never more than the cap + 1 bytes read. A missing file
+/// is `InstallError::Read` with `NotFound`, which callers report as "unsigned".
+pub fn read_sig_file(path: &Path) -> Result<Vec<u8>, InstallError> {
+    read_capped(path, MAX_SIG_FILE as u64, |size| {
+        InstallError::SignatureFileTooLarge {
+            path: path.to_owned(),
+            size,
+            limit: MAX_SIG_FILE as u64,
+        }
+    })
+}
+
+fn read_capped(
+    path: &Path,
+    max: u64,
+    too_large: impl Fn(u64) -> InstallError,
+) -> Result<Vec<u8>, InstallError> {
     use std::io::Read;
     let io = |source| InstallError::Read {
         path: path.to_owned(),
@@ -83,15 +125,12 @@ pub fn read_bundle_file(path: &Path, max: u64) -> Result<Vec<u8>, InstallError> 
     let file = std::fs::File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
     if size > max {
-        return Err(InstallError::TooLarge { size, limit: max });
+        return Err(too_large(size));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     file.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
     if bytes.len() as u64 > max {
-        return Err(InstallError::TooLarge {
-            size: bytes.len() as u64,
-            limit: max,
-        });
+        return Err(too_large(bytes.len() as u64));
     }
     Ok(bytes)
 }
@@ -106,18 +145,25 @@ pub struct Installed {
     pub unchanged: bool,
 }
 
-/// Verifies `bundle` + its detached signature file under `policy` at time `now`, then writes it
-/// to the store and makes it the active release of its app. Every rejection happens before the
-/// first write.
-pub fn install(
+/// Verifies `bundle` + its detached signature file under `policy` at time `now`, writes it to
+/// the store, runs `check` over the unpacked tree (the caller loads and links every component
+/// there, as `outpost run` would) and only if that passes makes it the active release of its app.
+/// Every rejection of the bundle itself happens before the first write; a release that fails
+/// `check` is never activated and its staged files are removed again, so the app keeps its
+/// active release. An install of the already active bundle returns `unchanged` without `check`.
+pub fn install<F>(
     store: &Store,
     bundle: &[u8],
     sig: &[u8],
     policy: &TrustPolicy,
     now: u64,
     limits: &Limits,
-) -> Result<Installed, InstallError> {
-    install_with(
+    check: F,
+) -> Result<Installed, InstallError>
+where
+    F: FnOnce(&Release, &Path) -> Result<(), String>,
+{
+    let staged = stage(
         store,
         bundle,
         sig,
@@ -125,11 +171,33 @@ pub fn install(
         now,
         limits,
         InstallMode::Upgrade,
-    )
+    )?;
+    if staged.unchanged {
+        return Ok(staged);
+    }
+    let release = &staged.release;
+    if let Err(reason) = check(release, &store.tree_path(&release.digest)) {
+        // Staged but never activated: unless another record still names these files (a
+        // previous release of the same bytes), they are garbage now, and leaving them would let
+        // an index rebuild pick them up as the newest release.
+        if !matches!(store.release(&release.digest), Ok(Some(_))) {
+            store.remove_files(&release.digest);
+        }
+        return Err(InstallError::Unloadable {
+            app: release.app.clone(),
+            version: release.version.clone(),
+            reason,
+        });
+    }
+    store.activate(release)?;
+    Ok(staged)
 }
 
-/// [`install`] with an explicit [`InstallMode`].
-pub fn install_with(
+/// Verifies and writes a release (blob, signature file, unpacked tree) without activating it:
+/// everything of [`install`] but the load check and the commit. In [`InstallMode::Upgrade`] the
+/// caller must check the release and then call `Store::activate` itself (as [`install`] does);
+/// a staged release nobody activates is removed by the next GC pass.
+pub fn stage(
     store: &Store,
     bundle: &[u8],
     sig: &[u8],
@@ -212,9 +280,6 @@ pub fn install_with(
         components,
         installed_at: now,
     };
-    if let InstallMode::Upgrade = mode {
-        store.activate(&release)?;
-    }
     Ok(Installed {
         release,
         replaced: current.map(|r| r.active),
@@ -271,6 +336,9 @@ pub struct ServableRelease {
     pub dir: PathBuf,
     /// The active release was damaged and this earlier one is served instead.
     pub fell_back_from: Option<Digest>,
+    /// The app's releases before this one, newest first, not yet checked: what the caller may
+    /// fall back to (through [`check_release`]) if this one does not load.
+    pub older: Vec<Digest>,
 }
 
 /// What `load_active` could not serve.
@@ -338,6 +406,7 @@ pub fn load_active(
                 ok.push(ServableRelease {
                     dir: store.tree_path(&release.digest),
                     fell_back_from: (i > 0).then_some(record.active),
+                    older: candidates[i + 1..].to_vec(),
                     release,
                 });
             }
@@ -353,7 +422,10 @@ pub fn load_active(
     (ok, bad)
 }
 
-fn check_release(
+/// The start-time checks of one installed release (blob sha256, signature under `policy` as of
+/// its install time, unpacked tree — re-extracted from the blob if damaged): `load_active` runs
+/// them on the active release, and the daemon on an earlier one it falls back to.
+pub fn check_release(
     store: &Store,
     d: &Digest,
     policy: &TrustPolicy,

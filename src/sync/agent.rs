@@ -27,7 +27,7 @@ use crate::ops::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::app::{AppSource, LoadedApp, load_tenant_app};
 use crate::serve::{HostPattern, ServeState};
-use crate::store::install::{InstallMode, install_with};
+use crate::store::install::{InstallMode, stage};
 use crate::store::{Release, Store, unix_now};
 
 /// Why one exchange with the control plane failed; also the `reason` metric label.
@@ -614,7 +614,7 @@ impl Agent {
             entry.clone(),
         );
         let installed = tokio::task::spawn_blocking(move || {
-            install_with(
+            stage(
                 &store,
                 &bytes,
                 &sig,
