@@ -83,7 +83,7 @@ greeting = "{greeting}"
     /// The active release digest (hex) of `app` in a node's store, from its last commit.
     fn active(&self, node: &str, app: &str) -> Option<String> {
         let v: serde_json::Value = serde_json::from_str(&self.snapshot(node)).ok()?;
-        let d = v.get(app)?.get("active")?.as_str()?.to_owned();
+        let d = v.get("apps")?.get(app)?.get("active")?.as_str()?.to_owned();
         Some(d.trim_start_matches("sha256:").to_owned())
     }
 

@@ -80,6 +80,24 @@ pub struct AppRecord {
     pub previous: Vec<Digest>,
 }
 
+/// Key, in sled's default tree, of the number of app-record commits so far (u64, big-endian).
+/// It changes in the same transaction as the app records, and `apps.snapshot` carries the
+/// number of the commit it records: a snapshot exactly one commit behind means a writer was
+/// killed between the two (the index is the newer state), anything else means damage.
+const COMMIT_KEY: &[u8] = b"app_commits";
+
+/// `apps.snapshot`: the app records after commit `commit`. Snapshots written before commits were
+/// numbered hold the bare map (`commit` unknown).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Snapshot {
+    Numbered {
+        commit: u64,
+        apps: BTreeMap<String, AppRecord>,
+    },
+    Bare(BTreeMap<String, AppRecord>),
+}
+
 /// What `open` found and repaired.
 #[derive(Debug, Default)]
 pub struct OpenReport {
@@ -193,15 +211,49 @@ impl Store {
         self.apps().into_iter().map(Result::ok).collect()
     }
 
+    /// How many app-record commits the index holds (0 for one from before they were counted).
+    fn commits(&self) -> Option<u64> {
+        match self.db.get(COMMIT_KEY) {
+            Ok(None) => Some(0),
+            Ok(Some(v)) => Some(u64::from_be_bytes(v.as_ref().try_into().ok()?)),
+            Err(_) => None,
+        }
+    }
+
     /// Why the index cannot be trusted, if it cannot.
     fn index_mismatch(&self) -> Option<String> {
         let Some(records) = self.app_records() else {
             return Some("unreadable app records".into());
         };
+        let Some(commits) = self.commits() else {
+            return Some("unreadable commit counter".into());
+        };
         match fs::read(self.snapshot_path()) {
-            Ok(bytes) => match serde_json::from_slice::<BTreeMap<String, AppRecord>>(&bytes) {
-                Ok(snap) if snap == records => None,
-                Ok(snap) => Some(format!(
+            Ok(bytes) => match serde_json::from_slice::<Snapshot>(&bytes) {
+                Ok(Snapshot::Numbered { commit, apps }) if commit == commits && apps == records => {
+                    None
+                }
+                // Killed after the index committed and before the snapshot was replaced: the
+                // index is the newer of two consistent states. Record it, so the next open
+                // compares against it.
+                Ok(Snapshot::Numbered { commit, .. }) if commit.checked_add(1) == Some(commits) => {
+                    tracing::info!(
+                        commit = commits,
+                        "store index is one commit ahead of its snapshot (a writer stopped between the two); keeping the index"
+                    );
+                    match self.write_snapshot() {
+                        Ok(()) => None,
+                        Err(e) => Some(format!("apps.snapshot: {e}")),
+                    }
+                }
+                Ok(Snapshot::Numbered { commit, apps }) => Some(format!(
+                    "the index holds {} app(s) after commit {commits} but the snapshot recorded \
+                     {} after commit {commit}",
+                    records.len(),
+                    apps.len()
+                )),
+                Ok(Snapshot::Bare(snap)) if snap == records => None,
+                Ok(Snapshot::Bare(snap)) => Some(format!(
                     "the index holds {} app(s) but the last commit recorded {}",
                     records.len(),
                     snap.len()
@@ -398,8 +450,9 @@ impl Store {
                     key: app.to_owned(),
                     problem: e.to_string(),
                 })?;
-        let res: sled::transaction::TransactionResult<(), ()> = (&self.releases, &self.apps)
-            .transaction(|(rels, apps)| {
+        let meta: &sled::Tree = &self.db;
+        let res: sled::transaction::TransactionResult<(), ()> = (&self.releases, &self.apps, meta)
+            .transaction(|(rels, apps, meta)| {
                 if let Some((k, v)) = release {
                     rels.insert(k.as_bytes(), v)?;
                 }
@@ -407,6 +460,11 @@ impl Store {
                     Some(v) => apps.insert(app.as_bytes(), v.as_slice())?,
                     None => apps.remove(app.as_bytes())?,
                 };
+                let commits = meta
+                    .get(COMMIT_KEY)?
+                    .and_then(|v| Some(u64::from_be_bytes(v.as_ref().try_into().ok()?)))
+                    .unwrap_or(0);
+                meta.insert(COMMIT_KEY, &commits.wrapping_add(1).to_be_bytes())?;
                 Ok(())
             });
         res.map_err(|e| match e {
@@ -422,8 +480,11 @@ impl Store {
 
     /// Records the app records just committed, for [`Store::index_mismatch`].
     fn write_snapshot(&self) -> Result<(), StoreError> {
-        let records = self.app_records().unwrap_or_default();
-        let bytes = serde_json::to_vec(&records).map_err(|e| StoreError::Record {
+        let snapshot = Snapshot::Numbered {
+            commit: self.commits().unwrap_or(0),
+            apps: self.app_records().unwrap_or_default(),
+        };
+        let bytes = serde_json::to_vec(&snapshot).map_err(|e| StoreError::Record {
             key: "apps.snapshot".into(),
             problem: e.to_string(),
         })?;
@@ -721,6 +782,40 @@ mod tests {
         assert_eq!(rec.active, rels[3].digest);
         assert_eq!(rec.previous, vec![rels[2].digest, rels[1].digest]);
         assert_eq!(store.release(&rels[3].digest).unwrap().unwrap(), rels[3]);
+    }
+
+    /// A writer killed between the index commit and the snapshot leaves the snapshot one commit
+    /// behind: that is the newer of two consistent states, not damage. A snapshot further off
+    /// (the index lost commits, or is another index) still is.
+    #[test]
+    fn a_snapshot_one_commit_behind_is_an_interrupted_commit_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("apps.snapshot");
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let rels: Vec<_> = (1..=3)
+            .map(|i| release(&store, "a", &format!("{i}.0.0"), &[i], u64::from(i)))
+            .collect();
+        store.activate(&rels[0]).unwrap();
+        let after_first = fs::read(&snap).unwrap();
+        store.activate(&rels[1]).unwrap();
+        drop(store);
+        // As if killed after the second commit, before its snapshot.
+        fs::write(&snap, &after_first).unwrap();
+        let (store, report) = Store::open(dir.path()).unwrap();
+        assert!(report.index_recovered.is_none(), "{report:?}");
+        assert_eq!(store.app("a").unwrap().unwrap().active, rels[1].digest);
+        // ... and the snapshot was brought up to date.
+        assert_ne!(fs::read(&snap).unwrap(), after_first);
+        store.activate(&rels[2]).unwrap();
+        drop(store);
+        // Two commits behind: not something a kill can cause.
+        fs::write(&snap, &after_first).unwrap();
+        let (_, report) = Store::open(dir.path()).unwrap();
+        let problem = report.index_recovered.expect("detected");
+        assert!(
+            problem.contains("after commit 3") && problem.contains("after commit 1"),
+            "{problem}"
+        );
     }
 
     #[test]
