@@ -272,6 +272,10 @@ pub fn run(args: RunArgs) -> CliResult {
             })?),
             (None, None) => None,
         };
+        // The serving state (and with it the component gauges) exists before any address is
+        // announced, so a scrape right after the admin address appears sees the loaded apps.
+        let app_count = router.apps().count();
+        let state = Arc::new(ServeState::new(router, metrics.clone()));
         super::announce_listeners(&listeners);
         if let Some(l) = &admin_listener
             && let Ok(a) = l.local_addr()
@@ -279,7 +283,6 @@ pub fn run(args: RunArgs) -> CliResult {
             super::announce("admin listening on", a);
         }
 
-        let app_count = router.apps().count();
         let tenant_addrs = [listeners.http_addrs(), listeners.https_addrs()].concat();
         let admin_state = Arc::new(AdminState {
             metrics: metrics.clone(),
@@ -291,7 +294,6 @@ pub fn run(args: RunArgs) -> CliResult {
                 let _ = admin_stopped.await;
             }))
         });
-        let state = Arc::new(ServeState::new(router, metrics.clone()));
         let status_line = notifier.as_ref().map(|n| {
             Arc::new(StatusLine {
                 notifier: n.clone(),
