@@ -32,10 +32,9 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
-log() { printf '[fleet %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-# Seconds since $1 (a `date +%s.%N` value), one decimal.
-since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+TB_NAME=fleet
+# shellcheck source=testbed/lib.sh
+. testbed/lib.sh # log, die, since, wait_line, make_bundle, report
 for tool in curl jq; do
     command -v "$tool" >/dev/null || die "needs $tool (apt-get install -y $tool)"
 done
@@ -61,34 +60,9 @@ cleanup() {
 trap cleanup EXIT
 cd "$WORK"
 
-# Waits until file $1 has a line matching $2, prints the match.
-wait_line() {
-    local file=$1 pattern=$2 i
-    for i in $(seq 300); do
-        if grep -m1 -oE "$pattern" "$file" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    die "timed out waiting for /$pattern/ in $file: $(tail -n 5 "$file" 2>/dev/null)"
-}
-
 # --- keys, bundles -------------------------------------------------------------------------
 "$OUTPOST" bundle keygen --out release >/dev/null 2>&1
 "$OUTPOST" bundle keygen --out operator >/dev/null 2>&1
-make_bundle() { # name version wasm
-    mkdir -p "app-$2"
-    cp "$APPS/$3.wasm" "app-$2/$3.wasm"
-    cat >"app-$2/outpost.toml" <<TOML
-manifest_version = 1
-[application]
-name = "$1"
-version = "$2"
-[component.main]
-source = "$3.wasm"
-routes = ["/"]
-TOML
-    "$OUTPOST" bundle pack "app-$2" -o "$1-$2.bundle" >/dev/null 2>&1
-    "$OUTPOST" bundle sign "$1-$2.bundle" --key release.key >/dev/null 2>&1
-}
 make_bundle web 1.0.0 hello
 make_bundle web 1.1.0 trap
 
@@ -156,16 +130,6 @@ traffic() {
 }
 traffic &
 PIDS+=($!)
-
-# Prints per-wave convergence of rollout $1 from its status.
-report() {
-    "$OUTPOST" rollout status "$1" --json | jq -r '
-      "rollout \(.id): \(.app) \(.version) -> \(.state)\(if .reason then " (\(.reason))" else "" end)",
-      (.waves | to_entries[] | "  wave \(.key + 1) (\(.value.percent)%, \(.value.nodes | length) nodes): \(.value.state)" +
-        (if .value.converged_ms and .value.started_ms then
-           ", converged in \(((.value.converged_ms - .value.started_ms) / 1000 * 100 | round) / 100) s" else "" end) +
-        ", \(.value.requests) requests, \(.value.errors) errors")'
-}
 
 # --- good release --------------------------------------------------------------------------
 log "pushing web 1.0.0 (waves $WAVES, bake $BAKE)"
