@@ -392,20 +392,40 @@ async fn push_while_polling(
         .env("OUTPOST_KEY", lab.path("operator.key"))
         .env("OUTPOST_LOG", "warn")
         .stdin(Stdio::null());
-    let handle = std::thread::spawn(move || cmd.output().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !handle.is_finished() {
-        assert!(Instant::now() < deadline, "push did not finish");
+    // Output to files, read after exit: complete, however late the process wrote it.
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = cmd
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let read =
+        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    // A hang guard, not a timing bound: a loaded machine stretches the waves' bake.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "push did not finish in 180 s; its output:\n{}\n{}",
+                read(&out_path),
+                read(&err_path)
+            );
+        }
         for n in nodes.iter_mut() {
             n.poll(&cp.key, errors_for).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let out = handle.join().unwrap();
+    };
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status.code().unwrap_or(-1),
+        read(&out_path),
+        read(&err_path),
     )
 }
 
