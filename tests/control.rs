@@ -412,9 +412,10 @@ async fn push_while_polling(
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "push did not finish in 180 s; its output:\n{}\n{}",
+                "push did not finish in 180 s; its output:\n{}\n{}\ncontrol plane:\n{}",
                 read(&out_path),
-                read(&err_path)
+                read(&err_path),
+                cp.stderr.lock().unwrap()
             );
         }
         for n in nodes.iter_mut() {
