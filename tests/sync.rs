@@ -100,6 +100,15 @@ impl MockCp {
         self.state.lock().unwrap().node.clone()
     }
 
+    /// Serves `bundles` at `/v1/bundles/<digest>`.
+    fn serve_bundles(&self, bundles: &[&Vec<u8>]) {
+        let mut m = self.state.lock().unwrap();
+        for b in bundles {
+            m.bundles
+                .insert(outpost::bundle::digest(b).to_string(), (*b).clone());
+        }
+    }
+
     fn set_desired(&self, seq: u64, envelope: Vec<u8>) {
         self.state.lock().unwrap().desired = Some((seq, envelope));
     }
@@ -426,13 +435,7 @@ async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
     let (v2, v2_sig) = lab.release("2.0.0", "two");
     let cp_key = SigningKey::from_seed(&[42; 32]);
     let cp = MockCp::start().await;
-    {
-        let mut m = cp.state.lock().unwrap();
-        m.bundles
-            .insert(outpost::bundle::digest(&v1).to_string(), v1.clone());
-        m.bundles
-            .insert(outpost::bundle::digest(&v2).to_string(), v2.clone());
-    }
+    cp.serve_bundles(&[&v1, &v2]);
     let cfg = node_config(&lab, &cp, &cp_key);
 
     let d = Daemon::run_config(&cfg);
@@ -789,13 +792,7 @@ async fn a_request_in_flight_during_a_swap_finishes_on_the_old_release() {
     );
     let cp_key = SigningKey::from_seed(&[42; 32]);
     let cp = MockCp::start().await;
-    {
-        let mut m = cp.state.lock().unwrap();
-        m.bundles
-            .insert(outpost::bundle::digest(&v1).to_string(), v1.clone());
-        m.bundles
-            .insert(outpost::bundle::digest(&v2).to_string(), v2.clone());
-    }
+    cp.serve_bundles(&[&v1, &v2]);
     let cfg = node_config(&lab, &cp, &cp_key);
     let d = Daemon::run_config(&cfg);
     let node = enrolled(&cp, &d).await;
@@ -923,13 +920,7 @@ async fn oversized_and_stalled_downloads_fail_and_the_node_keeps_serving() {
     assert!((v1.len() as u64) < cap);
     let cp_key = SigningKey::from_seed(&[42; 32]);
     let cp = MockCp::start().await;
-    {
-        let mut m = cp.state.lock().unwrap();
-        for b in [&v1, &v2, &v3, &v4] {
-            m.bundles
-                .insert(outpost::bundle::digest(b).to_string(), b.clone());
-        }
-    }
+    cp.serve_bundles(&[&v1, &v2, &v3, &v4]);
     let cfg = node_config_with(
         &lab,
         &cp,
