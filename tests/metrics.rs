@@ -72,26 +72,7 @@ timeout = "200ms"
 "#,
         &["hello", "trap", "slow"],
     );
-    let cfg = dir.path().join("outpost.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[node]
-state_dir = "{}"
-[listen]
-http = ["127.0.0.1:0"]
-admin = "127.0.0.1:0"
-[[app]]
-source = "{}"
-hosts = ["*"]
-"#,
-            dir.path().join("state").display(),
-            app.path().display()
-        ),
-    )
-    .unwrap();
-    let d = Daemon::run_config(&cfg);
+    let d = run_app(dir.path(), app.path(), "");
     let admin = d.admin.unwrap();
     let before = scrape(admin).await;
 
