@@ -962,6 +962,10 @@ async fn a_push_passes_wave_by_wave_and_a_bad_release_rolls_back() {
         n
     };
     assert_eq!(late.digest_of("greeter"), Some(good_digest));
+    // It is in the group now, so the next push plans its waves over it too: it must be polled,
+    // and wave 1 is whichever node has the lowest id.
+    nodes.push(late);
+    nodes.sort_by_key(FakeNode::id);
 
     // The bad release: every request fails on the canary. It never passes wave 1, and every
     // node it touched goes back to 1.0.0.
@@ -1057,6 +1061,63 @@ async fn a_push_passes_wave_by_wave_and_a_bad_release_rolls_back() {
     );
     solo.poll(&cp.key, &|_| 0).await;
     assert_eq!(solo.digest_of("greeter"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_node_is_not_the_canary_and_does_not_hold_up_a_push() {
+    let lab = Lab::new();
+    lab.config("node_offline_after = \"3s\"\n");
+    let cp = lab.start();
+    let op = lab.operator_client(&cp);
+    let mut nodes = fleet(&cp, &op, 3).await;
+    // The lowest id, the canary in id order, goes silent until the control plane lists it
+    // offline; the others keep polling.
+    let mut gone = nodes.remove(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for n in nodes.iter_mut() {
+            n.poll(&cp.key, &|_| 0).await;
+        }
+        let list: Vec<NodeInfo> = op.get_json(api::NODES).await.unwrap();
+        let online = |id: &str| list.iter().find(|n| n.id == id).unwrap().online;
+        if !online(&gone.id()) {
+            assert!(nodes.iter().all(|n| online(&n.id())));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never listed offline: {list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (bundle, digest) = lab.bundle("1.0.0");
+    let (code, out, err) = push_while_polling(
+        &lab,
+        &cp,
+        &mut nodes,
+        vec![
+            bundle.to_str().unwrap().into(),
+            "--group".into(),
+            "site=lab".into(),
+            "--waves".into(),
+            "1,100".into(),
+            "--bake".into(),
+            "1s".into(),
+        ],
+        &|_| 0,
+    )
+    .await;
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("(1 offline at start, not waited for)"),
+        "{out}"
+    );
+    let s: RolloutStatus = op.get_json(&format!("{}/1", api::ROLLOUTS)).await.unwrap();
+    assert_eq!(s.state, RolloutState::Succeeded);
+    assert_eq!(s.waves[0].nodes, vec![nodes[0].id()], "an online canary");
+    assert_eq!(s.waves[1].nodes, vec![nodes[1].id(), gone.id()]);
+    assert_eq!(s.waves[1].offline, vec![gone.id()]);
+    assert_eq!(s.waves[1].active, 1);
+    // It was assigned all the same: back online, it gets the release on its first poll.
+    gone.poll(&cp.key, &|_| 0).await;
+    assert_eq!(gone.digest_of("greeter"), Some(digest));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -349,8 +349,12 @@ fn header_line(s: &RolloutStatus) -> String {
 }
 
 fn wave_line(i: usize, w: &api::WaveStatus, now: u64) -> String {
+    let offline = match w.offline.len() {
+        0 => String::new(),
+        n => format!("  ({n} offline at start, not waited for)"),
+    };
     format!(
-        "wave {:<2} {:>3}%  {:<9}  {}/{} nodes active  {} requests  {} errors  {}",
+        "wave {:<2} {:>3}%  {:<9}  {}/{} nodes active  {} requests  {} errors  {}{offline}",
         i + 1,
         w.percent,
         wave_state_name(w.state),

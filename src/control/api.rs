@@ -216,6 +216,9 @@ pub struct WaveStatus {
     /// Requests and 5xx answers of the release on every node up to this wave.
     pub requests: u64,
     pub errors: u64,
+    /// Nodes of the wave that were offline when it started: assigned, not waited for.
+    #[serde(default)]
+    pub offline: Vec<String>,
 }
 
 /// Error bodies: `{"error": "..."}`.

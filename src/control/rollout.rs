@@ -63,6 +63,8 @@ pub struct NodeView<'a> {
     pub failed: &'a [FailedRelease],
     /// Revoked nodes are out of the fleet: nothing is waited for from them.
     pub revoked: bool,
+    /// Heard from within the control plane's `node_offline_after`.
+    pub online: bool,
 }
 
 /// Node id → view. A node missing here is treated like a revoked one.
@@ -99,6 +101,12 @@ pub struct Wave {
     /// The release's requests and 5xx answers over every node up to this wave.
     pub requests: u64,
     pub errors: u64,
+    /// Nodes of this wave that were offline when it started: assigned like the others, but not
+    /// waited for (a powered-off gateway must not hold up the fleet). Their reports and failures
+    /// count once they are back. A node that goes silent *after* its wave started is waited for:
+    /// a release that takes nodes down must not pass for lack of news.
+    #[serde(default)]
+    pub offline: Vec<String>,
 }
 
 /// A rollout of one release to a fixed set of nodes.
@@ -138,8 +146,8 @@ pub enum PlanError {
     NoNodes,
 }
 
-/// Checks the wave percentages and splits `nodes` (sorted, fixed for the rollout's life) into
-/// waves: the count through wave k is `max(ceil(p_k * N / 100), count_{k-1} + 1)`, capped at N;
+/// Checks the wave percentages and splits `nodes` (in wave order, fixed for the rollout's life)
+/// into waves: the count through wave k is `max(ceil(p_k * N / 100), count_{k-1} + 1)`, capped at N;
 /// waves that would add no node are dropped. Every wave adds at least one node, so a 1% canary
 /// of three nodes is one node, not zero.
 pub fn plan_waves(percents: &[u32], nodes: &[String]) -> Result<Vec<Wave>, PlanError> {
@@ -181,6 +189,7 @@ pub fn plan_waves(percents: &[u32], nodes: &[String]) -> Result<Vec<Wave>, PlanE
             active: 0,
             requests: 0,
             errors: 0,
+            offline: Vec::new(),
         });
         done = through;
     }
@@ -361,6 +370,7 @@ impl Rollout {
                     active: w.active,
                     requests: w.requests,
                     errors: w.errors,
+                    offline: w.offline.clone(),
                 })
                 .collect(),
         }
@@ -419,13 +429,14 @@ pub fn tick(r: &mut Rollout, reports: &Reports<'_>, now_ms: u64) -> Vec<Action> 
         // Numbers: the release's traffic on every node up to this wave.
         let (mut requests, mut errors) = (0u64, 0u64);
         let mut all_active = true;
-        for (_, view) in &live {
+        for (node, view) in &live {
             let Some(view) = view else { continue };
             match health(view, &r.release) {
                 Some(h) => {
                     requests = requests.saturating_add(h.requests);
                     errors = errors.saturating_add(h.errors);
                 }
+                None if r.waves[..=k].iter().any(|w| w.offline.contains(node)) => {}
                 None => all_active = false,
             }
         }
@@ -444,6 +455,17 @@ pub fn tick(r: &mut Rollout, reports: &Reports<'_>, now_ms: u64) -> Vec<Action> 
             w.requests = requests;
             w.errors = errors;
         }
+        // A wave proves something only if one of its nodes runs the release, unless every node
+        // it could have waited for is gone (offline at its start or revoked).
+        let waited_for = r.waves[k]
+            .nodes
+            .iter()
+            .filter(|n| {
+                !r.waves[k].offline.contains(n)
+                    && reports.get(n.as_str()).is_some_and(|v| !v.revoked)
+            })
+            .count();
+        let all_active = all_active && (wave_active > 0 || waited_for == 0);
         // Gate 2: the release's 5xx share, judged as soon as there is enough traffic (also while
         // the wave is still deploying: a release that hurts on the first node need not wait
         // for the slowest one).
@@ -536,6 +558,9 @@ fn start_wave(
         if view.is_none_or(|v| v.revoked) {
             continue;
         }
+        if view.is_some_and(|v| !v.online) && !r.waves[k].offline.contains(node) {
+            r.waves[k].offline.push(node.clone());
+        }
         // Remember what the node ran before, once: a restarted wave must not record the new
         // release as "previous".
         r.previous
@@ -556,6 +581,7 @@ fn start_wave(
         wave = k + 1,
         percent = w.percent,
         nodes = w.nodes.len(),
+        offline = w.offline.len(),
         "wave started"
     );
 }
@@ -625,6 +651,7 @@ mod tests {
         apps: BTreeMap<String, Vec<AppHealth>>,
         failed: BTreeMap<String, Vec<FailedRelease>>,
         revoked: Vec<String>,
+        offline: Vec<String>,
     }
 
     impl Fleet {
@@ -642,6 +669,7 @@ mod tests {
                     .collect(),
                 failed: BTreeMap::new(),
                 revoked: Vec::new(),
+                offline: Vec::new(),
             }
         }
 
@@ -656,6 +684,7 @@ mod tests {
                             apps: self.apps.get(n).map_or(&[][..], Vec::as_slice),
                             failed: self.failed.get(n).map_or(&[][..], Vec::as_slice),
                             revoked: self.revoked.contains(n),
+                            online: !self.offline.contains(n),
                         },
                     )
                 })
@@ -980,6 +1009,75 @@ mod tests {
             RolloutState::Succeeded,
             "the revoked node is not awaited"
         );
+    }
+
+    #[test]
+    fn nodes_offline_at_wave_start_are_assigned_but_not_awaited() {
+        let nodes = ids(4);
+        let old = release("1.0.0", b"old");
+        let mut fleet = Fleet::new(&nodes, Some(&old));
+        fleet.offline.push(nodes[1].clone());
+        // Waves: nodes 0 and 1, then 2 and 3.
+        let mut r = rollout(&nodes, &[50, 100], 0);
+        let a = fleet.tick(&mut r, 0);
+        assert_eq!(
+            assigned_nodes(&a),
+            nodes[..2].to_vec(),
+            "offline is assigned too"
+        );
+        assert_eq!(r.waves[0].offline, vec![nodes[1].clone()]);
+        assert_eq!(r.previous[&nodes[1]], Some(old.clone()));
+        // Only node 0 answers: enough, the offline node is not waited for.
+        let new = r.release.clone();
+        fleet
+            .apps
+            .insert(nodes[0].clone(), vec![health(&new, 0, 0)]);
+        fleet.tick(&mut r, 100);
+        assert_eq!(r.waves[0].state, WaveState::Baking);
+        fleet.tick(&mut r, 200);
+        assert_eq!(r.waves[0].state, WaveState::Passed);
+        assert_eq!(r.waves[1].state, WaveState::Deploying);
+        // Node 3 goes silent after its wave started: that is waited for (a release that takes
+        // nodes down must not pass for lack of news).
+        fleet.offline.push(nodes[3].clone());
+        fleet
+            .apps
+            .insert(nodes[2].clone(), vec![health(&new, 0, 0)]);
+        for t in [300, 400, 500] {
+            fleet.tick(&mut r, t);
+        }
+        assert_eq!(r.waves[1].state, WaveState::Deploying);
+        assert!(r.waves[1].offline.is_empty());
+        // Node 1 comes back, runs the release and fails: its traffic counts like anyone's.
+        fleet.offline.retain(|n| n != &nodes[1]);
+        fleet
+            .apps
+            .insert(nodes[1].clone(), vec![health(&new, 20, 20)]);
+        let a = fleet.tick(&mut r, 600);
+        assert_eq!(r.state, RolloutState::RolledBack);
+        assert_eq!(a.len(), 4, "every assigned node is restored: {a:?}");
+    }
+
+    #[test]
+    fn a_wave_needs_one_active_node_unless_all_were_offline() {
+        let nodes = ids(2);
+        let mut fleet = Fleet::new(&nodes, None);
+        fleet.offline = nodes.clone();
+        let mut r = rollout(&nodes, &[50, 100], 0);
+        // Nothing to wait for in either wave: the rollout goes through, assigning both (they
+        // pick the release up when they return).
+        for t in [0, 100, 200, 300] {
+            fleet.tick(&mut r, t);
+        }
+        assert_eq!(r.state, RolloutState::Succeeded);
+        assert_eq!(r.previous.len(), 2);
+        // Online but silent about the release: waited for.
+        let mut fleet = Fleet::new(&nodes, None);
+        let mut r = rollout(&nodes, &[50, 100], 0);
+        for t in [0, 100, 200] {
+            fleet.tick(&mut r, t);
+        }
+        assert_eq!(r.waves[0].state, WaveState::Deploying);
     }
 
     #[test]

@@ -240,8 +240,18 @@ fn truncate(s: &mut String, max: usize) {
     }
 }
 
-/// The views the rollout engine needs, for the rollout's nodes.
-fn views<'a>(nodes: &'a BTreeMap<String, NodeRecord>, r: &Rollout) -> Reports<'a> {
+/// Heard from (a sync, or the enrolment before the first one) within `offline_after` seconds.
+fn is_online(n: &NodeRecord, now: u64, offline_after: u64) -> bool {
+    !n.revoked && now.saturating_sub(n.last_seen.unwrap_or(n.enrolled)) < offline_after
+}
+
+/// The views the rollout engine needs, for the rollout's nodes, at unix time `now`.
+fn views<'a>(
+    nodes: &'a BTreeMap<String, NodeRecord>,
+    r: &Rollout,
+    now: u64,
+    offline_after: u64,
+) -> Reports<'a> {
     r.nodes()
         .filter_map(|id| {
             let (id, n) = nodes.get_key_value(id)?;
@@ -252,6 +262,7 @@ fn views<'a>(nodes: &'a BTreeMap<String, NodeRecord>, r: &Rollout) -> Reports<'a
                     apps: &n.report.apps,
                     failed: &n.report.failed,
                     revoked: n.revoked,
+                    online: is_online(n, now, offline_after),
                 },
             ))
         })
@@ -765,9 +776,7 @@ impl ControlPlane {
                 enrolled: n.enrolled,
                 last_seen: n.last_seen,
                 revoked: n.revoked,
-                online: !n.revoked
-                    && n.last_seen
-                        .is_some_and(|s| now.saturating_sub(s) < self.offline_after_secs),
+                online: is_online(n, now, self.offline_after_secs),
                 applied_sequence: n.report.applied_sequence,
                 apps: n.report.apps.clone(),
                 failed: n.report.failed.clone(),
@@ -854,12 +863,15 @@ impl ControlPlane {
                 rollout::state_name(r.state)
             )));
         }
-        let nodes: Vec<String> = inner
+        // Wave order: online nodes first, each part by id, so a canary is a node that can
+        // answer; offline nodes land in the last waves.
+        let mut members: Vec<&NodeRecord> = inner
             .nodes
             .values()
             .filter(|n| !n.revoked && selector.matches(&n.labels))
-            .map(|n| n.id.clone())
             .collect();
+        members.sort_by_key(|n| !is_online(n, now_ms / 1000, self.offline_after_secs));
+        let nodes: Vec<String> = members.iter().map(|n| n.id.clone()).collect();
         let waves = rollout::plan_waves(&req.waves, &nodes).map_err(|e| match e {
             rollout::PlanError::NoNodes => {
                 bad(format!("group {:?} matches no enrolled node", req.group))
@@ -886,7 +898,7 @@ impl ControlPlane {
             waves = r.waves.len(),
             "rollout created"
         );
-        let v = views(&inner.nodes, &r);
+        let v = views(&inner.nodes, &r, now_ms / 1000, self.offline_after_secs);
         let actions = rollout::tick(&mut r, &v, now_ms);
         drop(v);
         let status = r.status();
@@ -943,7 +955,7 @@ impl ControlPlane {
             let Some(mut r) = inner.rollouts.get(&id).cloned() else {
                 continue;
             };
-            let v = views(&inner.nodes, &r);
+            let v = views(&inner.nodes, &r, now_ms / 1000, self.offline_after_secs);
             let actions = rollout::tick(&mut r, &v, now_ms);
             drop(v);
             inner.commit(r, actions, now_ms)?;
