@@ -137,6 +137,67 @@ async fn run_notifies_ready_after_listening_pings_watchdog_and_notifies_stopping
     assert_eq!(code, Some(0));
 }
 
+/// The watchdog is fed only while every serving thread answers. No guest can wedge one (guests
+/// yield at every epoch tick and blocking WASI calls run off-thread), so a debug-build-only
+/// failpoint blocks serving thread 0 the way a host bug would; the pings must stop, with the
+/// reason in the log, and systemd would restart the service.
+#[tokio::test]
+async fn a_wedged_serving_thread_withholds_the_watchdog_ping() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let notify = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(BIN)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("HOME", dir.path())
+        .env("NOTIFY_SOCKET", &notify)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("OUTPOST_LOG")
+        .env("OUTPOST_DEBUG_WEDGE_SERVING_THREAD_AFTER_MS", "1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _child = Kill(child);
+    recv_until(&sock, "READY=1", &log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    while !read_log().contains("withholding the systemd watchdog ping") {
+        assert!(
+            Instant::now() < deadline,
+            "the probe never failed; stderr:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(read_log().contains("failpoint: wedging serving thread 0"));
+    // Whatever was sent before the probe failed is drained; then nothing more comes, over ten
+    // ping intervals.
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1024];
+    while sock.recv(&mut buf).is_ok() {}
+    sock.set_nonblocking(false).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                assert!(
+                    !m.lines().any(|l| l == "WATCHDOG=1"),
+                    "pinged while wedged: {m:?}"
+                );
+            }
+            Err(_) => break,
+        }
+    }
+}
+
 #[tokio::test]
 async fn run_serves_on_a_socket_passed_by_systemd_socket_activate() {
     let activate = Command::new("sh")

@@ -440,6 +440,28 @@ enum Conn {
     },
 }
 
+/// Test-only fault injection, compiled into debug builds only (release binaries have none):
+/// `OUTPOST_DEBUG_WEDGE_SERVING_THREAD_AFTER_MS=N` blocks serving thread 0 for good N ms after
+/// start, as a host bug would — what the systemd watchdog test needs, since no guest can.
+#[cfg(debug_assertions)]
+fn debug_failpoints(handles: &[tokio::runtime::Handle]) {
+    let Some(ms) = std::env::var("OUTPOST_DEBUG_WEDGE_SERVING_THREAD_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    if let Some(h) = handles.first() {
+        h.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            tracing::warn!("failpoint: wedging serving thread 0");
+            loop {
+                std::thread::park();
+            }
+        });
+    }
+}
+
 /// The sending side of one serving thread.
 struct ServingThread {
     tx: mpsc::UnboundedSender<Accepted>,
@@ -497,6 +519,8 @@ pub async fn serve(
         joins.push(join);
     }
     let threads = Arc::new(threads);
+    #[cfg(debug_assertions)]
+    debug_failpoints(&handles);
     state.set_serving_threads(handles);
 
     // Cleartext listeners advertise the first HTTP/3 port; TLS listeners their own.
