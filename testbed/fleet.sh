@@ -40,12 +40,14 @@ for tool in curl jq; do
 done
 [[ $NODES =~ ^[0-9]+$ ]] && [ "$NODES" -ge 1 ] || die "-n wants a positive number, got $NODES"
 
+# Relative or absolute CARGO_TARGET_DIR, or a target-dir from .cargo/config: cargo knows.
+TARGET_DIR=$(cargo metadata --no-deps --format-version 1 | jq -r .target_directory)
 if [ -z "$OUTPOST" ]; then
     log "building outpost (release)"
     cargo build --release --locked --bin outpost >&2
-    OUTPOST="$PWD/${CARGO_TARGET_DIR:-target}/release/outpost"
+    OUTPOST="$TARGET_DIR/release/outpost"
 fi
-APPS="$PWD/${CARGO_TARGET_DIR:-target}/testbed-apps/wasm32-wasip2/release"
+APPS="$TARGET_DIR/testbed-apps/wasm32-wasip2/release"
 for a in hello trap; do
     [ -f "$APPS/$a.wasm" ] || die "$APPS/$a.wasm missing (cargo build builds testbed/apps)"
 done
