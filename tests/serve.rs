@@ -242,6 +242,24 @@ async fn traps_and_missing_responses_are_500_without_internals() {
         assert!(r.body.contains(&rid));
         assert!(d.wait_log(&[&rid]).contains(&rid));
     }
+    // What the guest printed is in the log, line by line, attributed to its component.
+    let log = d.wait_log(&["guest output"]);
+    let line = log
+        .lines()
+        .find(|l| l.contains("guest output") && l.contains("guest panic: secret-internal-detail"))
+        .unwrap_or_else(|| panic!("no guest output line:\n{log}"));
+    assert!(
+        line.contains("component=trap/trap") && line.contains("stream=\"stderr\""),
+        "{line}"
+    );
+    // A guest printing on every request is held to its budget (100 lines per 10 s): 300 panics
+    // print ~900 lines.
+    for _ in 0..300 {
+        assert_eq!(get(d.addr(), "/").await.status, 500);
+    }
+    let log = d.stderr();
+    let guest = log.lines().filter(|l| l.contains("guest output")).count();
+    assert!((100..450).contains(&guest), "{guest} guest lines logged");
     let d2 = Daemon::serve(&[wasm("noresponse").to_str().unwrap()]);
     let r = get(d2.addr(), "/").await;
     assert_eq!(r.status, 500);
@@ -360,6 +378,14 @@ files = [{ source = "static", destination = "/static" }]
     assert!(!app.path().join("static/new.txt").exists());
     let env = get(d.addr(), "/__env").await;
     assert_eq!((env.status, env.body.as_str()), (200, ""));
+    // WASI contexts (and their preopens) are reused from request to request: later requests
+    // still see the grant, and only the grant.
+    for _ in 0..3 {
+        let r = get(d.addr(), "/static/a.txt").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "file content\n"));
+        let r = get(d.addr(), "/static/../secret.txt").await;
+        assert_ne!(r.status, 200, "{r:?}");
+    }
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use super::error::{RequestError, RequestErrorKind};
-use super::host::{Grants, Host};
+use super::host::{CtxPool, Grants, Host};
 use crate::ops::metrics::{Metrics, RequestMetrics};
 
 /// The body type of every response the runtime produces, guest-made or not.
@@ -63,6 +63,7 @@ pub struct AppComponent {
     pub digest: String,
     pre: ProxyPre<Host>,
     grants: Arc<Grants>,
+    ctx_pool: CtxPool,
     pub limits: Limits,
     concurrency: Arc<Semaphore>,
     queued: AtomicU32,
@@ -103,13 +104,15 @@ impl AppComponent {
         let inflight = metrics.inflight.with_label_values(&[app]);
         let memory_peak = metrics.instance_memory.with_label_values(&[app]);
         let request_metrics = RequestMetrics::new(&metrics, tenant, app, id);
+        let label: Arc<str> = format!("{app}/{id}").into();
         Self {
             inflight,
             memory_peak,
             request_metrics,
             app: app.into(),
             id: id.into(),
-            label: format!("{app}/{id}").into(),
+            ctx_pool: CtxPool::new(label.clone()),
+            label,
             digest,
             pre,
             grants: Arc::new(grants),
@@ -200,7 +203,10 @@ impl AppComponent {
             };
             let hit_memory_limit = store.data().limiter.hit;
             this.memory_peak.observe(store.data().limiter.peak as f64);
-            drop(store);
+            match outcome {
+                GuestOutcome::Returned => store.into_data().recycle(&this.ctx_pool),
+                _ => drop(store),
+            }
             if let GuestOutcome::TimedOut = outcome {
                 static TIMEOUTS: crate::ops::logging::LogLimiter =
                     crate::ops::logging::LogLimiter::new(20, Duration::from_secs(10));
@@ -300,6 +306,7 @@ impl AppComponent {
             self.grants.clone(),
             self.limits.memory_limit,
             self.label.clone(),
+            &self.ctx_pool,
         )?;
         let mut store = Store::new(self.pre.engine(), host);
         store.limiter(|h| &mut h.limiter);

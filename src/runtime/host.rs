@@ -3,11 +3,15 @@
 //! Owns: what one instance may touch — its resource table, a WASI context with nothing granted but
 //! the component's read-only `files` preopens, `wasi:config/store` variables, the outbound-HTTP
 //! filter, and the memory limiter. Deny by default: no environment, no args, no sockets, no
-//! inherited stdin; a guest's stdout/stderr go to the daemon's stderr.
+//! inherited stdin. A guest's stdout/stderr become log events, line by line, under a budget per
+//! component ([`GuestOutput`]).
 //! Must not: know about listeners, routing or the control plane.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::{Linker, ResourceTable};
@@ -18,6 +22,7 @@ use wasmtime_wasi_http::{
 };
 
 use super::outbound::OutboundPolicy;
+use crate::ops::logging::{LogDecision, LogLimiter};
 
 /// Everything a component is granted. Built once per component at load, shared by its requests.
 pub struct Grants {
@@ -36,6 +41,198 @@ impl std::fmt::Debug for Grants {
     }
 }
 
+/// Most WASI contexts a component keeps for reuse: enough for every request it runs at once on
+/// a small machine; beyond it, contexts are dropped.
+const MAX_POOLED_CTX: usize = 64;
+
+/// Lines of guest output a component may log per [`GUEST_OUTPUT_WINDOW`]; the rest are counted
+/// and the count rides on the next line logged.
+const GUEST_OUTPUT_BURST: u32 = 100;
+const GUEST_OUTPUT_WINDOW: Duration = Duration::from_secs(10);
+/// Longer guest lines are cut here (a guest printing a megabyte without a newline must not grow
+/// the daemon's memory).
+const GUEST_LINE_MAX: usize = 4096;
+
+/// A component's WASI contexts, reused from request to request.
+///
+/// Building a `WasiCtx` costs two full builder initialisations (`build` leaves a fresh builder
+/// behind: two RNG seedings, a dozen boxes) plus an `openat` per `files` preopen; reusing one
+/// costs a lock. Nothing in a context is per request: the streams are the daemon's stderr and
+/// "closed", the clocks are the host's, the preopens are the component's grants, and the random
+/// generators simply continue their streams. The resource table — every handle the guest made —
+/// is *not* reused; each request starts with an empty one. Contexts never cross components.
+pub struct CtxPool {
+    ctxs: Mutex<Vec<WasiCtx>>,
+    /// "app/component", on every line of guest output.
+    label: Arc<str>,
+    /// The component's guest-output budget, shared by all its instances.
+    output_budget: Arc<LogLimiter>,
+}
+
+impl std::fmt::Debug for CtxPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.ctxs.lock().map_or(0, |v| v.len());
+        f.debug_struct("CtxPool")
+            .field("label", &self.label)
+            .field("pooled", &n)
+            .finish()
+    }
+}
+
+impl CtxPool {
+    pub fn new(label: Arc<str>) -> Self {
+        Self {
+            ctxs: Mutex::new(Vec::new()),
+            label,
+            output_budget: Arc::new(LogLimiter::new(GUEST_OUTPUT_BURST, GUEST_OUTPUT_WINDOW)),
+        }
+    }
+
+    fn take(&self) -> Option<WasiCtx> {
+        self.ctxs.lock().ok()?.pop()
+    }
+
+    fn put(&self, ctx: WasiCtx) {
+        if let Ok(mut v) = self.ctxs.lock()
+            && v.len() < MAX_POOLED_CTX
+        {
+            v.push(ctx);
+        }
+    }
+
+    fn output(&self, stream: &'static str) -> GuestOutput {
+        GuestOutput {
+            label: self.label.clone(),
+            stream,
+            budget: self.output_budget.clone(),
+        }
+    }
+}
+
+/// A guest's stdout or stderr. Each line is one log event "guest output" — target
+/// `outpost::guest`, level info, fields `component`, `stream` and `line` — so guest output is structured, attributable and goes where
+/// the daemon's logs go (journald, `--log-format json`), never to stdout, which carries the bound
+/// addresses that supervisors and tests read. A component gets [`GUEST_OUTPUT_BURST`] lines per
+/// [`GUEST_OUTPUT_WINDOW`]: a guest printing on every request must not turn the journal into a
+/// copy of the traffic. Silence it entirely with `OUTPOST_LOG=info,outpost::guest=off`.
+#[derive(Clone)]
+pub struct GuestOutput {
+    label: Arc<str>,
+    stream: &'static str,
+    budget: Arc<LogLimiter>,
+}
+
+impl wasmtime_wasi::cli::IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(GuestLines {
+            out: self.clone(),
+            line: Vec::new(),
+            cut: false,
+        })
+    }
+}
+
+/// Splits one output stream into lines and logs them (see [`GuestOutput`]).
+struct GuestLines {
+    out: GuestOutput,
+    /// The line so far, at most [`GUEST_LINE_MAX`] bytes.
+    line: Vec<u8>,
+    /// Bytes beyond the cap were dropped from `line`.
+    cut: bool,
+}
+
+impl GuestLines {
+    /// Adds `data`; calls `sink` with every line it completes.
+    fn push(&mut self, mut data: &[u8], sink: &mut dyn FnMut(String)) {
+        while !data.is_empty() {
+            let (part, rest, end) = match data.iter().position(|&b| b == b'\n') {
+                Some(i) => (&data[..i], &data[i + 1..], true),
+                None => (data, &[][..], false),
+            };
+            let room = GUEST_LINE_MAX - self.line.len();
+            self.line.extend_from_slice(&part[..part.len().min(room)]);
+            self.cut |= part.len() > room;
+            if end {
+                sink(self.take_line());
+            }
+            data = rest;
+        }
+    }
+
+    /// The line so far (newline and carriage return removed, marked if cut); starts a new one.
+    fn take_line(&mut self) -> String {
+        let mut text = String::from_utf8_lossy(&self.line).into_owned();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+        if self.cut {
+            text.push_str(" [line cut]");
+        }
+        self.line.clear();
+        self.cut = false;
+        text
+    }
+
+    /// Logs the partial line left at the end of the stream, if any.
+    fn finish(&mut self) {
+        if !self.line.is_empty() || self.cut {
+            let text = self.take_line();
+            self.out.log(&text);
+        }
+    }
+}
+
+impl GuestOutput {
+    /// Logs one line. Blank lines are skipped; the text is Debug-quoted, so a guest cannot forge
+    /// log lines or send terminal escapes to whoever reads the journal.
+    fn log(&self, text: &str) {
+        if text.trim().is_empty() {
+            return;
+        }
+        if let LogDecision::Log { suppressed } = self.budget.check() {
+            if suppressed > 0 {
+                tracing::info!(target: "outpost::guest", component = %self.label, stream = self.stream, line = ?text, suppressed, "guest output");
+            } else {
+                tracing::info!(target: "outpost::guest", component = %self.label, stream = self.stream, line = ?text, "guest output");
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestLines {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let out = self.out.clone();
+        self.push(buf, &mut |line| out.log(&line));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // A partial line waits for its newline (or the end of the stream).
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.finish();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for GuestLines {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// The data of one request's `Store`.
 pub struct Host {
     table: ResourceTable,
@@ -48,18 +245,20 @@ pub struct Host {
 
 impl Host {
     /// Fresh state for one request of a component with `grants`, limited to `memory_limit` bytes
-    /// of linear memory per memory.
-    pub fn new(grants: Arc<Grants>, memory_limit: u64, label: Arc<str>) -> wasmtime::Result<Self> {
-        let mut b = WasiCtxBuilder::new();
-        // Guest logging goes to our stderr, never to stdout (which carries the bound addresses
-        // that supervisors and tests read).
-        b.stdout(std::io::stderr()).stderr(std::io::stderr());
-        for (host_dir, guest) in &grants.files {
-            b.preopened_dir(host_dir, guest, FsPerms::ReadOnly)?;
-        }
+    /// of linear memory per memory; its WASI context comes from `pool` when one is there.
+    pub fn new(
+        grants: Arc<Grants>,
+        memory_limit: u64,
+        label: Arc<str>,
+        pool: &CtxPool,
+    ) -> wasmtime::Result<Self> {
+        let wasi = match pool.take() {
+            Some(ctx) => ctx,
+            None => build_ctx(&grants, pool)?,
+        };
         Ok(Self {
             table: ResourceTable::new(),
-            wasi: b.build(),
+            wasi,
             http: WasiHttpCtx::new(),
             hooks: OutboundHooks {
                 grants: grants.clone(),
@@ -74,6 +273,25 @@ impl Host {
             },
         })
     }
+}
+
+impl Host {
+    /// Hands the WASI context back for the component's next request. Call only after the guest
+    /// returned normally: a trapped or cancelled instance's context is dropped with it.
+    pub fn recycle(self, pool: &CtxPool) {
+        pool.put(self.wasi);
+    }
+}
+
+/// A WASI context granting `grants.files` (read-only) and nothing else.
+fn build_ctx(grants: &Grants, pool: &CtxPool) -> wasmtime::Result<WasiCtx> {
+    let mut b = WasiCtxBuilder::new();
+    b.stdout(pool.output("stdout"))
+        .stderr(pool.output("stderr"));
+    for (host_dir, guest) in &grants.files {
+        b.preopened_dir(host_dir, guest, FsPerms::ReadOnly)?;
+    }
+    Ok(b.build())
 }
 
 impl WasiView for Host {
@@ -232,6 +450,36 @@ mod tests {
         assert!(!l.memory_growing(4 * MIB, 5 * MIB, None).unwrap());
         assert!(l.hit);
         assert_eq!((l.total, l.peak), (10 * MIB, 10 * MIB));
+    }
+
+    #[test]
+    fn guest_output_is_split_into_lines_and_long_lines_are_cut() {
+        let pool = CtxPool::new("a/c".into());
+        let mut w = GuestLines {
+            out: pool.output("stderr"),
+            line: Vec::new(),
+            cut: false,
+        };
+        let mut lines = Vec::new();
+        w.push(b"one\ntw", &mut |l| lines.push(l));
+        w.push(b"o\r\n\nthree", &mut |l| lines.push(l));
+        assert_eq!(lines, ["one", "two", ""]);
+        assert_eq!(w.line, b"three", "a partial line waits for its newline");
+        lines.clear();
+        w.take_line();
+        let long = vec![b'x'; GUEST_LINE_MAX + 10];
+        w.push(&long, &mut |l| lines.push(l));
+        w.push(&long, &mut |l| lines.push(l));
+        assert!(lines.is_empty());
+        assert_eq!(w.line.len(), GUEST_LINE_MAX, "memory stays capped");
+        w.push(b"\n\xff\n", &mut |l| lines.push(l));
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].ends_with(" [line cut]"));
+        assert_eq!(lines[0].len(), GUEST_LINE_MAX + " [line cut]".len());
+        assert_eq!(
+            lines[1], "\u{fffd}",
+            "invalid UTF-8 is replaced, not an error"
+        );
     }
 
     #[test]
