@@ -34,11 +34,39 @@ struct Mock {
     bundle_gets: usize,
     /// Bundle downloads send their head and first bytes, then nothing more.
     stall_bundles: bool,
+    /// Bundle downloads arrive in 8 pieces, this far apart: a slow link that keeps moving.
+    pace_bundles: Option<Duration>,
 }
 
-/// A response body that yields its first chunk and then never another frame: a control plane
-/// hanging in the middle of a download.
-struct Stalled(Option<Bytes>);
+/// A response body that yields its chunks `gap` apart; with `stall`, it then never sends
+/// another frame (a control plane hanging in the middle of a download).
+struct Stalled {
+    chunks: std::collections::VecDeque<Bytes>,
+    gap: Duration,
+    stall: bool,
+    wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stalled {
+    fn hang_after(first: Bytes) -> Self {
+        Self {
+            chunks: [first].into(),
+            gap: Duration::ZERO,
+            stall: true,
+            wait: None,
+        }
+    }
+
+    fn paced(body: &[u8], gap: Duration) -> Self {
+        let piece = body.len().div_ceil(8).max(1);
+        Self {
+            chunks: body.chunks(piece).map(Bytes::copy_from_slice).collect(),
+            gap,
+            stall: false,
+            wait: None,
+        }
+    }
+}
 
 impl hyper::body::Body for Stalled {
     type Data = Bytes;
@@ -46,13 +74,28 @@ impl hyper::body::Body for Stalled {
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        match self.0.take() {
-            Some(b) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
-            // Never woken: the connection stays open until the client gives up.
-            None => std::task::Poll::Pending,
+        use std::task::Poll;
+        if self.chunks.is_empty() {
+            // Stalled: never woken; the connection stays open until the client gives up.
+            return if self.stall {
+                Poll::Pending
+            } else {
+                Poll::Ready(None)
+            };
         }
+        if let Some(w) = self.wait.as_mut() {
+            if w.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.wait = None;
+        }
+        let b = self.chunks.pop_front().unwrap();
+        if !self.gap.is_zero() {
+            self.wait = Some(Box::pin(tokio::time::sleep(self.gap)));
+        }
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(b))))
     }
 }
 
@@ -158,9 +201,21 @@ async fn handle(
             return Ok(http::Response::builder()
                 .status(200)
                 .header("content-length", len)
-                .body(http_body_util::Either::Right(Stalled(Some(
+                .body(http_body_util::Either::Right(Stalled::hang_after(
                     Bytes::from_static(b"OUTPOST"),
-                ))))
+                )))
+                .unwrap());
+        }
+        if let Some(gap) = m.pace_bundles
+            && let Some(b) = m.bundles.get(path.trim_start_matches("/v1/bundles/"))
+        {
+            let body = Stalled::paced(b, gap);
+            let len = b.len();
+            m.bundle_gets += 1;
+            return Ok(http::Response::builder()
+                .status(200)
+                .header("content-length", len)
+                .body(http_body_util::Either::Right(body))
                 .unwrap());
         }
     }
@@ -916,11 +971,12 @@ async fn oversized_and_stalled_downloads_fail_and_the_node_keeps_serving() {
     let (v2, v2_sig) = lab.release("2.0.0", "two");
     let (v3, v3_sig) = lab.release("3.0.0", "three");
     let (v4, v4_sig) = lab.release("4.0.0", "four");
+    let (v5, v5_sig) = lab.release("5.0.0", "five");
     let cap: u64 = 4 << 20;
     assert!((v1.len() as u64) < cap);
     let cp_key = SigningKey::from_seed(&[42; 32]);
     let cp = MockCp::start().await;
-    cp.serve_bundles(&[&v1, &v2, &v3, &v4]);
+    cp.serve_bundles(&[&v1, &v2, &v3, &v4, &v5]);
     let cfg = node_config_with(
         &lab,
         &cp,
@@ -1001,4 +1057,20 @@ async fn oversized_and_stalled_downloads_fail_and_the_node_keeps_serving() {
     // Once the control plane answers again, the retry installs the release.
     cp.state.lock().unwrap().stall_bundles = false;
     wait_body(d.addr(), "/greeting", "four").await;
+
+    // A slow link that keeps moving: the download takes 8 × 0.4 s, over three times
+    // request_timeout, but no gap reaches it — it must complete on the first attempt.
+    let gets = cp.state.lock().unwrap().bundle_gets;
+    cp.state.lock().unwrap().pace_bundles = Some(Duration::from_millis(400));
+    cp.set_desired(
+        5,
+        sealed(&cp_key, &node, 5, vec![entry("5.0.0", &v5, &v5_sig, &[])]),
+    );
+    wait_body(d.addr(), "/greeting", "five").await;
+    assert_eq!(
+        cp.state.lock().unwrap().bundle_gets,
+        gets + 1,
+        "one download, not a retry: {}",
+        d.stderr()
+    );
 }

@@ -57,6 +57,13 @@ pub enum ClientError {
         url: String,
         problem: String,
     },
+    /// A download that made no progress for `stall` (or ran past its whole deadline).
+    #[error("{method} {url}: timed out: {what}")]
+    TimedOut {
+        method: &'static str,
+        url: String,
+        what: String,
+    },
 }
 
 impl ClientError {
@@ -65,6 +72,30 @@ impl ClientError {
         match self {
             Self::Status { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+}
+
+/// Deadlines of one [`Client::download`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownloadTiming {
+    /// The whole download, headers included.
+    pub total: Duration,
+    /// Longest wait for the next bytes of the body.
+    pub stall: Duration,
+}
+
+impl DownloadTiming {
+    /// Slowest link a bundle download is planned for: 32 KiB/s (a poor cellular uplink).
+    pub const MIN_RATE: u64 = 32 << 10;
+
+    /// For `size` bytes with the client's request timeout `request_timeout`: the transfer may
+    /// take as long as `size` needs at [`Self::MIN_RATE`], plus one request timeout; it may
+    /// pause for at most one request timeout.
+    pub fn for_size(size: u64, request_timeout: Duration) -> Self {
+        Self {
+            total: request_timeout + Duration::from_secs(size.div_ceil(Self::MIN_RATE)),
+            stall: request_timeout,
         }
     }
 }
@@ -175,7 +206,24 @@ impl Client {
     ) -> Result<Response, ClientError> {
         let auth = self.authorization(&method, path, &body);
         let body = (!body.is_empty()).then(|| reqwest::Body::from(body));
-        self.send_signed(method, path, auth, body, headers, limit)
+        self.send_signed(method, path, auth, body, headers, limit, None)
+            .await
+    }
+
+    /// `GET path` of a large body (a bundle), at most `limit` bytes. Unlike [`Client::send`],
+    /// whose whole exchange must fit the client's request timeout, a download may take up to
+    /// `timing.total` as long as bytes keep arriving: it fails only when nothing came for
+    /// `timing.stall`. A 20 MiB bundle over a 2 Mbit/s uplink takes 80 s, and must not time out
+    /// on every retry.
+    pub async fn download(
+        &self,
+        path: &str,
+        limit: u64,
+        timing: DownloadTiming,
+    ) -> Result<Response, ClientError> {
+        let method = reqwest::Method::GET;
+        let auth = self.authorization(&method, path, &[]);
+        self.send_signed(method, path, auth, None, &[], limit, Some(timing))
             .await
     }
 
@@ -205,7 +253,7 @@ impl Client {
         let mut headers = headers.to_vec();
         headers.push(("content-length", body.len().to_string()));
         let body = reqwest::Body::wrap_stream(stream);
-        self.send_signed(method, path, auth, Some(body), &headers, limit)
+        self.send_signed(method, path, auth, Some(body), &headers, limit, None)
             .await
     }
 
@@ -224,6 +272,8 @@ impl Client {
         )
     }
 
+    // Private, with three thin public wrappers; a parameter struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     async fn send_signed(
         &self,
         method: reqwest::Method,
@@ -232,6 +282,7 @@ impl Client {
         body: Option<reqwest::Body>,
         headers: &[(&str, String)],
         limit: u64,
+        timing: Option<DownloadTiming>,
     ) -> Result<Response, ClientError> {
         let m = method_name(&method);
         let url = format!("{}{path}", self.base);
@@ -239,6 +290,9 @@ impl Client {
             .http
             .request(method, &url)
             .header(http::header::AUTHORIZATION, auth);
+        if let Some(t) = timing {
+            req = req.timeout(t.total);
+        }
         for (k, v) in headers {
             req = req.header(*k, v);
         }
@@ -266,7 +320,23 @@ impl Client {
         }
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let next = match timing {
+                None => stream.next().await,
+                Some(t) => tokio::time::timeout(t.stall, stream.next())
+                    .await
+                    .map_err(|_| ClientError::TimedOut {
+                        method: m,
+                        url: url.clone(),
+                        what: format!(
+                            "no data for {:?} after {} of {} bytes",
+                            t.stall,
+                            body.len(),
+                            limit
+                        ),
+                    })?,
+            };
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(transport)?;
             if (body.len() + chunk.len()) as u64 > limit {
                 return Err(ClientError::TooLarge {

@@ -22,7 +22,7 @@ use crate::bundle::sign::TrustPolicy;
 use crate::control::api::{
     self, AppHealth, EnrollRequest, EnrollResponse, FailedRelease, SyncReport,
 };
-use crate::control::client::ClientError;
+use crate::control::client::{ClientError, DownloadTiming};
 use crate::ops::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::app::{AppSource, LoadedApp, load_tenant_app};
@@ -65,6 +65,7 @@ impl Failure {
                 Self::ServerError
             }
             ClientError::Status { .. } => Self::Rejected,
+            ClientError::TimedOut { .. } => Self::Timeout,
             ClientError::TooLarge { .. } | ClientError::Decode { .. } => Self::BadResponse,
         }
     }
@@ -647,10 +648,11 @@ impl Agent {
     /// `GET /v1/bundles/<digest>`, at most `entry.size` bytes, which must hash to the digest.
     async fn fetch(&self, entry: &DesiredApp) -> Result<Vec<u8>, ReleaseError> {
         let path = format!("{}{}", api::BUNDLES, entry.digest);
+        let timing = DownloadTiming::for_size(entry.size, self.setup.request_timeout);
         let r = self
             .setup
             .client
-            .send(reqwest::Method::GET, &path, Vec::new(), &[], entry.size)
+            .download(&path, entry.size, timing)
             .await
             .map_err(|e| ReleaseError {
                 transient: Failure::of(&e).transient(),

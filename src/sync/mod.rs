@@ -88,6 +88,8 @@ pub struct Setup {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub poll_interval: std::time::Duration,
+    /// One control-plane request; bundle downloads scale it with their size.
+    pub request_timeout: std::time::Duration,
 }
 
 impl Setup {
@@ -170,6 +172,7 @@ impl Setup {
             name: cp.name.clone().unwrap_or(node_name),
             labels,
             poll_interval: cp.poll_interval,
+            request_timeout: cp.request_timeout,
         })
     }
 
