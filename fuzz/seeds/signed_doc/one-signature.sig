@@ -1,0 +1,9 @@
+outpost-release-v1
+app=hello
+version=1.0.0
+digest=sha256:e908bd3424ed493ce240224622865c7c3a079e9d140eb93c4e618e94eee1e2fd
+size=175
+created=1700000000
+expires=1800000000
+tenant=
+signature=34750f98bd59fcfc nVRlkWuSIihXl6Sjz+gXHR7h5e0UCd6oS/UYsvJGesF+Gt6LjZfv9dNwlfaao/wtRI7EXRG1K1q43QFpqPnoBw==

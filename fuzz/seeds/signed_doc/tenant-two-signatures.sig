@@ -1,0 +1,10 @@
+outpost-release-v1
+app=hello
+version=2.10.3
+digest=sha256:e908bd3424ed493ce240224622865c7c3a079e9d140eb93c4e618e94eee1e2fd
+size=175
+created=1700000000
+expires=1800000000
+tenant=acme
+signature=34750f98bd59fcfc 4f+K0zLMTv3IsZu9Yu72iHrmZIWx1yAoOKcpNeXsGm+zQOOeQFWJeCws8CsF6J6zbupzw6j0PALsNx9Jh573BQ==
+signature=6a3803d5f059902a AaYf84nJLD4ReGbh+c3+qCGsBmAV666VPBwsthQFnKlVJe9H1kKjadF5+wSgoWUnEbMgu8cL80FhhDZaN3ZhAw==
