@@ -24,6 +24,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=cross/common.sh
 . "$here/common.sh"
+# shellcheck source=cross/binfmt.sh
+. "$here/binfmt.sh"
 cd "$here/.."
 
 check=0
@@ -198,38 +200,14 @@ check_tools() {
         die "mmdebstrap has no hooks/merged-usr (needs mmdebstrap >= 0.8)"
 }
 
-# arm64 binaries on another machine: qemu-aarch64-static registered with binfmt_misc with the F
-# flag (the kernel opens the emulator at registration, so it runs inside the chroot, where its
-# path does not exist). Same registration as testbed/gateway.sh.
-AARCH64_MAGIC='7f454c460201010000000000000000000200b700'
-binfmt_aarch64_ready() {
-    local f
-    for f in /proc/sys/fs/binfmt_misc/*; do
-        case ${f##*/} in register | status) continue ;; esac
-        grep -qx enabled "$f" 2>/dev/null || continue
-        grep -q "^magic $AARCH64_MAGIC" "$f" 2>/dev/null || continue
-        grep -q '^flags:.*F' "$f" && return 0
-    done
-    return 1
-}
+# arm64 binaries on another machine: qemu-user through binfmt_misc (cross/binfmt.sh).
 ensure_emulation() {
-    local arch=$1 name line qemu
+    local arch=$1 qemu
     [ "$arch" != "$(dpkg --print-architecture)" ] || return 0
     if [ "$arch" = arm64 ]; then
         command -v qemu-aarch64-static >/dev/null 2>&1 || apt_install qemu-user-static
         qemu=$(command -v qemu-aarch64-static) || die "qemu-user-static has no qemu-aarch64-static"
-        [ -e /proc/sys/fs/binfmt_misc/register ] ||
-            mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc ||
-            die "cannot mount binfmt_misc on /proc/sys/fs/binfmt_misc"
-        if ! binfmt_aarch64_ready; then
-            name="qemu-aarch64"
-            [ ! -e /proc/sys/fs/binfmt_misc/$name ] || name="outpost-qemu-aarch64"
-            [ ! -e /proc/sys/fs/binfmt_misc/$name ] || echo -1 >/proc/sys/fs/binfmt_misc/$name
-            line=":$name:M::\\x7f\\x45\\x4c\\x46\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00:\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff:$qemu:F"
-            log "registering $qemu for aarch64 ELF binaries (binfmt_misc, flag F)"
-            printf '%s' "$line" >/proc/sys/fs/binfmt_misc/register || die "binfmt_misc registration failed"
-            binfmt_aarch64_ready || die "binfmt_misc has no enabled aarch64 entry with the F flag"
-        fi
+        binfmt_register_aarch64 "$qemu"
     fi
     local out
     out=$(arch-test "$arch" 2>&1) || die "this machine cannot run $arch binaries: $out"

@@ -40,6 +40,8 @@ REPO=$PWD
 TB_NAME=gateway
 # shellcheck source=testbed/lib.sh
 . testbed/lib.sh # log, die, since, wait_line, make_bundle, report, op
+# shellcheck source=cross/binfmt.sh
+. cross/binfmt.sh # binfmt_register_aarch64
 
 # Resolves $1 against the directory the script was started from.
 abspath() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$CALLER_PWD/$1" ;; esac; }
@@ -173,31 +175,8 @@ done
 [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
-# binfmt_misc with the F flag: the kernel opens qemu-aarch64-static once at registration, so
-# arm64 binaries run inside the chroot, where the emulator's path does not exist.
-[ -e /proc/sys/fs/binfmt_misc/register ] ||
-    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc ||
-    die "cannot mount binfmt_misc"
-AARCH64_MAGIC='7f454c460201010000000000000000000200b700'
-binfmt_ready() {
-    local f
-    for f in /proc/sys/fs/binfmt_misc/*; do
-        case ${f##*/} in register | status) continue ;; esac
-        grep -qx enabled "$f" 2>/dev/null || continue
-        grep -q "^magic $AARCH64_MAGIC" "$f" 2>/dev/null || continue
-        grep -q '^flags:.*F' "$f" && return 0
-    done
-    return 1
-}
-if ! binfmt_ready; then
-    name=qemu-aarch64
-    [ ! -e /proc/sys/fs/binfmt_misc/$name ] || name=outpost-qemu-aarch64
-    [ ! -e /proc/sys/fs/binfmt_misc/$name ] || echo -1 >/proc/sys/fs/binfmt_misc/$name
-    line=":$name:M::\\x7f\\x45\\x4c\\x46\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00:\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff:$(command -v qemu-aarch64-static):F"
-    log "registering $(command -v qemu-aarch64-static) for aarch64 ELF binaries (binfmt_misc, flag F)"
-    printf '%s' "$line" >/proc/sys/fs/binfmt_misc/register || die "binfmt_misc registration failed"
-    binfmt_ready || die "binfmt_misc has no enabled aarch64 entry with the F flag"
-fi
+# arm64 binaries inside the root's chroot: qemu-user through binfmt_misc (cross/binfmt.sh).
+binfmt_register_aarch64 "$(command -v qemu-aarch64-static)"
 
 # --- --pi-sizing: `outpost info` as a Raspberry Pi 4/5 would print it ---------------------------
 # Raspberry Pi OS kernels give user space 39 bits (512 GiB); qemu-user's -R 512G gives the
