@@ -48,6 +48,37 @@ fn recv(sock: &UnixDatagram, log: &Path) -> String {
     }
 }
 
+/// `outpost run` on the demo config in `dir` with a fake `NOTIFY_SOCKET` (bound here) and a
+/// 0.4 s watchdog (pings every 0.2 s, so tests see several quickly); stderr goes to the returned
+/// log file. `stdout` is where the daemon's stdout goes; `env` is added.
+fn spawn_notified(
+    dir: &Path,
+    stdout: Stdio,
+    env: &[(&str, &str)],
+) -> (Kill, UnixDatagram, std::path::PathBuf) {
+    let cfg = write_config(dir);
+    let notify = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).unwrap();
+    // Generous bounds: they only turn a hang into a failure, nothing is timed.
+    sock.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let log = dir.join("stderr.log");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
+        .env("HOME", dir)
+        .env("NOTIFY_SOCKET", &notify)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("OUTPOST_LOG")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (Kill(cmd.spawn().unwrap()), sock, log)
+}
+
 /// Receives datagrams until one contains `line`; returns it.
 fn recv_until(sock: &UnixDatagram, line: &str, log: &Path) -> String {
     loop {
@@ -61,30 +92,11 @@ fn recv_until(sock: &UnixDatagram, line: &str, log: &Path) -> String {
 #[tokio::test]
 async fn run_notifies_ready_after_listening_pings_watchdog_and_notifies_stopping() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path());
-    let notify = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&notify).unwrap();
-    // Generous bounds: they only turn a hang into a failure, nothing is timed.
-    sock.set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let log = dir.path().join("stderr.log");
     // stdout is a socket pair rather than a pipe so the test can look at what had been printed
     // by the time READY arrived, without blocking.
     let (out, child_out) = UnixStream::pair().unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .env("HOME", dir.path())
-        .env("NOTIFY_SOCKET", &notify)
-        // 0.4 s: pings every 0.2 s, so the test sees several quickly.
-        .env("WATCHDOG_USEC", "400000")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("OUTPOST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(OwnedFd::from(child_out)))
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut child = Kill(child);
+    let (mut child, sock, log) =
+        spawn_notified(dir.path(), Stdio::from(OwnedFd::from(child_out)), &[]);
 
     let ready = recv_until(&sock, "READY=1", &log);
     // Everything printed before READY is already readable.
@@ -144,26 +156,11 @@ async fn run_notifies_ready_after_listening_pings_watchdog_and_notifies_stopping
 #[tokio::test]
 async fn a_wedged_serving_thread_withholds_the_watchdog_ping() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path());
-    let notify = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&notify).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let log = dir.path().join("stderr.log");
-    let child = Command::new(BIN)
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .env("HOME", dir.path())
-        .env("NOTIFY_SOCKET", &notify)
-        .env("WATCHDOG_USEC", "400000")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("OUTPOST_LOG")
-        .env("OUTPOST_DEBUG_WEDGE_SERVING_THREAD_AFTER_MS", "1000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _child = Kill(child);
+    let (_child, sock, log) = spawn_notified(
+        dir.path(),
+        Stdio::null(),
+        &[("OUTPOST_DEBUG_WEDGE_SERVING_THREAD_AFTER_MS", "1000")],
+    );
     recv_until(&sock, "READY=1", &log);
     let deadline = Instant::now() + Duration::from_secs(120);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
