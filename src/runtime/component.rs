@@ -305,7 +305,6 @@ impl AppComponent {
         let host = Host::new(
             self.grants.clone(),
             self.limits.memory_limit,
-            self.label.clone(),
             &self.ctx_pool,
         )?;
         let mut store = Store::new(self.pre.engine(), host);

@@ -245,13 +245,9 @@ pub struct Host {
 
 impl Host {
     /// Fresh state for one request of a component with `grants`, limited to `memory_limit` bytes
-    /// of linear memory per memory; its WASI context comes from `pool` when one is there.
-    pub fn new(
-        grants: Arc<Grants>,
-        memory_limit: u64,
-        label: Arc<str>,
-        pool: &CtxPool,
-    ) -> wasmtime::Result<Self> {
+    /// of linear memory per memory; its WASI context comes from the component's `pool` when one
+    /// is there.
+    pub fn new(grants: Arc<Grants>, memory_limit: u64, pool: &CtxPool) -> wasmtime::Result<Self> {
         let wasi = match pool.take() {
             Some(ctx) => ctx,
             None => build_ctx(&grants, pool)?,
@@ -262,7 +258,7 @@ impl Host {
             http: WasiHttpCtx::new(),
             hooks: OutboundHooks {
                 grants: grants.clone(),
-                label,
+                label: pool.label.clone(),
             },
             grants,
             limiter: MemoryLimiter {
