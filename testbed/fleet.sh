@@ -87,24 +87,8 @@ mapfile -t TOKENS < <("$OUTPOST" token create --count "$NODES" --ttl 1h)
 t0=$(date +%s.%N)
 for i in $(seq 1 "$NODES"); do
     mkdir -p "node$i"
-    cat >"node$i/outpost.toml" <<TOML
-[node]
-state_dir = "$WORK/node$i/state"
-[listen]
-http = ["127.0.0.1:0"]
-[runtime]
-instance_slots = 16
-worker_threads = 1
-[trust]
-keys = ["$WORK/release.pub"]
-[control_plane]
-url = "$CP"
-key = "$CP_KEY"
-token = "${TOKENS[$((i - 1))]}"
-poll_interval = "$POLL"
-name = "sim-node-$i"
-labels = { site = "sim", rack = "r$(((i - 1) / 10))" }
-TOML
+    sim_node_config "$WORK/node$i/state" "$WORK/release.pub" "${TOKENS[$((i - 1))]}" \
+        "sim-node-$i" "{ site = \"sim\", rack = \"r$(((i - 1) / 10))\" }" >"node$i/outpost.toml"
     "$OUTPOST" run -c "node$i/outpost.toml" >"node$i/out" 2>"node$i/log" &
     PIDS+=($!)
 done

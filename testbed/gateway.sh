@@ -489,25 +489,8 @@ if [ "$FLEET" -gt 0 ]; then
     phase "host nodes ($FLEET)"
     for i in $(seq 1 "$FLEET"); do
         mkdir -p "node$i"
-        cat >"node$i/outpost.toml" <<TOML
-[node]
-state_dir = "$RUN/node$i/state"
-[listen]
-http = ["127.0.0.1:0"]
-[runtime]
-instance_slots = 16
-worker_threads = 1
-[trust]
-keys = ["$RUN/release.pub"]
-[control_plane]
-url = "$CP"
-key = "$CP_KEY"
-ca = "$RUN/tls/ca.pem"
-token = "${TOKENS[$i]}"
-poll_interval = "$POLL"
-name = "sim-node-$i"
-labels = { site = "testbed", role = "sim" }
-TOML
+        sim_node_config "$RUN/node$i/state" "$RUN/release.pub" "${TOKENS[$i]}" "sim-node-$i" \
+            '{ site = "testbed", role = "sim" }' "$RUN/tls/ca.pem" >"node$i/outpost.toml"
         "$OUTPOST" run -c "node$i/outpost.toml" >"node$i/out" 2>"node$i/log" 9>&- &
         started $!
     done

@@ -2,8 +2,8 @@
 # Helpers shared by testbed/fleet.sh and testbed/gateway.sh. Sourced, never executed.
 #
 # Owns: the testbed's log format, waiting for a line in a daemon's output, packing and signing
-#       a one-component test bundle, operator commands against a control plane and the
-#       per-wave rollout report.
+#       a one-component test bundle, a simulated node's config, operator commands against a
+#       control plane and the per-wave rollout report.
 # Must not: change the caller's shell options, start or kill processes, or run anything when
 #           sourced.
 #
@@ -18,6 +18,35 @@ log() { printf '[%s %s] %s\n' "$TB_NAME" "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 # Seconds since $1 (a `date +%s.%N` value), one decimal.
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# sim_node_config STATE TRUST TOKEN NAME LABELS [CA]: prints the config of one simulated node
+# on the host: state in STATE, 16 instance slots and one worker thread (many share two cores),
+# release key file TRUST, enrolling with TOKEN as NAME with LABELS (an inline TOML table), and
+# the control plane's CA file CA if given. Uses the caller's CP (URL), CP_KEY and POLL.
+sim_node_config() {
+    local state=$1 trust=$2 token=$3 name=$4 labels=$5 ca=${6:-}
+    cat <<TOML
+[node]
+state_dir = "$state"
+[listen]
+http = ["127.0.0.1:0"]
+[runtime]
+instance_slots = 16
+worker_threads = 1
+[trust]
+keys = ["$trust"]
+[control_plane]
+url = "$CP"
+key = "$CP_KEY"
+TOML
+    [ -z "$ca" ] || printf 'ca = "%s"\n' "$ca"
+    cat <<TOML
+token = "$token"
+poll_interval = "$POLL"
+name = "$name"
+labels = $labels
+TOML
+}
 
 # Waits until file $1 has a line matching $2 (ERE), prints the match. $3: how many tenths of a
 # second to wait (default 300, 30 s).
