@@ -310,7 +310,11 @@ impl AppComponent {
         let mut store = Store::new(self.pre.engine(), host);
         store.limiter(|h| &mut h.limiter);
         // Yield to the scheduler at every epoch tick: a CPU-bound guest then shares its worker
-        // thread with other requests, and the wall-clock timeout can cancel it.
+        // thread with other requests, and the wall-clock timeout can cancel it. The first
+        // deadline must be set too: a new store's is epoch 0, long past, so without it every
+        // instance would yield at its first epoch check — one needless trip through the
+        // scheduler (and the deadline timer armed) on every request.
+        store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         Ok(store)
     }
@@ -514,4 +518,65 @@ pub fn plain_response(status: http::StatusCode, body: String) -> http::Response<
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::app::{AppSource, load_app};
+    use crate::runtime::{Runtime, RuntimeSettings, sizing};
+
+    /// A handler that answers without waiting for anything must finish within the first poll
+    /// of its request: no yield to the scheduler, no deadline timer. This broke once without
+    /// anyone noticing — a new store's epoch deadline was left at 0, so every instance yielded
+    /// at its first epoch check — and cost every request a scheduler round trip and a timer.
+    ///
+    /// A real epoch tick landing inside a poll makes that one attempt yield, legitimately; so
+    /// the test asks for one attempt in 20 that finishes in one poll (before the fix: none).
+    #[test]
+    fn a_request_that_waits_for_nothing_finishes_in_its_first_poll() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let s = sizing::derive(&sizing::detect(), &sizing::Overrides::default()).unwrap();
+        let runtime = Runtime::new(RuntimeSettings::from_sizing(&s, None), Metrics::new()).unwrap();
+        // Past epoch 0 for certain, so a deadline left at 0 is in the past.
+        runtime.engine().increment_epoch();
+        let app = rt.block_on(load_app(&runtime, &AppSource::Demo)).unwrap();
+        let c = app.components[0].component.clone();
+
+        let mut first_poll_ready = 0;
+        for _ in 0..20 {
+            let req = http::Request::builder()
+                .uri("http://test.local/")
+                .body(http_body_util::Empty::<Bytes>::new().map_err(
+                    |e: std::convert::Infallible| -> wasmtime_wasi_http::Error { match e {} },
+                ))
+                .unwrap();
+            rt.block_on(async {
+                let mut fut = std::pin::pin!(c.handle(
+                    req,
+                    RequestCtx {
+                        id: 1,
+                        https: false
+                    }
+                ));
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let resp = match fut.as_mut().poll(&mut cx) {
+                    Poll::Ready(r) => {
+                        first_poll_ready += 1;
+                        r
+                    }
+                    Poll::Pending => fut.await,
+                };
+                let body = resp.unwrap().into_body().collect().await.unwrap();
+                assert_eq!(&body.to_bytes()[..], b"hello from outpost\n");
+            });
+        }
+        assert!(
+            first_poll_ready > 0,
+            "every one of 20 hello requests yielded before answering"
+        );
+    }
 }
