@@ -197,6 +197,35 @@ fn pack_is_deterministic_and_sign_verify_inspect_round_trip() {
     }
 }
 
+/// A manifest may say `1.2.0-rc.1` (for `outpost serve`), but a signed release may not, so `pack`
+/// refuses it — with the key and the reason — instead of making a bundle that `sign` then rejects.
+/// A plain version of the same app packs.
+#[tokio::test]
+async fn pack_refuses_a_version_a_signed_release_cannot_carry() {
+    let lab = Lab::new();
+    let dir = lab.app("rc", "1.2.0-rc.1", "hi");
+    let (code, _, err) = run_to_end(&[
+        "bundle",
+        "pack",
+        dir.to_str().unwrap(),
+        "-o",
+        &lab.s("rc.bundle"),
+    ]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("outpost.toml: application.version"), "{err}");
+    assert!(err.contains("1.2.0-rc.1"), "{err}");
+    assert!(err.contains("pre-release"), "{err}");
+    assert!(!lab.path("rc.bundle").exists(), "no bundle may be written");
+
+    // The same manifest serves in dev mode: the rule is the signed release's, not the manifest's.
+    let d = Daemon::serve(&[dir.to_str().unwrap()]);
+    let r = get(d.addr(), "/greeting").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let dir = lab.app("plain", "1.2.0", "hi");
+    lab.pack(&dir, "plain.bundle");
+}
+
 #[test]
 fn verify_refuses_unsigned_wrong_key_and_below_threshold() {
     let lab = Lab::new();

@@ -221,6 +221,20 @@ fn pack(dir: &Path, output: &Path) -> CliResult {
         &dir.join("outpost.toml").display().to_string(),
     )
     .map_err(CliError::app)?;
+    // A bundle exists to be signed, and a signed release's version is MAJOR.MINOR.PATCH (nodes
+    // order releases by it). The manifest also allows `1.2.0-rc.1` for `outpost serve`; refuse it
+    // here rather than let `sign` fail on a bundle that was already made.
+    if let Err(e) = manifest
+        .application
+        .version
+        .parse::<crate::bundle::sign::Version>()
+    {
+        return Err(CliError::app(anyhow!(
+            "{}/outpost.toml: application.version: {e}; a bundle becomes a signed release, and \
+             releases carry no pre-release or build suffix (nodes order them numerically)",
+            dir.display()
+        )));
+    }
     let unpacked_size: u64 = entries.iter().map(|(_, b)| b.len() as u64).sum();
     pb.set_message(format!(
         "compressing {} files ({})",
