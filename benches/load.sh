@@ -85,4 +85,15 @@ for s in "${SERVERS[@]}"; do
   printf '| %s | %.0f | %.0f µs | %.2fx |\n' "$s" "$m" "$p" "$(echo "$m / $o_rps" | bc -l)"
 done
 echo
+# Ratios within each round pair measurements taken a minute apart, so they drift less with the
+# machine's load than the ratio of medians above.
+per_round() {
+  paste -d' ' <(echo "${RPS[outpost]}" | tr ' ' '\n' | grep -v '^$') \
+    <(echo "${RPS[$1]}" | tr ' ' '\n' | grep -v '^$') | awk '{printf "%.2f ", $1 / $2}'
+}
+for s in "${SERVERS[@]}"; do
+  [ "$s" = outpost ] && continue
+  r=$(per_round "$s")
+  echo "outpost / $s per round: ${r}(median $(echo "$r" | median)x)"
+done
 echo "machine: $(nproc) cores, $(uname -m), wrk -t1 -c$CONNS -d${DURATION}s, $(date -u +%Y-%m-%d)"
