@@ -163,14 +163,22 @@ impl DesiredState {
 pub fn seal(state: &DesiredState, key: &SigningKey) -> Result<Vec<u8>, DesiredError> {
     state.validate()?;
     let payload = serde_json::to_vec(state).map_err(|e| DesiredError::Malformed(e.to_string()))?;
+    Ok(seal_payload(&payload, key))
+}
+
+/// The envelope around `payload` exactly as given, signed with `key`: [`seal`] without the
+/// checks, for what must reach [`open`]'s checks behind a good signature (a buggy or
+/// compromised control plane; the fuzz target `desired_payload`).
+pub fn seal_payload(payload: &[u8], key: &SigningKey) -> Vec<u8> {
     let mut signed = DESIRED_HEADER.to_vec();
-    signed.extend_from_slice(&payload);
+    signed.extend_from_slice(payload);
     let env = Envelope {
-        payload: BASE64.encode(&payload),
+        payload: BASE64.encode(payload),
         key: key.id().to_string(),
         signature: BASE64.encode(key.sign(&signed).to_bytes()),
     };
-    serde_json::to_vec(&env).map_err(|e| DesiredError::Malformed(e.to_string()))
+    // Three strings: serialising cannot fail.
+    serde_json::to_vec(&env).unwrap_or_default()
 }
 
 /// Checks the envelope's size, signer and signature against the `trusted` control-plane keys and
@@ -228,7 +236,7 @@ pub fn check_fresh(
             got: state.node.clone(),
         });
     }
-    if state.issued > now + MAX_CLOCK_SKEW {
+    if state.issued > now.saturating_add(MAX_CLOCK_SKEW) {
         return Err(DesiredError::FromFuture {
             issued: state.issued,
             now,
@@ -367,6 +375,35 @@ mod tests {
         assert!(matches!(
             check_fresh(&future, &id, None, 1500),
             Err(DesiredError::FromFuture { .. })
+        ));
+    }
+
+    #[test]
+    fn a_good_signature_does_not_make_a_bad_document_good() {
+        let cp = key(1);
+        let node = key(2);
+        let open_payload =
+            |payload: &[u8]| open(&seal_payload(payload, &cp), &[cp.verifying_key()]);
+        // What `seal` would make: opens.
+        let good = serde_json::to_vec(&state(&node, 5)).unwrap();
+        assert_eq!(open_payload(&good).unwrap(), state(&node, 5));
+        // Signed, but not a document, or one `seal` would have refused: still refused.
+        assert!(matches!(
+            open_payload(b"not json"),
+            Err(DesiredError::Malformed(_))
+        ));
+        let mut twice = state(&node, 5);
+        twice.apps.push(twice.apps[0].clone());
+        assert!(matches!(
+            open_payload(&serde_json::to_vec(&twice).unwrap()),
+            Err(DesiredError::Invalid(m)) if m.contains("unique and in name order")
+        ));
+        let extra = String::from_utf8(good)
+            .unwrap()
+            .replacen('{', "{\"admin\":true,", 1);
+        assert!(matches!(
+            open_payload(extra.as_bytes()),
+            Err(DesiredError::Malformed(m)) if m.contains("unknown field")
         ));
     }
 

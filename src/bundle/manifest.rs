@@ -397,33 +397,18 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
         });
     }
 
-    let routes_field = t.required(
-        "routes",
-        "a list of path prefixes like [\"/\"] or [\"/api\"]",
-    )?;
-    let routes_key = routes_field.key.clone();
-    let mut routes = Vec::new();
-    let mut route_keys: Vec<String> = Vec::new();
-    for (key, raw) in routes_field.strings()? {
-        let route = normalise_route(&raw).map_err(|problem| FieldError {
-            key: key.clone(),
-            problem,
-        })?;
-        if let Some(i) = routes.iter().position(|r| *r == route) {
-            return Err(FieldError {
-                key,
-                problem: format!("route {route:?} is already listed as {}", route_keys[i]),
-            });
-        }
-        routes.push(route);
-        route_keys.push(key);
-    }
-    if routes.is_empty() {
-        return Err(FieldError {
-            key: routes_key,
-            problem: "no routes; expected at least one path prefix like \"/\"".to_owned(),
-        });
-    }
+    let (route_keys, routes): (Vec<String>, Vec<String>) = t
+        .required(
+            "routes",
+            "a list of path prefixes like [\"/\"] or [\"/api\"]",
+        )?
+        .distinct_strings(
+            normalise_route,
+            |route, first| format!("route {route:?} is already listed as {first}"),
+            "no routes; expected at least one path prefix like \"/\"",
+        )?
+        .into_iter()
+        .unzip();
 
     let mut allowed_outbound_hosts = Vec::new();
     if let Some(field) = t.take("allowed_outbound_hosts") {
@@ -1115,6 +1100,12 @@ routes = ["/admin"]
             &with_routes("[\"/\", 5]"),
             "component.hello.routes[1]",
             "expected a string, got 5",
+        );
+        // Alike once normalised: the repeat is named, and so is its first listing.
+        assert_rejects(
+            &with_routes(r#"["/api", "/static", "/api/"]"#),
+            "component.hello.routes[2]",
+            "route \"/api\" is already listed as component.hello.routes[0]",
         );
         assert_rejects(
             &with_routes("[\"api\"]"),

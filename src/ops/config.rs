@@ -743,34 +743,16 @@ fn parse_app(mut t: Fields) -> Result<AppConfig, FieldError> {
 
     let hosts = match t.take("hosts") {
         None => vec!["*".to_owned()],
-        Some(f) => {
-            let hosts_key = f.key.clone();
-            let mut hosts: Vec<String> = Vec::new();
-            let mut host_keys: Vec<String> = Vec::new();
-            for (key, raw) in f.strings()? {
-                let host = app_host(&raw).map_err(|problem| FieldError {
-                    key: key.clone(),
-                    problem,
-                })?;
-                if let Some(i) = hosts.iter().position(|h| *h == host) {
-                    return Err(FieldError {
-                        key,
-                        problem: format!("host {host} is already listed as {}", host_keys[i]),
-                    });
-                }
-                hosts.push(host);
-                host_keys.push(key);
-            }
-            if hosts.is_empty() {
-                return Err(FieldError {
-                    key: hosts_key,
-                    problem: "no hosts; expected at least one, like [\"*\"] or \
-                              [\"example.com\"] (leave hosts out to answer any host)"
-                        .to_owned(),
-                });
-            }
-            hosts
-        }
+        Some(f) => f
+            .distinct_strings(
+                app_host,
+                |host, first| format!("host {host} is already listed as {first}"),
+                "no hosts; expected at least one, like [\"*\"] or [\"example.com\"] \
+                 (leave hosts out to answer any host)",
+            )?
+            .into_iter()
+            .map(|(_, host)| host)
+            .collect(),
     };
     t.finish_section(APP_KEYS, TOP_KEYS)?;
     Ok(AppConfig { source, hosts })

@@ -513,6 +513,43 @@ impl Field {
             .collect()
     }
 
+    /// A non-empty array of strings, each turned into a `T` by `parse`, no two alike once parsed
+    /// (`/api` and `/api/` are one route). Errors name the element's key: the one `parse`
+    /// refused, or the repeat, with `repeat(value, key of its first listing)` as the problem.
+    /// An empty array is refused with `empty` as the problem. Each value comes with its key, for
+    /// checks that span several arrays.
+    pub fn distinct_strings<T: PartialEq>(
+        self,
+        parse: impl Fn(&str) -> Result<T, String>,
+        repeat: impl Fn(&T, &str) -> String,
+        empty: &str,
+    ) -> Result<Vec<(String, T)>, FieldError> {
+        let key = self.key.clone();
+        let mut values: Vec<T> = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        for (k, raw) in self.strings()? {
+            let value = parse(&raw).map_err(|problem| FieldError {
+                key: k.clone(),
+                problem,
+            })?;
+            if let Some(i) = values.iter().position(|v| *v == value) {
+                return Err(FieldError {
+                    problem: repeat(&value, &keys[i]),
+                    key: k,
+                });
+            }
+            values.push(value);
+            keys.push(k);
+        }
+        if values.is_empty() {
+            return Err(FieldError {
+                key,
+                problem: empty.to_owned(),
+            });
+        }
+        Ok(keys.into_iter().zip(values).collect())
+    }
+
     pub fn table(self) -> Result<Fields, FieldError> {
         match self.value {
             toml::Value::Table(t) => Ok(Fields::new(self.key, t)),
