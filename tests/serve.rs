@@ -57,51 +57,11 @@ routes = ["/hello/echo/..."]
 #[tokio::test]
 async fn request_and_response_bodies_stream() {
     let d = Daemon::serve(&[wasm("echo").to_str().unwrap()]);
-    let tcp = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let (tx, rx) =
-        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
-    let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
-    let req = http::Request::builder()
-        .method("POST")
-        .uri("/")
-        .header("host", "x")
-        .body(body)
-        .unwrap();
-    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(
-        b"first-chunk;",
-    ))))
-    .await
-    .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(20), send.send_request(req))
-        .await
-        .expect("response head must arrive before the request body ends")
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let first = tokio::time::timeout(Duration::from_secs(20), body.frame())
-        .await
-        .expect("first chunk must be echoed while the request is still open")
-        .unwrap()
-        .unwrap()
-        .into_data()
-        .unwrap();
-    assert_eq!(&first[..], b"first-chunk;");
-    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"second"))))
-        .await
-        .unwrap();
+    let (tx, body) = open_echo_stream(d.addr(), "/", b"first-chunk;").await;
+    tx.send(Bytes::from_static(b"second")).await.unwrap();
     drop(tx);
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(&rest[..], b"second");
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 fn limits_app(extra: &str) -> AppDir {

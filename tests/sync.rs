@@ -858,39 +858,7 @@ async fn a_request_in_flight_during_a_swap_finishes_on_the_old_release() {
     wait_body(d.addr(), "/greeting", "one").await;
 
     // The long request: head and a first chunk now, the rest after the swap.
-    let tcp = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let body = http_body_util::StreamBody::new(futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|c| c.map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b))))
-    }));
-    let req = http::Request::builder()
-        .method("POST")
-        .uri("/echo")
-        .header("host", "x")
-        .body(body)
-        .unwrap();
-    tx.send(Bytes::from_static(b"before the swap;"))
-        .await
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
-        .await
-        .expect("the echo guest answers while the request body is open")
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut resp_body = resp.into_body();
-    let first = tokio::time::timeout(Duration::from_secs(30), resp_body.frame())
-        .await
-        .expect("the first chunk is echoed while the request is open")
-        .unwrap()
-        .unwrap()
-        .into_data()
-        .unwrap();
-    assert_eq!(&first[..], b"before the swap;");
+    let (tx, resp_body) = open_echo_stream(d.addr(), "/echo", b"before the swap;").await;
 
     // Swap to v2 while that request is open; new requests get v2 on every path.
     cp.set_desired(

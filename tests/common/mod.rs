@@ -401,6 +401,49 @@ pub async fn get_h2(addr: SocketAddr, path: &str) -> Resp {
     collect(resp).await
 }
 
+/// A streamed POST to an echo guest at `path`, left open: sends the head and `first`, waits for
+/// the response head (200) and for `first` to come back — which cannot happen if either side
+/// buffers whole bodies — and returns the sender for the rest of the request body (drop it to
+/// end the request) and the rest of the response body.
+pub async fn open_echo_stream(
+    addr: SocketAddr,
+    path: &str,
+    first: &'static [u8],
+) -> (tokio::sync::mpsc::Sender<Bytes>, hyper::body::Incoming) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let body = http_body_util::StreamBody::new(futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|c| c.map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))))
+    }));
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", "x")
+        .body(body)
+        .unwrap();
+    tx.send(Bytes::from_static(first)).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
+        .await
+        .expect("the response head arrives while the request body is open")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let echoed = tokio::time::timeout(Duration::from_secs(30), body.frame())
+        .await
+        .expect("the first chunk is echoed while the request body is open")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(&echoed[..], first);
+    (tx, body)
+}
+
 pub async fn collect(resp: http::Response<hyper::body::Incoming>) -> Resp {
     let (parts, body) = resp.into_parts();
     let bytes = body
