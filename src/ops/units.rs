@@ -525,29 +525,27 @@ impl Field {
         empty: &str,
     ) -> Result<Vec<(String, T)>, FieldError> {
         let key = self.key.clone();
-        let mut values: Vec<T> = Vec::new();
-        let mut keys: Vec<String> = Vec::new();
+        let mut out: Vec<(String, T)> = Vec::new();
         for (k, raw) in self.strings()? {
             let value = parse(&raw).map_err(|problem| FieldError {
                 key: k.clone(),
                 problem,
             })?;
-            if let Some(i) = values.iter().position(|v| *v == value) {
+            if let Some((first, _)) = out.iter().find(|(_, v)| *v == value) {
                 return Err(FieldError {
-                    problem: repeat(&value, &keys[i]),
+                    problem: repeat(&value, first),
                     key: k,
                 });
             }
-            values.push(value);
-            keys.push(k);
+            out.push((k, value));
         }
-        if values.is_empty() {
+        if out.is_empty() {
             return Err(FieldError {
                 key,
                 problem: empty.to_owned(),
             });
         }
-        Ok(keys.into_iter().zip(values).collect())
+        Ok(out)
     }
 
     pub fn table(self) -> Result<Fields, FieldError> {
