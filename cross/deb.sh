@@ -363,16 +363,20 @@ check_deb() {
     [ "$(grep -c '^outpost:' "$root/etc/passwd")" -eq 1 ] || die "$deb: the reinstall added a second outpost user"
 
     # --- purge: files, conffile and state go; the user stays (Debian practice, see postrm) ---
+    # State where systemd keeps it when a drop-in sets DynamicUser=yes (StateDirectory= then
+    # lives under /var/lib/private, /var/lib/outpost being a symlink to it): purge removes it too.
+    install -d -m 0700 "$root/var/lib/private/outpost"
+    echo state >"$root/var/lib/private/outpost/marker"
     out=$(in_root "$root" dpkg --purge outpost 2>&1) || die "$deb: dpkg --purge failed: $out"
     # shellcheck disable=SC2016 # a dpkg-query format, not a shell expansion
     out=$(in_root "$root" dpkg-query -W -f='${db:Status-Abbrev}' outpost 2>/dev/null || true)
     case $out in '' | 'un '* | 'pn '*) ;; *) die "$deb: still known to dpkg after --purge: '$out'" ;; esac
     for f in /usr/bin/outpost /lib/systemd/system/outpost.service /lib/systemd/system/outpost.socket \
-        /etc/outpost /var/lib/outpost; do
+        /etc/outpost /var/lib/outpost /var/lib/private/outpost; do
         [ ! -e "$root$f" ] || die "$deb: $f is still there after dpkg --purge"
     done
     in_root "$root" getent passwd outpost >/dev/null || die "$deb: purge removed the outpost user (postrm keeps it)"
-    log "$arch: reinstall and dpkg --purge ok (/var/lib/outpost and /etc/outpost gone, user kept)"
+    log "$arch: reinstall and dpkg --purge ok (/var/lib/outpost, /var/lib/private/outpost and /etc/outpost gone, user kept)"
     rm -rf --one-file-system "$work"
     log "$deb: installs, runs and purges in a $suite $arch root (root ready after $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, dpkg -i to --purge $(since "$t1") s)"
 }
