@@ -365,6 +365,7 @@ check_deb() {
     # --- purge: files, conffile and state go; the user stays (Debian practice, see postrm) ---
     # State where systemd keeps it when a drop-in sets DynamicUser=yes (StateDirectory= then
     # lives under /var/lib/private, /var/lib/outpost being a symlink to it): purge removes it too.
+    # Made beside the plain /var/lib/outpost the run above filled, so one purge checks both.
     install -d -m 0700 "$root/var/lib/private/outpost"
     echo state >"$root/var/lib/private/outpost/marker"
     out=$(in_root "$root" dpkg --purge outpost 2>&1) || die "$deb: dpkg --purge failed: $out"
