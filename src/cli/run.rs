@@ -123,6 +123,13 @@ pub fn run(args: RunArgs) -> CliResult {
             )
             .map_err(CliError::runtime)?,
         );
+        runtime.set_cpu_weights(
+            cfg.fairness
+                .cpu_weight
+                .iter()
+                .map(|(app, w)| (app.clone(), *w))
+                .collect(),
+        );
         let mut apps = Vec::with_capacity(apps_cfg.len());
         for (hosts, src) in &apps_cfg {
             let app = load_app(&runtime, src).await.map_err(CliError::app)?;

@@ -42,7 +42,9 @@ const TOP_KEYS: &[&str] = &[
     "store",
     "tls",
     "control_plane",
+    "fairness",
 ];
+const FAIRNESS_KEYS: &[&str] = &["cpu_weight"];
 const TRUST_KEYS: &[&str] = &["keys", "threshold", "tenants"];
 const STORE_KEYS: &[&str] = &["disk_budget", "max_bundle_size"];
 /// Default `[store] disk_budget`.
@@ -82,10 +84,20 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[control_plane]`: the node agent (`crate::sync`) runs when this is set.
     pub control_plane: Option<ControlPlaneConfig>,
+    /// `[fairness]`: how apps share the node when it is busy.
+    pub fairness: FairnessConfig,
     /// `[runtime]` with sizes and `default_timeout` already normalised to numbers.
     runtime: toml::Table,
     /// Where the config came from (file path or [`EMBEDDED_ORIGIN`]), for later errors.
     origin: String,
+}
+
+/// `[fairness]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FairnessConfig {
+    /// App name → relative CPU (and pool) share when the node is busy; apps not named get
+    /// [`crate::runtime::fair::DEFAULT_WEIGHT`].
+    pub cpu_weight: std::collections::BTreeMap<String, u32>,
 }
 
 /// `[node]`
@@ -384,6 +396,7 @@ fn builtin_default() -> Config {
             ..TlsConfig::default()
         },
         control_plane: None,
+        fairness: FairnessConfig::default(),
         runtime: toml::Table::new(),
         origin: EMBEDDED_ORIGIN.to_owned(),
     }
@@ -540,9 +553,14 @@ fn parse_table(table: toml::Table) -> Result<(Config, toml::Table), FieldError> 
         Some(f) => Some(control_plane::parse_control_plane(f.table()?, TOP_KEYS)?),
         None => None,
     };
+    let fairness = match top.take("fairness") {
+        Some(f) => parse_fairness(f.table()?)?,
+        None => FairnessConfig::default(),
+    };
     top.finish(TOP_KEYS)?;
     Ok((
         Config {
+            fairness,
             node,
             listen,
             apps,
@@ -590,6 +608,18 @@ fn parse_trust(mut t: Fields) -> Result<TrustConfig, FieldError> {
             ),
         });
     }
+    Ok(out)
+}
+
+fn parse_fairness(mut t: Fields) -> Result<FairnessConfig, FieldError> {
+    use crate::runtime::fair::MAX_WEIGHT;
+    let mut out = FairnessConfig::default();
+    if let Some(f) = t.take("cpu_weight") {
+        for (app, w) in f.table()?.drain() {
+            out.cpu_weight.insert(app, w.integer_in(1u32, MAX_WEIGHT)?);
+        }
+    }
+    t.finish_section(FAIRNESS_KEYS, TOP_KEYS)?;
     Ok(out)
 }
 
@@ -1412,6 +1442,34 @@ source = "/srv/x.wasm"
         assert_eq!(cp.name.as_deref(), Some("gw-9"));
         assert_eq!(cp.labels.get("site").map(String::as_str), Some("lab-1"));
         assert_eq!(cp.labels.len(), 2);
+    }
+
+    #[test]
+    fn fairness_weights_parse_and_are_validated() {
+        let cfg = parse(&format!(
+            "{LISTEN}[fairness]\ncpu_weight = {{ shop = 300, batch = 1 }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.fairness.cpu_weight.into_iter().collect::<Vec<_>>(),
+            [("batch".to_string(), 1), ("shop".to_string(), 300)]
+        );
+        assert_eq!(parse(LISTEN).unwrap().fairness, FairnessConfig::default());
+        assert_rejects(
+            &format!("{LISTEN}[fairness]\ncpu_weight = {{ shop = 0 }}\n"),
+            "fairness.cpu_weight.shop",
+            "from 1 to 10000",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[fairness]\ncpu_weight = {{ shop = \"high\" }}\n"),
+            "fairness.cpu_weight.shop",
+            "integer",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[fairness]\nbogus = 1\n"),
+            "fairness.bogus",
+            "expected one of cpu_weight",
+        );
     }
 
     #[test]

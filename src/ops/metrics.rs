@@ -5,8 +5,8 @@
 //! Must not: decide anything from metric values.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All of the daemon's metrics.
@@ -30,6 +30,13 @@ pub struct Metrics {
     /// Pooled instance slots in use / in total.
     pub pool_slots_used: IntGauge,
     pub pool_slots_total: IntGauge,
+    /// Memory reserved by executing requests (each its component's measured footprint) / the
+    /// budget it is admitted against.
+    pub pool_memory_reserved: IntGauge,
+    pub pool_memory_budget: IntGauge,
+    /// Time spent running each app's guests (instantiation, guest code, the host calls it
+    /// makes), by app.
+    pub guest_cpu_seconds: CounterVec,
     /// Components currently loaded and routable.
     pub components_loaded: IntGauge,
     /// Open client connections.
@@ -118,6 +125,21 @@ impl Metrics {
             "outpost_pool_slots",
             "Instance slots available in total (derived from the hardware).",
         )?;
+        let pool_memory_reserved = IntGauge::new(
+            "outpost_pool_memory_reserved_bytes",
+            "Memory reserved by executing requests, each its component's measured footprint.",
+        )?;
+        let pool_memory_budget = IntGauge::new(
+            "outpost_pool_memory_budget_bytes",
+            "Memory that executing instances may reserve together (derived from the hardware).",
+        )?;
+        let guest_cpu_seconds = CounterVec::new(
+            Opts::new(
+                "outpost_guest_cpu_seconds_total",
+                "Time spent running each app's guests: instantiation, guest code and its host calls.",
+            ),
+            &["app"],
+        )?;
         let components_loaded = IntGauge::new(
             "outpost_components_loaded",
             "Components loaded and routable.",
@@ -162,6 +184,9 @@ impl Metrics {
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(pool_slots_used.clone()))?;
         registry.register(Box::new(pool_slots_total.clone()))?;
+        registry.register(Box::new(pool_memory_reserved.clone()))?;
+        registry.register(Box::new(pool_memory_budget.clone()))?;
+        registry.register(Box::new(guest_cpu_seconds.clone()))?;
         registry.register(Box::new(components_loaded.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(tls_handshake_failures.clone()))?;
@@ -228,6 +253,9 @@ impl Metrics {
             inflight,
             pool_slots_used,
             pool_slots_total,
+            pool_memory_reserved,
+            pool_memory_budget,
+            guest_cpu_seconds,
             components_loaded,
             connections,
             tls_handshake_failures,

@@ -1,14 +1,16 @@
 //! A loaded component and per-request execution.
 //!
 //! Owns: the pre-instantiated component (`ProxyPre`: linking done once at load), its limits and
-//! grants, admission (per-component concurrency with a bounded queue, then a pool slot), and the
-//! life of one request: fresh `Store` + instance, streamed request and response bodies, wall-clock
-//! deadline, mapping guest failures to a [`RequestError`] that says who caused it.
+//! grants, its measured memory footprint, admission (per-component concurrency with a bounded
+//! queue, then the node's pool by footprint and fair share), and the life of one request: its
+//! turn on the thread's fair CPU lane, fresh `Store` + instance metered for CPU, streamed request
+//! and response bodies, wall-clock deadline, mapping guest failures to a [`RequestError`] that
+//! says who caused it.
 //! Must not: know about sockets, protocols or routing.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,9 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use super::admission::{Lease, Pool, Refused};
 use super::error::{RequestError, RequestErrorKind};
+use super::fair::{Account, Meter, Metered, TickMode};
 use super::host::{CtxPool, Grants, Host};
 use crate::ops::metrics::{Metrics, RequestMetrics};
 
@@ -46,6 +50,21 @@ pub struct Limits {
     pub max_request_body: u64,
 }
 
+/// What one instance holds besides its linear memory's growth: the store, WASI and HTTP
+/// contexts, the touched part of its fiber stack and of its initial memory image (copy-on-write,
+/// so untouched pages cost nothing). Measured: ~50 KB per live instance of a small Rust app.
+pub const INSTANCE_OVERHEAD: u64 = 64 << 10;
+
+/// CPU time a request's guest used, in the response's extensions (for the request log line).
+#[derive(Debug, Clone)]
+pub struct GuestCpu(Arc<Meter>);
+
+impl GuestCpu {
+    pub fn get(&self) -> Duration {
+        self.0.cpu()
+    }
+}
+
 /// Identifies a request in logs and in the client-visible error body.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestCtx {
@@ -67,7 +86,14 @@ pub struct AppComponent {
     pub limits: Limits,
     concurrency: Arc<Semaphore>,
     queued: AtomicU32,
-    slots: Arc<Semaphore>,
+    /// The app's CPU account (the app is the unit of fairness).
+    account: Arc<Account>,
+    ticks: Arc<TickMode>,
+    pool: Arc<Pool>,
+    /// Bytes one live instance is expected to hold: [`INSTANCE_OVERHEAD`] plus the linear memory
+    /// recent instances grew by beyond their initial image. Rises at once, decays by 1/16 of the
+    /// gap per request.
+    footprint: AtomicU64,
     metrics: Metrics,
     /// This component's `outpost_requests_inflight` series, resolved once.
     inflight: prometheus::IntGauge,
@@ -97,7 +123,9 @@ impl AppComponent {
         pre: ProxyPre<Host>,
         grants: Grants,
         limits: Limits,
-        slots: Arc<Semaphore>,
+        account: Arc<Account>,
+        ticks: Arc<TickMode>,
+        pool: Arc<Pool>,
         metrics: Metrics,
     ) -> Self {
         let concurrency = Arc::new(Semaphore::new(limits.max_concurrency as usize));
@@ -119,9 +147,36 @@ impl AppComponent {
             limits,
             concurrency,
             queued: AtomicU32::new(0),
-            slots,
+            account,
+            ticks,
+            pool,
+            footprint: AtomicU64::new(INSTANCE_OVERHEAD),
             metrics,
         }
+    }
+
+    /// The app's CPU account.
+    pub fn account(&self) -> &Arc<Account> {
+        &self.account
+    }
+
+    /// Bytes one live instance of this component is expected to hold (see the field).
+    pub fn footprint(&self) -> u64 {
+        self.footprint.load(Ordering::Relaxed)
+    }
+
+    /// Folds one instance's growth beyond its initial memory into the footprint estimate.
+    fn observe_growth(&self, grown: u64) {
+        let seen = INSTANCE_OVERHEAD.saturating_add(grown);
+        let _ = self
+            .footprint
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if seen >= old {
+                    seen
+                } else {
+                    old - (old - seen) / 16
+                })
+            });
     }
 
     /// Serves one request with a fresh instance. The response body streams from the guest; the
@@ -158,8 +213,9 @@ impl AppComponent {
         });
 
         let t0 = Instant::now();
+        let meter = Meter::new(self.account.clone(), self.ticks.clone());
         let mut store = self
-            .new_store()
+            .new_store(&meter)
             .map_err(|e| internal(format!("creating store state: {e:#}")))?;
 
         let scheme = if ctx.https {
@@ -181,13 +237,17 @@ impl AppComponent {
 
         let this = self.clone();
         // Counted by a guard: the request future may be dropped mid-way (client gone).
-        let gauges =
-            InflightGauges::new(self.inflight.clone(), self.metrics.pool_slots_used.clone());
+        let gauges = InflightGauge::new(self.inflight.clone());
+        let (turn, meter_done) = (meter.clone(), meter.clone());
         let guest = async move {
             let _permits = permits;
             let _gauges = gauges;
+            let mut initial = 0;
             let run = async {
+                // Behind lighter apps' parked guests, if any (usually: straight through).
+                turn.turn_to_start().await;
                 let proxy = this.pre.instantiate_async(&mut store).await?;
+                initial = store.data().limiter.total;
                 this.metrics
                     .instantiate_duration
                     .observe(t0.elapsed().as_secs_f64());
@@ -202,7 +262,9 @@ impl AppComponent {
                 None => GuestOutcome::TimedOut,
             };
             let hit_memory_limit = store.data().limiter.hit;
-            this.memory_peak.observe(store.data().limiter.peak as f64);
+            let peak = store.data().limiter.peak;
+            this.memory_peak.observe(peak as f64);
+            this.observe_growth(peak.saturating_sub(initial) as u64);
             match outcome {
                 GuestOutcome::Returned => store.into_data().recycle(&this.ctx_pool),
                 _ => drop(store),
@@ -211,7 +273,7 @@ impl AppComponent {
                 static TIMEOUTS: crate::ops::logging::LogLimiter =
                     crate::ops::logging::LogLimiter::new(20, Duration::from_secs(10));
                 if let crate::ops::logging::LogDecision::Log { suppressed } = TIMEOUTS.check() {
-                    tracing::warn!(request_id = ctx.id, component = %this.label, timeout = ?this.limits.timeout, suppressed, "request hit its wall-clock timeout; instance dropped");
+                    tracing::warn!(request_id = ctx.id, component = %this.label, timeout = ?this.limits.timeout, cpu = ?meter_done.cpu(), suppressed, "request hit its wall-clock timeout; instance dropped");
                 }
             }
             (outcome, hit_memory_limit)
@@ -221,7 +283,8 @@ impl AppComponent {
         // and finish their body in one go, and a spawn plus cross-task wakeups would cost more
         // than the guest itself. Only a guest still running after answering (a streaming body)
         // is moved to a task of its own, keeping its permits until it is done.
-        let mut guest = Box::pin(guest);
+        // Every poll of the guest is CPU time of this app.
+        let mut guest = Metered::new(Box::pin(guest), meter.clone());
         let mut rx = rx;
         let first = tokio::select! {
             out = &mut guest => First::Guest(out),
@@ -238,13 +301,14 @@ impl AppComponent {
         };
 
         let result = match (answer, finished) {
-            (Some(Ok(resp)), _) => {
+            (Some(Ok(mut resp)), _) => {
                 if too_large.load(Ordering::Relaxed) {
                     Err(RequestError::new(
                         RequestErrorKind::BodyTooLarge,
                         format!("request body exceeded max_request_body {limit}"),
                     ))
                 } else {
+                    resp.extensions_mut().insert(GuestCpu(meter.clone()));
                     Ok(resp)
                 }
             }
@@ -292,16 +356,20 @@ impl AppComponent {
     /// not at its first request; also what the instantiate benchmark measures.
     pub async fn probe(&self) -> Result<Duration, String> {
         let t0 = Instant::now();
-        let mut store = self.new_store().map_err(|e| format!("{e:#}"))?;
-        self.pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+        let meter = Meter::new(self.account.clone(), self.ticks.clone());
+        let mut store = self.new_store(&meter).map_err(|e| format!("{e:#}"))?;
+        Metered::new(
+            std::pin::pin!(self.pre.instantiate_async(&mut store)),
+            meter,
+        )
+        .await
+        .map_err(|e| format!("{e:#}"))?;
         Ok(t0.elapsed())
     }
 
-    /// A fresh store with this component's grants and limits.
-    fn new_store(&self) -> wasmtime::Result<Store<Host>> {
+    /// A fresh store with this component's grants and limits, whose guest gives its thread back
+    /// through `meter` (see [`super::fair`]).
+    fn new_store(&self, meter: &Arc<Meter>) -> wasmtime::Result<Store<Host>> {
         let host = Host::new(
             self.grants.clone(),
             self.limits.memory_limit,
@@ -309,18 +377,20 @@ impl AppComponent {
         )?;
         let mut store = Store::new(self.pre.engine(), host);
         store.limiter(|h| &mut h.limiter);
-        // Yield to the scheduler at every epoch tick: a CPU-bound guest then shares its worker
-        // thread with other requests, and the wall-clock timeout can cancel it. The first
-        // deadline must be set too: a new store's is epoch 0, long past, so without it every
-        // instance would yield at its first epoch check — one needless trip through the
-        // scheduler (and the deadline timer armed) on every request.
+        // At every epoch tick the meter decides: a guest that has run its minimum slice parks
+        // in the thread's fair lane (so other apps and the network get the thread, and the
+        // wall-clock timeout can cancel it); one that has not goes on. The first deadline must
+        // be set too: a new store's is epoch 0, long past, so without it every instance would
+        // stop at its first epoch check — a needless callback on every request.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        let meter = meter.clone();
+        store.epoch_deadline_callback(move |_| Ok(meter.on_epoch()));
         Ok(store)
     }
 
-    /// Admission control: a permit of this component (bounded queue), then a pool slot.
-    async fn admit(&self) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), RequestError> {
+    /// Admission control: a permit of this component (bounded queue), then room in the node's
+    /// pool for this component's footprint, within the app's fair share when it is contended.
+    async fn admit(&self) -> Result<(OwnedSemaphorePermit, Lease), RequestError> {
         let own = match self.concurrency.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -346,16 +416,14 @@ impl AppComponent {
                 .map_err(|_| internal("component semaphore closed"))?
             }
         };
-        let slot = match self.slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => tokio::time::timeout(
-                self.limits.queue_timeout,
-                self.slots.clone().acquire_owned(),
-            )
+        let slot = self
+            .pool
+            .admit(&self.account, self.footprint(), self.limits.queue_timeout)
             .await
-            .map_err(|_| saturated("instance pool exhausted".to_string()))?
-            .map_err(|_| internal("pool semaphore closed"))?,
-        };
+            .map_err(|e| match e {
+                Refused::Timeout(_) => saturated(format!("instance pool exhausted: {e}")),
+                _ => saturated(e.to_string()),
+            })?;
         Ok((own, slot))
     }
 }
@@ -412,22 +480,20 @@ enum GuestOutcome {
     TimedOut,
 }
 
-/// Keeps `outpost_requests_inflight` and `outpost_pool_slots_used` true even when a request is
-/// cancelled.
-struct InflightGauges(prometheus::IntGauge, prometheus::IntGauge);
+/// Keeps `outpost_requests_inflight` true even when a request is cancelled (the pool keeps
+/// `outpost_pool_slots_used` itself).
+struct InflightGauge(prometheus::IntGauge);
 
-impl InflightGauges {
-    fn new(app: prometheus::IntGauge, slots: prometheus::IntGauge) -> Self {
+impl InflightGauge {
+    fn new(app: prometheus::IntGauge) -> Self {
         app.inc();
-        slots.inc();
-        Self(app, slots)
+        Self(app)
     }
 }
 
-impl Drop for InflightGauges {
+impl Drop for InflightGauge {
     fn drop(&mut self) {
         self.0.dec();
-        self.1.dec();
     }
 }
 

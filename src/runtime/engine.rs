@@ -12,11 +12,21 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// How often the epoch advances. Guests are preempted (async yield) at most this long after a
-/// tick, so it bounds how long a CPU-bound guest can hold a worker thread before other requests on
-/// that thread get a turn, and how late a wall-clock timeout can fire. 5 ms costs one relaxed
-/// atomic increment per tick.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+use super::fair::TickMode;
+
+/// How often the epoch advances while no guest runs long. Each tick lets a guest that has run
+/// [`super::fair::MIN_SLICE`] give its thread back, so this bounds the first slice of a guest
+/// that turns out to be CPU-bound; it costs the ticker thread 1,000 wake-ups a second.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The tick while some guest runs long (or did within [`FAST_TICK_LINGER`]): slices of CPU-bound
+/// guests are then about this long, which bounds the latency their neighbours see. The kernel's
+/// default timer slack (50 µs) stretches it a little.
+pub const FAST_TICK: Duration = Duration::from_micros(100);
+
+/// How long ticks stay fast after the last long-running guest finished: a runaway request that
+/// is cut at its timeout and sent again must not get a slow first slice.
+pub const FAST_TICK_LINGER: Duration = Duration::from_secs(1);
 
 /// Bytes of each linear memory reset in place (not returned to the kernel) when a slot is
 /// reused; see the pooling comments in [`build_engine`].
@@ -125,7 +135,8 @@ pub fn fingerprint(engine: &Engine) -> String {
     hex::encode(&h.0.finalize()[..16])
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] on a dedicated thread, joined on drop.
+/// Advances the engine's epoch every [`EPOCH_TICK`] — every [`FAST_TICK`] while `mode` says a
+/// guest runs long — on a dedicated thread, joined on drop.
 ///
 /// A plain thread rather than a tokio task: it must keep ticking while every worker thread is
 /// busy running guests, which is exactly when preemption matters.
@@ -135,14 +146,18 @@ pub struct EpochTicker {
 }
 
 impl EpochTicker {
-    pub fn start(engine: Engine) -> std::io::Result<Self> {
+    pub fn start(engine: Engine, mode: Arc<TickMode>) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("outpost-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
+                    std::thread::sleep(if mode.fast(FAST_TICK_LINGER) {
+                        FAST_TICK
+                    } else {
+                        EPOCH_TICK
+                    });
                     engine.increment_epoch();
                 }
             })?;

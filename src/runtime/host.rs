@@ -386,7 +386,7 @@ pub(crate) struct MemoryLimiter {
     limit: usize,
     pub(crate) hit: bool,
     /// Bytes of linear memory granted to the instance (all its memories), and the most it held.
-    total: usize,
+    pub(crate) total: usize,
     pub(crate) peak: usize,
 }
 

@@ -7,11 +7,13 @@
 //! Must not: know about sockets, listeners, TLS or the control plane.
 #![deny(unsafe_code)]
 
+pub mod admission;
 pub mod app;
 pub mod compile;
 pub mod component;
 pub mod engine;
 pub mod error;
+pub mod fair;
 pub mod host;
 pub mod outbound;
 pub mod sizing;
@@ -20,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -50,6 +51,8 @@ pub struct RuntimeSettings {
     pub instance_slots: u32,
     /// Ceiling for any component's `memory_limit`.
     pub max_memory_per_instance: u64,
+    /// Bytes that live instances may reserve together (admission; see [`admission`]).
+    pub memory_budget: u64,
     pub defaults: Defaults,
     /// Compiled-code cache directory; `None` disables it.
     pub cache_dir: Option<PathBuf>,
@@ -78,6 +81,7 @@ impl RuntimeSettings {
             },
             instance_slots: s.instance_slots.value,
             max_memory_per_instance: s.max_memory_per_instance.value,
+            memory_budget: u64::MAX, // MERGE: s.memory_budget.value
             pool,
             defaults: Defaults {
                 memory_limit: s.default_memory_limit.value,
@@ -104,12 +108,14 @@ pub struct ComponentSettings {
     pub max_request_body: Option<u64>,
 }
 
-/// The engine, the linker with Outpost's host interfaces, and the shared instance-slot budget.
+/// The engine, the linker with Outpost's host interfaces, the instance pool's admission and the
+/// apps' CPU accounts.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<Host>,
     cache: CodeCache,
-    slots: Arc<Semaphore>,
+    pool: Arc<admission::Pool>,
+    accounts: Arc<fair::Accounts>,
     settings: RuntimeSettings,
     metrics: Metrics,
     _ticker: engine::EpochTicker,
@@ -140,12 +146,25 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("linker: {e:#}"))?;
         let cache = CodeCache::new(settings.cache_dir.clone(), engine::fingerprint(&engine));
-        let ticker = engine::EpochTicker::start(engine.clone())?;
+        let ticks = Arc::new(fair::TickMode::default());
+        let ticker = engine::EpochTicker::start(engine.clone(), ticks.clone())?;
         metrics
             .pool_slots_total
             .set(i64::from(settings.instance_slots));
+        metrics
+            .pool_memory_budget
+            .set(i64::try_from(settings.memory_budget).unwrap_or(i64::MAX));
         Ok(Self {
-            slots: Arc::new(Semaphore::new(settings.instance_slots as usize)),
+            pool: admission::Pool::new(
+                settings.instance_slots,
+                settings.memory_budget,
+                metrics.pool_slots_used.clone(),
+                metrics.pool_memory_reserved.clone(),
+            ),
+            accounts: Arc::new(fair::Accounts::new(
+                metrics.guest_cpu_seconds.clone(),
+                ticks,
+            )),
             engine,
             linker,
             cache,
@@ -157,6 +176,12 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Sets the apps' CPU weights (`[fairness] cpu_weight`); apps not named get
+    /// [`fair::DEFAULT_WEIGHT`]. Applies to requests from now on.
+    pub fn set_cpu_weights(&self, weights: std::collections::HashMap<String, u32>) {
+        self.accounts.set_weights(weights);
     }
 
     /// Loads, links and pre-instantiates a component from `wasm` bytes (`path` names it in
@@ -210,7 +235,9 @@ impl Runtime {
             pre,
             grants,
             limits,
-            self.slots.clone(),
+            self.accounts.get(app),
+            self.accounts.ticks().clone(),
+            self.pool.clone(),
             self.metrics.clone(),
         );
         Ok((Arc::new(c), info))

@@ -31,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::ops::metrics::{Metrics, Protocol, RequestMetrics};
-use crate::runtime::component::{RequestCtx, ResponseBody, plain_response};
+use crate::runtime::component::{GuestCpu, RequestCtx, ResponseBody, plain_response};
 use crate::runtime::error::{Cause, RequestError};
 pub use router::{HostPattern, Router};
 
@@ -164,7 +164,8 @@ impl ServeState {
             .map_or(&self.unrouted, |c| &c.request_metrics);
         let elapsed = start.elapsed();
         metrics.record(resp.status(), protocol, elapsed.as_secs_f64());
-        // One line per request at debug (the response head; the body may still be streaming).
+        // One line per request at debug (the response head; the body may still be streaming, so
+        // `cpu_micros` is the guest's CPU time up to the head).
         tracing::debug!(
             request_id = %fmt_id(id),
             %method,
@@ -173,6 +174,10 @@ impl ServeState {
             protocol = protocol.label(),
             status = resp.status().as_u16(),
             micros = elapsed.as_micros() as u64,
+            cpu_micros = resp
+                .extensions()
+                .get::<GuestCpu>()
+                .map_or(0, |c| c.get().as_micros() as u64),
             "request"
         );
         resp
