@@ -2,7 +2,7 @@
 # Tenant fairness (issue 14: "one tenant must not starve the others"), measured side by side in
 # one run on whatever machine this is; compare the ratios, not absolute numbers across runs.
 #
-#   bash benches/fairness.sh [SECONDS]      (default 8 s per measurement; a full run is ~5 min)
+#   bash benches/fairness.sh [SECONDS]      (default 8 s per measurement; a full run takes ~4 min)
 #
 # The daemon is $OUTPOST, else a `cargo build --release --locked` of this tree. Raw outputs (wrk,
 # h2load, metrics, daemon logs) stay in a temp directory printed at the start; the markdown summary
@@ -19,18 +19,18 @@
 #    (outpost_guest_cpu_seconds_total, "n/a" when the daemon does not export it). Then unequal
 #    connection counts (-c16, -c2, -c2, -c2), informative only.
 # 3. Density at default settings: N concurrent `/sleep/<ms>` on slow over h2c (h2load, 100
-#    streams per connection) for N = 1k, 2k, 5k, 10k, 15k; once they are in flight, daemon RSS,
-#    live instances (outpost_pool_slots_used), requests in flight, 503s, and how many instances
-#    would fit in 1 GiB of RSS at the measured cost per instance.
+#    streams per connection) for N = 100 (under today's limits), 1k, 2k, 5k, 10k, 15k; once they
+#    are in flight, daemon RSS, live instances (outpost_pool_slots_used), requests in flight, 503s,
+#    and how many instances would fit in 1 GiB of RSS at the measured cost per instance.
 # 4. `outpost info` inside a 1 GiB and a 4 GiB memory cgroup (v1, else systemd-run, else skipped).
 # 5. Single-tenant throughput vs `wasmtime serve` is benches/load.sh; only a pointer here.
 #
 # Knobs (environment): OUTPOST, SCENARIOS="1 2 3 4" (a subset runs only those),
-# DENSITY_STEPS="1000 2000 5000 10000 15000", DENSITY_SLEEP_MS=20000.
+# DENSITY_STEPS="100 1000 2000 5000 10000 15000", DENSITY_SLEEP_MS=20000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-8}
-DENSITY_STEPS=${DENSITY_STEPS:-"1000 2000 5000 10000 15000"}
+DENSITY_STEPS=${DENSITY_STEPS:-"100 1000 2000 5000 10000 15000"}
 DENSITY_SLEEP_MS=${DENSITY_SLEEP_MS:-20000}
 SCENARIOS=${SCENARIOS:-"1 2 3 4"}
 
@@ -350,8 +350,7 @@ scenario_density() {
   echo
   echo "\`h2load -n N -c N/100 -m 100\` (h2c), no \`[runtime]\` overrides, \`MIMALLOC_ALLOW_THP=${MIMALLOC_ALLOW_THP:-0}\` (as the systemd"
   echo "unit sets it); sampled once the in-flight count stopped moving. Idle RSS after one request: $((idle / 1024)) MiB."
-  echo "Per instance = (RSS − idle) /"
-  echo "live instances (\`outpost_pool_slots_used\`); fit in 1 GiB = (1 GiB − idle) / per instance;"
+  echo "Per instance = (RSS − idle) / live instances (\`outpost_pool_slots_used\`); fit in 1 GiB = (1 GiB − idle) / per instance;"
   echo "no answer = h2load's \"errored\" (reset or closed without a response)."
   echo
   echo "| asked | live instances | in flight | daemon RSS | RSS − idle | per instance | fit in 1 GiB (extrapolated) | 2xx | 5xx | no answer |"
