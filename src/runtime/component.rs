@@ -55,6 +55,10 @@ pub struct Limits {
 /// so untouched pages cost nothing). Measured: ~50 KB per live instance of a small Rust app.
 pub const INSTANCE_OVERHEAD: u64 = 64 << 10;
 
+/// An instance whose linear memory grew by more than this is released off the serving thread
+/// (see where it is used). Handlers that stay within their initial image never are.
+const OFFLOAD_RELEASE_ABOVE: u64 = 4 << 20;
+
 /// CPU time a request's guest used, in the response's extensions (for the request log line).
 #[derive(Debug, Clone)]
 pub struct GuestCpu(Arc<Meter>);
@@ -240,7 +244,6 @@ impl AppComponent {
         let gauges = InflightGauge::new(self.inflight.clone());
         let (turn, meter_done) = (meter.clone(), meter.clone());
         let guest = async move {
-            let _permits = permits;
             let _gauges = gauges;
             let mut initial = 0;
             let run = async {
@@ -265,9 +268,27 @@ impl AppComponent {
             let peak = store.data().limiter.peak;
             this.memory_peak.observe(peak as f64);
             this.observe_growth(peak.saturating_sub(initial) as u64);
-            match outcome {
-                GuestOutcome::Returned => store.into_data().recycle(&this.ctx_pool),
-                _ => drop(store),
+            let returned = matches!(outcome, GuestOutcome::Returned);
+            let owner = this.clone();
+            // Dropping the store resets its pool slot; for an instance that grew its memory
+            // that is an madvise of the grown pages (and may flush a batch of other slots'),
+            // kernel work of tens of milliseconds that would stall every connection of this
+            // serving thread. A blocking-pool thread does it instead; the permits go with it, so
+            // the slot counts as used until it really is free.
+            let release = move || {
+                if returned {
+                    store.into_data().recycle(&owner.ctx_pool);
+                } else {
+                    drop(store);
+                }
+                drop(permits);
+            };
+            if peak.saturating_sub(initial) as u64 > OFFLOAD_RELEASE_ABOVE
+                && tokio::runtime::Handle::try_current().is_ok()
+            {
+                tokio::task::spawn_blocking(release);
+            } else {
+                release();
             }
             if let GuestOutcome::TimedOut = outcome {
                 static TIMEOUTS: crate::ops::logging::LogLimiter =
