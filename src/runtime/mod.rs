@@ -50,6 +50,8 @@ pub struct RuntimeSettings {
     pub instance_slots: u32,
     /// Ceiling for any component's `memory_limit`.
     pub max_memory_per_instance: u64,
+    /// Bytes live guest instances may use together: the budget for memory admission.
+    pub memory_budget: u64,
     pub defaults: Defaults,
     /// Compiled-code cache directory; `None` disables it.
     pub cache_dir: Option<PathBuf>,
@@ -78,6 +80,7 @@ impl RuntimeSettings {
             },
             instance_slots: s.instance_slots.value,
             max_memory_per_instance: s.max_memory_per_instance.value,
+            memory_budget: s.memory_budget.value,
             pool,
             defaults: Defaults {
                 memory_limit: s.default_memory_limit.value,
