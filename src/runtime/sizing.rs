@@ -1166,7 +1166,7 @@ fn derive_wanted_slots(
         slots = by_maps;
         reason.push_str(&format!(
             "; capped at {by_maps} by vm.max_map_count {maps} ({MAPPINGS_PER_SLOT} memory \
-             mappings per live instance, {MAPPINGS_RESERVE} kept for the rest of the daemon)"
+             mappings per slot once used, {MAPPINGS_RESERVE} kept for the rest of the daemon)"
         ));
     }
     if slots < MIN_SLOTS {
