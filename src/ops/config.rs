@@ -54,6 +54,7 @@ const LISTEN_KEYS: &[&str] = &["http", "https", "h3", "admin", "drain_timeout"];
 const APP_KEYS: &[&str] = &["source", "hosts"];
 /// `[runtime]` keys that take a size; they reach `runtime::sizing` as integer bytes.
 const RUNTIME_SIZE_KEYS: &[&str] = &[
+    "memory_budget",
     "memory_reservation",
     "memory_guard",
     "max_memory_per_instance",
@@ -454,7 +455,7 @@ fn is_valid_node_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
-/// Turns the size keys of `[runtime]` (`memory_reservation`, `memory_guard`,
+/// Turns the size keys of `[runtime]` (`memory_budget`, `memory_reservation`, `memory_guard`,
 /// `max_memory_per_instance`, `default_memory_limit`, `quic_stream_receive_window`,
 /// `quic_receive_window`) from strings like `"256MiB"` into integer bytes, and the durations
 /// `default_timeout` and `quic_idle_timeout` (a duration string or milliseconds) into
@@ -981,7 +982,8 @@ source = "/srv/x.wasm"
     #[test]
     fn runtime_table_deserializes_into_sizing_overrides() {
         let c = parse(&format!(
-            "{LISTEN}[runtime]\nmax_memory_per_instance = \"256MiB\"\ndefault_timeout = \"2s\"\n"
+            "{LISTEN}[runtime]\nmax_memory_per_instance = \"256MiB\"\ndefault_timeout = \"2s\"\n\
+             memory_budget = \"512MiB\"\n"
         ))
         .expect("valid");
         let o: crate::runtime::sizing::Overrides = toml::Value::Table(c.runtime_table().clone())
@@ -989,6 +991,7 @@ source = "/srv/x.wasm"
             .expect("overrides");
         assert_eq!(o.max_memory_per_instance, Some(256 << 20));
         assert_eq!(o.default_timeout_ms, Some(2000));
+        assert_eq!(o.memory_budget, Some(512 << 20));
     }
 
     #[test]

@@ -52,8 +52,9 @@ pub struct Limits {
 
 /// What one instance holds besides its linear memory's growth: the store, WASI and HTTP
 /// contexts, the touched part of its fiber stack and of its initial memory image (copy-on-write,
-/// so untouched pages cost nothing). Measured: ~50 KB per live instance of a small Rust app.
-pub const INSTANCE_OVERHEAD: u64 = 64 << 10;
+/// so untouched pages cost nothing). The same figure sizes the pool (see
+/// [`super::sizing::MIN_INSTANCE_FOOTPRINT`]).
+pub const INSTANCE_OVERHEAD: u64 = super::sizing::MIN_INSTANCE_FOOTPRINT;
 
 /// An instance whose linear memory grew by more than this is released off the serving thread
 /// (see where it is used). Handlers that stay within their initial image never are.

@@ -81,7 +81,7 @@ impl RuntimeSettings {
             },
             instance_slots: s.instance_slots.value,
             max_memory_per_instance: s.max_memory_per_instance.value,
-            memory_budget: u64::MAX, // MERGE: s.memory_budget.value
+            memory_budget: s.memory_budget.value,
             pool,
             defaults: Defaults {
                 memory_limit: s.default_memory_limit.value,

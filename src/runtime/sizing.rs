@@ -61,16 +61,49 @@ const MIN_MAX_MEMORY: u64 = 16 * MIB;
 /// Default per-app memory limit: generous for request handlers, a quarter of the default ceiling
 /// so one app's default is not the whole budget.
 const DEFAULT_MEMORY_LIMIT: u64 = 64 * MIB;
-/// Memory an average *live* instance actually touches (heap + stack + data); the pooling
-/// allocator only commits touched pages, so this, not the reservation, is what RAM pays for.
-const AVG_INSTANCE_MEMORY: u64 = 8 * MIB;
-/// Requests mostly wait on I/O (outbound HTTP, client bodies), so one worker thread keeps many
-/// instances alive at once.
-const INSTANCES_PER_WORKER: u64 = 256;
+/// What the daemon keeps for itself before guests get anything: compiled code, connection and
+/// TLS state, request and QUIC buffers, the sled cache. At least 64 MiB (what the daemon itself
+/// uses idle with a few apps loaded), else an eighth of memory, which grows with the connection
+/// and buffer limits that are themselves derived from memory.
+const DAEMON_RESERVE_MIN: u64 = 64 * MIB;
+const DAEMON_RESERVE_DIVISOR: u64 = 8;
+/// Guests may use together half of what remains after the reserve. The other half absorbs
+/// instances growing past their measured footprint in the middle of a request (admission uses
+/// the footprint measured so far), the page cache for bundles and compiled code, and whatever
+/// else runs on the gateway.
+const GUEST_SHARE_DIVISOR: u64 = 2;
+/// Smallest resident memory a live instance can have: the host-side store and WASI context
+/// (a few KiB), the touched top of its fiber stack, and a few touched 64 KiB linear-memory pages
+/// of which the kernel commits only the 4 KiB pages written. Measured: 4,000 live, sleeping
+/// instances of a small Rust `wasi:http` app added ~205 MB RSS (~50 KB each); a componentize-py
+/// instance is ~13 MB. Slots are derived from this *minimum* so that memory, not the slot count,
+/// binds: the runtime admits each request against `memory_budget` with the app's measured
+/// footprint.
+pub const MIN_INSTANCE_FOOTPRINT: u64 = 64 * KIB;
 /// Below 8 slots a single slow tenant can exhaust the pool; prefer on-demand allocation then.
 const MIN_SLOTS: u64 = 8;
-/// wasmtime's own default pool size; more live instances than this is not an edge workload.
-const MAX_SLOTS: u64 = 1000;
+/// Hard maximum of slots. wasmtime's pool reserves its per-slot costs up front whether or not
+/// slots are used: at 16,384 slots, 32 GiB of address space and 32,768 mappings for fiber stacks
+/// (each stack is followed by an inaccessible guard page), 10 GiB for tables (4 × 160 KiB each,
+/// never touched unless used) and a 262,144 core-instance counter. Beyond that the mapping limit
+/// (see [`MAPPINGS_PER_SLOT`]) binds anyway, and no edge node needs more live requests.
+const MAX_SLOTS: u64 = 16_384;
+/// Each pooled slot costs kernel memory mappings (VMAs): its fiber stack and guard page (2, held
+/// from start-up), and, once an instance has used it, its linear memory and table split out of
+/// their slabs (copy-on-write image, read-write heap, the split-off rest; they stay split after
+/// the instance ends). Measured on wasmtime 48: a 10,239-slot pool starts with 24,713 mappings,
+/// and 1,000 live sleeping instances of a small Rust app added 4,002 more, so 2 + 4 = 6.
+/// `vm.max_map_count` (65,530 by default) caps them per process; past it `mmap`/`mprotect`
+/// fail and instantiation errors out.
+const MAPPINGS_PER_SLOT: u64 = 6;
+/// Mappings kept for everything but the pool: thread stacks, allocator arenas, compiled code of
+/// every loaded component, sled, warm pool slots, the copy-on-write images.
+const MAPPINGS_RESERVE: u64 = 4_096;
+/// Linux's default `vm.max_map_count`, assumed when `/proc/sys/vm/max_map_count` is unreadable.
+const DEFAULT_MAX_MAP_COUNT: u64 = 65_530;
+/// What an on-demand instance maps while live (its linear memory at a typical size); used only
+/// for the on-demand fallback's address-space estimate and growth step.
+const ON_DEMAND_INSTANCE_MEMORY: u64 = 8 * MIB;
 
 /// 4 GiB covers the whole 32-bit index space, so with a guard wasmtime drops bounds checks.
 const PREFERRED_RESERVATION: u64 = 4 * GIB;
@@ -82,16 +115,29 @@ const PREFERRED_GROWTH: u64 = 2 * GIB;
 /// With explicit bounds checks a big guard buys little; one wasm page still catches small
 /// static offsets past the end.
 const SHRUNK_GUARD: u64 = WASM_PAGE;
-/// When VA is scarce a memory that must move grows in steps of the average instance footprint
+/// When VA is scarce a memory that must move grows in steps of a typical on-demand memory
 /// instead of reserving 2 GiB ahead.
-const SHRUNK_GROWTH: u64 = AVG_INSTANCE_MEMORY;
+const SHRUNK_GROWTH: u64 = ON_DEMAND_INSTANCE_MEMORY;
 /// The address space kept for pools is a quarter of what is usable: the rest is for the heap,
 /// code, thread stacks, other mappings and on-demand fallback.
 const VA_BUDGET_DIVISOR: u64 = 4;
+/// From 47 bits (128 TiB) up the pool may take half: the other half is still tens of TiB, and
+/// the largest hole (below the executable, which Linux maps at 2/3 of the address space) holds
+/// a 64 TiB slab. Half is what keeps 4 GiB reservations (bounds checks elided) for 12k+ slots.
+const WIDE_VA_BITS: u32 = 47;
+const WIDE_VA_BUDGET_DIVISOR: u64 = 2;
+/// Keep the 4 GiB layout with fewer slots when it still holds at least this fraction (1/N) of
+/// the slots memory would allow: bounds checks cost every guest memory access of every request,
+/// while the extra slots only matter at the peak of concurrency.
+const PREFERRED_KEEP_DIVISOR: u64 = 2;
 
 /// A component may contain two linear memories (e.g. a main module plus a separately
-/// instantiated language runtime); Rust `wasm32-wasip2` components have one.
+/// instantiated language runtime); Rust, JS and Python components have one.
 const MEMORIES_PER_INSTANCE: u32 = 2;
+/// The memory pool holds one memory per slot plus one for every fourth slot: most components
+/// have a single memory, so reserving two per slot would halve the slots the 4 GiB layout fits;
+/// `max_memories_per_component` stays 2 so a two-memory component still loads.
+const EXTRA_MEMORY_DIVISOR: u64 = 4;
 /// The main module's function table plus the shim/fixup tables `wit-component` adds for lowered
 /// imports, with room to spare.
 const TABLES_PER_INSTANCE: u32 = 4;
@@ -112,10 +158,12 @@ const ASYNC_STACK_SIZE: u64 = 2 * MIB;
 /// Default per-request deadline: generous for HTTP handlers, short enough that a stuck guest
 /// frees its slot.
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
-/// One app may hold at most this fraction of the pool by default, so it cannot starve others.
-const APP_SHARE_DIVISOR: u32 = 4;
-/// Each live instance may be fed by a few keep-alive connections that are idle at any moment.
-const CONNECTIONS_PER_SLOT: u32 = 4;
+/// Memory per connection permit: hyper and rustls buffers, HTTP/2 and TLS state and kernel socket
+/// buffers of an open connection, plus its share of request bodies in flight. Independent of the
+/// slot count, which is far larger than file descriptors and slow-header floods allow.
+const CONNECTION_MEMORY: u64 = 4 * MIB;
+/// One worker thread cannot usefully multiplex more open connections than this.
+const CONNECTIONS_PER_WORKER: u32 = 1024;
 const MIN_CONNECTIONS: u32 = 256;
 const MAX_CONNECTIONS: u32 = 65_536;
 
@@ -204,6 +252,8 @@ pub struct AddressSpace {
     pub rlimit_as: Fact<Option<u64>>,
     /// min(2^va_bits, RLIMIT_AS), bytes.
     pub usable: u64,
+    /// `vm.max_map_count`: memory mappings (VMAs) the kernel allows this process.
+    pub max_map_count: Fact<u64>,
 }
 
 // === impl Hardware ===
@@ -235,6 +285,7 @@ impl Hardware {
                 va_bits: Fact::new(bits, "given"),
                 rlimit_as: Fact::new(rlimit_as, "given"),
                 usable: usable_va(bits, rlimit_as),
+                max_map_count: Fact::new(DEFAULT_MAX_MAP_COUNT, "given (Linux default)"),
             },
             page_size: Fact::new(FALLBACK_PAGE_SIZE, "given"),
         }
@@ -294,6 +345,7 @@ pub fn detect_at(root: &Path) -> Hardware {
             va_bits,
             rlimit_as,
             usable,
+            max_map_count: max_map_count(root),
         },
         page_size: page_size(root),
     }
@@ -625,6 +677,20 @@ fn parse_rlimit_as(limits: &str) -> Option<Option<u64>> {
     }
 }
 
+fn max_map_count(root: &Path) -> Fact<u64> {
+    let path = root.join("proc/sys/vm/max_map_count");
+    match read_trimmed(&path).and_then(|s| s.parse::<u64>().ok()) {
+        Some(n) if n > 0 => Fact::new(n, path.display().to_string()),
+        _ => Fact::new(
+            DEFAULT_MAX_MAP_COUNT,
+            format!(
+                "assumed {DEFAULT_MAX_MAP_COUNT} (Linux default): {} unreadable or malformed",
+                path.display()
+            ),
+        ),
+    }
+}
+
 fn page_size(root: &Path) -> Fact<u64> {
     let path = root.join("proc/self/smaps");
     // smaps can be long; the first mapping's entry is enough, so stop reading there.
@@ -677,6 +743,8 @@ pub enum PoolingMode {
 #[serde(default, deny_unknown_fields)]
 pub struct Overrides {
     pub worker_threads: Option<usize>,
+    /// Bytes of memory live guest instances may use together (the admission budget).
+    pub memory_budget: Option<u64>,
     /// Component instances that may be live at once (pool slots).
     pub instance_slots: Option<u32>,
     /// Address space reserved per linear memory, bytes.
@@ -738,6 +806,9 @@ pub struct Sizing {
     pub hardware: Hardware,
     /// Tokio worker threads.
     pub worker_threads: Derived<usize>,
+    /// Bytes of memory live guest instances may use together: the runtime admits a request
+    /// only while the measured footprints of the live instances fit in it.
+    pub memory_budget: Derived<u64>,
     /// Component instances that may be live at once, pooled or not.
     pub instance_slots: Derived<u32>,
     /// Largest linear memory any instance may grow to; ceiling for per-app `memory_limit`.
@@ -780,7 +851,8 @@ pub struct MemoryLayout {
     /// Address space all slots need with this layout, bytes: what the pools reserve up front,
     /// or (on demand) an estimate for every slot live at once.
     pub va_needed: u64,
-    /// Address space set aside for pools: a quarter of the usable address space, bytes.
+    /// Address space set aside for pools: a quarter of the usable address space (half from
+    /// 47 bits up), bytes.
     pub va_budget: u64,
 }
 
@@ -800,7 +872,7 @@ pub enum Allocator {
 pub struct PoolSizing {
     /// `total_component_instances`: one per slot, as every request gets a fresh instance.
     pub instance_slots: u32,
-    /// `MEMORIES_PER_INSTANCE` per slot.
+    /// One per slot plus one per fourth slot (most components have a single memory).
     pub total_memories: u32,
     /// `TABLES_PER_INSTANCE` per slot.
     pub total_tables: u32,
@@ -837,7 +909,7 @@ pub enum SizingError {
     },
     #[error(
         "runtime.{field} = {value} does not fit the address space: {slots} instance slots need {} \
-         but the pool budget is {} (a quarter of {va})",
+         but the pool budget is {} ({share} of {va})",
         human_bytes(*.needed),
         human_bytes(*.budget)
     )]
@@ -847,6 +919,8 @@ pub enum SizingError {
         slots: u64,
         needed: u64,
         budget: u64,
+        /// The pool's share of the address space: "a quarter", or "half" from 47 bits up.
+        share: &'static str,
         /// What bounds the address space, e.g. "39-bit VA: 512 GiB".
         va: String,
     },
@@ -858,14 +932,15 @@ pub fn derive(hw: &Hardware, ov: &Overrides) -> Result<Sizing, SizingError> {
     let worker_threads = derive_worker_threads(hw, ov)?;
     let max_memory = derive_max_memory(hw, ov)?;
     let default_memory_limit = derive_default_memory_limit(max_memory.value, ov)?;
-    let wanted = derive_wanted_slots(hw, worker_threads.value, ov)?;
+    let memory_budget = derive_memory_budget(hw, ov)?;
+    let wanted = derive_wanted_slots(hw, memory_budget.value, ov)?;
     let fit = fit_address_space(hw, ov, &max_memory, wanted)?;
 
     let slots = fit.slots.value;
     let (allocator, pooling) = derive_pooling(ov, &fit, max_memory.value);
     let growth = derive_growth(&fit, pooling.is_some());
     let default_max_concurrency = derive_default_max_concurrency(slots, ov)?;
-    let max_connections = derive_max_connections(slots, ov)?;
+    let max_connections = derive_max_connections(hw, worker_threads.value, ov)?;
     let quic = derive_quic(hw, ov, default_max_concurrency.value, max_connections.value)?;
     let default_timeout_ms = match ov.default_timeout_ms {
         Some(0) => return Err(too_small("default_timeout_ms", "0".into(), "1")),
@@ -879,6 +954,7 @@ pub fn derive(hw: &Hardware, ov: &Overrides) -> Result<Sizing, SizingError> {
     Ok(Sizing {
         hardware: hw.clone(),
         worker_threads,
+        memory_budget,
         instance_slots: fit.slots,
         max_memory_per_instance: max_memory,
         memory: MemoryLayout {
@@ -1017,9 +1093,51 @@ fn derive_default_memory_limit(
     }
 }
 
+fn derive_memory_budget(hw: &Hardware, ov: &Overrides) -> Result<Derived<u64>, SizingError> {
+    let effective = hw.memory.effective;
+    if let Some(bytes) = ov.memory_budget {
+        if bytes < MIN_INSTANCE_FOOTPRINT {
+            return Err(too_small(
+                "memory_budget",
+                human_bytes(bytes),
+                "64 KiB (one instance at the minimum footprint)",
+            ));
+        }
+        if bytes > effective {
+            return Err(too_large(
+                "memory_budget",
+                human_bytes(bytes),
+                format!(
+                    "the effective memory ({}): admitting more than the machine has ends in the \
+                     OOM killer",
+                    human_bytes(effective)
+                ),
+            ));
+        }
+        return Ok(Derived::pinned(bytes, "set in [runtime]"));
+    }
+    // On a tiny cgroup the 64 MiB floor would leave guests nothing; half stays for them.
+    let reserve = DAEMON_RESERVE_MIN
+        .max(effective / DAEMON_RESERVE_DIVISOR)
+        .min(effective / 2);
+    let rest = effective - reserve;
+    let budget = round_down(rest / GUEST_SHARE_DIVISOR, WASM_PAGE);
+    Ok(Derived::auto(
+        budget,
+        format!(
+            "{} effective − {} daemon reserve (max of 64 MiB and 1/8) = {}; half of it for \
+             live guest instances (the other half absorbs instances growing past their \
+             measured footprint, the page cache and other processes)",
+            human_bytes(effective),
+            human_bytes(reserve),
+            human_bytes(rest),
+        ),
+    ))
+}
+
 fn derive_wanted_slots(
     hw: &Hardware,
-    worker_threads: usize,
+    memory_budget: u64,
     ov: &Overrides,
 ) -> Result<Derived<u32>, SizingError> {
     if let Some(n) = ov.instance_slots {
@@ -1028,18 +1146,34 @@ fn derive_wanted_slots(
         }
         return Ok(Derived::pinned(n, "set in [runtime]"));
     }
-    let memory_bound = (hw.memory.effective / 2) / AVG_INSTANCE_MEMORY;
-    let workers = u64::try_from(worker_threads).unwrap_or(u64::MAX);
-    let cpu_cap = workers.saturating_mul(INSTANCES_PER_WORKER);
-    let raw = memory_bound.min(cpu_cap);
-    let slots = raw.clamp(MIN_SLOTS, MAX_SLOTS);
+    let by_memory = memory_budget / MIN_INSTANCE_FOOTPRINT;
     let mut reason = format!(
-        "min(memory-bound {memory_bound} = half of {} / 8 MiB per live instance, \
-         CPU cap {cpu_cap} = {workers} workers × {INSTANCES_PER_WORKER})",
-        human_bytes(hw.memory.effective)
+        "memory_budget {} / {} minimum instance footprint = {by_memory}",
+        human_bytes(memory_budget),
+        human_bytes(MIN_INSTANCE_FOOTPRINT)
     );
-    if slots != raw {
-        reason.push_str(&format!(", clamped to [{MIN_SLOTS}, {MAX_SLOTS}]"));
+    let mut slots = by_memory;
+    if slots > MAX_SLOTS {
+        slots = MAX_SLOTS;
+        reason.push_str(&format!(
+            "; capped at {MAX_SLOTS} (hard maximum: the pool reserves stacks, tables and \
+             mappings for every slot up front)"
+        ));
+    }
+    let maps = hw.address_space.max_map_count.value;
+    let by_maps = maps.saturating_sub(MAPPINGS_RESERVE) / MAPPINGS_PER_SLOT;
+    if slots > by_maps {
+        slots = by_maps;
+        reason.push_str(&format!(
+            "; capped at {by_maps} by vm.max_map_count {maps} ({MAPPINGS_PER_SLOT} memory \
+             mappings per slot once used, {MAPPINGS_RESERVE} kept for the rest of the daemon)"
+        ));
+    }
+    if slots < MIN_SLOTS {
+        slots = MIN_SLOTS;
+        reason.push_str(&format!(
+            "; raised to {MIN_SLOTS} so one slow tenant cannot exhaust the pool"
+        ));
     }
     // `slots` is at most MAX_SLOTS, so the conversion cannot fail.
     let slots = u32::try_from(slots).unwrap_or(u32::MAX);
@@ -1058,24 +1192,63 @@ impl Layout {
     /// pre-slab guard, then reservation + guard per memory, as wasmtime lays it out), the table
     /// pool and the async stack pool (each stack plus a guard page).
     fn va_needed(self, slots: u64, page: u64) -> u128 {
-        u128::from(self.guard) + u128::from(slots) * self.va_per_slot(page)
+        let memory = u128::from(self.reservation) + u128::from(self.guard);
+        u128::from(self.guard)
+            + u128::from(total_memories(slots)) * memory
+            + u128::from(slots) * Self::va_per_slot_besides_memory(page)
     }
 
-    fn va_per_slot(self, page: u64) -> u128 {
-        let memory = u128::from(self.reservation) + u128::from(self.guard);
+    /// Tables and the fiber stack of one slot.
+    fn va_per_slot_besides_memory(page: u64) -> u128 {
         let table = u128::from(round_up(
             u64::from(TABLE_ELEMENTS) * TABLE_ELEMENT_BYTES,
             page,
         ));
         let stack = u128::from(ASYNC_STACK_SIZE) + u128::from(page);
-        u128::from(MEMORIES_PER_INSTANCE) * memory + u128::from(TABLES_PER_INSTANCE) * table + stack
+        u128::from(TABLES_PER_INSTANCE) * table + stack
     }
 
-    /// How many slots fit in `budget`.
+    /// Average address space per slot, for reasons: `va_needed` over many slots.
+    fn va_per_slot(self, page: u64) -> u128 {
+        let memory = u128::from(self.reservation) + u128::from(self.guard);
+        let divisor = u128::from(EXTRA_MEMORY_DIVISOR);
+        memory * (divisor + 1) / divisor + Self::va_per_slot_besides_memory(page)
+    }
+
+    /// How many slots fit in `budget` (`va_needed` grows with the slot count, so bisect).
     fn slots_fitting(self, budget: u64, page: u64) -> u64 {
-        let per_slot = self.va_per_slot(page).max(1);
-        let room = u128::from(budget).saturating_sub(u128::from(self.guard));
-        u64::try_from(room / per_slot).unwrap_or(u64::MAX)
+        let fits = |n: u64| self.va_needed(n, page) <= u128::from(budget);
+        if !fits(0) {
+            return 0;
+        }
+        let (mut lo, mut hi) = (0u64, u64::from(u32::MAX));
+        if fits(hi) {
+            return hi;
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+/// Linear memories the pool holds for `slots` instances: one each, plus one for every fourth.
+fn total_memories(slots: u64) -> u64 {
+    slots.saturating_add(slots.div_ceil(EXTRA_MEMORY_DIVISOR))
+}
+
+/// The address space set aside for pools, and how that share is described.
+fn va_budget(hw: &Hardware) -> (u64, &'static str) {
+    let usable = hw.address_space.usable;
+    if usable >= pow2(WIDE_VA_BITS) {
+        (usable / WIDE_VA_BUDGET_DIVISOR, "half")
+    } else {
+        (usable / VA_BUDGET_DIVISOR, "a quarter")
     }
 }
 
@@ -1099,7 +1272,7 @@ fn fit_address_space(
     wanted: Derived<u32>,
 ) -> Result<Fit, SizingError> {
     let page = hw.page_size.value.max(1);
-    let budget = hw.address_space.usable / VA_BUDGET_DIVISOR;
+    let (budget, share) = va_budget(hw);
     let va = hw.va_description();
     let max_mem = max_memory.value;
 
@@ -1133,18 +1306,41 @@ fn fit_address_space(
     let fits = |layout: Layout, slots: u64| layout.va_needed(slots, page) <= u128::from(budget);
     let preferred_fit = preferred.slots_fitting(budget, page);
 
+    let shrunk_fit = shrunk.slots_fitting(budget, page);
+
     let mut slots = wanted;
+    let keep_preferred = preferred_valid
+        && !slots.overridden
+        && preferred_fit >= MIN_SLOTS
+        && preferred_fit >= wanted_slots.div_ceil(PREFERRED_KEEP_DIVISOR);
     let chosen = if preferred_valid && fits(preferred, wanted_slots) {
         Some(preferred)
-    } else if fits(shrunk, wanted_slots) {
-        Some(shrunk)
-    } else if !slots.overridden && shrunk.slots_fitting(budget, page) >= MIN_SLOTS {
-        let n = shrunk.slots_fitting(budget, page).min(wanted_slots);
+    } else if keep_preferred {
+        let n = preferred_fit;
         slots = Derived::auto(
             u32::try_from(n).unwrap_or(u32::MAX),
             format!(
-                "{}; reduced to {n} so the pool fits the {} address-space budget",
+                "{}; reduced to {n}, what {} reservations fit in the {} pool budget: that keeps \
+                 bounds checks elided and is at least half the slots ({shrunk_fit} would fit \
+                 with {} reservations and explicit bounds checks)",
                 slots.reason,
+                human_bytes(preferred.reservation),
+                human_bytes(budget),
+                human_bytes(shrunk.reservation),
+            ),
+        );
+        Some(preferred)
+    } else if fits(shrunk, wanted_slots) {
+        Some(shrunk)
+    } else if !slots.overridden && shrunk_fit >= MIN_SLOTS {
+        let n = shrunk_fit.min(wanted_slots);
+        slots = Derived::auto(
+            u32::try_from(n).unwrap_or(u32::MAX),
+            format!(
+                "{}; reduced to {n}, what {} reservations (= max_memory_per_instance; lower it \
+                 for more slots) fit in the {} address-space budget",
+                slots.reason,
+                human_bytes(shrunk.reservation),
                 human_bytes(budget)
             ),
         );
@@ -1177,19 +1373,20 @@ fn fit_address_space(
                 slots: checked,
                 needed: saturate(shrunk.va_needed(checked, page)),
                 budget,
+                share,
                 va,
             });
         }
         let why = format!(
             "even {} reservations fit only {} slots (fewer than {MIN_SLOTS}) in the {} budget ({va})",
             human_bytes(shrunk.reservation),
-            shrunk.slots_fitting(budget, page),
+            shrunk_fit,
             human_bytes(budget)
         );
         // On demand, a live instance maps only what it uses plus the growth step; cap the
         // concurrency so that many instances still fit the same budget.
         let per_instance = Layout {
-            reservation: AVG_INSTANCE_MEMORY + SHRUNK_GROWTH,
+            reservation: ON_DEMAND_INSTANCE_MEMORY + SHRUNK_GROWTH,
             guard: SHRUNK_GUARD,
         };
         let n = per_instance
@@ -1228,7 +1425,9 @@ fn fit_address_space(
     let n = u64::from(slots.value);
     let needed = saturate(layout.va_needed(n, page));
     let fit_note = format!(
-        "{n} slots × {MEMORIES_PER_INSTANCE} memories need {} of the {} pool budget",
+        "{n} slots with {} linear memories (one per slot, plus one per fourth slot) need {} of \
+         the {} pool budget",
+        total_memories(n),
         human_bytes(needed),
         human_bytes(budget)
     );
@@ -1239,18 +1438,17 @@ fn fit_address_space(
             layout.reservation,
             format!(
                 "4 GiB covers the 32-bit index space, so wasmtime elides bounds checks; \
-                 {fit_note} (a quarter of {va})"
+                 {fit_note} ({share} of {va})"
             ),
         ),
         None => Derived::auto(
             layout.reservation,
             format!(
-                "{va}, so the pool budget is {} (a quarter): 4 GiB reservations would fit only \
+                "{va}, so the pool budget is {} ({share}): 4 GiB reservations would fit only \
                  {preferred_fit} slots; using {} reservations (= max_memory_per_instance) with \
-                 explicit bounds checks; {n} slots × {MEMORIES_PER_INSTANCE} memories need {}",
+                 explicit bounds checks; {fit_note}",
                 human_bytes(budget),
                 human_bytes(layout.reservation),
-                human_bytes(needed)
             ),
         ),
     };
@@ -1295,7 +1493,7 @@ fn derive_pooling(
     let slots = fit.slots.value;
     let pool = PoolSizing {
         instance_slots: slots,
-        total_memories: slots.saturating_mul(MEMORIES_PER_INSTANCE),
+        total_memories: u32::try_from(total_memories(u64::from(slots))).unwrap_or(u32::MAX),
         total_tables: slots.saturating_mul(TABLES_PER_INSTANCE),
         total_core_instances: slots.saturating_mul(CORE_INSTANCES_PER_SLOT),
         total_stacks: slots,
@@ -1359,29 +1557,46 @@ fn derive_default_max_concurrency(slots: u32, ov: &Overrides) -> Result<Derived<
         return Ok(Derived::pinned(n, "set in [runtime]"));
     }
     Ok(Derived::auto(
-        (slots / APP_SHARE_DIVISOR).max(1),
-        format!("a quarter of {slots} slots, so one app cannot take the whole pool"),
+        slots.max(1),
+        format!(
+            "all {slots} slots: an app alone may use the whole pool; while several apps compete, \
+             the runtime's memory admission gives each its fair share"
+        ),
     ))
 }
 
-fn derive_max_connections(slots: u32, ov: &Overrides) -> Result<Derived<u32>, SizingError> {
+fn derive_max_connections(
+    hw: &Hardware,
+    worker_threads: usize,
+    ov: &Overrides,
+) -> Result<Derived<u32>, SizingError> {
     if let Some(n) = ov.max_connections {
         if n == 0 {
             return Err(too_small("max_connections", "0".into(), "1"));
         }
         return Ok(Derived::pinned(n, "set in [runtime]"));
     }
-    let raw = slots.saturating_mul(CONNECTIONS_PER_SLOT);
-    let n = raw.clamp(MIN_CONNECTIONS, MAX_CONNECTIONS);
+    let by_memory = hw.memory.effective / CONNECTION_MEMORY;
+    let workers = u32::try_from(worker_threads).unwrap_or(u32::MAX);
+    let by_workers = workers.saturating_mul(CONNECTIONS_PER_WORKER);
+    let raw = by_memory.min(u64::from(by_workers));
+    let n = raw.clamp(u64::from(MIN_CONNECTIONS), u64::from(MAX_CONNECTIONS));
     let mut reason = format!(
-        "{slots} slots × {CONNECTIONS_PER_SLOT}: most keep-alive connections are idle at any moment"
+        "min({} memory / 4 MiB per open connection (buffers, TLS and HTTP/2 state, socket \
+         buffers) = {by_memory}, {workers} workers × {CONNECTIONS_PER_WORKER} = {by_workers}); \
+         not tied to instance_slots, which would outgrow file descriptors",
+        human_bytes(hw.memory.effective)
     );
     if n != raw {
         reason.push_str(&format!(
             ", clamped to [{MIN_CONNECTIONS}, {MAX_CONNECTIONS}]"
         ));
     }
-    Ok(Derived::auto(n, reason))
+    // `n` is at most MAX_CONNECTIONS, so the conversion cannot fail.
+    Ok(Derived::auto(
+        u32::try_from(n).unwrap_or(MAX_CONNECTIONS),
+        reason,
+    ))
 }
 
 fn derive_quic(
@@ -1595,6 +1810,12 @@ impl Sizing {
         );
         row(
             &mut out,
+            "max map count",
+            &hw.address_space.max_map_count.value.to_string(),
+            &hw.address_space.max_map_count.source,
+        );
+        row(
+            &mut out,
             "page size",
             &human_bytes(hw.page_size.value),
             &hw.page_size.source,
@@ -1603,6 +1824,9 @@ impl Sizing {
         out.push_str("\nDerived\n");
         derived_row(&mut out, "worker_threads", &self.worker_threads, |v| {
             v.to_string()
+        });
+        derived_row(&mut out, "memory_budget", &self.memory_budget, |v| {
+            human_bytes(*v)
         });
         derived_row(&mut out, "instance_slots", &self.instance_slots, |v| {
             v.to_string()
@@ -1673,7 +1897,11 @@ impl Sizing {
         if let Some(p) = &self.pooling {
             let counts: [(&str, u32, &str); 9] = [
                 ("instance_slots", p.instance_slots, "one per slot"),
-                ("total_memories", p.total_memories, "2 per slot"),
+                (
+                    "total_memories",
+                    p.total_memories,
+                    "1 per slot + 1 per fourth slot",
+                ),
                 ("total_tables", p.total_tables, "4 per slot"),
                 (
                     "total_core_instances",
@@ -1948,7 +2176,27 @@ mod tests {
         assert!(KNOWN_VA_BITS.contains(&hw.address_space.va_bits.value));
         assert!(hw.address_space.va_bits.source.starts_with("assumed"));
         assert_eq!(hw.page_size.value, 4096);
+        assert_eq!(hw.address_space.max_map_count.value, DEFAULT_MAX_MAP_COUNT);
+        assert!(hw.address_space.max_map_count.source.starts_with("assumed"));
         derive_ok(&hw, &Overrides::default());
+    }
+
+    #[test]
+    fn max_map_count_is_read_and_caps_slots() {
+        let t = Tree::basic();
+        t.file("proc/sys/vm/max_map_count", "1048576\n");
+        let hw = detect_at(t.root());
+        assert_eq!(hw.address_space.max_map_count.value, 1 << 20);
+        assert!(
+            hw.address_space
+                .max_map_count
+                .source
+                .ends_with("vm/max_map_count")
+        );
+        t.file("proc/sys/vm/max_map_count", "20000\n");
+        let s = derive_ok(&detect_at(t.root()), &Overrides::default());
+        // (20,000 − 4,096) / 6
+        assert_eq!(s.instance_slots.value, 2_650);
     }
 
     #[test]
@@ -2005,17 +2253,28 @@ mod tests {
         let s = derive_ok(&hw, &Overrides::default());
         assert_eq!(s.memory.memory_reservation.value, 4 * GIB);
         assert_eq!(s.memory.memory_guard.value, 32 * MIB);
-        // 8 GiB / 2 / 8 MiB = 512 live instances.
-        assert_eq!(s.instance_slots.value, 512);
+        // (8 GiB − 1 GiB reserve) / 2 = 3.5 GiB budget / 64 KiB = 57,344, capped at 16,384,
+        // then at (65,530 − 4,096) / 6 = 10,239 by the (assumed default) mapping limit.
+        assert_eq!(s.memory_budget.value, 7 * GIB / 2);
+        assert_eq!(s.instance_slots.value, 10_239);
+        assert!(
+            s.instance_slots.reason.contains("vm.max_map_count"),
+            "{}",
+            s.instance_slots.reason
+        );
         let pool = s.pooling.as_ref().expect("pooling on a 47-bit machine");
-        assert_eq!(pool.instance_slots, 512);
-        assert_eq!(pool.total_memories, 1024);
-        assert_eq!(pool.total_tables, 2048);
-        assert_eq!(pool.total_core_instances, 512 * 16);
-        assert_eq!(pool.total_stacks, 512);
+        assert_eq!(pool.instance_slots, 10_239);
+        assert_eq!(pool.total_memories, 10_239 + 2_560);
+        assert_eq!(pool.total_tables, 4 * 10_239);
+        assert_eq!(pool.total_core_instances, 16 * 10_239);
+        assert_eq!(pool.total_stacks, 10_239);
+        assert_eq!(pool.max_memories_per_component, 2);
         assert_eq!(pool.max_memory_per_instance, 256 * MIB);
+        // Half of the 47-bit address space holds the 4 GiB layout for every slot.
+        assert_eq!(s.memory.va_budget, 64 << 40);
         assert!(s.memory.va_needed <= s.memory.va_budget);
-        assert_eq!(s.default_max_concurrency.value, 128);
+        assert_eq!(s.default_max_concurrency.value, 10_239);
+        // min(8 GiB / 4 MiB, 4 workers × 1024): as before, not tied to the slots.
         assert_eq!(s.max_connections.value, 2048);
         assert_eq!(s.default_memory_limit.value, 64 * MIB);
         assert_eq!(s.default_timeout_ms.value, 30_000);
@@ -2043,10 +2302,11 @@ mod tests {
 
     #[test]
     fn slots_shrink_to_fit_before_giving_up_on_pooling() {
-        // 8 GiB wants 512 slots; 512 × 2 × 256 MiB is more than the 128 GiB budget.
+        // 8 GiB wants 10,239 slots; at ~323 MiB each (1.25 × 256 MiB memories, tables, stack)
+        // the 128 GiB budget holds far fewer.
         let hw = Hardware::synthetic(4.0, 8 * GIB, 39, None);
         let s = derive_ok(&hw, &Overrides::default());
-        assert!(s.instance_slots.value < 512 && s.instance_slots.value >= 8);
+        assert!(s.instance_slots.value < 10_239 && s.instance_slots.value >= 8);
         assert!(
             s.instance_slots.reason.contains("reduced"),
             "{}",
@@ -2080,8 +2340,9 @@ mod tests {
         );
         assert_eq!(s.memory.memory_reservation.value, 0);
         assert_eq!(s.memory.memory_reservation_for_growth.value, 8 * MIB);
-        // On demand, live instances still map memory: concurrency shrinks to what fits.
-        assert!(s.instance_slots.value >= 1 && s.instance_slots.value < 8);
+        // On demand, live instances still map memory: concurrency shrinks to what fits, 256 MiB
+        // at ~23 MiB each (1.25 memories at 8 MiB + 8 MiB growth, tables, stack).
+        assert_eq!(s.instance_slots.value, 11);
         assert!(s.memory.va_needed <= s.memory.va_budget);
     }
 
@@ -2090,6 +2351,7 @@ mod tests {
         let hw = Hardware::synthetic(4.0, 8 * GIB, 47, None);
         let ov = Overrides {
             worker_threads: Some(3),
+            memory_budget: Some(GIB),
             instance_slots: Some(100),
             memory_reservation: Some(GIB),
             memory_guard: Some(2 * MIB),
@@ -2106,6 +2368,7 @@ mod tests {
         };
         let s = derive_ok(&hw, &ov);
         assert_eq!(s.worker_threads.value, 3);
+        assert_eq!(s.memory_budget.value, GIB);
         assert_eq!(s.instance_slots.value, 100);
         assert_eq!(s.memory.memory_reservation.value, GIB);
         assert_eq!(s.memory.memory_guard.value, 2 * MIB);
@@ -2120,6 +2383,7 @@ mod tests {
         assert!(s.pooling.is_some());
         for overridden in [
             s.worker_threads.overridden,
+            s.memory_budget.overridden,
             s.instance_slots.overridden,
             s.memory.memory_reservation.overridden,
             s.memory.memory_guard.overridden,
@@ -2308,6 +2572,7 @@ mod tests {
             Overrides::default(),
             Overrides {
                 worker_threads: Some(usize::MAX),
+                memory_budget: Some(u64::MAX),
                 instance_slots: Some(u32::MAX),
                 memory_reservation: Some(u64::MAX),
                 memory_guard: Some(u64::MAX),
@@ -2387,6 +2652,10 @@ mod tests {
             "total_memories",
             "proc/meminfo MemTotal",
             "max_connections",
+            "memory_budget",
+            "daemon reserve",
+            "minimum instance footprint",
+            "max map count",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
@@ -2396,6 +2665,12 @@ mod tests {
         assert_eq!(json["memory"]["memory_reservation"]["value"], 256 * MIB);
         assert_eq!(json["hardware"]["address_space"]["va_bits"]["value"], 39);
         assert!(json["pooling"]["total_memories"].is_u64());
+        assert!(json["memory_budget"]["value"].is_u64());
+        assert!(json["memory_budget"]["reason"].is_string());
+        assert_eq!(
+            json["hardware"]["address_space"]["max_map_count"]["value"],
+            DEFAULT_MAX_MAP_COUNT
+        );
     }
 
     #[test]
@@ -2407,7 +2682,10 @@ mod tests {
         );
         assert_eq!(pi.max_connections.value, 256);
         assert_eq!(pi.quic.idle_timeout_ms.value, 10_000);
-        assert_eq!(pi.quic.max_streams.value, 32, "2 × concurrency 16");
+        assert_eq!(
+            pi.quic.max_streams.value, 256,
+            "2 × concurrency 405, capped"
+        );
         // 1 GiB / 16 / 256 connections = 256 KiB.
         assert_eq!(pi.quic.receive_window.value, 256 * KIB);
         assert_eq!(pi.quic.stream_receive_window.value, 256 * KIB);
@@ -2417,19 +2695,20 @@ mod tests {
             pi.quic.stream_receive_window.reason
         );
 
-        // A big server: windows hit the 1 MiB stream default, streams the 256 cap.
+        // A big server: 32 workers × 1024 = 32,768 connection permits share a sixteenth of
+        // 256 GiB, 512 KiB each; streams hit the 256 cap.
         let big = derive_ok(
             &Hardware::synthetic(32.0, 256 * GIB, 48, None),
             &Overrides::default(),
         );
+        assert_eq!(big.max_connections.value, 32_768);
         assert_eq!(big.quic.idle_timeout_ms.value, 30_000);
         assert_eq!(
             big.quic.max_streams.value, 256,
-            "2 × concurrency 250, capped"
+            "2 × concurrency 10,239, capped"
         );
-        assert_eq!(big.quic.stream_receive_window.value, MIB);
-        assert!(big.quic.receive_window.value >= MIB);
-        assert!(big.quic.receive_window.value <= MAX_QUIC_WINDOW);
+        assert_eq!(big.quic.receive_window.value, 512 * KIB);
+        assert_eq!(big.quic.stream_receive_window.value, 512 * KIB);
 
         let pinned = derive_ok(
             &Hardware::synthetic(4.0, GIB, 39, None),
@@ -2503,10 +2782,10 @@ mod tests {
     fn raspberry_pi_table_matches_docs() {
         // (board GiB, slots, reservation, max per instance, pooling VA, concurrency, connections)
         let expected: [(u64, u32, u64, u64, &str, u32, u32); 4] = [
-            (1, 64, 256 * MIB, 256 * MIB, "32.2 GiB", 16, 256),
-            (2, 128, 256 * MIB, 256 * MIB, "64.3 GiB", 32, 512),
-            (4, 254, 256 * MIB, 256 * MIB, "127.7 GiB", 63, 1016),
-            (8, 254, 256 * MIB, 256 * MIB, "127.7 GiB", 63, 1016),
+            (1, 405, 256 * MIB, 256 * MIB, "127.8 GiB", 405, 256),
+            (2, 405, 256 * MIB, 256 * MIB, "127.8 GiB", 405, 512),
+            (4, 405, 256 * MIB, 256 * MIB, "127.8 GiB", 405, 1024),
+            (8, 405, 256 * MIB, 256 * MIB, "127.8 GiB", 405, 2048),
         ];
         let mut table = String::new();
         for (gib, slots, reservation, max_mem, va, concurrency, conns) in expected {
@@ -2542,6 +2821,146 @@ mod tests {
         }
     }
 
+    /// 4-CPU gateways with 1, 2, 4 and 8 GiB, on a 39-bit (Raspberry Pi) and a 47-bit VA.
+    #[test]
+    fn gateways_are_bound_by_memory_not_a_slot_guess() {
+        for bits in [39, 47] {
+            let mut last_slots = 0;
+            let mut last_budget = 0;
+            for gib in [1, 2, 4, 8] {
+                let hw = Hardware::synthetic(4.0, gib * GIB, bits, None);
+                let s = derive_ok(&hw, &Overrides::default());
+                let ctx = format!("{gib} GiB, {bits}-bit:\n{}", s.render_text());
+                let budget = s.memory_budget.value;
+                assert!(budget < hw.memory.effective, "{ctx}");
+                assert!(budget >= hw.memory.effective / 3, "{ctx}");
+                assert!(s.memory_budget.reason.contains("daemon reserve"), "{ctx}");
+                assert!(
+                    budget >= last_budget && s.instance_slots.value >= last_slots,
+                    "{ctx}"
+                );
+                assert!(s.instance_slots.value <= 16_384, "{ctx}");
+                assert!(
+                    u64::from(s.instance_slots.value) <= budget / MIN_INSTANCE_FOOTPRINT,
+                    "{ctx}"
+                );
+                let pool = s.pooling.as_ref().expect("pooling fits");
+                assert_eq!(pool.instance_slots, s.instance_slots.value, "{ctx}");
+                assert!(s.memory.va_needed <= s.memory.va_budget, "{ctx}");
+                assert_eq!(
+                    s.default_max_concurrency.value, s.instance_slots.value,
+                    "{ctx}"
+                );
+                assert!(s.max_connections.value <= 4096, "{ctx}");
+                assert!((16..=256).contains(&s.quic.max_streams.value), "{ctx}");
+                if bits == 47 {
+                    // Thousands of slots from 1 GiB up, with bounds checks elided.
+                    assert!(s.instance_slots.value >= 7_000, "{ctx}");
+                    assert_eq!(s.memory.memory_reservation.value, 4 * GIB, "{ctx}");
+                } else {
+                    // 128 GiB of pool address space at ~323 MiB per slot: the layout binds.
+                    assert_eq!(s.instance_slots.value, 405, "{ctx}");
+                    assert!(s.instance_slots.reason.contains("reduced to 405"), "{ctx}");
+                    assert_eq!(s.memory.memory_reservation.value, 256 * MIB, "{ctx}");
+                }
+                last_slots = s.instance_slots.value;
+                last_budget = budget;
+            }
+        }
+        // The 1 GiB gateway: 1 GiB − 128 MiB reserve = 896 MiB, half = 448 MiB → 7,168 slots.
+        let s = derive_ok(
+            &Hardware::synthetic(4.0, GIB, 47, None),
+            &Overrides::default(),
+        );
+        assert_eq!(s.memory_budget.value, 448 * MIB);
+        assert_eq!(s.instance_slots.value, 7_168);
+        // Lowering the per-instance ceiling buys a Pi more slots.
+        let pi = derive_ok(
+            &Hardware::synthetic(4.0, GIB, 39, None),
+            &Overrides {
+                max_memory_per_instance: Some(64 * MIB),
+                ..Overrides::default()
+            },
+        );
+        assert!(
+            pi.instance_slots.value > 1_500,
+            "{}",
+            pi.instance_slots.value
+        );
+    }
+
+    #[test]
+    fn this_machine_class_holds_ten_thousand_instances() {
+        // 2 CPUs, 23.5 GiB, 47-bit VA, default vm.max_map_count.
+        let s = derive_ok(
+            &Hardware::synthetic(2.0, 47 * GIB / 2, 47, None),
+            &Overrides::default(),
+        );
+        assert!(s.instance_slots.value >= 10_000, "{}", s.render_text());
+        assert_eq!(s.memory.memory_reservation.value, 4 * GIB);
+        assert_eq!(s.memory.memory_guard.value, 32 * MIB);
+        assert!(s.max_connections.value >= 2048);
+        // With a raised mapping limit the hard maximum binds, and 4 GiB reservations are kept
+        // for the slots they fit (more than half), not traded for bounds checks.
+        let mut hw = Hardware::synthetic(2.0, 47 * GIB / 2, 47, None);
+        hw.address_space.max_map_count = Fact::new(1 << 20, "given");
+        let s = derive_ok(&hw, &Overrides::default());
+        assert_eq!(s.memory.memory_reservation.value, 4 * GIB);
+        assert!(s.instance_slots.value > 10_239 && s.instance_slots.value < 16_384);
+        assert!(
+            s.instance_slots
+                .reason
+                .contains("keeps bounds checks elided"),
+            "{}",
+            s.instance_slots.reason
+        );
+        assert!(s.memory.va_needed <= s.memory.va_budget);
+        // On 48 bits all 16,384 fit.
+        let mut hw = Hardware::synthetic(8.0, 32 * GIB, 48, None);
+        hw.address_space.max_map_count = Fact::new(1 << 20, "given");
+        let s = derive_ok(&hw, &Overrides::default());
+        assert_eq!(s.instance_slots.value, 16_384);
+        assert_eq!(s.memory.memory_reservation.value, 4 * GIB);
+    }
+
+    #[test]
+    fn memory_budget_override_drives_slots() {
+        let hw = Hardware::synthetic(4.0, 8 * GIB, 47, None);
+        let s = derive_ok(
+            &hw,
+            &Overrides {
+                memory_budget: Some(512 * MIB),
+                ..Overrides::default()
+            },
+        );
+        assert_eq!(s.memory_budget.value, 512 * MIB);
+        assert!(s.memory_budget.overridden);
+        assert_eq!(s.instance_slots.value, 8_192);
+        assert!(!s.instance_slots.overridden);
+        assert!(s.render_text().contains("[override] set in [runtime]"));
+        let ov: Overrides = toml::from_str("memory_budget = 536870912\n").expect("valid");
+        assert_eq!(ov.memory_budget, Some(512 * MIB));
+
+        let err = |bytes| {
+            derive(
+                &hw,
+                &Overrides {
+                    memory_budget: Some(bytes),
+                    ..Overrides::default()
+                },
+            )
+            .expect_err("invalid")
+            .to_string()
+        };
+        assert!(err(KIB).contains("runtime.memory_budget = 1 KiB is too small"));
+        let msg = err(9 * GIB);
+        assert!(
+            msg.contains("runtime.memory_budget = 9 GiB is too large"),
+            "{msg}"
+        );
+        assert!(msg.contains("8 GiB"), "{msg}");
+    }
+
     #[test]
     fn detect_on_this_machine_is_sane() {
         let hw = detect();
@@ -2551,6 +2970,7 @@ mod tests {
         assert!(KNOWN_VA_BITS.contains(&hw.address_space.va_bits.value));
         assert!(hw.address_space.usable > 0);
         assert!(hw.page_size.value >= 4096);
+        assert!(hw.address_space.max_map_count.value > 0);
         derive_ok(&hw, &Overrides::default());
     }
 }
