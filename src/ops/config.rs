@@ -906,6 +906,7 @@ mod tests {
         assert!(c.tls.default_cert.is_some());
         assert_eq!(c.listen.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.apps.len(), 3);
+        assert_eq!(c.fairness.cpu_weight.get("shop"), Some(&300));
     }
 
     #[test]
@@ -1012,7 +1013,7 @@ source = "/srv/x.wasm"
         assert_rejects(
             &format!("apps = []\n{LISTEN}"),
             "apps",
-            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls, control_plane (did you mean \"app\"?)",
+            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls, control_plane, fairness (did you mean \"app\"?)",
         );
         assert_rejects(
             &format!("node = 1\n{LISTEN}"),

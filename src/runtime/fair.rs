@@ -589,7 +589,9 @@ mod tests {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async { Lane::current().enqueue(&t) })
+            // Inside the runtime (so a dispatcher is spawned), not awaited: the receiver outlives it.
+            let _guard = rt.enter();
+            Lane::current().enqueue(&t)
         };
         // The dispatcher task died with its runtime: the sender is gone, so the guest goes on.
         assert!(rx.blocking_recv().is_err());

@@ -483,8 +483,8 @@ struct ServingThread {
 /// thread is a single-threaded tokio runtime, so a connection, its TLS or QUIC handshake, its
 /// requests and the guests answering them never leave the thread that got it: no cross-thread
 /// wake-ups per request (about a fifth of the throughput of a work-stealing pool, see
-/// `docs/runtime.md`). A CPU-bound guest still shares its thread fairly, because it yields at
-/// every epoch tick. Assignment by open-connection count rather than `SO_REUSEPORT` hashing
+/// `docs/runtime.md`). A CPU-bound guest still shares its thread fairly: it parks in the
+/// thread's fair lane at epoch ticks (`runtime::fair`). Assignment by open-connection count rather than `SO_REUSEPORT` hashing
 /// keeps a few long-lived keep-alive connections from piling onto one core.
 ///
 /// Drain: TCP connections finish their in-flight requests (hyper's graceful shutdown); QUIC
