@@ -16,12 +16,13 @@
 //!   furthest below its share. The app that overloads the node gets the 503s, not its neighbours.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::fair::Account;
+use super::fair::{Account, Accounts};
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,15 +40,25 @@ pub enum Refused {
     },
     #[error("no room in the instance pool within {0:?}")]
     Timeout(Duration),
-    #[error("request needs {need} bytes but the node's memory budget is {budget} bytes")]
-    TooBig { need: u64, budget: u64 },
 }
 
 /// The pool's capacity and who holds it.
+///
+/// Concurrency: what is held lives in atomics (here and in each [`Account`]), so admitting and
+/// releasing while nobody waits takes no lock — every request of every serving thread passes
+/// here. The mutex guards only the waiters; `waiting` announces them to releasers. An admitter
+/// that finds the pool full announces itself *before* it looks again, and a releaser gives back
+/// *before* it looks at `waiting` (both sequentially consistent): so either the admitter sees the
+/// room or the releaser sees the waiter.
 pub struct Pool {
     slots: u32,
     budget: u64,
-    state: Mutex<State>,
+    used_slots: AtomicU32,
+    used_bytes: AtomicU64,
+    /// Waiters queued plus admitters about to check again under the lock.
+    waiting: AtomicUsize,
+    queues: Mutex<Vec<AppQueue>>,
+    accounts: Arc<Accounts>,
     used_gauge: prometheus::IntGauge,
     bytes_gauge: prometheus::IntGauge,
 }
@@ -57,23 +68,16 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("slots", &self.slots)
             .field("budget", &self.budget)
+            .field("used_slots", &self.used_slots.load(SeqCst))
+            .field("used_bytes", &self.used_bytes.load(SeqCst))
             .finish_non_exhaustive()
     }
 }
 
-#[derive(Default)]
-struct State {
-    slots: u32,
-    bytes: u64,
-    /// Apps holding or waiting for capacity.
-    apps: Vec<AppUse>,
-}
-
-struct AppUse {
-    tenant: Arc<Account>,
-    slots: u32,
-    bytes: u64,
-    waiting: VecDeque<Waiter>,
+/// One app's waiting requests, oldest first.
+struct AppQueue {
+    account: Arc<Account>,
+    waiters: VecDeque<Waiter>,
 }
 
 struct Waiter {
@@ -81,23 +85,17 @@ struct Waiter {
     tx: oneshot::Sender<Result<(), Refused>>,
 }
 
-impl AppUse {
-    fn idle(&self) -> bool {
-        self.slots == 0 && self.waiting.iter().all(|w| w.tx.is_closed())
-    }
-}
-
 /// A request's hold on the pool, given back on drop.
 pub struct Lease {
     pool: Arc<Pool>,
-    tenant: Arc<Account>,
+    account: Arc<Account>,
     bytes: u64,
 }
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
-            .field("app", &self.tenant.name())
+            .field("app", &self.account.name())
             .field("bytes", &self.bytes)
             .finish()
     }
@@ -107,13 +105,18 @@ impl Pool {
     pub fn new(
         slots: u32,
         budget: u64,
+        accounts: Arc<Accounts>,
         used_gauge: prometheus::IntGauge,
         bytes_gauge: prometheus::IntGauge,
     ) -> Arc<Self> {
         Arc::new(Self {
             slots: slots.max(1),
             budget: budget.max(1),
-            state: Mutex::default(),
+            used_slots: AtomicU32::new(0),
+            used_bytes: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            queues: Mutex::default(),
+            accounts,
             used_gauge,
             bytes_gauge,
         })
@@ -127,39 +130,48 @@ impl Pool {
         self.budget
     }
 
-    /// Admits a request of `tenant` that will hold about `bytes`, waiting up to `wait` when the
+    /// Admits a request of `account` that will hold about `bytes`, waiting up to `wait` when the
     /// pool is contended and the app is below its share.
     pub async fn admit(
         self: &Arc<Self>,
-        tenant: &Arc<Account>,
+        account: &Arc<Account>,
         bytes: u64,
         wait: Duration,
     ) -> Result<Lease, Refused> {
         // A request bigger than the whole budget could never be admitted; let it run alone
         // rather than refuse an app whose estimate is simply above a tiny budget.
         let bytes = bytes.min(self.budget);
-        let rx = {
-            let mut st = self.lock();
-            let i = st.app_index(tenant);
-            let contended = st.apps.iter().any(|a| !a.waiting.is_empty()) || !self.fits(&st, bytes);
-            if !contended {
-                self.take(&mut st, i, bytes);
-                return Ok(self.lease(tenant, bytes));
+        if self.waiting.load(SeqCst) == 0 && self.try_take(account, bytes) {
+            return Ok(self.lease(account, bytes));
+        }
+        let mut rx = {
+            let mut q = self.lock();
+            self.waiting.fetch_add(1, SeqCst);
+            let none_queued = q.iter().all(|a| a.waiters.iter().all(|w| w.tx.is_closed()));
+            if none_queued && self.try_take(account, bytes) {
+                self.settle(&q);
+                return Ok(self.lease(account, bytes));
             }
-            if let Some(refused) = self.over_share(&st, i, 1, bytes) {
-                st.forget_if_idle(i);
+            if let Some(refused) = self.over_share(&q, account, bytes) {
+                self.settle(&q);
                 return Err(refused);
             }
             let (tx, rx) = oneshot::channel();
-            st.apps[i].waiting.push_back(Waiter { bytes, tx });
+            match q.iter_mut().find(|a| Arc::ptr_eq(&a.account, account)) {
+                Some(a) => a.waiters.push_back(Waiter { bytes, tx }),
+                None => q.push(AppQueue {
+                    account: account.clone(),
+                    waiters: VecDeque::from([Waiter { bytes, tx }]),
+                }),
+            }
             // A new app waiting shrinks everyone's share: apps now over it lose their queue.
-            self.refuse_over_share_waiters(&mut st);
-            self.grant_waiters(&mut st);
+            self.refuse_over_share_waiters(&mut q);
+            self.grant_waiters(&mut q);
+            self.settle(&q);
             rx
         };
-        let mut rx = rx;
         match tokio::time::timeout(wait, &mut rx).await {
-            Ok(Ok(Ok(()))) => Ok(self.lease(tenant, bytes)),
+            Ok(Ok(Ok(()))) => Ok(self.lease(account, bytes)),
             Ok(Ok(Err(refused))) => Err(refused),
             // The sender went away without an answer: only when the pool itself is dropped.
             Ok(Err(_)) => Err(Refused::Timeout(wait)),
@@ -168,91 +180,131 @@ impl Pool {
                 // can no longer land.
                 rx.close();
                 if let Ok(Ok(())) = rx.try_recv() {
-                    return Ok(self.lease(tenant, bytes));
+                    return Ok(self.lease(account, bytes));
                 }
-                let mut st = self.lock();
-                let i = st.app_index(tenant);
-                st.apps[i].waiting.retain(|w| !w.tx.is_closed());
-                st.forget_if_idle(i);
+                let mut q = self.lock();
+                purge(&mut q);
+                self.settle(&q);
                 Err(Refused::Timeout(wait))
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<AppQueue>> {
+        self.queues
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn lease(self: &Arc<Self>, tenant: &Arc<Account>, bytes: u64) -> Lease {
+    fn lease(self: &Arc<Self>, account: &Arc<Account>, bytes: u64) -> Lease {
         Lease {
             pool: self.clone(),
-            tenant: tenant.clone(),
+            account: account.clone(),
             bytes,
         }
     }
 
-    fn fits(&self, st: &State, bytes: u64) -> bool {
-        st.slots < self.slots && st.bytes.saturating_add(bytes) <= self.budget
+    /// Takes a slot and `bytes` if both are free.
+    fn try_take(&self, account: &Account, bytes: u64) -> bool {
+        let slots = self.slots;
+        if self
+            .used_slots
+            .fetch_update(SeqCst, SeqCst, |s| (s < slots).then_some(s + 1))
+            .is_err()
+        {
+            return false;
+        }
+        let budget = self.budget;
+        if self
+            .used_bytes
+            .fetch_update(SeqCst, SeqCst, |b| {
+                b.checked_add(bytes).filter(|&n| n <= budget)
+            })
+            .is_err()
+        {
+            self.used_slots.fetch_sub(1, SeqCst);
+            return false;
+        }
+        account.held_slots.fetch_add(1, SeqCst);
+        account.held_bytes.fetch_add(bytes, SeqCst);
+        self.update_gauges();
+        true
     }
 
-    fn take(&self, st: &mut State, i: usize, bytes: u64) {
-        st.slots += 1;
-        st.bytes += bytes;
-        st.apps[i].slots += 1;
-        st.apps[i].bytes += bytes;
-        self.used_gauge.set(i64::from(st.slots));
-        self.bytes_gauge.set(st.bytes as i64);
+    fn give_back(&self, account: &Account, bytes: u64) {
+        account.held_slots.fetch_sub(1, SeqCst);
+        account.held_bytes.fetch_sub(bytes, SeqCst);
+        self.used_bytes.fetch_sub(bytes, SeqCst);
+        self.used_slots.fetch_sub(1, SeqCst);
+        self.update_gauges();
     }
 
-    /// `Some` when app `i` holding `slots` more and `bytes` more would be above its share while
+    fn update_gauges(&self) {
+        self.used_gauge.set(i64::from(self.used_slots.load(SeqCst)));
+        self.bytes_gauge
+            .set(i64::try_from(self.used_bytes.load(SeqCst)).unwrap_or(i64::MAX));
+    }
+
+    /// Makes `waiting` the number of queued waiters again (called before the lock is released).
+    fn settle(&self, q: &[AppQueue]) {
+        self.waiting
+            .store(q.iter().map(|a| a.waiters.len()).sum(), SeqCst);
+    }
+
+    /// `Some` when `account` holding one slot and `bytes` more would be above its share while
     /// another app waits. An app that only competes with itself is never refused for its share:
     /// it waits, as it would with no fairness at all.
-    fn over_share(&self, st: &State, i: usize, slots: u32, bytes: u64) -> Option<Refused> {
-        let others_wait = st
-            .apps
-            .iter()
-            .enumerate()
-            .any(|(j, a)| j != i && a.waiting.iter().any(|w| !w.tx.is_closed()));
+    fn over_share(&self, q: &[AppQueue], account: &Arc<Account>, bytes: u64) -> Option<Refused> {
+        let others_wait = q.iter().any(|a| {
+            !Arc::ptr_eq(&a.account, account) && a.waiters.iter().any(|w| !w.tx.is_closed())
+        });
         if !others_wait {
             return None;
         }
-        let (share_slots, share_bytes) = self.share(st, i);
-        let a = &st.apps[i];
-        let (s, b) = (a.slots + slots, a.bytes + bytes);
-        (s > share_slots || b > share_bytes).then(|| Refused::OverShare {
-            app: a.tenant.name().to_string(),
-            slots: a.slots,
-            share_slots,
-            bytes: a.bytes,
-            share_bytes,
+        let (share_slots, share_bytes) = self.share(q, account);
+        let (slots, held) = (
+            account.held_slots.load(SeqCst),
+            account.held_bytes.load(SeqCst),
+        );
+        (slots + 1 > share_slots || held.saturating_add(bytes) > share_bytes).then(|| {
+            Refused::OverShare {
+                app: account.name().to_string(),
+                slots,
+                share_slots,
+                bytes: held,
+                share_bytes,
+            }
         })
     }
 
-    /// App `i`'s fair share of slots and bytes among the apps holding or waiting for capacity.
-    fn share(&self, st: &State, i: usize) -> (u32, u64) {
-        let total: u64 = st
-            .apps
+    /// `account`'s fair share of slots and bytes among the apps holding or waiting for capacity.
+    fn share(&self, q: &[AppQueue], account: &Arc<Account>) -> (u32, u64) {
+        let waiting = |a: &Arc<Account>| {
+            q.iter()
+                .any(|x| Arc::ptr_eq(&x.account, a) && !x.waiters.is_empty())
+        };
+        let total: u64 = self
+            .accounts
+            .all()
             .iter()
-            .enumerate()
-            .filter(|(j, a)| *j == i || !a.idle())
-            .map(|(_, a)| u64::from(a.tenant.weight()))
+            .filter(|a| Arc::ptr_eq(a, account) || a.held_slots.load(SeqCst) > 0 || waiting(a))
+            .map(|a| u64::from(a.weight()))
             .sum();
-        let w = u64::from(st.apps[i].tenant.weight());
+        let w = u64::from(account.weight());
         let total = total.max(w).max(1);
         let slots = (u64::from(self.slots) * w / total).max(1);
         let bytes = (u128::from(self.budget) * u128::from(w) / u128::from(total)) as u64;
         (u32::try_from(slots).unwrap_or(u32::MAX), bytes)
     }
 
-    fn refuse_over_share_waiters(&self, st: &mut State) {
-        for i in 0..st.apps.len() {
-            if st.apps[i].waiting.is_empty() {
+    fn refuse_over_share_waiters(&self, q: &mut [AppQueue]) {
+        for i in 0..q.len() {
+            if q[i].waiters.is_empty() {
                 continue;
             }
-            if let Some(refused) = self.over_share(st, i, 1, 0) {
-                for w in st.apps[i].waiting.drain(..) {
+            let account = q[i].account.clone();
+            if let Some(refused) = self.over_share(q, &account, 0) {
+                for w in q[i].waiters.drain(..) {
                     let _ = w.tx.send(Err(refused.clone()));
                 }
             }
@@ -260,95 +312,67 @@ impl Pool {
     }
 
     /// Hands free capacity to waiters, the app furthest below its share first.
-    fn grant_waiters(&self, st: &mut State) {
+    fn grant_waiters(&self, q: &mut Vec<AppQueue>) {
         loop {
-            for a in &mut st.apps {
-                a.waiting.retain(|w| !w.tx.is_closed());
-            }
-            let best = (0..st.apps.len())
-                .filter(|&i| !st.apps[i].waiting.is_empty())
-                .min_by_key(|&i| {
-                    let (ss, sb) = self.share(st, i);
-                    let a = &st.apps[i];
-                    // Use as a fraction of share, in parts per million; the larger of the two.
-                    let s = u64::from(a.slots) * 1_000_000 / u64::from(ss.max(1));
-                    let b = (u128::from(a.bytes) * 1_000_000 / u128::from(sb.max(1))) as u64;
-                    s.max(b)
-                });
+            purge(q);
+            let best = (0..q.len()).min_by_key(|&i| {
+                let a = &q[i].account;
+                let (ss, sb) = self.share(q, a);
+                // Use as a fraction of share, in parts per million; the larger of the two.
+                let s = u64::from(a.held_slots.load(SeqCst)) * 1_000_000 / u64::from(ss.max(1));
+                let b = (u128::from(a.held_bytes.load(SeqCst)) * 1_000_000 / u128::from(sb.max(1)))
+                    as u64;
+                s.max(b)
+            });
             let Some(i) = best else { return };
-            let need = st.apps[i].waiting.front().map_or(0, |w| w.bytes);
-            if !self.fits(st, need) {
+            let account = q[i].account.clone();
+            let need = q[i].waiters.front().map_or(0, |w| w.bytes);
+            if !self.try_take(&account, need) {
                 return;
             }
-            let Some(w) = st.apps[i].waiting.pop_front() else {
+            let Some(w) = q[i].waiters.pop_front() else {
+                self.give_back(&account, need);
                 return;
             };
-            self.take(st, i, w.bytes);
             if w.tx.send(Ok(())).is_err() {
                 // Gone in the meantime: undo.
-                self.give_back(st, i, w.bytes);
+                self.give_back(&account, need);
             }
         }
-    }
-
-    fn give_back(&self, st: &mut State, i: usize, bytes: u64) {
-        st.slots -= 1;
-        st.bytes -= bytes;
-        st.apps[i].slots -= 1;
-        st.apps[i].bytes -= bytes;
-        self.used_gauge.set(i64::from(st.slots));
-        self.bytes_gauge.set(st.bytes as i64);
     }
 }
 
-impl State {
-    fn app_index(&mut self, tenant: &Arc<Account>) -> usize {
-        if let Some(i) = self
-            .apps
-            .iter()
-            .position(|a| Arc::ptr_eq(&a.tenant, tenant))
-        {
-            return i;
-        }
-        self.apps.push(AppUse {
-            tenant: tenant.clone(),
-            slots: 0,
-            bytes: 0,
-            waiting: VecDeque::new(),
-        });
-        self.apps.len() - 1
+/// Drops waiters whose request has gone (timed out, cancelled) and apps with none left.
+fn purge(q: &mut Vec<AppQueue>) {
+    for a in q.iter_mut() {
+        a.waiters.retain(|w| !w.tx.is_closed());
     }
-
-    fn forget_if_idle(&mut self, i: usize) {
-        if self.apps[i].idle() {
-            self.apps.swap_remove(i);
-        }
-    }
+    q.retain(|a| !a.waiters.is_empty());
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let pool = self.pool.clone();
-        let mut st = pool.lock();
-        let i = st.app_index(&self.tenant);
-        pool.give_back(&mut st, i, self.bytes);
-        pool.grant_waiters(&mut st);
-        let i = st.app_index(&self.tenant);
-        st.forget_if_idle(i);
+        let pool = &self.pool;
+        pool.give_back(&self.account, self.bytes);
+        if pool.waiting.load(SeqCst) > 0 {
+            let mut q = pool.lock();
+            pool.grant_waiters(&mut q);
+            pool.settle(&q);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::fair::Accounts;
 
-    fn setup(slots: u32, budget: u64) -> (Arc<Pool>, Accounts) {
+    fn setup(slots: u32, budget: u64) -> (Arc<Pool>, Arc<Accounts>) {
         let cv = prometheus::CounterVec::new(prometheus::Opts::new("c", "c"), &["app"]).unwrap();
         let g = || prometheus::IntGauge::new("g", "g").unwrap();
+        let accounts = Arc::new(Accounts::new(cv, Arc::default()));
         (
-            Pool::new(slots, budget, g(), g()),
-            Accounts::new(cv, Arc::default()),
+            Pool::new(slots, budget, accounts.clone(), g(), g()),
+            accounts,
         )
     }
 
@@ -438,15 +462,32 @@ mod tests {
         let (pool, ts) = setup(8, 1 << 30);
         ts.set_weights(std::collections::HashMap::from([("gold".to_string(), 300)]));
         let (gold, base) = (ts.get("gold"), ts.get("base"));
-        let st = {
-            let mut st = pool.lock();
-            let g = st.app_index(&gold);
-            let b = st.app_index(&base);
-            // Both active.
-            st.apps[b].slots = 1;
-            st.apps[g].slots = 1;
-            (pool.share(&st, g), pool.share(&st, b))
-        };
-        assert_eq!((st.0.0, st.1.0), (6, 2));
+        // Both active.
+        let _g = pool.admit(&gold, 1, WAIT).await.unwrap();
+        let _b = pool.admit(&base, 1, WAIT).await.unwrap();
+        let q = pool.lock();
+        assert_eq!((pool.share(&q, &gold).0, pool.share(&q, &base).0), (6, 2));
+    }
+
+    #[tokio::test]
+    async fn leases_give_everything_back() {
+        let (pool, ts) = setup(3, 1000);
+        let a = ts.get("a");
+        let leases: Vec<_> = futures::future::join_all((0..3).map(|_| pool.admit(&a, 300, WAIT)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(pool.used_slots.load(SeqCst), 3);
+        drop(leases);
+        assert_eq!(
+            (
+                pool.used_slots.load(SeqCst),
+                pool.used_bytes.load(SeqCst),
+                a.held_slots.load(SeqCst),
+                pool.waiting.load(SeqCst)
+            ),
+            (0, 0, 0, 0)
+        );
     }
 }

@@ -330,7 +330,11 @@ impl AppComponent {
                         format!("request body exceeded max_request_body {limit}"),
                     ))
                 } else {
-                    resp.extensions_mut().insert(GuestCpu(meter.clone()));
+                    // Only the debug request line reads it; an extensions map costs an
+                    // allocation per response.
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        resp.extensions_mut().insert(GuestCpu(meter.clone()));
+                    }
                     Ok(resp)
                 }
             }

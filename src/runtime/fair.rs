@@ -74,6 +74,9 @@ pub struct Account {
     vtime: AtomicU64,
     /// `outpost_guest_cpu_seconds_total{app}`.
     cpu_seconds: prometheus::Counter,
+    /// Pool slots and bytes this app's requests hold now (kept by [`super::admission`]).
+    pub(super) held_slots: AtomicU32,
+    pub(super) held_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for Account {
@@ -166,6 +169,8 @@ impl Accounts {
             weight: AtomicU32::new(weight),
             vtime: AtomicU64::new(0),
             cpu_seconds: self.cpu_seconds.with_label_values(&[name]),
+            held_slots: AtomicU32::new(0),
+            held_bytes: AtomicU64::new(0),
         });
         by_name.insert(name.to_string(), t.clone());
         t
@@ -173,6 +178,11 @@ impl Accounts {
 
     pub fn ticks(&self) -> &Arc<TickMode> {
         &self.ticks
+    }
+
+    /// Every account, for the pool's share computation (a slow path).
+    pub(super) fn all(&self) -> Vec<Arc<Account>> {
+        lock(&self.by_name).values().cloned().collect()
     }
 }
 
@@ -215,7 +225,9 @@ pub struct Meter {
     slice_start: AtomicU64,
     /// CPU nanoseconds so far.
     cpu_ns: AtomicU64,
-    /// Set once the guest has been stopped by an epoch tick.
+    /// Times the guest was stopped by an epoch tick.
+    stops: AtomicU32,
+    /// Set at the second stop: the guest counts as running long (fast ticks).
     long: AtomicBool,
 }
 
@@ -237,6 +249,7 @@ impl Meter {
             ticks,
             slice_start: AtomicU64::new(now_ns()),
             cpu_ns: AtomicU64::new(0),
+            stops: AtomicU32::new(0),
             long: AtomicBool::new(false),
         })
     }
@@ -261,7 +274,11 @@ impl Meter {
         if ran < MIN_SLICE.as_nanos() as u64 {
             return UpdateDeadline::Continue(1);
         }
-        if !self.long.swap(true, Ordering::Relaxed) {
+        // The first stop may be the kernel's doing (the thread was preempted mid-poll, which the
+        // wall clock counts as running); a guest stopped a second time really is CPU-bound, and
+        // only then do ticks go fast — otherwise a busy node would tick fast for nothing.
+        if self.stops.fetch_add(1, Ordering::Relaxed) == 1 {
+            self.long.store(true, Ordering::Relaxed);
             self.ticks.long_running.fetch_add(1, Ordering::Relaxed);
         }
         let rx = self.lane.enqueue(&self.tenant);

@@ -154,17 +154,19 @@ impl Runtime {
         metrics
             .pool_memory_budget
             .set(i64::try_from(settings.memory_budget).unwrap_or(i64::MAX));
+        let accounts = Arc::new(fair::Accounts::new(
+            metrics.guest_cpu_seconds.clone(),
+            ticks,
+        ));
         Ok(Self {
             pool: admission::Pool::new(
                 settings.instance_slots,
                 settings.memory_budget,
+                accounts.clone(),
                 metrics.pool_slots_used.clone(),
                 metrics.pool_memory_reserved.clone(),
             ),
-            accounts: Arc::new(fair::Accounts::new(
-                metrics.guest_cpu_seconds.clone(),
-                ticks,
-            )),
+            accounts,
             engine,
             linker,
             cache,
