@@ -45,6 +45,8 @@ const TOP_KEYS: &[&str] = &[
     "fairness",
 ];
 const FAIRNESS_KEYS: &[&str] = &["cpu_weight"];
+/// Largest `[fairness] cpu_weight` (the smallest is 1; an app not named gets 100).
+pub const MAX_CPU_WEIGHT: u32 = 10_000;
 const TRUST_KEYS: &[&str] = &["keys", "threshold", "tenants"];
 const STORE_KEYS: &[&str] = &["disk_budget", "max_bundle_size"];
 /// Default `[store] disk_budget`.
@@ -96,8 +98,7 @@ pub struct Config {
 /// `[fairness]`
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FairnessConfig {
-    /// App name → relative CPU (and pool) share when the node is busy; apps not named get
-    /// [`crate::runtime::fair::DEFAULT_WEIGHT`].
+    /// App name → relative CPU (and pool) share when the node is busy; apps not named get 100.
     pub cpu_weight: std::collections::BTreeMap<String, u32>,
 }
 
@@ -613,11 +614,11 @@ fn parse_trust(mut t: Fields) -> Result<TrustConfig, FieldError> {
 }
 
 fn parse_fairness(mut t: Fields) -> Result<FairnessConfig, FieldError> {
-    use crate::runtime::fair::MAX_WEIGHT;
     let mut out = FairnessConfig::default();
     if let Some(f) = t.take("cpu_weight") {
         for (app, w) in f.table()?.drain() {
-            out.cpu_weight.insert(app, w.integer_in(1u32, MAX_WEIGHT)?);
+            out.cpu_weight
+                .insert(app, w.integer_in(1u32, MAX_CPU_WEIGHT)?);
         }
     }
     t.finish_section(FAIRNESS_KEYS, TOP_KEYS)?;

@@ -52,8 +52,8 @@ pub const GRACE: Duration = Duration::from_millis(1);
 
 /// The weight of an app that config does not name.
 pub const DEFAULT_WEIGHT: u32 = 100;
-/// The range of `cpu_weight`.
-pub const MAX_WEIGHT: u32 = 10_000;
+/// The range of `cpu_weight` (validated by the config module, enforced again here).
+pub const MAX_WEIGHT: u32 = crate::ops::config::MAX_CPU_WEIGHT;
 
 /// Nanoseconds since the first call: a cheap monotonic clock that fits an atomic.
 fn now_ns() -> u64 {
@@ -503,6 +503,14 @@ impl Future for YieldOnce {
 mod tests {
     use super::*;
 
+    /// A serving thread's kind of runtime.
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     fn tenants() -> Accounts {
         let cv = prometheus::CounterVec::new(
             prometheus::Opts::new("outpost_guest_cpu_seconds_total", "test"),
@@ -531,11 +539,7 @@ mod tests {
     /// near the lane's minimum instead of with credit banked while it was away.
     #[test]
     fn resumes_the_app_with_least_virtual_time_first() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        current_thread().block_on(async {
             let ts = tenants();
             let (heavy, light, idle) = (ts.get("heavy"), ts.get("light"), ts.get("idle"));
             heavy.charge(50_000_000);
@@ -574,11 +578,7 @@ mod tests {
 
     #[test]
     fn a_request_starts_at_once_unless_a_lighter_app_waits() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        current_thread().block_on(async {
             let ts = tenants();
             let (heavy, light) = (ts.get("h2"), ts.get("l2"));
             let lane = Lane::current();
@@ -602,10 +602,7 @@ mod tests {
         let ts = tenants();
         let t = ts.get("x");
         let rx = {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = current_thread();
             // Inside the runtime (so a dispatcher is spawned), not awaited: the receiver outlives it.
             let _guard = rt.enter();
             Lane::current().enqueue(&t)
