@@ -122,14 +122,6 @@ impl Pool {
         })
     }
 
-    pub fn slots(&self) -> u32 {
-        self.slots
-    }
-
-    pub fn budget(&self) -> u64 {
-        self.budget
-    }
-
     /// Admits a request of `account` that will hold about `bytes`, waiting up to `wait` when the
     /// pool is contended and the app is below its share.
     pub async fn admit(

@@ -160,11 +160,6 @@ impl AppComponent {
         }
     }
 
-    /// The app's CPU account.
-    pub fn account(&self) -> &Arc<Account> {
-        &self.account
-    }
-
     /// Bytes one live instance of this component is expected to hold (see the field).
     pub fn footprint(&self) -> u64 {
         self.footprint.load(Ordering::Relaxed)
