@@ -253,7 +253,7 @@ impl Pool {
         if !others_wait {
             return None;
         }
-        let (share_slots, share_bytes) = self.share(q, account);
+        let (share_slots, share_bytes) = self.share(q, self.active_weight(q), account);
         let (slots, held) = (
             account.held_slots.load(SeqCst),
             account.held_bytes.load(SeqCst),
@@ -269,21 +269,28 @@ impl Pool {
         })
     }
 
-    /// `account`'s fair share of slots and bytes among the apps holding or waiting for capacity.
-    fn share(&self, q: &[AppQueue], account: &Arc<Account>) -> (u32, u64) {
-        let waiting = |a: &Arc<Account>| {
-            q.iter()
-                .any(|x| Arc::ptr_eq(&x.account, a) && !x.waiters.is_empty())
-        };
-        let total: u64 = self
-            .accounts
+    /// The weights of every app holding or waiting for capacity (one pass over the accounts; the
+    /// slow path only).
+    fn active_weight(&self, q: &[AppQueue]) -> u64 {
+        self.accounts
             .all()
             .iter()
-            .filter(|a| Arc::ptr_eq(a, account) || a.held_slots.load(SeqCst) > 0 || waiting(a))
+            .filter(|a| is_active(q, a))
             .map(|a| u64::from(a.weight()))
-            .sum();
+            .sum()
+    }
+
+    /// `account`'s fair share of slots and bytes, given `active` = [`Pool::active_weight`]; the
+    /// account counts as active itself.
+    fn share(&self, q: &[AppQueue], active: u64, account: &Arc<Account>) -> (u32, u64) {
         let w = u64::from(account.weight());
-        let total = total.max(w).max(1);
+        let total = if is_active(q, account) {
+            active
+        } else {
+            active + w
+        }
+        .max(w)
+        .max(1);
         let slots = (u64::from(self.slots) * w / total).max(1);
         let bytes = (u128::from(self.budget) * u128::from(w) / u128::from(total)) as u64;
         (u32::try_from(slots).unwrap_or(u32::MAX), bytes)
@@ -307,9 +314,10 @@ impl Pool {
     fn grant_waiters(&self, q: &mut Vec<AppQueue>) {
         loop {
             purge(q);
+            let active = self.active_weight(q);
             let best = (0..q.len()).min_by_key(|&i| {
                 let a = &q[i].account;
-                let (ss, sb) = self.share(q, a);
+                let (ss, sb) = self.share(q, active, a);
                 // Use as a fraction of share, in parts per million; the larger of the two.
                 let s = u64::from(a.held_slots.load(SeqCst)) * 1_000_000 / u64::from(ss.max(1));
                 let b = (u128::from(a.held_bytes.load(SeqCst)) * 1_000_000 / u128::from(sb.max(1)))
@@ -332,6 +340,13 @@ impl Pool {
             }
         }
     }
+}
+
+/// Whether `a` holds capacity or has requests waiting for it.
+fn is_active(q: &[AppQueue], a: &Arc<Account>) -> bool {
+    a.held_slots.load(SeqCst) > 0
+        || q.iter()
+            .any(|x| Arc::ptr_eq(&x.account, a) && !x.waiters.is_empty())
 }
 
 /// Drops waiters whose request has gone (timed out, cancelled) and apps with none left.
@@ -458,7 +473,14 @@ mod tests {
         let _g = pool.admit(&gold, 1, WAIT).await.unwrap();
         let _b = pool.admit(&base, 1, WAIT).await.unwrap();
         let q = pool.lock();
-        assert_eq!((pool.share(&q, &gold).0, pool.share(&q, &base).0), (6, 2));
+        let active = pool.active_weight(&q);
+        assert_eq!(
+            (
+                pool.share(&q, active, &gold).0,
+                pool.share(&q, active, &base).0
+            ),
+            (6, 2)
+        );
     }
 
     #[tokio::test]
