@@ -295,11 +295,34 @@ pub fn run(args: RunArgs) -> CliResult {
             metrics: metrics.clone(),
             ready: Default::default(),
         });
-        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
         let admin_task = admin_listener.map(|l| {
-            tokio::spawn(admin::serve(l, admin_state.clone(), async {
-                let _ = admin_stopped.await;
-            }))
+            let door = crate::serve::door::Door::new(
+                "admin",
+                crate::serve::door::DoorPolicy {
+                    max_connections: cfg.listen.admin_max_connections,
+                    header_timeout: cfg.listen.header_timeout,
+                    idle_timeout: cfg.listen.idle_timeout,
+                    max_per_ip: None,
+                },
+                Some(metrics.connections_closed.clone()),
+            );
+            let admin_state = admin_state.clone();
+            let svc = move |req: http::Request<hyper::body::Incoming>| {
+                let resp = admin::respond_to(&admin_state, &req);
+                async move { resp }
+            };
+            tokio::spawn(crate::serve::door::serve_small(
+                door,
+                vec![l],
+                None,
+                Arc::new(hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )),
+                svc,
+                admin_stopped,
+                std::time::Duration::from_secs(1),
+            ))
         });
         let status_line = notifier.as_ref().map(|n| {
             Arc::new(StatusLine {
@@ -345,7 +368,12 @@ pub fn run(args: RunArgs) -> CliResult {
             listeners,
             state,
             crate::serve::ServeOptions {
-                max_connections: sizing.max_connections.value as usize,
+                door: crate::serve::door::DoorPolicy {
+                    max_connections: sizing.max_connections.value as usize,
+                    header_timeout: cfg.listen.header_timeout,
+                    idle_timeout: cfg.listen.idle_timeout,
+                    max_per_ip: cfg.listen.max_connections_per_ip,
+                },
                 drain: cfg.drain_timeout(),
                 threads: sizing.worker_threads.value,
             },
@@ -378,7 +406,7 @@ pub fn run(args: RunArgs) -> CliResult {
         if let Some(w) = watchdog {
             w.abort();
         }
-        let _ = stop_admin.send(());
+        let _ = stop_admin.send(true);
         if let Some(t) = admin_task {
             let _ = t.await;
         }

@@ -116,7 +116,9 @@ pub fn run(args: ServeArgs) -> CliResult {
             listeners,
             state,
             crate::serve::ServeOptions {
-                max_connections: sizing.max_connections.value as usize,
+                door: crate::serve::door::DoorPolicy::with_cap(
+                    sizing.max_connections.value as usize,
+                ),
                 drain: args.drain_timeout,
                 threads: sizing.worker_threads.value,
             },

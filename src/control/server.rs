@@ -1,8 +1,9 @@
 //! The control plane's HTTP front door: HTTP/1.1 and HTTP/2 (hyper-util auto), plain on
 //! loopback or rustls, request authentication, routing, body caps and the engine ticker.
 //!
-//! Owns: accept loops (a connection permit before accept), TLS handshakes and a first-byte
-//! timeout in the connection's own task, header and body read timeouts, `Content-Length` and
+//! Owns: the control plane's door policy (connection cap, header and idle deadlines — the
+//! accept loops, TLS handshakes in the connection's own task and the deadlines themselves are
+//! the shared [`crate::serve::door`]'s), body read timeouts, `Content-Length` and
 //! streaming body caps (JSON 1 MiB, bundles `max_bundle_size`), the `Authorization` check
 //! (signature, clock window, nonce replay, role), JSON and error bodies, ranged bundle
 //! downloads streamed from disk, the 200 ms rollout tick, and graceful shutdown.
@@ -10,7 +11,6 @@
 //! async worker — database and file work goes to the blocking pool.
 #![forbid(unsafe_code)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +21,10 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::api::{self, CreateRollout, EnrollRequest, SyncReport, TokenRequest};
@@ -36,15 +34,19 @@ use crate::bundle::Digest;
 use crate::bundle::request_auth::{RequestAuth, Role};
 use crate::bundle::sign::{self, VerifyingKey};
 use crate::serve::certs::{CertPaths, CertSpec, CertStore, DefaultCert, provider};
+use crate::serve::door::{Door, DoorPolicy, serve_small};
 
 /// Largest JSON request body (reports, rollouts, enrolments are a few KiB).
 pub const MAX_JSON_BODY: u64 = 1 << 20;
 /// Open connections at most; the next accept waits for one to close. A fleet polls over
 /// short-lived or keep-alive connections; this bounds memory, not throughput.
 pub const MAX_CONNECTIONS: usize = 4096;
-/// How long a client gets to send its first byte (plain) or finish the TLS handshake, and then
-/// the request headers.
+/// How long a client gets from connecting (or the first byte of its next request) to a complete
+/// request head, TLS handshake included.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a keep-alive connection may sit with no request in flight. Agents poll every few
+/// seconds to a minute; one that polls less often reconnects.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// How long a JSON body may take to arrive.
 pub const JSON_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a bundle upload may take: 64 MiB at ~100 KiB/s, a slow uplink.
@@ -103,8 +105,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -119,32 +119,25 @@ pub async fn run(
     let builder = Arc::new(builder);
 
     let ticker = tokio::spawn(engine(srv.cp.clone(), stop_rx.clone()));
-    let mut accepts = Vec::new();
-    for l in listeners {
-        accepts.push(tokio::spawn(accept_loop(
-            l,
-            tls.clone(),
-            srv.clone(),
-            builder.clone(),
-            permits.clone(),
-            graceful.clone(),
-            stop_rx.clone(),
-        )));
-    }
+    let door = Door::new(
+        "control_plane",
+        DoorPolicy {
+            max_connections: MAX_CONNECTIONS,
+            header_timeout: HEADER_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            max_per_ip: None,
+        },
+        None,
+    );
+    let svc = move |req| handle(srv.clone(), req);
+    let server = tokio::spawn(serve_small(
+        door, listeners, tls, builder, svc, stop_rx, DRAIN,
+    ));
     shutdown.await;
+    tracing::info!(deadline = ?DRAIN, "draining");
     let _ = stop_tx.send(true);
-    for a in accepts {
-        let _ = a.await;
-    }
+    let _ = server.await;
     let _ = ticker.await;
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    tracing::info!(open_connections = graceful.count(), deadline = ?DRAIN, "draining");
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain deadline passed; closing remaining connections");
-    }
 }
 
 /// The rollout engine: one tick every [`TICK`], on the blocking pool.
@@ -176,89 +169,6 @@ async fn engine(cp: Arc<ControlPlane>, mut stop: watch::Receiver<bool>) {
             Err(e) => tracing::error!(error = %e, "rollout engine step panicked"),
         }
     }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    srv: Arc<Server>,
-    builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
-    permits: Arc<Semaphore>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        // Backpressure before work: no permit, no accept.
-        let permit = tokio::select! {
-            _ = stop.changed() => return,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = stop.changed() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let (tls, srv, builder) = (tls.clone(), srv.clone(), builder.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let svc = service_fn(move |req| {
-                let srv = srv.clone();
-                async move { Ok::<_, Infallible>(handle(srv, req).await) }
-            });
-            match tls {
-                None => {
-                    if !first_byte(&tcp).await {
-                        tracing::debug!(%peer, "no request within the header timeout");
-                        return;
-                    }
-                    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with error");
-                    }
-                }
-                Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with error");
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// Waits up to [`HEADER_TIMEOUT`] for the client's first byte. hyper's header timeout starts
-/// only once the protocol is detected, so a client that connects and sends nothing would
-/// otherwise hold its permit forever.
-async fn first_byte(tcp: &TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(
-        tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut b)).await,
-        Ok(Ok(n)) if n > 0
-    )
 }
 
 // === routing ===

@@ -1,19 +1,16 @@
 //! The admin listener: `/healthz` (process alive), `/readyz` (apps loaded and not draining) and
 //! `/metrics` (Prometheus text format).
 //!
-//! Owns: those three endpoints on a separate socket, so tenant traffic can never reach them and a
-//! saturated tenant listener never hides the node's health.
-//! Must not: serve tenant apps.
+//! Owns: those three endpoints, served on a separate socket (through its own door, with its own
+//! connection cap) so tenant traffic can never reach them and a saturated tenant listener never
+//! hides the node's health.
+//! Must not: serve tenant apps, or accept connections itself (the shared door in `serve::door`
+//! does, so the admin listener has the same deadlines and caps as every other listener).
 
-use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
 
@@ -25,36 +22,11 @@ pub struct AdminState {
     pub ready: AtomicBool,
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AdminState>,
-    shutdown: impl Future<Output = ()> + Send,
-) {
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (io, _) = tokio::select! {
-            _ = &mut shutdown => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, req.uri().path())) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(io), svc)
-                .await;
-        });
-    }
+/// Answers one admin request. The listener itself (permits, header and idle deadlines, the
+/// connection cap) is the shared door's (`serve::door::serve_small`, wired by `outpost run`):
+/// this module sits below `serve` and cannot import it.
+pub fn respond_to<B>(state: &AdminState, req: &http::Request<B>) -> http::Response<Full<Bytes>> {
+    respond(state, req.uri().path())
 }
 
 fn respond(state: &AdminState, path: &str) -> http::Response<Full<Bytes>> {

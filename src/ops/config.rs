@@ -26,6 +26,21 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 pub const EMBEDDED_ORIGIN: &str = "<embedded default config>";
 /// Drain deadline when `listen.drain_timeout` is not set.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `listen.header_timeout`: connect (or the first byte of a keep-alive connection's next
+/// request) to a complete request head, TLS handshake included. A real client needs one round
+/// trip for a head and a few for a handshake; 10 s covers satellite links with retransmits.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `listen.idle_timeout`: a keep-alive connection with no request in flight.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `listen.admin_max_connections`: scrapers and probes, never a crowd.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Bounds of `listen.header_timeout`: below 100 ms real clients on slow links fail; above five
+/// minutes a slow client holds its permit for no reason.
+const HEADER_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(300));
+/// Bounds of `listen.idle_timeout`.
+const IDLE_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
 /// Apps compiled into the binary, addressed as `builtin:<name>`.
 pub const BUILTIN_APPS: &[&str] = &["demo"];
 /// Node name when none is configured and the hostname is unusable.
@@ -52,7 +67,17 @@ const STORE_KEYS: &[&str] = &["disk_budget", "max_bundle_size"];
 /// Default `[store] disk_budget`.
 pub const DEFAULT_DISK_BUDGET: u64 = 1 << 30;
 const NODE_KEYS: &[&str] = &["state_dir", "name"];
-const LISTEN_KEYS: &[&str] = &["http", "https", "h3", "admin", "drain_timeout"];
+const LISTEN_KEYS: &[&str] = &[
+    "http",
+    "https",
+    "h3",
+    "admin",
+    "drain_timeout",
+    "header_timeout",
+    "idle_timeout",
+    "max_connections_per_ip",
+    "admin_max_connections",
+];
 const APP_KEYS: &[&str] = &["source", "hosts"];
 /// `[runtime]` keys that take a size; they reach `runtime::sizing` as integer bytes.
 const RUNTIME_SIZE_KEYS: &[&str] = &[
@@ -124,6 +149,14 @@ pub struct ListenConfig {
     /// `/healthz`, `/readyz`, `/metrics`; `None` runs without an admin listener.
     pub admin: Option<SocketAddr>,
     pub drain_timeout: Duration,
+    /// Connect (or first byte of the next request) → complete request head, on every listener.
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Open tenant connections per client IP address; `None`: no per-client cap.
+    pub max_connections_per_ip: Option<usize>,
+    /// Open connections on the admin listener at most.
+    pub admin_max_connections: usize,
 }
 
 /// `[trust]`. Turning the key strings into a trust policy (reading key files, parsing keys) is
@@ -386,6 +419,10 @@ fn builtin_default() -> Config {
             h3: true,
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections_per_ip: None,
+            admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
         },
         apps: vec![AppConfig {
             source: AppLocation::Builtin("demo".to_owned()),
@@ -741,6 +778,22 @@ fn parse_listen(mut t: Fields) -> Result<ListenConfig, FieldError> {
         Some(f) => f.duration()?,
         None => DEFAULT_DRAIN_TIMEOUT,
     };
+    let header_timeout = match t.take("header_timeout") {
+        Some(f) => duration_in(f, HEADER_TIMEOUT_RANGE, "\"10s\"")?,
+        None => DEFAULT_HEADER_TIMEOUT,
+    };
+    let idle_timeout = match t.take("idle_timeout") {
+        Some(f) => duration_in(f, IDLE_TIMEOUT_RANGE, "\"60s\"")?,
+        None => DEFAULT_IDLE_TIMEOUT,
+    };
+    let max_connections_per_ip = match t.take("max_connections_per_ip") {
+        Some(f) => Some(f.integer_in(1u32, 1_000_000)? as usize),
+        None => None,
+    };
+    let admin_max_connections = match t.take("admin_max_connections") {
+        Some(f) => f.integer_in(1u32, 65_536)? as usize,
+        None => DEFAULT_ADMIN_MAX_CONNECTIONS,
+    };
     t.finish_section(LISTEN_KEYS, TOP_KEYS)?;
     Ok(ListenConfig {
         http,
@@ -748,7 +801,28 @@ fn parse_listen(mut t: Fields) -> Result<ListenConfig, FieldError> {
         h3,
         admin,
         drain_timeout,
+        header_timeout,
+        idle_timeout,
+        max_connections_per_ip,
+        admin_max_connections,
     })
+}
+
+/// A duration within `(lo, hi)`, with the range and an `example` in the error.
+fn duration_in(
+    f: Field,
+    (lo, hi): (Duration, Duration),
+    example: &str,
+) -> Result<Duration, FieldError> {
+    let key = f.key.clone();
+    let d = f.duration()?;
+    if d < lo || d > hi {
+        return Err(FieldError {
+            key,
+            problem: format!("{d:?} is out of range; expected {lo:?} to {hi:?}, like {example}"),
+        });
+    }
+    Ok(d)
 }
 
 fn socket_addr(raw: &str) -> Result<SocketAddr, String> {
@@ -1040,7 +1114,7 @@ source = "/srv/x.wasm"
         assert_rejects(
             &format!("{LISTEN}node = {{ name = \"x\" }}\n"),
             "listen.node",
-            "unknown key in [listen]; expected one of http, https, h3, admin, drain_timeout (\"node\" is a top-level key: move it above the first [table] header)",
+            "unknown key in [listen]; expected one of http, https, h3, admin, drain_timeout, header_timeout, idle_timeout, max_connections_per_ip, admin_max_connections (\"node\" is a top-level key: move it above the first [table] header)",
         );
     }
 
@@ -1145,6 +1219,67 @@ source = "/srv/x.wasm"
         let c = parse("[listen]\nhttp = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\n")
             .expect("port 0 twice is fine");
         assert_eq!(c.listen.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(c.listen.header_timeout, DEFAULT_HEADER_TIMEOUT);
+        assert_eq!(c.listen.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(c.listen.max_connections_per_ip, None);
+        assert_eq!(
+            c.listen.admin_max_connections,
+            DEFAULT_ADMIN_MAX_CONNECTIONS
+        );
+    }
+
+    #[test]
+    fn connection_deadlines_and_caps_are_validated() {
+        let listen = |extra: &str| format!("[listen]\nhttp = [\"127.0.0.1:80\"]\n{extra}\n");
+        for (extra, key, needle) in [
+            (
+                "header_timeout = \"50ms\"",
+                "listen.header_timeout",
+                "out of range",
+            ),
+            (
+                "header_timeout = \"10m\"",
+                "listen.header_timeout",
+                "expected 100ms to 300s",
+            ),
+            (
+                "header_timeout = \"soon\"",
+                "listen.header_timeout",
+                "expected a duration",
+            ),
+            ("idle_timeout = 0", "listen.idle_timeout", "out of range"),
+            (
+                "idle_timeout = \"2h\"",
+                "listen.idle_timeout",
+                "out of range",
+            ),
+            (
+                "max_connections_per_ip = 0",
+                "listen.max_connections_per_ip",
+                "from 1 to",
+            ),
+            (
+                "max_connections_per_ip = \"8\"",
+                "listen.max_connections_per_ip",
+                "integer",
+            ),
+            (
+                "admin_max_connections = 0",
+                "listen.admin_max_connections",
+                "from 1 to 65536",
+            ),
+        ] {
+            assert_rejects(&listen(extra), key, needle);
+        }
+        let c = parse(&listen(
+            "header_timeout = \"2s\"\nidle_timeout = \"30s\"\nmax_connections_per_ip = 16\n\
+             admin_max_connections = 8",
+        ))
+        .expect("valid");
+        assert_eq!(c.listen.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.listen.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.listen.max_connections_per_ip, Some(16));
+        assert_eq!(c.listen.admin_max_connections, 8);
     }
 
     #[test]

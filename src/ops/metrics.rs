@@ -41,6 +41,9 @@ pub struct Metrics {
     pub components_loaded: IntGauge,
     /// Open client connections.
     pub connections: IntGauge,
+    /// Connections the server closed, by listener (`tenant`, `admin`) and reason
+    /// (`header_timeout`, `idle_timeout`, `evicted`, `per_ip_limit`).
+    pub connections_closed: IntCounterVec,
     /// TLS and QUIC handshakes that did not complete, by reason (`unknown_server_name`,
     /// `timeout`, `error`).
     pub tls_handshake_failures: IntCounterVec,
@@ -145,6 +148,13 @@ impl Metrics {
             "Components loaded and routable.",
         )?;
         let connections = IntGauge::new("outpost_connections_open", "Open client connections.")?;
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "outpost_connections_closed_total",
+                "Connections the server closed: deadlines passed, evicted at the cap, or over the per-client cap.",
+            ),
+            &["listener", "reason"],
+        )?;
         let tls_handshake_failures = IntCounterVec::new(
             Opts::new(
                 "outpost_tls_handshake_failures_total",
@@ -189,6 +199,7 @@ impl Metrics {
         registry.register(Box::new(guest_cpu_seconds.clone()))?;
         registry.register(Box::new(components_loaded.clone()))?;
         registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(connections_closed.clone()))?;
         registry.register(Box::new(tls_handshake_failures.clone()))?;
 
         let sync_last_success = IntGauge::new(
@@ -258,6 +269,7 @@ impl Metrics {
             guest_cpu_seconds,
             components_loaded,
             connections,
+            connections_closed,
             tls_handshake_failures,
             sync_last_success,
             sync_failures,

@@ -2,8 +2,9 @@
 //! (HTTP/1.1 and HTTP/2 by ALPN) and QUIC endpoints (HTTP/3) on the TLS ports, all routing each
 //! request through one pipeline ([`ServeState::handle`]) to a component.
 //!
-//! Owns: binding, accept loops (a connection permit is taken *before* accept, so a flood waits
-//! in the kernel backlog or quinn's bounded queue rather than in our memory), handing
+//! Owns: binding, accept loops (through [`door`]: a connection permit is taken *before* accept,
+//! so a flood waits in the kernel backlog or quinn's bounded queue rather than in our memory;
+//! header and idle deadlines; eviction under pressure), handing
 //! connections to serving threads, per-connection tasks, request ids, `Alt-Svc`, the
 //! client-visible error bodies, per-request metrics, and graceful drain with a deadline for
 //! every protocol.
@@ -12,11 +13,11 @@
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod door;
 pub mod h3;
 pub mod router;
 pub mod tls;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -24,11 +25,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::Body;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 use crate::ops::metrics::{Metrics, Protocol, RequestMetrics};
 use crate::runtime::component::{GuestCpu, RequestCtx, ResponseBody, plain_response};
@@ -406,8 +406,8 @@ async fn bind_https(
 /// How connections are served.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// Open connections at most; the next accept waits for one to close.
-    pub max_connections: usize,
+    /// Connection cap (TCP and QUIC together), header and idle deadlines, per-client cap.
+    pub door: door::DoorPolicy,
     /// How long in-flight requests get after the shutdown signal.
     pub drain: Duration,
     /// Serving threads (each a single-threaded runtime); at least 1.
@@ -423,19 +423,17 @@ struct ListenerCtx {
 }
 
 /// An accepted connection on its way to a serving thread.
-struct Accepted {
-    permit: OwnedSemaphorePermit,
-    conn: Conn,
-}
-
-enum Conn {
+enum Accepted {
     Tcp {
         tcp: std::net::TcpStream,
         peer: SocketAddr,
+        /// The permit and the door's registry entry.
+        ticket: door::Ticket,
         watcher: Watcher,
         listener: Arc<ListenerCtx>,
     },
     Quic {
+        permit: OwnedSemaphorePermit,
         /// Boxed: a connection attempt is a large struct, and TCP connections are the common
         /// case on this channel.
         incoming: Box<quinn::Incoming>,
@@ -501,7 +499,12 @@ pub async fn serve(
     // QUIC connections hold a receiver each; `closed()` tells when the last one is gone.
     let (quic_drain, _) = watch::channel(false);
     let quic_drain = Arc::new(quic_drain);
-    let permits = Arc::new(Semaphore::new(opts.max_connections));
+    let door = door::Door::new(
+        "tenant",
+        opts.door,
+        Some(state.metrics.connections_closed.clone()),
+    );
+    let max_connections = door.policy().max_connections;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut threads = Vec::with_capacity(opts.threads.max(1));
@@ -532,12 +535,15 @@ pub async fn serve(
     let first_h3 = listeners.h3_addrs().first().map(|a| a.port());
     let mut accept_tasks = Vec::new();
     let mut endpoints = Vec::new();
+    // The reaper keeps closing slow and idle connections through the drain too.
+    let (stop_reaper, reaper_stop) = watch::channel(false);
+    let reaper = tokio::spawn(door.clone().reap(reaper_stop));
     let spawn_tcp = |l: TcpListener, ctx: ListenerCtx, stop: watch::Receiver<bool>| {
-        let (permits, threads, graceful) = (permits.clone(), threads.clone(), graceful.clone());
+        let (door, threads, graceful) = (door.clone(), threads.clone(), graceful.clone());
         let ctx = Arc::new(ctx);
         let mut stop = stop;
         tokio::spawn(async move {
-            accept_loop(l, permits, &threads, &graceful, &ctx, &mut stop).await;
+            accept_loop(l, &door, &threads, &graceful, &ctx, &mut stop).await;
         })
     };
     for l in listeners.http {
@@ -550,7 +556,7 @@ pub async fn serve(
     let handshakes = Arc::new(QuicHandshakes {
         in_progress: Arc::new(AtomicUsize::new(0)),
         // Above this many QUIC handshakes in progress, clients must prove their address first.
-        retry_above: (opts.max_connections / 16).max(16),
+        retry_above: (max_connections / 16).max(16),
         timeout: listeners
             .tls
             .as_ref()
@@ -568,8 +574,8 @@ pub async fn serve(
         };
         accept_tasks.push(spawn_tcp(h.tcp, ctx, stop_rx.clone()));
         if let Some(endpoint) = h.quic {
-            let (permits, threads, drain, handshakes) = (
-                permits.clone(),
+            let (door, threads, drain, handshakes) = (
+                door.clone(),
                 threads.clone(),
                 quic_drain.clone(),
                 handshakes.clone(),
@@ -577,7 +583,7 @@ pub async fn serve(
             let mut stop = stop_rx.clone();
             let ep = endpoint.clone();
             accept_tasks.push(tokio::spawn(async move {
-                quic_accept_loop(ep, permits, &threads, &drain, &handshakes, &mut stop).await;
+                quic_accept_loop(ep, &door, &threads, &drain, &handshakes, &mut stop).await;
             }));
             endpoints.push(endpoint);
         }
@@ -616,7 +622,7 @@ pub async fn serve(
             0
         }
         _ = tokio::time::sleep(opts.drain) => {
-            let left = permits_in_use(&permits, opts.max_connections);
+            let left = door.in_use();
             tracing::warn!(connections = left, "drain deadline passed; closing remaining connections");
             left
         }
@@ -634,6 +640,8 @@ pub async fn serve(
     for r in refusers {
         r.abort();
     }
+    let _ = stop_reaper.send(true);
+    let _ = reaper.await;
     // Closing the channels ends the serving threads; dropping their runtimes closes whatever
     // connections are left.
     drop(threads);
@@ -651,10 +659,6 @@ pub async fn serve(
 /// max-age of 24 h applies).
 fn alt_svc(port: u16) -> Option<http::HeaderValue> {
     http::HeaderValue::from_str(&format!("h3=\":{port}\"")).ok()
-}
-
-fn permits_in_use(permits: &Semaphore, max: usize) -> usize {
-    max.saturating_sub(permits.available_permits())
 }
 
 /// Hands `conn` to the serving thread with the fewest open connections; ties go round-robin so
@@ -675,48 +679,18 @@ fn dispatch(threads: &[ServingThread], next: &mut usize, conn: Accepted) {
     }
 }
 
-/// A connection permit, or `None` once the server stops accepting.
-async fn next_permit(
-    permits: &Arc<Semaphore>,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<OwnedSemaphorePermit> {
-    tokio::select! {
-        _ = stop.changed() => None,
-        p = permits.clone().acquire_owned() => p.ok(),
-    }
-}
-
+/// Takes connections from `listener` through the tenant door (permit first, per-client cap) and
+/// hands them to serving threads.
 async fn accept_loop(
     listener: TcpListener,
-    permits: Arc<Semaphore>,
+    door: &Arc<door::Door>,
     threads: &[ServingThread],
     graceful: &GracefulShutdown,
     ctx: &Arc<ListenerCtx>,
     stop: &mut watch::Receiver<bool>,
 ) {
     let mut next = 0usize;
-    loop {
-        // Backpressure before work: no permit, no accept.
-        let Some(permit) = next_permit(&permits, stop).await else {
-            return;
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = stop.changed() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning, and say so at a sane rate.
-                    static ACCEPT: crate::ops::logging::LogLimiter =
-                        crate::ops::logging::LogLimiter::new(5, Duration::from_secs(60));
-                    if let crate::ops::logging::LogDecision::Log { suppressed } = ACCEPT.check() {
-                        tracing::warn!(error = %e, suppressed, "accept failed");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
+    while let Some(door::Admitted { tcp, peer, ticket }) = door.accept(&listener, stop).await {
         let tcp = match tcp.into_std() {
             Ok(t) => t,
             Err(e) => {
@@ -724,14 +698,12 @@ async fn accept_loop(
                 continue;
             }
         };
-        let conn = Accepted {
-            permit,
-            conn: Conn::Tcp {
-                tcp,
-                peer,
-                watcher: graceful.watcher(),
-                listener: ctx.clone(),
-            },
+        let conn = Accepted::Tcp {
+            tcp,
+            peer,
+            ticket,
+            watcher: graceful.watcher(),
+            listener: ctx.clone(),
         };
         dispatch(threads, &mut next, conn);
     }
@@ -751,7 +723,7 @@ struct QuicHandshakes {
 /// flood cannot answer it, a real client pays one round trip.
 async fn quic_accept_loop(
     endpoint: quinn::Endpoint,
-    permits: Arc<Semaphore>,
+    door: &door::Door,
     threads: &[ServingThread],
     drain: &watch::Sender<bool>,
     handshakes: &Arc<QuicHandshakes>,
@@ -759,7 +731,7 @@ async fn quic_accept_loop(
 ) {
     let mut next = 0usize;
     loop {
-        let Some(permit) = next_permit(&permits, stop).await else {
+        let Some(permit) = door.permit(stop).await else {
             return;
         };
         let incoming = tokio::select! {
@@ -776,14 +748,12 @@ async fn quic_accept_loop(
             let _ = incoming.retry();
             continue;
         }
-        let conn = Accepted {
+        let conn = Accepted::Quic {
             permit,
-            conn: Conn::Quic {
-                incoming: Box::new(incoming),
-                handshaking: h3::Handshaking::new(&handshakes.in_progress),
-                handshake_timeout: handshakes.timeout,
-                drain: drain.subscribe(),
-            },
+            incoming: Box::new(incoming),
+            handshaking: h3::Handshaking::new(&handshakes.in_progress),
+            handshake_timeout: handshakes.timeout,
+            drain: drain.subscribe(),
         };
         dispatch(threads, &mut next, conn);
     }
@@ -821,12 +791,13 @@ async fn serving_thread(
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
         TokioExecutor::new(),
     ));
-    while let Some(Accepted { permit, conn }) = rx.recv().await {
+    while let Some(conn) = rx.recv().await {
         let guard = OpenConn::new(open.clone(), state.metrics.connections.clone());
         match conn {
-            Conn::Tcp {
+            Accepted::Tcp {
                 tcp,
                 peer,
+                ticket,
                 watcher,
                 listener,
             } => {
@@ -842,42 +813,51 @@ async fn serving_thread(
                 };
                 let (state, builder, mut stop) = (state.clone(), builder.clone(), stop.clone());
                 tokio::spawn(async move {
-                    let _permit = permit;
                     let _guard = guard;
-                    match &listener.tls {
-                        None => {
-                            serve_http(
-                                &builder,
-                                TokioIo::new(tcp),
-                                peer,
-                                watcher,
-                                state,
-                                &listener,
-                                false,
-                            )
-                            .await
+                    // The door's deadlines cover the handshake and every request head; it
+                    // closes the connection (dropping this future) when one passes.
+                    let served = ticket.run(async {
+                        match &listener.tls {
+                            None => {
+                                serve_http(
+                                    &builder,
+                                    TokioIo::new(ticket.io(tcp)),
+                                    &ticket,
+                                    peer,
+                                    watcher,
+                                    state,
+                                    &listener,
+                                    false,
+                                )
+                                .await
+                            }
+                            Some(hs) => {
+                                let Some(tls) =
+                                    tls::handshake(hs, tcp, peer, &mut stop, &state.metrics).await
+                                else {
+                                    return;
+                                };
+                                serve_http(
+                                    &builder,
+                                    TokioIo::new(ticket.io(tls)),
+                                    &ticket,
+                                    peer,
+                                    watcher,
+                                    state,
+                                    &listener,
+                                    true,
+                                )
+                                .await
+                            }
                         }
-                        Some(hs) => {
-                            let Some(tls) =
-                                tls::handshake(hs, tcp, peer, &mut stop, &state.metrics).await
-                            else {
-                                return;
-                            };
-                            serve_http(
-                                &builder,
-                                TokioIo::new(tls),
-                                peer,
-                                watcher,
-                                state,
-                                &listener,
-                                true,
-                            )
-                            .await
-                        }
+                    });
+                    if let Err(reason) = served.await {
+                        tracing::debug!(%peer, reason = reason.label(), "connection closed by the server");
                     }
                 });
             }
-            Conn::Quic {
+            Accepted::Quic {
+                permit,
                 incoming,
                 handshaking,
                 handshake_timeout,
@@ -897,9 +877,11 @@ async fn serving_thread(
 
 /// Serves HTTP/1.1 or HTTP/2 (detected from the first bytes) on `io` until the client goes or
 /// the drain asks it to finish.
+#[allow(clippy::too_many_arguments)]
 async fn serve_http<I>(
     builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
     io: I,
+    ticket: &door::Ticket,
     peer: SocketAddr,
     watcher: Watcher,
     state: Arc<ServeState>,
@@ -909,7 +891,7 @@ async fn serve_http<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let alt_svc = listener.alt_svc.clone();
-    let svc = service_fn(move |req| {
+    let svc = ticket.service(move |req| {
         let state = state.clone();
         let alt_svc = alt_svc.clone();
         async move {
@@ -917,7 +899,7 @@ async fn serve_http<I>(
             if let Some(v) = alt_svc {
                 resp.headers_mut().insert(http::header::ALT_SVC, v);
             }
-            Ok::<_, Infallible>(resp)
+            resp
         }
     });
     let conn = builder.serve_connection(io, svc);
