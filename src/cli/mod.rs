@@ -10,6 +10,7 @@ mod bundle;
 mod control;
 mod fleet;
 mod info;
+mod reload;
 mod run;
 mod serve;
 

@@ -58,27 +58,9 @@ pub fn run(args: RunArgs) -> CliResult {
     let hw = sizing::detect();
     let sizing = sizing::derive(&hw, &overrides).map_err(CliError::config)?;
     let state_dir = config::resolve_state_dir(&cfg, |k| std::env::var_os(k));
-    let mut apps_cfg = Vec::new();
     // Bundles named in the config are installed into the store (verified first) and served
     // from there, like every release the store holds; `hosts` of such an entry apply to its app.
-    let mut bundle_cfg = Vec::new();
-    for (i, a) in cfg.apps().iter().enumerate() {
-        let hosts = a
-            .hosts
-            .iter()
-            .map(|h| crate::serve::router::parse_host_pattern(h))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                CliError::config(anyhow::anyhow!("{}: app[{i}].hosts: {e}", cfg.origin()))
-            })?;
-        let path = cfg.resolve_source(&a.source);
-        if path.extension().is_some_and(|e| e == "bundle") {
-            bundle_cfg.push((hosts, path));
-            continue;
-        }
-        let src = AppSource::from_path(&path).map_err(CliError::app)?;
-        apps_cfg.push((hosts, src));
-    }
+    let (apps_cfg, bundle_cfg) = super::reload::config_apps(&cfg)?;
     let policy = super::bundle::node_trust_policy(&cfg)?;
     let origin = cfg.origin().to_owned();
     let cp_error =
@@ -103,6 +85,16 @@ pub fn run(args: RunArgs) -> CliResult {
     });
     let rt = super::tokio_runtime(sizing.worker_threads.value)?;
     rt.block_on(async move {
+        // SIGHUP reloads from here on, and never kills: the handler is installed before anything
+        // is loaded or announced (long before READY), and signals that arrive before the reload
+        // task runs wait in the stream.
+        let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; the config cannot be reloaded");
+                None
+            }
+        };
         if let Err(e) = std::fs::create_dir_all(&state_dir) {
             return Err(CliError::config(anyhow::anyhow!(
                 "state_dir {}: cannot create: {e}",
@@ -161,6 +153,9 @@ pub fn run(args: RunArgs) -> CliResult {
         // (the agent drops its record when it re-applies that state).
         let mut managed = Vec::new();
         let mut releases = Vec::new();
+        // Store apps no `[[app]]` names, served without an agent: kept as they are by reloads.
+        let mut others = Vec::new();
+        let mut others_releases = Vec::new();
         for (hosts, r) in &stored {
             let from_cp = setup.is_some() && !config_store_apps.contains(&r.release.app);
             let hosts = match setup.as_ref().filter(|_| from_cp) {
@@ -206,6 +201,10 @@ pub fn run(args: RunArgs) -> CliResult {
                     hosts,
                 });
             } else {
+                if !config_store_apps.contains(&release.app) {
+                    others.push((hosts.clone(), app.clone()));
+                    others_releases.push(release);
+                }
                 apps.push((hosts, app));
             }
         }
@@ -283,6 +282,7 @@ pub fn run(args: RunArgs) -> CliResult {
         // announced, so a scrape right after the admin address appears sees the loaded apps.
         let app_count = router.apps().count();
         let state = Arc::new(ServeState::new(router, metrics.clone()));
+        let reload_state = state.clone();
         super::announce_listeners(&listeners);
         if let Some(l) = &admin_listener
             && let Ok(a) = l.local_addr()
@@ -334,6 +334,18 @@ pub fn run(args: RunArgs) -> CliResult {
         });
         // The listeners are bound: the agent may swap the router from here on.
         let (stop_agent, agent_stop) = tokio::sync::watch::channel(false);
+        let on_swap = status_line
+            .clone()
+            .map(|s| crate::sync::OnSwap(Arc::new(move || s.swapped())));
+        let owner = match &setup {
+            Some(_) => None,
+            None => Some(super::reload::TableOwner::Daemon {
+                others,
+                others_releases,
+                on_swap: on_swap.clone(),
+            }),
+        };
+        let (reload_tx, reloads) = tokio::sync::mpsc::unbounded_channel();
         let agent = setup.map(|setup| {
             let parts = crate::sync::Parts {
                 setup,
@@ -347,9 +359,8 @@ pub fn run(args: RunArgs) -> CliResult {
                 fixed_releases,
                 config_store_apps,
                 managed,
-                on_swap: status_line.clone().map(|s| {
-                    crate::sync::OnSwap(Arc::new(move || s.swapped()))
-                }),
+                reloads,
+                on_swap,
             };
             // After the start-up GC pass, which would take the agent's not yet activated
             // installs for garbage.
@@ -357,6 +368,19 @@ pub fn run(args: RunArgs) -> CliResult {
                 let _ = gc.await;
                 let _ = crate::sync::spawn(parts, agent_stop).await;
             })
+        });
+        let reloader = hup.map(|hup| {
+            let reloader = super::reload::Reloader {
+                path: args.config.clone(),
+                started: cfg.clone(),
+                runtime: runtime.clone(),
+                store: store.clone(),
+                limits,
+                serve: reload_state.clone(),
+                metrics: metrics.clone(),
+                owner: owner.unwrap_or(super::reload::TableOwner::Agent(reload_tx)),
+            };
+            tokio::spawn(reloader.run(hup))
         });
         admin_state.ready.store(true, Ordering::Release);
         tracing::info!(apps = app_count, state_dir = %state_dir.display(), "outpost ready");
@@ -405,6 +429,9 @@ pub fn run(args: RunArgs) -> CliResult {
         .map_err(CliError::runtime)?;
         if let Some(w) = watchdog {
             w.abort();
+        }
+        if let Some(r) = reloader {
+            r.abort();
         }
         let _ = stop_admin.send(true);
         if let Some(t) = admin_task {

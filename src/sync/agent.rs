@@ -114,6 +114,8 @@ pub struct Agent {
     outage: Outage,
     started: Instant,
     on_swap: Option<super::OnSwap>,
+    /// Config reloads from the daemon; `None` once the sender is gone.
+    reloads: Option<tokio::sync::mpsc::UnboundedReceiver<super::ConfigReload>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -169,6 +171,7 @@ impl Agent {
             outage: Outage::default(),
             started: Instant::now(),
             on_swap: p.on_swap,
+            reloads: Some(p.reloads),
         };
         agent.publish_releases();
         if let Some(s) = &agent.setup.applied {
@@ -196,11 +199,55 @@ impl Agent {
         }
         while self.setup.enrolment.is_none() {
             let wait = self.enrol().await;
-            tokio::time::sleep(wait).await;
+            self.pause(wait).await;
         }
         loop {
             let wait = self.poll().await;
-            tokio::time::sleep(wait).await;
+            self.pause(wait).await;
+        }
+    }
+
+    /// Waits `wait`, applying config reloads as they come.
+    async fn pause(&mut self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let Some(rx) = self.reloads.as_mut() else {
+                tokio::time::sleep_until(until).await;
+                return;
+            };
+            let reload = tokio::select! {
+                () = tokio::time::sleep_until(until) => return,
+                r = rx.recv() => r,
+            };
+            match reload {
+                Some(r) => self.reload_config(r),
+                None => self.reloads = None,
+            }
+        }
+    }
+
+    /// Rebuilds the routing table around new config apps (SIGHUP); refused as a whole when the
+    /// new apps conflict with the ones the control plane assigns.
+    fn reload_config(&mut self, r: super::ConfigReload) {
+        match apply::build_router(&r.fixed, &self.serving) {
+            Ok((router, shadowed)) => {
+                for app in shadowed {
+                    tracing::warn!(%app, "the control plane assigns an app also configured in [[app]]; serving the control plane's release");
+                }
+                self.fixed = r.fixed;
+                self.fixed_releases = r.fixed_releases;
+                self.config_store_apps = r.config_store_apps;
+                self.policy = r.policy;
+                self.serve.swap_router(router);
+                if let Some(f) = &self.on_swap {
+                    (f.0)();
+                }
+                self.publish_releases();
+                let _ = r.done.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = r.done.send(Err(e));
+            }
         }
     }
 

@@ -213,9 +213,24 @@ pub struct Parts {
     /// state does not name them.
     pub config_store_apps: BTreeSet<String>,
     pub managed: Vec<Managed>,
+    /// Config reloads (SIGHUP): new config apps and trust policy for the agent to build its
+    /// routing table around.
+    pub reloads: tokio::sync::mpsc::UnboundedReceiver<ConfigReload>,
     /// Called after every routing swap the agent makes, so the daemon can tell systemd the new
     /// app counts (`STATUS=`); `None` outside systemd.
     pub on_swap: Option<OnSwap>,
+}
+
+/// A config reload handed to the agent (it owns the routing table while it runs): the new
+/// `[[app]]` apps and trust policy. The agent answers on `done` — `Err` with the reason when the
+/// new apps conflict with the ones it serves (the old table and config then stay in force).
+#[derive(Debug)]
+pub struct ConfigReload {
+    pub fixed: Vec<(Vec<HostPattern>, LoadedApp)>,
+    pub fixed_releases: Vec<Release>,
+    pub config_store_apps: BTreeSet<String>,
+    pub policy: Arc<TrustPolicy>,
+    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
 /// A callback run after each [`ServeState::swap_router`] by the agent. It reads the table it

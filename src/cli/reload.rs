@@ -1,0 +1,349 @@
+//! `outpost run` on SIGHUP: re-read the config file and apply what can change while serving —
+//! the `[[app]]` apps and their hosts and routes, `[trust]`, `[fairness]` — with one atomic swap
+//! of the routing table (requests already routed finish on the components they hold, so none is
+//! dropped). TLS certificate files are re-read by their own SIGHUP handler
+//! (`serve::certs::CertStore::spawn_reloader`). What only a restart can change (listener
+//! addresses and deadlines, `[node]`, `[store]`, `[runtime]`, `[tls]` file lists,
+//! `[control_plane]`) is named in the log and left as it is.
+//!
+//! Owns: the comparison of the running config with the new one, loading the new config apps,
+//! and handing them to whoever owns the routing table (this daemon, or the node agent when it
+//! runs).
+//! Must not: bind or close listeners, exit the daemon, or replace anything when any part of the
+//! new config fails to parse, verify or load — a bad config is refused as a whole, logged, and
+//! the old one keeps serving.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::CliError;
+use crate::bundle::sign::TrustPolicy;
+use crate::ops::config::Config;
+use crate::ops::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::runtime::app::{AppSource, LoadedApp, load_app, load_tenant_app};
+use crate::serve::{HostPattern, Router, ServeState};
+use crate::store::{Release, Store};
+
+/// Apps with the host patterns they serve.
+pub(super) type HostedApps = Vec<(Vec<HostPattern>, LoadedApp)>;
+
+/// The `[[app]]` entries of a config, split into app sources (directories, `.wasm`, built-ins)
+/// and bundle files (installed into the store first), each with its parsed host patterns.
+pub(super) type ConfigApps = (
+    Vec<(Vec<HostPattern>, AppSource)>,
+    Vec<(Vec<HostPattern>, PathBuf)>,
+);
+
+/// Parses the `[[app]]` entries of `cfg` (host patterns, sources) without loading anything.
+pub(super) fn config_apps(cfg: &Config) -> Result<ConfigApps, CliError> {
+    let mut sources = Vec::new();
+    let mut bundles = Vec::new();
+    for (i, a) in cfg.apps().iter().enumerate() {
+        let hosts = a
+            .hosts
+            .iter()
+            .map(|h| crate::serve::router::parse_host_pattern(h))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                CliError::config(anyhow::anyhow!("{}: app[{i}].hosts: {e}", cfg.origin()))
+            })?;
+        let path = cfg.resolve_source(&a.source);
+        if path.extension().is_some_and(|e| e == "bundle") {
+            bundles.push((hosts, path));
+            continue;
+        }
+        let src = AppSource::from_path(&path).map_err(CliError::app)?;
+        sources.push((hosts, src));
+    }
+    Ok((sources, bundles))
+}
+
+/// Where the routing table is rebuilt after a reload.
+pub(super) enum TableOwner {
+    /// No node agent: this daemon builds the table from the config apps and `others` (store
+    /// apps no `[[app]]` names, as loaded at start, with their releases).
+    Daemon {
+        others: HostedApps,
+        others_releases: Vec<Release>,
+        /// Tells systemd the new app counts (`STATUS=`), like the agent's swaps do.
+        on_swap: Option<crate::sync::OnSwap>,
+    },
+    /// The node agent owns the table; reloads are sent to it.
+    Agent(tokio::sync::mpsc::UnboundedSender<crate::sync::ConfigReload>),
+}
+
+/// What a reload needs from the running daemon.
+pub(super) struct Reloader {
+    /// The config file; `None` when running on the embedded default (nothing to re-read).
+    pub path: Option<PathBuf>,
+    /// The config the daemon started with: restart-only sections are compared against it.
+    pub started: Config,
+    pub runtime: Arc<Runtime>,
+    pub store: Arc<Store>,
+    pub limits: crate::bundle::archive::Limits,
+    pub serve: Arc<ServeState>,
+    pub metrics: Metrics,
+    pub owner: TableOwner,
+}
+
+/// The new config's apps, loaded and ready to route.
+struct Loaded {
+    fixed: HostedApps,
+    fixed_releases: Vec<Release>,
+    config_store_apps: BTreeSet<String>,
+    policy: TrustPolicy,
+}
+
+impl Reloader {
+    /// Reloads on every signal `hup` delivers, until the task is dropped.
+    pub async fn run(self, mut hup: tokio::signal::unix::Signal) {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received; reloading the configuration");
+            self.reload().await;
+        }
+    }
+
+    /// One reload; every outcome is logged, none ends the daemon.
+    pub async fn reload(&self) {
+        let Some(path) = &self.path else {
+            tracing::info!(
+                "running on the embedded default config: no config file to re-read (TLS certificates are still reloaded)"
+            );
+            return;
+        };
+        let cfg = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; still serving the previous configuration");
+                return;
+            }
+        };
+        let loaded = match self.load(&cfg).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %format!("{:#}", e.error), "config reload refused; still serving the previous configuration");
+                return;
+            }
+        };
+        let apps = loaded.fixed.len();
+        match self.swap(loaded).await {
+            Ok(()) => {
+                self.runtime.set_cpu_weights(
+                    cfg.fairness
+                        .cpu_weight
+                        .iter()
+                        .map(|(app, w)| (app.clone(), *w))
+                        .collect(),
+                );
+                for section in restart_only_changes(&self.started, &cfg) {
+                    tracing::warn!(
+                        section,
+                        "config change needs a restart; not applied (still running with the previous value)"
+                    );
+                }
+                let router = self.serve.router();
+                tracing::info!(
+                    config_apps = apps,
+                    apps = router.apps().count(),
+                    components = router.component_count(),
+                    "configuration reloaded"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; still serving the previous configuration");
+            }
+        }
+    }
+
+    /// Loads every app the new config names — sources first (no side effects), then bundles,
+    /// which are verified under the new trust policy and installed like at start.
+    async fn load(&self, cfg: &Config) -> Result<Loaded, CliError> {
+        let policy = super::bundle::node_trust_policy(cfg)?;
+        let (sources, bundles) = config_apps(cfg)?;
+        let mut fixed = Vec::with_capacity(sources.len() + bundles.len());
+        for (hosts, src) in &sources {
+            let app = load_app(&self.runtime, src).await.map_err(CliError::app)?;
+            fixed.push((hosts.clone(), app));
+        }
+        let mut fixed_releases = Vec::new();
+        let mut config_store_apps = BTreeSet::new();
+        for (hosts, path) in bundles {
+            let (release, app) = self.install_bundle(&path, &policy).await?;
+            config_store_apps.insert(release.app.clone());
+            fixed_releases.push(release);
+            fixed.push((hosts, app));
+        }
+        Ok(Loaded {
+            fixed,
+            fixed_releases,
+            config_store_apps,
+            policy,
+        })
+    }
+
+    /// Verifies and installs a config bundle (unchanged when it already is the active release)
+    /// and loads it.
+    async fn install_bundle(
+        &self,
+        path: &std::path::Path,
+        policy: &TrustPolicy,
+    ) -> Result<(Release, LoadedApp), CliError> {
+        use crate::store::install;
+        let bytes = install::read_bundle_file(path, self.limits.max_compressed)
+            .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
+        let mut sig_path = path.as_os_str().to_owned();
+        sig_path.push(".sig");
+        let sig = super::bundle::read_sig_file(path, std::path::Path::new(&sig_path))?;
+        let handle = tokio::runtime::Handle::current();
+        let runtime = &self.runtime;
+        let load_check = |release: &Release, dir: &std::path::Path| {
+            tokio::task::block_in_place(|| {
+                handle.block_on(load_tenant_app(
+                    runtime,
+                    &AppSource::Dir(dir.to_owned()),
+                    release.tenant.as_deref(),
+                ))
+            })
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+        };
+        let installed = tokio::task::block_in_place(|| {
+            install::install(
+                &self.store,
+                &bytes,
+                &sig,
+                policy,
+                crate::store::unix_now(),
+                &self.limits,
+                load_check,
+            )
+        })
+        .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
+        let release = installed.release;
+        if !installed.unchanged {
+            tracing::info!(app = %release.app, version = %release.version, digest = %release.digest, "installed bundle");
+        }
+        let app = load_tenant_app(
+            &self.runtime,
+            &AppSource::Dir(self.store.tree_path(&release.digest)),
+            release.tenant.as_deref(),
+        )
+        .await
+        .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e:#}", path.display())))?;
+        Ok((release, app))
+    }
+
+    /// Puts the new config apps in force: one routing swap, or nothing at all.
+    async fn swap(&self, loaded: Loaded) -> Result<(), String> {
+        match &self.owner {
+            TableOwner::Daemon {
+                others,
+                others_releases,
+                on_swap,
+            } => {
+                let mut apps = loaded.fixed;
+                apps.extend(others.iter().cloned());
+                let router = Router::new(apps).map_err(|e| e.to_string())?;
+                self.serve.swap_router(router);
+                if let Some(f) = on_swap {
+                    (f.0)();
+                }
+                self.metrics.set_app_releases(
+                    loaded
+                        .fixed_releases
+                        .iter()
+                        .chain(others_releases)
+                        .map(|r| (r.app.as_str(), r.version.as_str(), r.digest.to_string())),
+                );
+                Ok(())
+            }
+            TableOwner::Agent(tx) => {
+                let (done, answer) = tokio::sync::oneshot::channel();
+                tx.send(crate::sync::ConfigReload {
+                    fixed: loaded.fixed,
+                    fixed_releases: loaded.fixed_releases,
+                    config_store_apps: loaded.config_store_apps,
+                    policy: Arc::new(loaded.policy),
+                    done,
+                })
+                .map_err(|_| "the node agent has stopped".to_owned())?;
+                answer
+                    .await
+                    .map_err(|_| "the node agent has stopped".to_owned())?
+            }
+        }
+    }
+}
+
+/// The config sections that differ between `old` and `new` but only take effect at a start.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let (a, b) = (&old.listen, &new.listen);
+    let listen = [
+        ("listen.http", a.http != b.http),
+        ("listen.https", a.https != b.https),
+        ("listen.h3", a.h3 != b.h3),
+        ("listen.admin", a.admin != b.admin),
+        ("listen.drain_timeout", a.drain_timeout != b.drain_timeout),
+        (
+            "listen.header_timeout",
+            a.header_timeout != b.header_timeout,
+        ),
+        ("listen.idle_timeout", a.idle_timeout != b.idle_timeout),
+        (
+            "listen.max_connections_per_ip",
+            a.max_connections_per_ip != b.max_connections_per_ip,
+        ),
+        (
+            "listen.admin_max_connections",
+            a.admin_max_connections != b.admin_max_connections,
+        ),
+    ];
+    out.extend(listen.into_iter().filter(|(_, c)| *c).map(|(k, _)| k));
+    if old.node != new.node {
+        out.push("node");
+    }
+    if old.store != new.store {
+        out.push("store");
+    }
+    if old.tls != new.tls {
+        out.push("tls (certificate files are re-read; which files are used is fixed at start)");
+    }
+    if old.control_plane != new.control_plane {
+        out.push("control_plane");
+    }
+    if old.runtime_table() != new.runtime_table() {
+        out.push("runtime");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn only_restart_only_sections_are_reported() {
+        let base = "[listen]\nhttp = [\"127.0.0.1:8080\"]\n";
+        let old = cfg(base);
+        // Apps, trust and fairness apply live: nothing to report.
+        let live = cfg(&format!(
+            "{base}[fairness]\ncpu_weight = {{ a = 5 }}\n[[app]]\nsource = \"builtin:demo\"\nhosts = [\"x\"]\n"
+        ));
+        assert!(restart_only_changes(&old, &live).is_empty());
+        let moved = cfg(
+            "[listen]\nhttp = [\"127.0.0.1:8081\"]\nheader_timeout = \"2s\"\n[runtime]\nmax_connections = 5\n",
+        );
+        assert_eq!(
+            restart_only_changes(&old, &moved),
+            ["listen.http", "listen.header_timeout", "runtime"]
+        );
+    }
+}
