@@ -5,8 +5,9 @@
 //! Owns: binding, accept loops (a connection permit is taken *before* accept, so a flood waits
 //! in the kernel backlog or quinn's bounded queue rather than in our memory), handing
 //! connections to serving threads, per-connection tasks, request ids, `Alt-Svc`, the
-//! client-visible error bodies, per-request metrics, and graceful drain with a deadline for
-//! every protocol.
+//! client-visible error bodies, per-request metrics, the protocol-independent request rules
+//! ([`guard`]: Host, `HEAD`, request bodies over their limit), and graceful drain with a deadline
+//! for every protocol.
 //! Must not: compile wasm, verify signatures, read config files, or do a TLS or QUIC handshake
 //! in an accept loop.
 #![forbid(unsafe_code)]
