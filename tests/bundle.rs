@@ -292,6 +292,81 @@ async fn serve_runs_a_signed_bundle_and_refuses_it_without_trust() {
     assert_eq!((r.status, r.body.as_str()), (200, "from-bundle"));
 }
 
+/// A validly signed bundle whose `outpost.toml` names another app and version than the signed
+/// document is refused by `bundle verify`, `bundle install` and `serve --trust` alike, with the
+/// same error (before: `serve` served it as the other app).
+#[test]
+fn a_manifest_that_is_not_the_signed_release_is_refused_by_every_path() {
+    let lab = Lab::new();
+    let alice = lab.keygen("alice");
+    let cfg = lab.node_config("node", "[trust]\nkeys = [\"alice.pub\"]\n");
+    let hello = std::fs::read(wasm("hello")).unwrap();
+    let dir = lab.app_dir(
+        "other",
+        "manifest_version = 1\n[application]\nname = \"other\"\nversion = \"2.0.0\"\n\
+         [component.main]\nsource = \"main.wasm\"\nroutes = [\"/\"]\n",
+        &[("main.wasm", &hello)],
+    );
+    lab.pack(&dir, "packed.bundle");
+    // Signed as greeter 1.0.0: the signature is valid, only the contents disagree.
+    sign_raw(
+        &lab,
+        "x.bundle",
+        &std::fs::read(lab.path("packed.bundle")).unwrap(),
+        "alice.key",
+    );
+    let said = "the signed document is for greeter 1.0.0 but outpost.toml says other 2.0.0";
+
+    let (code, _, err) = run_to_end(&["bundle", "verify", &lab.s("x.bundle"), "--trust", &alice]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains(said), "verify: {err}");
+    let (code, _, err) = lab.install("x.bundle", &cfg);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains(said), "install: {err}");
+    assert!(lab.blobs("node").is_empty());
+
+    // serve: refused before it listens (a "listening on" line means it served the bundle).
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--no-cache",
+        "--listen",
+        "127.0.0.1:0",
+        "--trust",
+        &alice,
+        &lab.s("x.bundle"),
+    ])
+    .env("HOME", home.path());
+    let Spawned {
+        mut child,
+        lines,
+        stderr,
+    } = spawn_piped(&mut cmd);
+    for line in lines.iter() {
+        if line.starts_with("listening on") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "serve accepted the bundle: {line}\n{}",
+                stderr.lock().unwrap()
+            );
+        }
+    }
+    let code = child.wait().unwrap().code();
+    // stderr is read by its own thread, which may still be catching up with the exited child.
+    let mut err = String::new();
+    for _ in 0..3000 {
+        err = stderr.lock().unwrap().clone();
+        if err.contains("error:") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(code, Some(65), "{err}");
+    assert!(err.contains(said), "serve: {err}");
+}
+
 /// Installs through the CLI must refuse each bad bundle with its own error, and leave the
 /// store empty.
 #[test]

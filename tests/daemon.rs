@@ -223,6 +223,61 @@ fn non_components_and_unknown_imports_fail_at_load() {
     assert!(err.contains("does not provide"), "{err}");
 }
 
+/// Every load error says its message once (before: "X: Y: X: Y" — an error that embeds its
+/// source in its message was printed with its source chain too), through `serve` and through
+/// `run` with the app in its config.
+#[test]
+fn load_errors_say_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\x7fELF not wasm").unwrap();
+    let junk_app = AppDir::new(
+        "manifest_version = 1\n[application]\nname = \"j\"\nversion = \"1.0.0\"\n\
+         [component.j]\nsource = \"j.wasm\"\nroutes = [\"/\"]\n",
+        &[],
+    );
+    std::fs::write(junk_app.path().join("j.wasm"), b"\x7fELF not wasm").unwrap();
+    let unreadable = AppDir::new(
+        "manifest_version = 1\n[application]\nname = \"u\"\nversion = \"1.0.0\"\n\
+         [component.u]\nsource = \"u.wasm\"\nroutes = [\"/\"]\n",
+        &[],
+    );
+    // A directory where the wasm file should be: found, but unreadable as a file.
+    std::fs::create_dir(unreadable.path().join("u.wasm")).unwrap();
+    let cases: Vec<(std::path::PathBuf, &str)> = vec![
+        (junk.clone(), "not a WebAssembly file"),
+        (junk_app.path().to_owned(), "not a WebAssembly file"),
+        (bad_input("core-module.wat"), "core WebAssembly module"),
+        (bad_input("weird-import.wat"), "acme:secret/vault"),
+        (unreadable.path().to_owned(), "u.wasm"),
+        ("/nonexistent/app.wasm".into(), "/nonexistent/app.wasm"),
+    ];
+    let once = |err: &str, needle: &str, what: &str| {
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("{what}: no error line in\n{err}"));
+        assert_eq!(
+            line.matches(needle).count(),
+            1,
+            "{what}: {needle:?} must appear once in {line:?}"
+        );
+    };
+    for (path, needle) in &cases {
+        let (code, err) = serve_check(path);
+        assert_eq!(code, 65, "{err}");
+        once(&err, needle, &format!("serve {}", path.display()));
+    }
+    // `run`: the same errors from an [[app]] of the config.
+    let cfg = write_config(
+        dir.path(),
+        &format!("[[app]]\nsource = \"{}\"\n", junk_app.path().display()),
+    );
+    let (code, _, err) = run_to_end(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0, "{err}");
+    once(&err, "not a WebAssembly file", "run");
+}
+
 #[tokio::test]
 async fn json_logs_are_one_object_per_line() {
     // --log-format is global: accepted after the subcommand too.

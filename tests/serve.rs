@@ -292,6 +292,65 @@ allowed_outbound_hosts = ["http://127.0.0.1:{}"]
     assert!(r.body.contains("HttpRequestDenied"), "{}", r.body);
 }
 
+/// A granted *name* that resolves to a loopback address (as a DNS-rebound name would) does not
+/// reach local services; neither does `*://*:*`. A grant naming the address itself does, and
+/// so does the component's `allow_private_outbound` opt-in. Before: `localhost` reached the
+/// local upstream.
+#[tokio::test]
+async fn granted_names_do_not_reach_private_addresses_without_opt_in() {
+    let up = upstream().await;
+    let port = up.port();
+    let app = AppDir::new(
+        &format!(
+            r#"
+manifest_version = 1
+[application]
+name = "fetcher"
+version = "1.0.0"
+[component.byname]
+source = "fetch.wasm"
+routes = ["/byname"]
+allowed_outbound_hosts = ["http://localhost:{port}"]
+[component.any]
+source = "fetch.wasm"
+routes = ["/any"]
+allowed_outbound_hosts = ["*://*:*"]
+[component.literal]
+source = "fetch.wasm"
+routes = ["/literal"]
+allowed_outbound_hosts = ["http://127.0.0.1:{port}"]
+[component.optin]
+source = "fetch.wasm"
+routes = ["/optin"]
+allowed_outbound_hosts = ["http://localhost:{port}"]
+allow_private_outbound = true
+"#
+        ),
+        &["fetch"],
+    );
+    let d = Daemon::serve(&[app.path().to_str().unwrap()]);
+    let fetch = |route: &str, host: &str| format!("/{route}?url=http%3A%2F%2F{host}%3A{port}%2Fx");
+    for (route, host) in [
+        ("byname", "localhost"),
+        ("any", "localhost"),
+        ("any", "127.0.0.1"),
+    ] {
+        let r = get(d.addr(), &fetch(route, host)).await;
+        assert_eq!(r.status, 502, "{route} {host}: {r:?}");
+        assert!(
+            r.body.contains("DestinationIpProhibited"),
+            "{route} {host}: {}",
+            r.body
+        );
+    }
+    d.expect_log(&["outbound request denied: the host resolves only to non-public addresses"]);
+    for (route, host) in [("literal", "127.0.0.1"), ("optin", "localhost")] {
+        let r = get(d.addr(), &fetch(route, host)).await;
+        assert_eq!(r.status, 200, "{route} {host}: {r:?}");
+        assert!(r.body.contains("upstream ok"), "{route}: {}", r.body);
+    }
+}
+
 #[tokio::test]
 async fn files_are_read_only_and_environment_does_not_leak() {
     let app = AppDir::new(

@@ -29,6 +29,7 @@ const COMPONENT_KEYS: &[&str] = &[
     "source",
     "routes",
     "allowed_outbound_hosts",
+    "allow_private_outbound",
     "files",
     "variables",
     "memory_limit",
@@ -68,6 +69,9 @@ pub struct ComponentSpec {
     /// `/...` wildcard suffix removed. See [`route_matches`].
     pub routes: Vec<String>,
     pub allowed_outbound_hosts: Vec<OutboundPattern>,
+    /// Granted host names may connect to loopback, link-local, private and unique-local
+    /// addresses (without it, only grants that name such an address reach it).
+    pub allow_private_outbound: bool,
     /// Read-only preopened directories.
     pub files: Vec<FileMount>,
     /// Exposed through `wasi:config/store`.
@@ -165,6 +169,7 @@ impl Manifest {
                 source,
                 routes: vec!["/".to_owned()],
                 allowed_outbound_hosts: Vec::new(),
+                allow_private_outbound: false,
                 files: Vec::new(),
                 variables: BTreeMap::new(),
                 limits: LimitSpec::default(),
@@ -180,6 +185,7 @@ impl Manifest {
 impl ComponentSpec {
     pub fn outbound_policy(&self) -> OutboundPolicy {
         OutboundPolicy::new(self.allowed_outbound_hosts.clone())
+            .allow_private(self.allow_private_outbound)
     }
 }
 
@@ -421,6 +427,11 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
         }
     }
 
+    let allow_private_outbound = match t.take("allow_private_outbound") {
+        Some(field) => field.boolean()?,
+        None => false,
+    };
+
     let files = match t.take("files") {
         Some(field) => parse_files(field)?,
         None => Vec::new(),
@@ -484,6 +495,7 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
             source,
             routes,
             allowed_outbound_hosts,
+            allow_private_outbound,
             files,
             variables,
             limits,

@@ -402,18 +402,13 @@ fn verify_cmd(
         .map_err(CliError::app)?;
     let sig_path = sig_path(bundle, sig);
     let sig = read_sig_file(bundle, &sig_path)?;
-    let digest = bundle_mod::digest(&bytes);
-    let signed = SignedDoc::parse(&sig, MAX_SIG_FILE)
-        .with_context(|| format!("{}", sig_path.display()))
-        .map_err(CliError::app)?;
-    let verified = sign::verify(&signed, bytes.len() as u64, &digest, &policy, unix_now())
-        .with_context(|| format!("{}", bundle.display()))
-        .map_err(CliError::app)?;
-    let unpacked = archive::unpack(&bytes, &Limits::default())
-        .with_context(|| format!("{}", bundle.display()))
-        .map_err(CliError::app)?;
-    install::check_contents(&unpacked, &verified.doc.app, &verified.doc.version)
-        .with_context(|| format!("{}", bundle.display()))
+    let install::VerifiedBundle {
+        verified, digest, ..
+    } = install::verify_bundle(&bytes, &sig, &policy, unix_now(), &Limits::default())
+        .map_err(|e| match e {
+            install::InstallError::Signature(_) => anyhow!("{}: {e}", sig_path.display()),
+            e => anyhow!("{}: {e}", bundle.display()),
+        })
         .map_err(CliError::app)?;
     pb.finish_and_clear();
     println!(

@@ -123,12 +123,29 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{:#}", e.error);
+            let text = error_text(&e.error);
+            tracing::error!("{text}");
             // Also plainly on stderr: the error must be readable with logging filtered or JSON.
-            eprintln!("error: {:#}", e.error);
+            eprintln!("error: {text}");
             ExitCode::from(e.code)
         }
     }
+}
+
+/// An error and its causes on one line, `outer: cause: cause`, each message once. Many typed
+/// errors embed their source in their own message (`"{path}: {source}"`, so that `{e}` alone
+/// is complete in a log field) and also report it as their `source()`; printing the whole chain
+/// would say those causes twice. A cause whose text already ends the line so far is left out.
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !cause.is_empty() && !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// A multi-threaded tokio runtime with `threads` workers.
@@ -254,4 +271,33 @@ fn tls_setup(
         handshake_timeout,
     )
     .map_err(CliError::runtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("component {component}: {source}")]
+    struct Embeds {
+        component: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_text_says_each_cause_once() {
+        let inner = std::io::Error::other("/x.wasm: not a WebAssembly file");
+        let e = anyhow::Error::new(Embeds {
+            component: "a",
+            source: inner,
+        });
+        assert_eq!(
+            error_text(&e),
+            "component a: /x.wasm: not a WebAssembly file"
+        );
+        // A context that does not embed its cause still gets it appended.
+        let e = anyhow::Error::new(std::io::Error::other("denied")).context("/etc/outpost.toml");
+        assert_eq!(error_text(&e), "/etc/outpost.toml: denied");
+    }
 }

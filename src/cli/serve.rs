@@ -178,7 +178,9 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Verifies (unless `insecure`) and unpacks a bundle into `dir`.
+/// Verifies (unless `insecure`) and unpacks a bundle into `dir`: the same verification as
+/// `bundle verify` and `bundle install` ([`crate::store::install::verify_bundle`]), so a bundle
+/// whose manifest names another app or version than its signature is refused here too.
 fn open_bundle(
     path: &std::path::Path,
     trust: &[String],
@@ -186,12 +188,16 @@ fn open_bundle(
     dir: &std::path::Path,
 ) -> CliResult {
     use crate::bundle::archive::{self, Limits};
-    use crate::bundle::sign::{self, SignedDoc};
+    use crate::store::install;
     use anyhow::anyhow;
     let limits = Limits::default();
-    let bytes = crate::store::install::read_bundle_file(path, limits.max_compressed)
+    let bytes = install::read_bundle_file(path, limits.max_compressed)
         .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?;
-    if !insecure {
+    let unpacked = if insecure {
+        tracing::warn!(bundle = %path.display(), "serving a bundle WITHOUT checking its signature (--insecure-unsigned)");
+        archive::unpack(&bytes, &limits)
+            .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?
+    } else {
         if trust.is_empty() {
             return Err(CliError::config(anyhow!(
                 "{}: a bundle needs --trust PUBKEY (or --insecure-unsigned for development)",
@@ -207,22 +213,11 @@ fn open_bundle(
         let mut sig_path = path.as_os_str().to_owned();
         sig_path.push(".sig");
         let sig = super::bundle::read_sig_file(path, std::path::Path::new(&sig_path))?;
-        let signed = SignedDoc::parse(&sig, crate::store::install::MAX_SIG_FILE)
-            .map_err(|e| CliError::app(anyhow!("{}: {e}", PathBuf::from(&sig_path).display())))?;
-        let digest = crate::bundle::digest(&bytes);
-        sign::verify(
-            &signed,
-            bytes.len() as u64,
-            &digest,
-            &policy,
-            crate::store::unix_now(),
-        )
-        .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?;
-    } else {
-        tracing::warn!(bundle = %path.display(), "serving a bundle WITHOUT checking its signature (--insecure-unsigned)");
-    }
-    let unpacked = archive::unpack(&bytes, &limits)
-        .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?;
+        let checked =
+            install::verify_bundle(&bytes, &sig, &policy, crate::store::unix_now(), &limits)
+                .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?;
+        checked.unpacked
+    };
     for (name, data) in unpacked.files() {
         let target = dir.join(name);
         if let Some(parent) = target.parent() {

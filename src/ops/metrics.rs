@@ -25,6 +25,9 @@ pub struct Metrics {
     pub instance_memory: HistogramVec,
     /// Failed requests by app and kind (`trap`, `timeout`, `memory_limit`, `saturated`, ...).
     pub request_errors: IntCounterVec,
+    /// Requests the front door refused as the client's fault (4xx), by reason (`missing_host`,
+    /// `duplicate_host`, `invalid_host`, `host_conflict`, `body_too_large`).
+    pub client_errors: IntCounterVec,
     /// Requests currently executing a guest, by app.
     pub inflight: IntGaugeVec,
     /// Pooled instance slots in use / in total.
@@ -113,6 +116,13 @@ impl Metrics {
             ),
             &["app", "kind"],
         )?;
+        let client_errors = IntCounterVec::new(
+            Opts::new(
+                "outpost_client_errors_total",
+                "Requests refused as the client's fault (4xx), by reason.",
+            ),
+            &["reason"],
+        )?;
         let inflight = IntGaugeVec::new(
             Opts::new(
                 "outpost_requests_inflight",
@@ -191,6 +201,7 @@ impl Metrics {
         registry.register(Box::new(instantiate_duration.clone()))?;
         registry.register(Box::new(instance_memory.clone()))?;
         registry.register(Box::new(request_errors.clone()))?;
+        registry.register(Box::new(client_errors.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(pool_slots_used.clone()))?;
         registry.register(Box::new(pool_slots_total.clone()))?;
@@ -261,6 +272,7 @@ impl Metrics {
             instantiate_duration,
             instance_memory,
             request_errors,
+            client_errors,
             inflight,
             pool_slots_used,
             pool_slots_total,

@@ -472,6 +472,13 @@ impl Field {
         }
     }
 
+    pub fn boolean(self) -> Result<bool, FieldError> {
+        match self.value {
+            toml::Value::Boolean(b) => Ok(b),
+            _ => Err(self.mismatch("true or false")),
+        }
+    }
+
     /// An integer in `min..=max`, with the accepted range in the error.
     pub fn integer_in<T: TryFrom<i64> + fmt::Display>(self, min: T, max: T) -> Result<T, FieldError>
     where

@@ -221,7 +221,7 @@ fn settings_for(
         files.push((host, m.destination.clone()));
     }
     Ok(ComponentSettings {
-        outbound: super::outbound::OutboundPolicy::new(spec.allowed_outbound_hosts.clone()),
+        outbound: spec.outbound_policy(),
         files,
         variables: spec
             .variables

@@ -77,6 +77,11 @@ pub struct RequestCtx {
     pub https: bool,
 }
 
+/// A request id as the `x-request-id` header and every log line show it: 16 hex digits.
+pub fn fmt_request_id(id: u64) -> impl std::fmt::Display {
+    format!("{id:016x}")
+}
+
 /// One loaded component, ready to serve.
 pub struct AppComponent {
     pub app: Arc<str>,
@@ -290,7 +295,7 @@ impl AppComponent {
                 static TIMEOUTS: crate::ops::logging::LogLimiter =
                     crate::ops::logging::LogLimiter::new(20, Duration::from_secs(10));
                 if let crate::ops::logging::LogDecision::Log { suppressed } = TIMEOUTS.check() {
-                    tracing::warn!(request_id = ctx.id, component = %this.label, timeout = ?this.limits.timeout, cpu = ?meter_done.cpu(), suppressed, "request hit its wall-clock timeout; instance dropped");
+                    tracing::warn!(request_id = %fmt_request_id(ctx.id), component = %this.label, timeout = ?this.limits.timeout, cpu = ?meter_done.cpu(), suppressed, "request hit its wall-clock timeout; instance dropped");
                 }
             }
             (outcome, hit_memory_limit)

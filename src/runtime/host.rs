@@ -324,7 +324,8 @@ pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
 /// How much of a denied request's body is read (and discarded) before the denial is returned.
 const DENIED_BODY_DRAIN: usize = 64 << 10;
 
-/// Enforces `allowed_outbound_hosts` on every outgoing request.
+/// Enforces `allowed_outbound_hosts` on every outgoing request, and (through
+/// [`super::connect`]) which addresses a granted host may connect to.
 struct OutboundHooks {
     grants: Arc<Grants>,
     /// "app/component", for logs.
@@ -367,13 +368,11 @@ impl WasiHttpHooks for OutboundHooks {
                 Err(wasmtime_wasi_http::Error::HttpRequestDenied)
             });
         }
+        // Connected only to addresses the policy allows (not loopback or private ranges unless
+        // granted by address or opted in), checked on the connected socket.
+        let (grants, label) = (self.grants.clone(), self.label.clone());
         Box::new(async move {
-            use http_body_util::BodyExt;
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+            super::connect::send_request(request, options, &grants.outbound, &label).await
         })
     }
 }

@@ -3,14 +3,16 @@
 //! Owns: the engine (one place for its defaults: [`engine`]), hardware sizing ([`sizing`]),
 //! component loading with an on-disk compiled-code cache ([`compile`]), apps as sets of routed
 //! components ([`app`]), per-request instantiation under limits ([`component`]) and the
-//! capabilities guests may be granted ([`host`], [`outbound`]).
-//! Must not: know about sockets, listeners, TLS or the control plane.
+//! capabilities guests may be granted ([`host`], [`outbound`], and [`connect`], which opens a
+//! guest's granted outbound connections).
+//! Must not: know about listeners, the serving side's sockets and TLS, or the control plane.
 #![deny(unsafe_code)]
 
 pub mod admission;
 pub mod app;
 pub mod compile;
 pub mod component;
+pub mod connect;
 pub mod engine;
 pub mod error;
 pub mod fair;

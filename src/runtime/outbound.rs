@@ -2,12 +2,16 @@
 //! (`scheme://host[:port]`) and the per-component [`OutboundPolicy`] built from them.
 //!
 //! Owns: parsing patterns (and host patterns, which the daemon config reuses for app `hosts`),
-//! their canonical display, and the allow/deny decision for a (scheme, host, port).
+//! their canonical display, the allow/deny decision for a (scheme, host, port), and the decision
+//! for the address a request actually connects to: loopback, link-local, private and
+//! unique-local addresses only when a grant names the address or the component opted in with
+//! `allow_private_outbound` ([`OutboundPolicy::allows_addr`]).
 //! Must not: resolve names, open connections or look at request paths — the outbound HTTP hook
-//! asks this module before it sends, and an empty policy denies everything.
+//! asks this module before it sends and the connector ([`super::connect`]) for every address it
+//! connects to; an empty policy denies everything.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// Longest DNS name (RFC 1035), without the trailing dot.
@@ -364,11 +368,25 @@ impl fmt::Display for HostPattern {
 
 /// A component's outbound grants. Empty means deny all, which is the default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OutboundPolicy(Vec<OutboundPattern>);
+pub struct OutboundPolicy {
+    patterns: Vec<OutboundPattern>,
+    /// `allow_private_outbound`: granted names may resolve to non-public addresses.
+    private: bool,
+}
 
 impl OutboundPolicy {
     pub fn new(patterns: Vec<OutboundPattern>) -> Self {
-        Self(patterns)
+        Self {
+            patterns,
+            private: false,
+        }
+    }
+
+    /// With `allow`, a granted host may connect to non-public addresses (see
+    /// [`is_non_public`]) even when no grant names the address itself.
+    pub fn allow_private(mut self, allow: bool) -> Self {
+        self.private = allow;
+        self
     }
 
     pub fn deny_all() -> Self {
@@ -376,17 +394,17 @@ impl OutboundPolicy {
     }
 
     pub fn patterns(&self) -> &[OutboundPattern] {
-        &self.0
+        &self.patterns
     }
 
     /// True when nothing is allowed.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.patterns.is_empty()
     }
 
     /// Whether any pattern allows `scheme://host[:port]`.
     pub fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
-        self.0.iter().any(|p| p.allows(scheme, host, port))
+        self.patterns.iter().any(|p| p.allows(scheme, host, port))
     }
 
     /// Whether the scheme and authority of `uri` are allowed; a URI without a scheme or host is
@@ -397,11 +415,71 @@ impl OutboundPolicy {
             _ => false,
         }
     }
+
+    /// Whether a request already allowed by [`Self::allows_uri`] may connect to `addr` on
+    /// `port` (the port it connects to). Public addresses may; a non-public one (loopback,
+    /// link-local, private, unique-local — [`is_non_public`]) only when the component opted in
+    /// or a grant names that very address (`http://127.0.0.1:8080`, `https://[fd00::1]`) —
+    /// `*` and host names do not, so a granted name that resolves (or is rebound) to a local
+    /// address does not reach the node's or the LAN's services.
+    pub fn allows_addr(&self, scheme: &str, addr: IpAddr, port: u16) -> bool {
+        if self.private || !is_non_public(addr) {
+            return true;
+        }
+        let addr = canonical(addr);
+        self.patterns.iter().any(|p| {
+            let named = match p.host {
+                HostPattern::Ipv4(a) => IpAddr::V4(a) == addr,
+                HostPattern::Ipv6(a) => canonical(IpAddr::V6(a)) == addr,
+                _ => false,
+            };
+            named && p.allows(scheme, &addr.to_string(), Some(port))
+        })
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:127.0.0.1`) is the IPv4 address it carries: the kernel
+/// connects to that.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Addresses that reach this machine or its local networks rather than the internet: loopback
+/// (`127.0.0.0/8`, `::1`), unspecified (`0.0.0.0`, `::`, which connect to the local host),
+/// link-local (`169.254.0.0/16` — cloud metadata services live there — and `fe80::/10`),
+/// private (`10/8`, `172.16/12`, `192.168/16`), shared address space (`100.64.0.0/10`, carrier
+/// NAT) and unique-local (`fc00::/7`), in IPv4-mapped IPv6 form too.
+pub fn is_non_public(addr: IpAddr) -> bool {
+    match canonical(addr) {
+        IpAddr::V4(a) => {
+            let [o0, o1, ..] = a.octets();
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_link_local()
+                || a.is_private()
+                || a.is_broadcast()
+                || (o0 == 100 && (o1 & 0xc0) == 64)
+        }
+        IpAddr::V6(a) => {
+            let first = a.segments()[0];
+            a.is_loopback()
+                || a.is_unspecified()
+                || (first & 0xffc0) == 0xfe80
+                || (first & 0xfe00) == 0xfc00
+                // IPv4-compatible (deprecated) `::a.b.c.d`: some stacks still route it as IPv4.
+                || (a.segments()[..6] == [0; 6] && is_non_public(IpAddr::V4(Ipv4Addr::from(
+                    (u32::from(a.segments()[6]) << 16) | u32::from(a.segments()[7]),
+                ))))
+        }
+    }
 }
 
 impl FromIterator<OutboundPattern> for OutboundPolicy {
     fn from_iter<I: IntoIterator<Item = OutboundPattern>>(iter: I) -> Self {
-        Self(iter.into_iter().collect())
+        Self::new(iter.into_iter().collect())
     }
 }
 
@@ -598,6 +676,78 @@ mod tests {
         assert!(policy.allows_uri(&uri("http://[::1]:8080/x")));
         assert!(!policy.allows_uri(&uri("http://[::1]/x")));
         assert!(!policy.allows_uri(&uri("/relative/only")));
+    }
+
+    #[test]
+    fn non_public_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test address");
+        for a in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "0.0.0.0",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "fc00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+        ] {
+            assert!(is_non_public(ip(a)), "{a}");
+        }
+        for a in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+        ] {
+            assert!(!is_non_public(ip(a)), "{a}");
+        }
+    }
+
+    #[test]
+    fn private_addresses_need_a_grant_naming_them_or_the_opt_in() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test address");
+        let named: OutboundPolicy = ["http://127.0.0.1:8080", "https://[fd00::1]"]
+            .into_iter()
+            .map(pat)
+            .collect();
+        assert!(named.allows_addr("http", ip("127.0.0.1"), 8080));
+        assert!(named.allows_addr("http", ip("::ffff:127.0.0.1"), 8080));
+        assert!(
+            !named.allows_addr("http", ip("127.0.0.1"), 9090),
+            "another port"
+        );
+        assert!(
+            !named.allows_addr("https", ip("127.0.0.1"), 8080),
+            "another scheme"
+        );
+        assert!(!named.allows_addr("http", ip("127.0.0.2"), 8080));
+        assert!(named.allows_addr("https", ip("fd00::1"), 443));
+        assert!(
+            named.allows_addr("http", ip("93.184.215.14"), 80),
+            "public is fine"
+        );
+
+        // A name or `*` grants the host, not whatever local address it resolves to.
+        let names: OutboundPolicy = ["http://api.example.com:*", "*://*:*"]
+            .into_iter()
+            .map(pat)
+            .collect();
+        for a in ["127.0.0.1", "10.0.0.5", "169.254.169.254", "::1", "fd12::3"] {
+            assert!(!names.allows_addr("http", ip(a), 8080), "{a}");
+        }
+        assert!(names.allows_addr("http", ip("1.1.1.1"), 8080));
+        let opted_in = names.allow_private(true);
+        assert!(opted_in.allows_addr("http", ip("10.0.0.5"), 8080));
     }
 
     #[test]

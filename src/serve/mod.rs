@@ -6,14 +6,16 @@
 //! so a flood waits in the kernel backlog or quinn's bounded queue rather than in our memory;
 //! header and idle deadlines; eviction under pressure), handing
 //! connections to serving threads, per-connection tasks, request ids, `Alt-Svc`, the
-//! client-visible error bodies, per-request metrics, and graceful drain with a deadline for
-//! every protocol.
+//! client-visible error bodies, per-request metrics, the protocol-independent request rules
+//! ([`guard`]: Host, `HEAD`, request bodies over their limit), and graceful drain with a deadline
+//! for every protocol.
 //! Must not: compile wasm, verify signatures, read config files, or do a TLS or QUIC handshake
 //! in an accept loop.
 #![forbid(unsafe_code)]
 
 pub mod certs;
 pub mod door;
+pub mod guard;
 pub mod h3;
 pub mod router;
 pub mod tls;
@@ -31,8 +33,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 use crate::ops::metrics::{Metrics, Protocol, RequestMetrics};
-use crate::runtime::component::{GuestCpu, RequestCtx, ResponseBody, plain_response};
-use crate::runtime::error::{Cause, RequestError};
+use crate::runtime::component::{
+    AppComponent, GuestCpu, RequestCtx, ResponseBody, fmt_request_id, plain_response,
+};
+use crate::runtime::error::{Cause, RequestError, RequestErrorKind};
 pub use router::{HostPattern, Router};
 
 /// Shared by every connection: the current routing table (swapped whole on reload), metrics and
@@ -113,10 +117,10 @@ impl ServeState {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(router);
     }
 
-    /// Answers one request: route, run, map errors, record metrics. Every protocol comes
-    /// through here — hyper's bodies for HTTP/1.1 and HTTP/2, [`h3::H3Body`] for HTTP/3 —
-    /// so routing, limits, errors and metrics cannot drift apart. `https` is true for TLS and
-    /// QUIC connections (the guest sees the `https` scheme).
+    /// Answers one request: check its host, route, run, map errors, record metrics. Every
+    /// protocol comes through here — hyper's bodies for HTTP/1.1 and HTTP/2, [`h3::H3Body`] for
+    /// HTTP/3 — so routing, limits, errors and metrics cannot drift apart. `https` is true for
+    /// TLS and QUIC connections (the guest sees the `https` scheme).
     pub async fn handle<B>(
         &self,
         req: http::Request<B>,
@@ -136,26 +140,40 @@ impl ServeState {
             http::Version::HTTP_10 => Protocol::Http10,
             _ => Protocol::Http1,
         };
-        let router = self.router();
-        let component = router.route(request_host(&req), req.uri().path()).cloned();
+        let head = req.method() == http::Method::HEAD;
         // For the log lines; both clones are reference-count bumps.
         let (method, uri) = (req.method().clone(), req.uri().clone());
-        let mut resp = match &component {
-            None => {
-                tracing::debug!(request_id = %fmt_id(id), host = request_host(&req).unwrap_or(""), path = req.uri().path(), "no route");
+        let router = self.router();
+        let host = guard::request_host(&req);
+        let component = match host {
+            Ok(host) => router.route(host, req.uri().path()).cloned(),
+            Err(_) => None,
+        };
+        let mut resp = match (host, &component) {
+            (Err(e), _) => {
+                self.client_error(e.label(), id, &method, uri.path(), &e);
                 plain_response(
-                    http::StatusCode::NOT_FOUND,
-                    format!("no app serves {}\n", req.uri().path()),
+                    http::StatusCode::BAD_REQUEST,
+                    format!("bad request: {e} (request id {})\n", fmt_id(id)),
                 )
             }
-            Some(c) => match c.handle(req, RequestCtx { id, https }).await {
-                Ok(r) => r,
-                Err(e) => {
-                    log_failure(&e, id, &c.label, &method, uri.path());
-                    error_response(&e, id)
-                }
-            },
+            (Ok(host), None) => {
+                tracing::debug!(request_id = %fmt_id(id), host = host.unwrap_or(""), path = uri.path(), "no route");
+                plain_response(
+                    http::StatusCode::NOT_FOUND,
+                    format!("no app serves {}\n", uri.path()),
+                )
+            }
+            (Ok(host), Some(c)) => {
+                let missing = host.is_none();
+                let req = with_default_authority(req, missing);
+                self.run(c, req, id, https, &method, uri.path()).await
+            }
         };
+        if head {
+            let body = guard::head_body(resp.body());
+            *resp.body_mut() = body;
+        }
         if let Ok(v) = http::HeaderValue::from_str(&fmt_id(id)) {
             resp.headers_mut().insert("x-request-id", v);
         }
@@ -182,19 +200,93 @@ impl ServeState {
         );
         resp
     }
+
+    /// Runs `req` on `c` and maps its failure to an error response. A request body that may
+    /// grow past the component's `max_request_body` is watched: past it, a response not yet
+    /// sent becomes a 413 and one already streaming is aborted (see [`guard::cut_if_over`]).
+    async fn run<B>(
+        &self,
+        c: &Arc<AppComponent>,
+        req: http::Request<B>,
+        id: u64,
+        https: bool,
+        method: &http::Method,
+        path: &str,
+    ) -> http::Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let ctx = RequestCtx { id, https };
+        let fail = |e: RequestError| {
+            if e.kind.cause() == Cause::Client {
+                self.metrics
+                    .client_errors
+                    .with_label_values(&[e.kind.label()])
+                    .inc();
+            }
+            log_failure(&e, id, &c.label, method, path);
+            error_response(&e, id)
+        };
+        if req.body().is_end_stream() {
+            return c.handle(req, ctx).await.unwrap_or_else(fail);
+        }
+        let limit = c.limits.max_request_body;
+        let over = guard::OverLimit::default();
+        let req = req.map(|b| guard::WatchedBody::new(b, limit, over.clone()));
+        let resp = match c.handle(req, ctx).await {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        if over.tripped() {
+            // Over the limit before anything was sent: the client gets its 413.
+            return fail(RequestError::new(
+                RequestErrorKind::BodyTooLarge,
+                format!("request body exceeded max_request_body {limit}"),
+            ));
+        }
+        let (errors, label, rid) = (
+            self.metrics.client_errors.clone(),
+            c.label.clone(),
+            fmt_id(id),
+        );
+        resp.map(|body| {
+            guard::cut_if_over(body, over, limit, move || {
+                errors.with_label_values(&["body_too_large"]).inc();
+                tracing::info!(request_id = %rid, component = %label, kind = "body_too_large", limit, "request body exceeded max_request_body after the response started; response aborted");
+            })
+        })
+    }
+
+    /// Counts and logs a request the front door refuses as the client's fault.
+    fn client_error(
+        &self,
+        label: &str,
+        id: u64,
+        method: &http::Method,
+        path: &str,
+        e: &dyn std::fmt::Display,
+    ) {
+        self.metrics.client_errors.with_label_values(&[label]).inc();
+        tracing::info!(request_id = %fmt_id(id), %method, path, kind = label, detail = %e, "request refused");
+    }
 }
 
-/// The host a request is for: the URI authority (HTTP/2, absolute-form) or the `Host` header.
-fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+/// An HTTP/1.0 request without `Host` gets [`guard::DEFAULT_AUTHORITY`] as its `Host`, so the
+/// guest sees an authority as it does for every other request.
+fn with_default_authority<B>(mut req: http::Request<B>, missing: bool) -> http::Request<B> {
+    if missing {
+        req.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static(guard::DEFAULT_AUTHORITY),
+        );
+    }
+    req
 }
 
+/// The request id as the `x-request-id` header, error bodies and every log line show it.
 fn fmt_id(id: u64) -> String {
-    format!("{id:016x}")
+    fmt_request_id(id).to_string()
 }
 
 fn log_failure(e: &RequestError, id: u64, label: &str, method: &http::Method, path: &str) {

@@ -1,9 +1,10 @@
 //! Installing a signed bundle into the store, and finding what to serve at start.
 //!
-//! Owns: the order of checks that keeps anything rejected out of the store — size caps, then the
-//! signature over (digest, size) *before* anything is decompressed, then the rollback check, then
-//! unpacking under limits, the manifest and that every component really is a component — and only
-//! then the writes (blob, tree), the caller's load check over the unpacked tree (compile, link,
+//! Owns: [`verify_bundle`], the one verification of a bundle that every path accepting one uses
+//! (size caps, then the signature over (digest, size) *before* anything is decompressed, then
+//! unpacking under limits, the manifest naming exactly the signed app and version, and every
+//! component really a component), and the order of checks that keeps anything rejected out of
+//! the store — that verification, then the rollback check — and only then the writes (blob, tree), the caller's load check over the unpacked tree (compile, link,
 //! probe — a signed release this node cannot run must not become active), and last the index
 //! (the commit point). At start, `load_active` re-checks every active
 //! release (blob digest, signature under today's trust policy, unpacked files) and falls back to
@@ -207,17 +208,14 @@ pub fn stage(
     mode: InstallMode<'_>,
 ) -> Result<Installed, InstallError> {
     let size = bundle.len() as u64;
-    if size > limits.max_compressed {
-        return Err(InstallError::TooLarge {
-            size,
-            limit: limits.max_compressed,
-        });
-    }
-    // 1. Signature over digest and size: nothing is decompressed before this passes.
-    let digest = bundle_mod::digest(bundle);
-    let signed = SignedDoc::parse(sig, MAX_SIG_FILE).map_err(InstallError::Signature)?;
-    let verified =
-        sign::verify(&signed, size, &digest, policy, now).map_err(InstallError::Verify)?;
+    // 1. Size cap, signature (before anything is decompressed), archive rules, manifest,
+    //    components: the checks every path that accepts a bundle shares.
+    let VerifiedBundle {
+        verified,
+        digest,
+        unpacked,
+        components,
+    } = verify_bundle(bundle, sig, policy, now, limits)?;
     let doc = &verified.doc;
     if let InstallMode::Desired(entry) = mode
         && (doc.app != entry.app
@@ -264,11 +262,7 @@ pub fn stage(
         sign::check_same_tenant(doc, active.tenant.as_deref()).map_err(InstallError::Verify)?;
     }
 
-    // 3. Contents: archive rules, manifest, components.
-    let unpacked = archive::unpack(bundle, limits).map_err(InstallError::Archive)?;
-    let components = check_contents(&unpacked, doc.app.as_str(), doc.version.as_str())?;
-
-    // 4. Writes: blob and tree first, the index last (the commit point).
+    // 3. Writes: blob and tree first, the index last (the commit point).
     store.put_blob(&digest, bundle, sig)?;
     store.put_tree(&digest, unpacked.files())?;
     let release = Release {
@@ -284,6 +278,51 @@ pub fn stage(
         release,
         replaced: current.map(|r| r.active),
         unchanged: false,
+    })
+}
+
+/// A bundle that passed every check that needs no store (see [`verify_bundle`]).
+#[derive(Debug)]
+pub struct VerifiedBundle {
+    /// The signed document and the keys that counted.
+    pub verified: sign::Verified,
+    pub digest: Digest,
+    /// The archive's files, under the archive limits.
+    pub unpacked: archive::Unpacked,
+    /// sha256 (hex) of each component, in manifest order.
+    pub components: Vec<String>,
+}
+
+/// The one verification of a bundle and its signature file, for every path that accepts a
+/// bundle (`install`, the sync agent through [`stage`], `bundle verify`, `serve X.bundle`):
+/// the size cap; the signature over (digest, size) under `policy` at `now` — before anything is
+/// decompressed; unpacking under `limits`; and the contents: a manifest that names exactly the
+/// signed app and version, every component present and a real component.
+pub fn verify_bundle(
+    bundle: &[u8],
+    sig: &[u8],
+    policy: &TrustPolicy,
+    now: u64,
+    limits: &Limits,
+) -> Result<VerifiedBundle, InstallError> {
+    let size = bundle.len() as u64;
+    if size > limits.max_compressed {
+        return Err(InstallError::TooLarge {
+            size,
+            limit: limits.max_compressed,
+        });
+    }
+    let digest = bundle_mod::digest(bundle);
+    let signed = SignedDoc::parse(sig, MAX_SIG_FILE).map_err(InstallError::Signature)?;
+    let verified =
+        sign::verify(&signed, size, &digest, policy, now).map_err(InstallError::Verify)?;
+    let unpacked = archive::unpack(bundle, limits).map_err(InstallError::Archive)?;
+    let components = check_contents(&unpacked, &verified.doc.app, &verified.doc.version)?;
+    Ok(VerifiedBundle {
+        verified,
+        digest,
+        unpacked,
+        components,
     })
 }
 
@@ -469,14 +508,21 @@ pub fn rebuild_index(store: &Store, policy: &TrustPolicy, limits: &Limits) -> us
         let checked = (|| -> Result<(sign::ReleaseDoc, Release), String> {
             let bundle = store.read_blob(&d).map_err(|e| e.to_string())?;
             let sig = store.read_sig(&d).map_err(|e| e.to_string())?;
-            let signed = SignedDoc::parse(&sig, MAX_SIG_FILE).map_err(|e| e.to_string())?;
-            let at = signed.doc().created;
-            let verified = sign::verify(&signed, bundle.len() as u64, &d, policy, at)
-                .map_err(|e| e.to_string())?;
-            let unpacked = archive::unpack(&bundle, limits).map_err(|e| e.to_string())?;
+            // Verified as of its signing time: what mattered was whether it verified then.
+            let at = SignedDoc::parse(&sig, MAX_SIG_FILE)
+                .map_err(|e| e.to_string())?
+                .doc()
+                .created;
+            let VerifiedBundle {
+                verified,
+                digest,
+                unpacked,
+                components,
+            } = verify_bundle(&bundle, &sig, policy, at, limits).map_err(|e| e.to_string())?;
+            if digest != d {
+                return Err(format!("the blob's content is {digest}, not {d}"));
+            }
             let doc = verified.doc;
-            let components =
-                check_contents(&unpacked, &doc.app, &doc.version).map_err(|e| e.to_string())?;
             if store.check_tree(&d).is_err() {
                 store
                     .put_tree(&d, unpacked.files())

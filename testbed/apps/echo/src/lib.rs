@@ -2,7 +2,9 @@
 //!
 //! Streams the request body back as the response body, chunk by chunk as it arrives, with
 //! status 200, the request's `content-type` (if any), and `x-echo-method` / `x-echo-path`
-//! headers naming the request line.
+//! headers naming the request line. Under `/echo/lenient` it treats a failed body read as the
+//! end of the body and finishes its response normally, as guests built on SDKs that map read
+//! errors to end-of-stream do (the host must still not let that look like a complete answer).
 //!
 //! Must not: buffer the whole body (tests push bodies larger than the guest's memory limit
 //! through it and watch chunks come back before the upload ends), or echo any other header.
@@ -17,6 +19,7 @@ impl Guest for Echo {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let method = guest_kit::method_name(&request.method()).to_owned();
         let path = guest_kit::path_with_query(&request);
+        let lenient = path.starts_with("/echo/lenient");
         let content_type = request.headers().get("content-type");
         let mut head = Head::new(200)
             .header("x-echo-method", method)
@@ -33,7 +36,7 @@ impl Guest for Echo {
                 return;
             }
         };
-        if let Err(e) = pump(reader, out, &head) {
+        if let Err(e) = pump(reader, out, &head, lenient) {
             // The head is already out; the client sees a cut-off body, the operator this line.
             eprintln!("echo: {e}");
         }
@@ -41,10 +44,23 @@ impl Guest for Echo {
 }
 
 /// Sends the head first, then forwards each chunk the moment it arrives.
-fn pump(mut reader: BodyReader, out: ResponseOutparam, head: &Head) -> Result<(), GuestError> {
+fn pump(
+    mut reader: BodyReader,
+    out: ResponseOutparam,
+    head: &Head,
+    lenient: bool,
+) -> Result<(), GuestError> {
     let mut writer = guest_kit::start(out, head)?;
-    while let Some(chunk) = reader.next_chunk()? {
-        writer.write_all(&chunk)?;
+    loop {
+        match reader.next_chunk() {
+            Ok(Some(chunk)) => writer.write_all(&chunk)?,
+            Ok(None) => break,
+            Err(e) if lenient => {
+                eprintln!("echo: {e} (lenient: ending the body here)");
+                break;
+            }
+            Err(e) => return Err(e),
+        }
     }
     writer.finish()
 }
