@@ -27,6 +27,7 @@ use super::admission::{Lease, Pool, Refused};
 use super::error::{RequestError, RequestErrorKind};
 use super::fair::{Account, Meter, Metered, TickMode};
 use super::host::{CtxPool, Grants, Host};
+use super::offload::{GuestThreads, Running};
 use crate::ops::metrics::{Metrics, RequestMetrics};
 
 /// The body type of every response the runtime produces, guest-made or not.
@@ -100,6 +101,8 @@ pub struct AppComponent {
     account: Arc<Account>,
     ticks: Arc<TickMode>,
     pool: Arc<Pool>,
+    /// Where guests that run long go, off the serving threads.
+    guests: Arc<GuestThreads>,
     /// Bytes one live instance is expected to hold: [`INSTANCE_OVERHEAD`] plus the linear memory
     /// recent instances grew by beyond their initial image. Rises at once, decays by 1/16 of the
     /// gap per request.
@@ -136,6 +139,7 @@ impl AppComponent {
         account: Arc<Account>,
         ticks: Arc<TickMode>,
         pool: Arc<Pool>,
+        guests: Arc<GuestThreads>,
         metrics: Metrics,
     ) -> Self {
         let concurrency = Arc::new(Semaphore::new(limits.max_concurrency as usize));
@@ -160,6 +164,7 @@ impl AppComponent {
             account,
             ticks,
             pool,
+            guests,
             footprint: AtomicU64::new(INSTANCE_OVERHEAD),
             metrics,
         }
@@ -289,7 +294,12 @@ impl AppComponent {
             {
                 tokio::task::spawn_blocking(release);
             } else {
+                // Resetting a slot can wait for the process's memory-map lock while other
+                // threads grow or release big instances: that wait is not this request's work,
+                // and must not make its app look heavy (see `Meter::exclude`).
+                let t = Instant::now();
                 release();
+                meter_done.exclude(t.elapsed());
             }
             if let GuestOutcome::TimedOut = outcome {
                 static TIMEOUTS: crate::ops::logging::LogLimiter =
@@ -303,24 +313,38 @@ impl AppComponent {
 
         // Run the guest inline on this task until it answers: most handlers set their response
         // and finish their body in one go, and a spawn plus cross-task wakeups would cost more
-        // than the guest itself. Only a guest still running after answering (a streaming body)
-        // is moved to a task of its own, keeping its permits until it is done.
-        // Every poll of the guest is CPU time of this app.
-        let mut guest = Metered::new(Box::pin(guest), meter.clone());
+        // than the guest itself. A guest still running after answering (a streaming body) goes
+        // on in a task of its own, keeping its permits until it is done. A guest that runs past
+        // its slice, or whose app's requests are heavy, runs on a guest thread instead (see
+        // `offload`). Every poll of the guest is CPU time of this app.
+        let mut run = Running::start(
+            Metered::new(Box::pin(guest), meter.clone()),
+            self.account.is_heavy(),
+            meter.clone(),
+            self.guests.clone(),
+        );
         let mut rx = rx;
-        let first = tokio::select! {
-            out = &mut guest => First::Guest(out),
-            answer = &mut rx => First::Answer(answer),
-        };
+        let first = std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = run.poll_step(cx) {
+                return Poll::Ready(First::Guest(out));
+            }
+            Pin::new(&mut rx).poll(cx).map(First::Answer)
+        })
+        .await;
         let (answer, finished) = match first {
             First::Guest(out) => (rx.try_recv().ok(), Some(out)),
             First::Answer(Ok(answer)) => {
-                tokio::spawn(guest);
+                run.detach();
                 (Some(answer), None)
             }
             // The outparam was dropped without an answer: the guest is ending; see how.
-            First::Answer(Err(_)) => (None, Some(guest.await)),
+            First::Answer(Err(_)) => (
+                None,
+                Some(std::future::poll_fn(|cx| run.poll_step(cx)).await),
+            ),
         };
+        // A guest whose thread went away (or that panicked) has no outcome.
+        let finished = finished.map(|f| f.ok_or(()));
 
         let result = match (answer, finished) {
             (Some(Ok(mut resp)), _) => {
@@ -347,24 +371,25 @@ impl AppComponent {
                     RequestErrorKind::BodyTooLarge,
                     format!("request body exceeded max_request_body {limit}"),
                 ),
-                Some((GuestOutcome::TimedOut, _)) => RequestError::new(
+                Some(Ok((GuestOutcome::TimedOut, _))) => RequestError::new(
                     RequestErrorKind::Timeout,
                     format!("no response within {:?}", self.limits.timeout),
                 ),
-                Some((GuestOutcome::Failed(e), true)) => RequestError::new(
+                Some(Ok((GuestOutcome::Failed(e), true))) => RequestError::new(
                     RequestErrorKind::MemoryLimit,
                     format!(
                         "guest exceeded memory_limit {} bytes: {e:?}",
                         self.limits.memory_limit
                     ),
                 ),
-                Some((GuestOutcome::Failed(e), false)) => {
+                Some(Ok((GuestOutcome::Failed(e), false))) => {
                     RequestError::new(RequestErrorKind::Trap, format!("{e:?}"))
                 }
-                Some((GuestOutcome::Returned, _)) => RequestError::new(
+                Some(Ok((GuestOutcome::Returned, _))) => RequestError::new(
                     RequestErrorKind::NoResponse,
                     "guest returned without setting a response",
                 ),
+                Some(Err(())) => internal("the guest's thread ended before it did"),
                 None => internal("guest ended without an outcome"),
             }),
         };
@@ -459,10 +484,14 @@ impl AppComponent {
 /// entry (insert + remove on every request) would be pure overhead. A future that does wait —
 /// I/O, or an epoch-tick yield of a CPU-bound guest — gets the timer from its first wait on,
 /// and the deadline is the one fixed before the first poll, so nothing is lost by arming late.
+///
+/// The timer belongs to the runtime of the thread that armed it; a guest that moved to a guest
+/// thread since gets a new one there, so it never depends on a serving thread's timer (which is
+/// gone once that thread's runtime shuts down).
 struct LazyDeadline<F> {
     inner: F,
     deadline: Instant,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timer: Option<(std::thread::ThreadId, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl<F: Future + Unpin> LazyDeadline<F> {
@@ -485,9 +514,13 @@ impl<F: Future + Unpin> Future for LazyDeadline<F> {
             return Poll::Ready(Some(v));
         }
         let deadline = this.deadline;
-        let timer = this
+        let here = std::thread::current().id();
+        if this.timer.as_ref().is_some_and(|(armed, _)| *armed != here) {
+            this.timer = None;
+        }
+        let (_, timer) = this
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+            .get_or_insert_with(|| (here, Box::pin(tokio::time::sleep_until(deadline.into()))));
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,

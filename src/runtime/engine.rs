@@ -34,7 +34,7 @@ pub const FAST_TICK_LINGER: Duration = Duration::from_secs(1);
 /// reused; see the pooling comments in [`build_engine`].
 const KEEP_RESIDENT: usize = 1 << 20;
 /// Slots decommitted per batch.
-const DECOMMIT_BATCH: usize = 32;
+const DECOMMIT_BATCH: usize = 1;
 
 /// What the engine needs from the sizing: pool dimensions, or `None` for on-demand allocation.
 #[derive(Debug, Clone)]

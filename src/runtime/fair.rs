@@ -50,6 +50,12 @@ pub const ROUND: Duration = Duration::from_micros(100);
 /// short requests, too little to starve anyone.
 pub const GRACE: Duration = Duration::from_millis(1);
 
+/// An app whose requests recently used more CPU than this each (a moving average) starts its
+/// requests on a guest thread ([`super::offload`]) rather than inline on the serving thread.
+pub const HEAVY_CPU: Duration = Duration::from_micros(500);
+/// See [`Account::note_request`].
+const HEAVY_CAP: u64 = 4;
+
 /// The weight of an app that config does not name.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// The range of `cpu_weight` (validated by the config module, enforced again here).
@@ -77,6 +83,8 @@ pub struct Account {
     /// Pool slots and bytes this app's requests hold now (kept by [`super::admission`]).
     pub(super) held_slots: AtomicU32,
     pub(super) held_bytes: AtomicU64,
+    /// CPU nanoseconds per request, a moving average over the last ~8 requests.
+    recent_cpu: AtomicU64,
 }
 
 impl std::fmt::Debug for Account {
@@ -110,6 +118,29 @@ impl Account {
             Ordering::Relaxed,
         );
         self.cpu_seconds.inc_by(ns as f64 / 1e9);
+    }
+
+    /// Whether this app's requests are heavy enough to start on a guest thread.
+    pub fn is_heavy(&self) -> bool {
+        self.recent_cpu.load(Ordering::Relaxed) >= HEAVY_CPU.as_nanos() as u64
+    }
+
+    /// Folds one finished request's CPU time into the moving average. A request counts for at
+    /// most [`HEAVY_CAP`] × [`HEAVY_CPU`]: CPU time is measured as the wall time of the guest's
+    /// polls, so a light request whose thread the kernel preempted mid-poll can look long, and
+    /// one such request must not make its app heavy (it takes three in a row); a really heavy
+    /// app becomes so within three requests and light again within a dozen.
+    fn note_request(&self, ns: u64) {
+        let ns = ns.min(HEAVY_CAP * HEAVY_CPU.as_nanos() as u64);
+        let _ = self
+            .recent_cpu
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if ns >= old {
+                    old + (ns - old) / 8
+                } else {
+                    old - (old - ns) / 8
+                })
+            });
     }
 
     /// An app coming back from idle starts no further back than `floor`.
@@ -171,6 +202,7 @@ impl Accounts {
             cpu_seconds: self.cpu_seconds.with_label_values(&[name]),
             held_slots: AtomicU32::new(0),
             held_bytes: AtomicU64::new(0),
+            recent_cpu: AtomicU64::new(0),
         });
         by_name.insert(name.to_string(), t.clone());
         t
@@ -219,7 +251,6 @@ impl TickMode {
 /// ([`Metered`]) and the store's epoch callback ([`Meter::on_epoch`]).
 pub struct Meter {
     tenant: Arc<Account>,
-    lane: Arc<Lane>,
     ticks: Arc<TickMode>,
     /// [`now_ns`] at the start of the poll in progress.
     slice_start: AtomicU64,
@@ -229,6 +260,13 @@ pub struct Meter {
     stops: AtomicU32,
     /// Set at the second stop: the guest counts as running long (fast ticks).
     long: AtomicBool,
+    /// Whether whoever polls the guest on a serving thread moves it to a guest thread when asked
+    /// ([`super::offload::Running`]); otherwise it parks in the thread's lane.
+    movable: AtomicBool,
+    /// Set by the epoch callback: move the guest now.
+    moving: AtomicBool,
+    /// Part of `cpu_ns` that does not count towards the app being heavy.
+    excluded_ns: AtomicU64,
 }
 
 impl std::fmt::Debug for Meter {
@@ -241,17 +279,36 @@ impl std::fmt::Debug for Meter {
 }
 
 impl Meter {
-    /// A meter for a request of `tenant` on the current thread's lane.
+    /// A meter for a request of `tenant`.
     pub fn new(tenant: Arc<Account>, ticks: Arc<TickMode>) -> Arc<Self> {
         Arc::new(Self {
             tenant,
-            lane: Lane::current(),
             ticks,
             slice_start: AtomicU64::new(now_ns()),
             cpu_ns: AtomicU64::new(0),
             stops: AtomicU32::new(0),
             long: AtomicBool::new(false),
+            movable: AtomicBool::new(false),
+            moving: AtomicBool::new(false),
+            excluded_ns: AtomicU64::new(0),
         })
+    }
+
+    /// Leaves `d` (already booked as CPU) out of the request's weight when its app's
+    /// heaviness is judged: for host work whose wall time is mostly waiting on the kernel.
+    pub(super) fn exclude(&self, d: Duration) {
+        self.excluded_ns
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// See the `movable` field.
+    pub(super) fn set_movable(&self) {
+        self.movable.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the epoch callback asked for the guest to move (and clears the request).
+    pub(super) fn take_move(&self) -> bool {
+        self.moving.load(Ordering::Relaxed) && self.moving.swap(false, Ordering::Relaxed)
     }
 
     /// CPU time booked to this request so far.
@@ -259,16 +316,18 @@ impl Meter {
         Duration::from_nanos(self.cpu_ns.load(Ordering::Relaxed))
     }
 
-    /// Waits for this app's turn on the lane if other apps with less virtual time are waiting;
-    /// returns at once otherwise (the common case, and always when nothing waits).
+    /// Waits for this app's turn on this thread's lane if other apps with less virtual time are
+    /// waiting; returns at once otherwise (the common case, and always when nothing waits).
     pub async fn turn_to_start(&self) {
-        if let Some(rx) = self.lane.enqueue_if_behind(&self.tenant) {
+        let rx = Lane::current().enqueue_if_behind(&self.tenant);
+        if let Some(rx) = rx {
             let _ = rx.await;
         }
     }
 
-    /// The epoch callback: continue a guest that has not used its minimum slice, otherwise park
-    /// it in the lane until the dispatcher resumes it.
+    /// The epoch callback: continue a guest that has not used its minimum slice; otherwise move
+    /// it off a serving thread if it is movable, or park it in its thread's lane until the
+    /// dispatcher resumes it.
     pub fn on_epoch(&self) -> UpdateDeadline {
         let ran = now_ns().saturating_sub(self.slice_start.load(Ordering::Relaxed));
         if ran < MIN_SLICE.as_nanos() as u64 {
@@ -281,7 +340,12 @@ impl Meter {
             self.long.store(true, Ordering::Relaxed);
             self.ticks.long_running.fetch_add(1, Ordering::Relaxed);
         }
-        let rx = self.lane.enqueue(&self.tenant);
+        if self.movable.load(Ordering::Relaxed) && !super::offload::on_guest_thread() {
+            // Pending once, and woken at once: whoever polls sees `moving` and moves it.
+            self.moving.store(true, Ordering::Relaxed);
+            return UpdateDeadline::Yield(1);
+        }
+        let rx = Lane::current().enqueue(&self.tenant);
         UpdateDeadline::YieldCustom(
             1,
             Box::pin(async move {
@@ -306,6 +370,11 @@ impl Meter {
 
 impl Drop for Meter {
     fn drop(&mut self) {
+        let weighed = self
+            .cpu_ns
+            .get_mut()
+            .saturating_sub(*self.excluded_ns.get_mut());
+        self.tenant.note_request(weighed);
         if *self.long.get_mut() {
             self.ticks.last_long_ns.store(now_ns(), Ordering::Relaxed);
             self.ticks.long_running.fetch_sub(1, Ordering::Relaxed);

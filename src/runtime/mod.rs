@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod fair;
 pub mod host;
+pub mod offload;
 pub mod outbound;
 pub mod sizing;
 
@@ -55,6 +56,8 @@ pub struct RuntimeSettings {
     pub max_memory_per_instance: u64,
     /// Bytes that live instances may reserve together (admission; see [`admission`]).
     pub memory_budget: u64,
+    /// Threads that run CPU-heavy guests off the serving threads (one per serving thread).
+    pub guest_threads: usize,
     pub defaults: Defaults,
     /// Compiled-code cache directory; `None` disables it.
     pub cache_dir: Option<PathBuf>,
@@ -84,6 +87,7 @@ impl RuntimeSettings {
             instance_slots: s.instance_slots.value,
             max_memory_per_instance: s.max_memory_per_instance.value,
             memory_budget: s.memory_budget.value,
+            guest_threads: s.worker_threads.value,
             pool,
             defaults: Defaults {
                 memory_limit: s.default_memory_limit.value,
@@ -118,6 +122,7 @@ pub struct Runtime {
     cache: CodeCache,
     pool: Arc<admission::Pool>,
     accounts: Arc<fair::Accounts>,
+    guests: Arc<offload::GuestThreads>,
     settings: RuntimeSettings,
     metrics: Metrics,
     _ticker: engine::EpochTicker,
@@ -160,7 +165,12 @@ impl Runtime {
             metrics.guest_cpu_seconds.clone(),
             ticks,
         ));
+        let guests = Arc::new(
+            offload::GuestThreads::start(settings.guest_threads, offload::GUEST_THREAD_NICE)
+                .map_err(|e| anyhow::anyhow!("cannot start the guest threads: {e}"))?,
+        );
         Ok(Self {
+            guests,
             pool: admission::Pool::new(
                 settings.instance_slots,
                 settings.memory_budget,
@@ -242,6 +252,7 @@ impl Runtime {
             self.accounts.get(app),
             self.accounts.ticks().clone(),
             self.pool.clone(),
+            self.guests.clone(),
             self.metrics.clone(),
         );
         Ok((Arc::new(c), info))
