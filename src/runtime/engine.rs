@@ -33,7 +33,11 @@ pub const FAST_TICK_LINGER: Duration = Duration::from_secs(1);
 /// Bytes of each linear memory reset in place (not returned to the kernel) when a slot is
 /// reused; see the pooling comments in [`build_engine`].
 const KEEP_RESIDENT: usize = 1 << 20;
-/// Slots decommitted per batch.
+/// Slots decommitted per batch: one, so each thread decommits only what it released itself.
+/// With batches, a serving thread releasing a 1 MiB handler's slot could be the one that flushes
+/// a batch holding other threads' 30 MiB memories — tens of milliseconds of `madvise` with every
+/// connection of the thread waiting (seen in `docs/fairness.md`'s /grow/30 profile). Handlers
+/// that stay within [`KEEP_RESIDENT`] decommit nothing either way.
 const DECOMMIT_BATCH: usize = 1;
 
 /// What the engine needs from the sizing: pool dimensions, or `None` for on-demand allocation.
@@ -101,7 +105,7 @@ pub fn build_engine(pool: Option<&PoolPlan>, memory: &MemoryPlan) -> wasmtime::R
             .pagemap_scan(wasmtime::Enabled::Auto)
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(64 << 10)
-            // What must still be decommitted is batched: one shootdown per batch, not per slot.
+            // What must still be decommitted is, on the thread that released it (see the const).
             .decommit_batch_size(DECOMMIT_BATCH)
             // Warm slots keep their copy-on-write image mapped for the next instance of the same
             // component, so hot apps instantiate without touching the kernel's page tables.

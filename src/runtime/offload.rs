@@ -252,3 +252,95 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fair::{Accounts, Metered, TickMode};
+    use std::time::{Duration, Instant};
+
+    fn meter() -> Arc<Meter> {
+        let cv = prometheus::CounterVec::new(
+            prometheus::Opts::new("outpost_guest_cpu_seconds_total", "test"),
+            &["app"],
+        )
+        .unwrap();
+        let ticks: Arc<TickMode> = Arc::default();
+        let accounts = Accounts::new(cv, ticks.clone());
+        Meter::new(accounts.get("app"), ticks)
+    }
+
+    fn serving_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A guest still running at an epoch tick after its minimum slice leaves the serving thread
+    /// and finishes on a guest thread; a light one finishes where it started.
+    #[test]
+    fn a_guest_past_its_slice_moves_to_a_guest_thread() {
+        let threads = Arc::new(GuestThreads::start(2, 0).unwrap());
+        serving_thread().block_on(async {
+            for cpu_bound in [false, true] {
+                let m = meter();
+                let epoch = m.clone();
+                let mut stopped = false;
+                let guest = std::future::poll_fn(move |cx| {
+                    if cpu_bound && !stopped {
+                        // Run past the minimum slice, then take the epoch callback's advice.
+                        let t = Instant::now();
+                        while t.elapsed() < Duration::from_micros(200) {}
+                        stopped = true;
+                        if let wasmtime::UpdateDeadline::Yield(_) = epoch.on_epoch() {
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                    }
+                    Poll::Ready(on_guest_thread())
+                });
+                let mut run = Running::start(
+                    Metered::new(Box::pin(guest), m.clone()),
+                    false,
+                    m,
+                    threads.clone(),
+                );
+                let ran_on_guest_thread = std::future::poll_fn(|cx| run.poll_step(cx))
+                    .await
+                    .expect("the guest finished");
+                assert_eq!(ran_on_guest_thread, cpu_bound);
+            }
+        });
+    }
+
+    /// A heavy app's guest starts on a guest thread, and dropping the request cancels it there.
+    #[test]
+    fn a_heavy_guest_starts_away_and_is_cancelled_with_its_request() {
+        let threads = Arc::new(GuestThreads::start(1, 0).unwrap());
+        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel::<bool>();
+        struct OnDrop(std::sync::mpsc::Sender<bool>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.send(on_guest_thread());
+            }
+        }
+        serving_thread().block_on(async {
+            let m = meter();
+            let guard = OnDrop(dropped_tx);
+            let (started_tx, started_rx) = oneshot::channel();
+            let guest = Box::pin(async move {
+                let _guard = guard;
+                let _ = started_tx.send(on_guest_thread());
+                std::future::pending::<()>().await;
+            });
+            let run = Running::start(guest, true, m, threads.clone());
+            assert!(started_rx.await.unwrap(), "started on a guest thread");
+            drop(run);
+        });
+        let dropped_on_guest_thread = dropped_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the guest was cancelled");
+        assert!(dropped_on_guest_thread);
+    }
+}
