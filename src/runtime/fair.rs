@@ -68,6 +68,22 @@ fn now_ns() -> u64 {
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// CPU time of the calling thread, nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+}
+
+/// When a poll started (see [`Meter::poll_started`]).
+#[derive(Clone, Copy)]
+struct PollStart {
+    wall: u64,
+    cpu: Option<u64>,
+}
+
 // === impl Account ===
 
 /// One app's CPU account, shared by all its components, requests, threads and releases (a hot
@@ -110,14 +126,23 @@ impl Account {
         self.vtime.load(Ordering::Relaxed)
     }
 
-    /// Books `ns` of CPU to this app.
+    /// Books `ns` of CPU to this app, as a poll on a guest thread does.
+    #[cfg(test)]
     fn charge(&self, ns: u64) {
+        self.charge_time(ns);
+        self.charge_vtime(ns);
+    }
+
+    fn charge_time(&self, ns: u64) {
+        self.cpu_seconds.inc_by(ns as f64 / 1e9);
+    }
+
+    fn charge_vtime(&self, ns: u64) {
         let w = u64::from(self.weight().max(1));
         self.vtime.fetch_add(
             ns.saturating_mul(u64::from(DEFAULT_WEIGHT)) / w,
             Ordering::Relaxed,
         );
-        self.cpu_seconds.inc_by(ns as f64 / 1e9);
     }
 
     /// Whether this app's requests are heavy enough to start on a guest thread.
@@ -355,16 +380,37 @@ impl Meter {
         )
     }
 
-    fn poll_started(&self) -> u64 {
+    /// Starts timing a poll: the wall clock, and on a guest thread the thread's CPU clock too.
+    fn poll_started(&self) -> PollStart {
         let t = now_ns();
         self.slice_start.store(t, Ordering::Relaxed);
-        t
+        PollStart {
+            wall: t,
+            cpu: super::offload::on_guest_thread().then(thread_cpu_ns),
+        }
     }
 
-    fn poll_ended(&self, started: u64) {
-        let ns = now_ns().saturating_sub(started);
+    /// Books a poll's time. On a serving thread that is its wall time: one clock read, and the
+    /// kernel rarely preempts a serving thread. A guest thread runs at a lower priority and is
+    /// preempted by design, so there the thread's CPU clock is read (a system call, worth it
+    /// for the long polls that run there): otherwise an app whose requests run there would be
+    /// charged for the time others ran, and look heavy because it was preempted.
+    fn poll_ended(&self, started: PollStart) {
+        let ns = match started.cpu {
+            Some(cpu) => thread_cpu_ns().saturating_sub(cpu),
+            None => now_ns().saturating_sub(started.wall),
+        };
         self.cpu_ns.fetch_add(ns, Ordering::Relaxed);
-        self.tenant.charge(ns);
+        self.tenant.charge_time(ns);
+        // Virtual time orders the guests that wait in a lane, and (but for guests driven by
+        // hand) guests wait only on guest threads: it counts what an app used there. Light
+        // requests finished inline on a serving thread do not compete with the lane's guests
+        // (the kernel runs the serving threads first); counting them would put a light app's
+        // one moved request behind a spinner until the spinner had caught up with all the
+        // light app's inline traffic — seconds.
+        if started.cpu.is_some() || !self.movable.load(Ordering::Relaxed) {
+            self.tenant.charge_vtime(ns);
+        }
     }
 }
 
