@@ -68,6 +68,21 @@ fn now_ns() -> u64 {
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+thread_local! {
+    static ON_GUEST_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as a guest thread ([`super::offload`] does, for each of its
+/// threads): guests there park in the lane instead of moving, and are timed by CPU clock.
+pub fn mark_guest_thread() {
+    ON_GUEST_THREAD.with(|c| c.set(true));
+}
+
+/// Whether the calling thread is a guest thread.
+pub fn on_guest_thread() -> bool {
+    ON_GUEST_THREAD.with(std::cell::Cell::get)
+}
+
 /// CPU time of the calling thread, nanoseconds.
 fn thread_cpu_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
@@ -365,7 +380,7 @@ impl Meter {
             self.long.store(true, Ordering::Relaxed);
             self.ticks.long_running.fetch_add(1, Ordering::Relaxed);
         }
-        if self.movable.load(Ordering::Relaxed) && !super::offload::on_guest_thread() {
+        if self.movable.load(Ordering::Relaxed) && !on_guest_thread() {
             // Pending once, and woken at once: whoever polls sees `moving` and moves it.
             self.moving.store(true, Ordering::Relaxed);
             return UpdateDeadline::Yield(1);
@@ -386,7 +401,7 @@ impl Meter {
         self.slice_start.store(t, Ordering::Relaxed);
         PollStart {
             wall: t,
-            cpu: super::offload::on_guest_thread().then(thread_cpu_ns),
+            cpu: on_guest_thread().then(thread_cpu_ns),
         }
     }
 

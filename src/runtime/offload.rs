@@ -22,7 +22,6 @@
 //! thread, guests of different apps take turns by virtual time exactly as
 //! [`super::fair`] describes.
 
-use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,14 +36,7 @@ use super::fair::Meter;
 /// this one's 335: the network and short handlers first, heavy guests still moving.
 pub const GUEST_THREAD_NICE: i32 = 5;
 
-thread_local! {
-    static ON_GUEST_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the calling thread is one of the guest threads.
-pub fn on_guest_thread() -> bool {
-    ON_GUEST_THREAD.with(Cell::get)
-}
+pub use super::fair::on_guest_thread;
 
 /// The guest threads of one [`super::Runtime`]. They end when this is dropped (after finishing
 /// the poll they are in).
@@ -81,7 +73,7 @@ impl GuestThreads {
             std::thread::Builder::new()
                 .name(format!("outpost-guest-{i}"))
                 .spawn(move || {
-                    ON_GUEST_THREAD.with(|c| c.set(true));
+                    super::fair::mark_guest_thread();
                     lower_priority(nice);
                     rt.block_on(async move {
                         let _ = stopped.await;

@@ -25,6 +25,10 @@ use super::tls::TlsError;
 use crate::runtime::component::ResponseBody;
 use crate::runtime::sizing::QuicSizing;
 
+/// After GOAWAY and the last request of a connection, how long a draining server waits for the
+/// client to close before closing itself.
+const DRAIN_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The application close code a draining server uses: `H3_NO_ERROR` (RFC 9114 §8.1).
 pub const H3_NO_ERROR: u32 = 0x100;
 /// Largest request header section accepted (QPACK-decoded), like HTTP/2's
@@ -157,6 +161,7 @@ pub(super) async fn serve_connection(
         () = async { let _ = drain.wait_for(|d| *d).await; } => return,
     };
     drop(handshaking);
+    let quic = conn.clone();
 
     let mut h3conn = match h3::server::builder()
         .max_field_section_size(MAX_FIELD_SECTION_SIZE)
@@ -200,6 +205,13 @@ pub(super) async fn serve_connection(
     // In-flight requests finish (the drain deadline bounds this); then dropping the h3
     // connection closes QUIC with H3_NO_ERROR.
     while requests.join_next().await.is_some() {}
+    // A request's task ends once its last frame is *queued*; closing the connection at once
+    // discards what quinn has not yet sent or had acknowledged (a response lost while
+    // draining — seen when the guest answered from another thread and the task ended a moment
+    // sooner). So give the peer a moment to read it and close first, as it should after GOAWAY.
+    if *drain.borrow() {
+        let _ = tokio::time::timeout(DRAIN_LINGER, quic.closed()).await;
+    }
     drop(h3conn);
 }
 
