@@ -144,11 +144,11 @@ impl ServeState {
         // For the log lines; both clones are reference-count bumps.
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let router = self.router();
-        let host = guard::request_host(&req);
-        let component = match host {
-            Ok(host) => router.route(host, req.uri().path()).cloned(),
-            Err(_) => None,
-        };
+        // The head alone decides refusal (400) and route (404 without one); the fuzz target
+        // `http_head` drives the same function.
+        let decision = router.route_request(&req);
+        let component = decision.as_ref().ok().and_then(|d| d.target.cloned());
+        let host = decision.map(|d| d.host);
         let mut resp = match (host, &component) {
             (Err(e), _) => {
                 self.client_error(e.label(), id, &method, uri.path(), &e);

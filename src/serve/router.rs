@@ -3,10 +3,13 @@
 //! Owns: host patterns (`*`, `*.example.com`, exact names) and the choice of component: the most
 //! specific host pattern first (exact > wildcard subdomain > any), then the longest path prefix.
 //! Conflicts (the same host pattern and prefix claimed twice) are refused when the table is built.
+//! The decision from a request's head ([`RouteTable::route_request`]: the guard's host rules,
+//! then the route) is one pure function, used by every listener and by the `http_head` fuzz target.
 //! Must not: execute anything or know about listeners.
 
 use std::sync::Arc;
 
+use super::guard::{self, HostError};
 use crate::bundle::manifest::route_matches;
 use crate::runtime::app::LoadedApp;
 use crate::runtime::component::AppComponent;
@@ -37,61 +40,130 @@ pub fn parse_host_pattern(s: &str) -> Result<HostPattern, String> {
 }
 
 #[derive(Debug)]
-struct Entry {
+struct Entry<T> {
     host: HostPattern,
     prefix: String,
-    component: Arc<AppComponent>,
+    target: T,
 }
 
-/// An immutable routing table; swapped whole when apps change.
-#[derive(Debug, Default)]
-pub struct Router {
+/// The routing rules over any kind of target: host pattern + path prefix → `T`. [`Router`] holds
+/// one over components; the fuzz target `http_head` one over plain labels, so it exercises the
+/// same choice without compiling wasm.
+#[derive(Debug)]
+pub struct RouteTable<T> {
     /// Sorted: most specific host first, then longest prefix; first match wins.
-    entries: Vec<Entry>,
-    apps: Vec<(Vec<HostPattern>, LoadedApp)>,
+    entries: Vec<Entry<T>>,
 }
 
-impl Router {
-    /// Builds the table from apps and the hosts each answers.
-    pub fn new(apps: Vec<(Vec<HostPattern>, LoadedApp)>) -> Result<Self, String> {
-        let mut entries: Vec<Entry> = Vec::new();
-        for (hosts, app) in &apps {
-            for host in hosts {
-                for rc in &app.components {
-                    for prefix in &rc.routes {
-                        if let Some(other) = entries
-                            .iter()
-                            .find(|e| e.host == *host && e.prefix == *prefix)
-                        {
-                            return Err(format!(
-                                "route conflict: host {host:?} path {prefix} is claimed by both {} and {}",
-                                other.component.label, rc.component.label
-                            ));
-                        }
-                        entries.push(Entry {
-                            host: host.clone(),
-                            prefix: prefix.clone(),
-                            component: rc.component.clone(),
-                        });
-                    }
-                }
+impl<T> Default for RouteTable<T> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<T> RouteTable<T> {
+    /// Builds the table from (host pattern, path prefix, target) triples; the same host pattern
+    /// and prefix claimed twice is a conflict, named with `label` of both targets.
+    pub fn new(
+        routes: impl IntoIterator<Item = (HostPattern, String, T)>,
+        label: impl Fn(&T) -> &str,
+    ) -> Result<Self, String> {
+        let mut entries: Vec<Entry<T>> = Vec::new();
+        for (host, prefix, target) in routes {
+            if let Some(other) = entries
+                .iter()
+                .find(|e| e.host == host && e.prefix == prefix)
+            {
+                return Err(format!(
+                    "route conflict: host {host:?} path {prefix} is claimed by both {} and {}",
+                    label(&other.target),
+                    label(&target)
+                ));
             }
+            entries.push(Entry {
+                host,
+                prefix,
+                target,
+            });
         }
         entries.sort_by(|a, b| {
             specificity(&b.host)
                 .cmp(&specificity(&a.host))
                 .then(b.prefix.len().cmp(&a.prefix.len()))
         });
-        Ok(Self { entries, apps })
+        Ok(Self { entries })
     }
 
-    /// The component for `host` (from the URI authority or `Host` header, port allowed) and `path`.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<AppComponent>> {
+    /// The target for `host` (from the URI authority or `Host` header, port allowed) and `path`.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&T> {
         let host = host.map(normalise_host).unwrap_or_default();
         self.entries
             .iter()
             .find(|e| host_matches(&e.host, &host) && route_matches(&e.prefix, path))
-            .map(|e| &e.component)
+            .map(|e| &e.target)
+    }
+
+    /// The front door's decision from a request's head alone, before any guest runs: refused as
+    /// the client's fault ([`guard::request_host`]'s rules, a 400), or the host the request is
+    /// for (`None`: an HTTP/1.0 request without one) and the target it routes to (`None`: 404).
+    pub fn route_request<'q, B>(
+        &self,
+        req: &'q http::Request<B>,
+    ) -> Result<HeadDecision<'q, '_, T>, HostError> {
+        let host = guard::request_host(req)?;
+        Ok(HeadDecision {
+            host,
+            target: self.route(host, req.uri().path()),
+        })
+    }
+}
+
+/// A request the front door accepted: the host it is for and where it goes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HeadDecision<'q, 'r, T> {
+    /// `None` only for an HTTP/1.0 (or 0.9) request with neither `Host` nor an absolute URI.
+    pub host: Option<&'q str>,
+    /// `None`: no app serves this host and path.
+    pub target: Option<&'r T>,
+}
+
+/// An immutable routing table over loaded apps; swapped whole when apps change.
+#[derive(Debug, Default)]
+pub struct Router {
+    table: RouteTable<Arc<AppComponent>>,
+    apps: Vec<(Vec<HostPattern>, LoadedApp)>,
+}
+
+impl Router {
+    /// Builds the table from apps and the hosts each answers.
+    pub fn new(apps: Vec<(Vec<HostPattern>, LoadedApp)>) -> Result<Self, String> {
+        let mut routes = Vec::new();
+        for (hosts, app) in &apps {
+            for host in hosts {
+                for rc in &app.components {
+                    for prefix in &rc.routes {
+                        routes.push((host.clone(), prefix.clone(), rc.component.clone()));
+                    }
+                }
+            }
+        }
+        let table = RouteTable::new(routes, |c: &Arc<AppComponent>| &c.label)?;
+        Ok(Self { table, apps })
+    }
+
+    /// The component for `host` (from the URI authority or `Host` header, port allowed) and `path`.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<AppComponent>> {
+        self.table.route(host, path)
+    }
+
+    /// [`RouteTable::route_request`] over the loaded components.
+    pub fn route_request<'q, B>(
+        &self,
+        req: &'q http::Request<B>,
+    ) -> Result<HeadDecision<'q, '_, Arc<AppComponent>>, HostError> {
+        self.table.route_request(req)
     }
 
     pub fn apps(&self) -> impl Iterator<Item = &LoadedApp> {
@@ -131,5 +203,38 @@ mod tests {
         let v6 = parse_host_pattern("[::1]").unwrap();
         assert!(host_matches(&v6, &normalise_host("[::1]:8080")));
         assert!(specificity(&parse_host_pattern("a.b").unwrap()) > specificity(&p));
+    }
+
+    #[test]
+    fn route_request_refuses_then_routes() {
+        let routes = [
+            ("a.example", "/", "a"),
+            ("a.example", "/api", "api"),
+            ("*", "/", "any"),
+        ]
+        .map(|(h, p, t)| (parse_host_pattern(h).unwrap(), p.to_owned(), t));
+        let table = RouteTable::new(routes, |t| t).unwrap();
+        let req = |v: http::Version, uri: &str, hosts: &[&str]| {
+            let mut b = http::Request::builder().version(v).uri(uri);
+            for h in hosts {
+                b = b.header(http::header::HOST, *h);
+            }
+            b.body(()).unwrap()
+        };
+        use http::Version as V;
+        let r = req(V::HTTP_11, "/api/x", &["A.example:80"]);
+        let d = table.route_request(&r).unwrap();
+        assert_eq!((d.host, d.target), (Some("A.example:80"), Some(&"api")));
+        let r = req(V::HTTP_11, "/", &["a.example", "a.example"]);
+        assert_eq!(table.route_request(&r), Err(HostError::Duplicate));
+        let r = req(V::HTTP_10, "/api", &[]);
+        let d = table.route_request(&r).unwrap();
+        assert_eq!((d.host, d.target), (None, Some(&"any")));
+        let r = req(V::HTTP_2, "https://a.example/", &["b.example"]);
+        assert_eq!(table.route_request(&r), Err(HostError::Conflict));
+        let dup = [("*", "/", "x"), ("*", "/", "y")]
+            .map(|(h, p, t)| (parse_host_pattern(h).unwrap(), p.to_owned(), t));
+        let err = RouteTable::new(dup, |t| t).unwrap_err();
+        assert!(err.contains("claimed by both x and y"), "{err}");
     }
 }
