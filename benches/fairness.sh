@@ -2,7 +2,7 @@
 # Tenant fairness (issue 14: "one tenant must not starve the others"), measured side by side in
 # one run on whatever machine this is; compare the ratios, not absolute numbers across runs.
 #
-#   bash benches/fairness.sh [SECONDS]      (default 8 s per measurement; a full run takes ~4 min)
+#   bash benches/fairness.sh [SECONDS]      (default 8 s per measurement; a full run takes ~8 min)
 #
 # The daemon is $OUTPOST, else a `cargo build --release --locked` of this tree. Raw outputs (wrk,
 # h2load, metrics, daemon logs) stay in a temp directory printed at the start; the markdown summary
@@ -12,7 +12,8 @@
 # 1. Neighbour table: tenant A (hello, a.test) under `wrk -t1 -c16` (saturating) and `-c4`
 #    (closed loop) while B (slow, timeout 2s) or C (memhog, memory_limit 32MiB) misbehave:
 #    nothing / 1 /spin / 8 /spin / 8 /grow/30 / 8 /sleep/1000, each neighbour slot re-issued as soon
-#    as it returns, then "nothing" again to show drift. Target, beside 8 spinners and beside 8
+#    as it returns (one wrk with that many connections), then "nothing" again to show drift; every
+#    condition measured once per round, $ROUNDS rounds. Target, beside 8 spinners and beside 8
 #    /grow/30: A's -c4 req/s >= 50 % of alone and p99 <= 3x alone.
 # 2. K = 4 equal tenants (the hello wasm as t1..t4.test), one `wrk -t1 -c8` each, in parallel:
 #    each tenant's share of requests served (target 25 % +- 5) and of guest CPU
@@ -25,7 +26,8 @@
 # 4. `outpost info` inside a 1 GiB and a 4 GiB memory cgroup (v1, else systemd-run, else skipped).
 # 5. Single-tenant throughput vs `wasmtime serve` is benches/load.sh; only a pointer here.
 #
-# Knobs (environment): OUTPOST, SCENARIOS="1 2 3 4" (a subset runs only those),
+# Knobs (environment): OUTPOST, SCENARIOS="1 2 3 4" (a subset runs only those), ROUNDS=3 (of the
+# neighbour table; medians are reported, since on a small shared VM one round's p99 is noise),
 # DENSITY_STEPS="100 1000 2000 5000 10000 15000", DENSITY_SLEEP_MS=20000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,7 @@ SECS=${1:-8}
 DENSITY_STEPS=${DENSITY_STEPS:-"100 1000 2000 5000 10000 15000"}
 DENSITY_SLEEP_MS=${DENSITY_SLEEP_MS:-20000}
 SCENARIOS=${SCENARIOS:-"1 2 3 4"}
+ROUNDS=${ROUNDS:-3}
 
 for tool in wrk h2load curl; do
   command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install -y wrk nghttp2-client curl" >&2; exit 1; }
@@ -137,28 +140,33 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0)
 
 # === 1. neighbour table ===
 
-# neighbours LABEL N PATH HOST: N loops, each re-issuing PATH on HOST as soon as it returns (status
-# codes to $WORK/n-LABEL-SLOT.codes); all in one process group, recorded for cleanup.
+# neighbours LABEL N PATH HOST: N connections re-issuing PATH on HOST as soon as each returns, from
+# one wrk process (summary in $WORK/n-LABEL.txt), in a process group recorded for cleanup. One wrk
+# and not N curl loops: a curl process per request costs ~3-4 ms of CPU to start, and on a 2-core
+# machine those processes took the CPU from the tenant being measured (profiled with perf sched).
 neighbours() {
   local label=$1 n=$2 path=$3 host=$4
-  setsid bash -c '
-    for i in $(seq 1 "$1"); do
-      while :; do curl -s -o /dev/null --max-time 60 -w "%{http_code}\n" -H "Host: $3" "$4$2" >>"$5-$i.codes" || true; done &
-    done
-    wait' neighbours "$n" "$path" "$host" "$URL" "$WORK/n-$label" &
+  setsid wrk -t1 -c"$n" -d1h --timeout 60s -H "Host: $host" "$URL$path" >"$WORK/n-$label.txt" 2>&1 &
   GROUPS_+=($!)
 }
 stop_neighbours() {
   local g=${GROUPS_[-1]}
-  kill -- "-$g" 2>/dev/null || true
+  # SIGINT: wrk stops and prints its summary.
+  kill -INT -- "-$g" 2>/dev/null || true
   wait "$g" 2>/dev/null || true
   unset 'GROUPS_[-1]'
 }
-# "12×504, 3×200" from the neighbour loops' status codes.
-neighbour_codes() { cat "$WORK/n-$1"-*.codes 2>/dev/null | awk 'NF' | sort | uniq -c | awk '{printf "%s%d×%s", (NR > 1 ? ", " : ""), $1, $2}'; }
+# "1234 responses, 12 non-2xx" from the neighbours' wrk summary.
+neighbour_codes() {
+  local f="$WORK/n-$1.txt"
+  printf '%s responses, %s non-2xx' "$(wrk_total "$f" | grep . || echo 0)" "$(wrk_non2xx "$f" | grep . || echo 0)"
+}
+
+# median of the numbers on stdin (one per line); empty if none.
+median() { sort -g | awk '{v[NR] = $1} END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 
 scenario_neighbours() {
-  log "1. neighbour table: ${SECS} s per measurement"
+  log "1. neighbour table: ${SECS} s per measurement, $ROUNDS rounds"
   app_dir "$WORK/apps/a" hello hello
   app_dir "$WORK/apps/b" slow slow 'timeout = "2s"'
   app_dir "$WORK/apps/c" memhog memhog 'memory_limit = "32MiB"'
@@ -177,63 +185,78 @@ scenario_neighbours() {
     "8 × /sleep/1000 on B|8|/sleep/1000|b.test|slow"
     "nothing, again (drift)|0|||"
   )
-  local rows=() i=0
-  for cond in "${conditions[@]}"; do
-    IFS='|' read -r label n path host app <<<"$cond"
-    i=$((i + 1))
-    local note=""
-    if [ "$n" -gt 0 ]; then
-      neighbours "$i" "$n" "$path" "$host"
-      # Spinners and sleepers stay in flight; /grow/30 comes and goes, so one in flight will do.
-      local want=$n; [ "$app" = memhog ] && want=1
-      wait_until 10 inflight_at_least "$app" "$want" || note="only $(int_metric outpost_requests_inflight "$app") of $want in flight at start"
-    fi
-    for c in 4 16; do
-      log "  $label: wrk -c$c"
-      local inflight_mid
-      wrk -t1 -c$c -d"${SECS}s" --latency -H 'Host: a.test' "$URL/" >"$WORK/wrk-$i-c$c.txt" &
-      PIDS+=($!)
-      sleep "$(awk -v s="$SECS" 'BEGIN {print s / 2}')"
-      inflight_mid=$([ -n "$app" ] && int_metric outpost_requests_inflight "$app" || echo —)
-      wait "${PIDS[-1]}"; unset 'PIDS[-1]'
-      rows+=("$i|$label|$c|$inflight_mid")
+  local i round
+  for round in $(seq 1 "$ROUNDS"); do
+    i=0
+    for cond in "${conditions[@]}"; do
+      IFS='|' read -r label n path host app <<<"$cond"
+      i=$((i + 1))
+      local note=""
+      if [ "$n" -gt 0 ]; then
+        neighbours "$round-$i" "$n" "$path" "$host"
+        # Spinners and sleepers stay in flight; /grow/30 comes and goes, so one in flight will do.
+        local want=$n; [ "$app" = memhog ] && want=1
+        wait_until 10 inflight_at_least "$app" "$want" || note="only $(int_metric outpost_requests_inflight "$app") of $want in flight at start"
+      fi
+      for c in 4 16; do
+        log "  round $round, $label: wrk -c$c"
+        local inflight_mid
+        wrk -t1 -c$c -d"${SECS}s" --latency -H 'Host: a.test' "$URL/" >"$WORK/wrk-$round-$i-c$c.txt" &
+        PIDS+=($!)
+        sleep "$(awk -v s="$SECS" 'BEGIN {print s / 2}')"
+        inflight_mid=$([ -n "$app" ] && int_metric outpost_requests_inflight "$app" || echo —)
+        wait "${PIDS[-1]}"; unset 'PIDS[-1]'
+        echo "$inflight_mid" >"$WORK/inflight-$round-$i-c$c.txt"
+      done
+      if [ "$n" -gt 0 ]; then
+        stop_neighbours
+        wait_until 10 inflight_none || log "  neighbours still in flight 10 s after they were stopped"
+        echo "round $round, $label: neighbour $(neighbour_codes "$round-$i")${note:+; $note}" >>"$WORK/neighbour-notes.txt"
+      fi
     done
-    if [ "$n" -gt 0 ]; then
-      stop_neighbours
-      wait_until 10 inflight_none || log "  neighbours still in flight 10 s after they were stopped"
-      echo "$label: neighbour responses $(neighbour_codes "$i")${note:+; $note}" >>"$WORK/neighbour-notes.txt"
-    fi
   done
   stop_daemon
 
-  local base4 base16 basep4 basep16
-  base4=$(wrk_rps "$WORK/wrk-1-c4.txt"); basep4=$(wrk_pct "$WORK/wrk-1-c4.txt" 99%)
-  base16=$(wrk_rps "$WORK/wrk-1-c16.txt"); basep16=$(wrk_pct "$WORK/wrk-1-c16.txt" 99%)
   echo "### 1. Tenant A (hello) beside a misbehaving neighbour"
   echo
-  echo "\`wrk -t1 -cN -d${SECS}s --latency -H 'Host: a.test'\`; neighbours re-issued as they return; B = slow"
-  echo "(\`timeout = \"2s\"\`), C = memhog (\`memory_limit = \"32MiB\"\`). \"in flight\" = the neighbour's"
-  echo "\`outpost_requests_inflight\` half-way through. Target beside 8 × /spin and 8 × /grow/30: -c4"
-  echo "req/s ≥ 0.50x alone and p99 ≤ 3x alone. Timeouts: wrk's (no answer within 2 s; not in the percentiles)."
+  echo "\`wrk -t1 -cN -d${SECS}s --latency -H 'Host: a.test'\`; neighbours: one \`wrk -t1 -c<count>\` re-issuing"
+  echo "as they return; B = slow (\`timeout = \"2s\"\`), C = memhog (\`memory_limit = \"32MiB\"\`). $ROUNDS rounds,"
+  echo "each measuring every condition in turn; figures are medians over rounds, and \"vs alone\" is the"
+  echo "median of each round's ratio to that round's \"nothing\" (per-round ratios in brackets). \"in"
+  echo "flight\" = the neighbour's \`outpost_requests_inflight\` half-way through (median). Target beside"
+  echo "8 × /spin and 8 × /grow/30: -c4 req/s ≥ 0.50x alone and p99 ≤ 3x alone. Timeouts: wrk's (no"
+  echo "answer within 2 s; not in the percentiles), summed over rounds."
   echo
   echo "| neighbour | wrk | A req/s | vs alone | p50 | p99 | p99 vs alone | timeouts | non-2xx | neighbour in flight | target |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|"
-  for row in "${rows[@]}"; do
-    IFS='|' read -r i label c inflight <<<"$row"
-    local f="$WORK/wrk-$i-c$c.txt" rps p50 p99 base basep target="—"
-    rps=$(wrk_rps "$f"); p50=$(wrk_pct "$f" 50%); p99=$(wrk_pct "$f" 99%)
-    if [ "$c" = 4 ]; then base=$base4 basep=$basep4; else base=$base16 basep=$basep16; fi
-    if [ "$c" = 4 ] && { [[ $label == "8 × /spin"* ]] || [[ $label == "8 × /grow"* ]]; }; then
-      target=$(awk -v r="$rps" -v b="$base" -v p="$p99" -v bp="$basep" 'BEGIN {
-        ok = (b > 0 && r / b >= 0.5 && p != "" && bp > 0 && p / bp <= 3)
-        print (ok ? "met" : "**missed**") }')
-    fi
-    printf '| %s | -c%s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$c" "${rps:-0}" \
-      "$(ratio "$rps" "$base")" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "$(ratio "$p99" "$basep")" \
-      "$(wrk_timeouts "$f")" "$(wrk_non2xx "$f" | grep . || echo 0)" "$inflight" "$target"
+  i=0
+  for cond in "${conditions[@]}"; do
+    IFS='|' read -r label n path host app <<<"$cond"
+    i=$((i + 1))
+    for c in 4 16; do
+      local rps p50 p99 rr pr rrs prs to nx inflight target="—"
+      rps=$(for r in $(seq 1 "$ROUNDS"); do wrk_rps "$WORK/wrk-$r-$i-c$c.txt"; done | median)
+      p50=$(for r in $(seq 1 "$ROUNDS"); do wrk_pct "$WORK/wrk-$r-$i-c$c.txt" 50%; done | median)
+      p99=$(for r in $(seq 1 "$ROUNDS"); do wrk_pct "$WORK/wrk-$r-$i-c$c.txt" 99%; done | median)
+      # Per-round ratios against the same round's "nothing".
+      rrs=$(for r in $(seq 1 "$ROUNDS"); do ratio "$(wrk_rps "$WORK/wrk-$r-$i-c$c.txt")" "$(wrk_rps "$WORK/wrk-$r-1-c$c.txt")"; echo; done | sed 's/x$//')
+      prs=$(for r in $(seq 1 "$ROUNDS"); do ratio "$(wrk_pct "$WORK/wrk-$r-$i-c$c.txt" 99%)" "$(wrk_pct "$WORK/wrk-$r-1-c$c.txt" 99%)"; echo; done | sed 's/x$//')
+      rr=$(echo "$rrs" | { grep -v '—' || true; } | median); pr=$(echo "$prs" | { grep -v '—' || true; } | median)
+      to=$(for r in $(seq 1 "$ROUNDS"); do wrk_timeouts "$WORK/wrk-$r-$i-c$c.txt"; done | awk '{s += $1} END {print s + 0}')
+      nx=$(for r in $(seq 1 "$ROUNDS"); do wrk_non2xx "$WORK/wrk-$r-$i-c$c.txt"; done | awk '{s += $1} END {print s + 0}')
+      inflight=$(cat "$WORK"/inflight-*-"$i"-c"$c".txt | { grep -E '^[0-9]+$' || true; } | median)
+      if [ "$c" = 4 ] && { [[ $label == "8 × /spin"* ]] || [[ $label == "8 × /grow"* ]]; }; then
+        target=$(awk -v r="$rr" -v p="$pr" 'BEGIN { print ((r != "" && p != "" && r >= 0.5 && p <= 3) ? "met" : "**missed**") }')
+      fi
+      local rrl prl
+      rrl=$(echo "$rrs" | paste -sd/ -); prl=$(echo "$prs" | paste -sd/ -)
+      printf '| %s | -c%s | %.0f | %s (%s) | %s | %s | %s (%s) | %s | %s | %s | %s |\n' "$label" "$c" "${rps:-0}" \
+        "$( [ -n "$rr" ] && printf '%.2fx' "$rr" || echo —)" "$rrl" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" \
+        "$( [ -n "$pr" ] && printf '%.2fx' "$pr" || echo —)" "$prl" "$to" "$nx" "${inflight:-—}" "$target"
+    done
   done
   echo
-  echo "Neighbour outcomes (status × count over both wrk runs):"
+  echo "Neighbour outcomes (per round, over both wrk runs):"
   echo
   sed 's/^/- /' "$WORK/neighbour-notes.txt"
   echo

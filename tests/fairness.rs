@@ -398,6 +398,17 @@ async fn cpu_time_is_attributed_to_the_app_that_used_it() {
         panic!("a series per app (spinner, greeter) expected: {family:#?}");
     };
     assert!(a >= SPINNER_AT_LEAST, "spinner: {a} s");
+    // Runaway guests do not stay on the serving threads: each spinner moved to a guest thread
+    // (or, once the app counted as heavy, started there).
+    let away = series_sum(
+        &text,
+        "outpost_guest_thread_requests_total",
+        &["app=\"spinner\""],
+    );
+    assert!(
+        away.is_some_and(|n| n >= 2.0),
+        "both spinners ran on guest threads: outpost_guest_thread_requests_total{{app=\"spinner\"}} = {away:?}"
+    );
     assert!(
         b > 0.0 && b < a,
         "greeter's 200 hello requests ({b} s) must cost something, and less than two \

@@ -40,6 +40,7 @@ pub struct Metrics {
     /// Time spent running each app's guests (instantiation, guest code, the host calls it
     /// makes), by app.
     pub guest_cpu_seconds: CounterVec,
+    pub guest_thread_requests: IntCounterVec,
     /// Components currently loaded and routable.
     pub components_loaded: IntGauge,
     /// Open client connections.
@@ -153,6 +154,14 @@ impl Metrics {
             ),
             &["app"],
         )?;
+        let guest_thread_requests = IntCounterVec::new(
+            Opts::new(
+                "outpost_guest_thread_requests_total",
+                "Requests whose guest ran on a guest thread: how=\"started\" (the app's requests are \
+                 heavy) or how=\"moved\" (it ran past its slice on a serving thread).",
+            ),
+            &["app", "how"],
+        )?;
         let components_loaded = IntGauge::new(
             "outpost_components_loaded",
             "Components loaded and routable.",
@@ -208,6 +217,7 @@ impl Metrics {
         registry.register(Box::new(pool_memory_reserved.clone()))?;
         registry.register(Box::new(pool_memory_budget.clone()))?;
         registry.register(Box::new(guest_cpu_seconds.clone()))?;
+        registry.register(Box::new(guest_thread_requests.clone()))?;
         registry.register(Box::new(components_loaded.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(connections_closed.clone()))?;
@@ -279,6 +289,7 @@ impl Metrics {
             pool_memory_reserved,
             pool_memory_budget,
             guest_cpu_seconds,
+            guest_thread_requests,
             components_loaded,
             connections,
             connections_closed,

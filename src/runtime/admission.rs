@@ -376,7 +376,11 @@ mod tests {
     fn setup(slots: u32, budget: u64) -> (Arc<Pool>, Arc<Accounts>) {
         let cv = prometheus::CounterVec::new(prometheus::Opts::new("c", "c"), &["app"]).unwrap();
         let g = || prometheus::IntGauge::new("g", "g").unwrap();
-        let accounts = Arc::new(Accounts::new(cv, Arc::default()));
+        let accounts = Arc::new(Accounts::new(
+            cv,
+            Accounts::test_offloaded(),
+            Arc::default(),
+        ));
         (
             Pool::new(slots, budget, accounts.clone(), g(), g()),
             accounts,

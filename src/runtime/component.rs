@@ -27,7 +27,7 @@ use super::admission::{Lease, Pool, Refused};
 use super::error::{RequestError, RequestErrorKind};
 use super::fair::{Account, Meter, Metered, TickMode};
 use super::host::{CtxPool, Grants, Host};
-use super::offload::{GuestThreads, Running};
+use super::offload::{GuestThreads, Running, on_guest_thread};
 use crate::ops::metrics::{Metrics, RequestMetrics};
 
 /// The body type of every response the runtime produces, guest-made or not.
@@ -277,10 +277,13 @@ impl AppComponent {
             let returned = matches!(outcome, GuestOutcome::Returned);
             let owner = this.clone();
             // Dropping the store resets its pool slot; for an instance that grew its memory
-            // that is an madvise of the grown pages (and may flush a batch of other slots'),
-            // kernel work of tens of milliseconds that would stall every connection of this
-            // serving thread. A blocking-pool thread does it instead; the permits go with it, so
-            // the slot counts as used until it really is free.
+            // that is an madvise of the grown pages, kernel work of milliseconds that would
+            // stall every connection of a serving thread. It is done where heavy work runs, at
+            // the guest threads' priority: right here if the guest is on a guest thread (its
+            // own app's time), else handed to one. Not on tokio's blocking pool, whose threads
+            // run at the serving threads' priority and took the CPU from them (profiled beside
+            // `/grow/30`). The permits go with it, so the slot counts as used until it is free.
+            let guests = this.guests.clone();
             let release = move || {
                 if returned {
                     store.into_data().recycle(&owner.ctx_pool);
@@ -289,10 +292,11 @@ impl AppComponent {
                 }
                 drop(permits);
             };
-            if peak.saturating_sub(initial) as u64 > OFFLOAD_RELEASE_ABOVE
-                && tokio::runtime::Handle::try_current().is_ok()
-            {
-                tokio::task::spawn_blocking(release);
+            let big = peak.saturating_sub(initial) as u64 > OFFLOAD_RELEASE_ABOVE;
+            if big && !on_guest_thread() && tokio::runtime::Handle::try_current().is_ok() {
+                guests.spawn(async move { release() }).detach();
+            } else if big {
+                release();
             } else {
                 // Resetting a slot can wait for the process's memory-map lock while other
                 // threads grow or release big instances: that wait is not this request's work,

@@ -111,6 +111,9 @@ pub struct Account {
     vtime: AtomicU64,
     /// `outpost_guest_cpu_seconds_total{app}`.
     cpu_seconds: prometheus::Counter,
+    /// `outpost_guest_thread_requests_total{app,how}`, how = started / moved.
+    started_away: prometheus::IntCounter,
+    moved_away: prometheus::IntCounter,
     /// Pool slots and bytes this app's requests hold now (kept by [`super::admission`]).
     pub(super) held_slots: AtomicU32,
     pub(super) held_bytes: AtomicU64,
@@ -194,6 +197,7 @@ pub struct Accounts {
     by_name: Mutex<HashMap<String, Arc<Account>>>,
     weights: Mutex<HashMap<String, u32>>,
     cpu_seconds: prometheus::CounterVec,
+    offloaded: prometheus::IntCounterVec,
     ticks: Arc<TickMode>,
 }
 
@@ -204,11 +208,17 @@ impl std::fmt::Debug for Accounts {
 }
 
 impl Accounts {
-    pub fn new(cpu_seconds: prometheus::CounterVec, ticks: Arc<TickMode>) -> Self {
+    /// `cpu_seconds` is labelled by app, `offloaded` by app and how (`started`, `moved`).
+    pub fn new(
+        cpu_seconds: prometheus::CounterVec,
+        offloaded: prometheus::IntCounterVec,
+        ticks: Arc<TickMode>,
+    ) -> Self {
         Self {
             by_name: Mutex::default(),
             weights: Mutex::default(),
             cpu_seconds,
+            offloaded,
             ticks,
         }
     }
@@ -240,6 +250,8 @@ impl Accounts {
             weight: AtomicU32::new(weight),
             vtime: AtomicU64::new(0),
             cpu_seconds: self.cpu_seconds.with_label_values(&[name]),
+            started_away: self.offloaded.with_label_values(&[name, "started"]),
+            moved_away: self.offloaded.with_label_values(&[name, "moved"]),
             held_slots: AtomicU32::new(0),
             held_bytes: AtomicU64::new(0),
             recent_cpu: AtomicU64::new(0),
@@ -250,6 +262,13 @@ impl Accounts {
 
     pub fn ticks(&self) -> &Arc<TickMode> {
         &self.ticks
+    }
+
+    /// An unregistered `offloaded` counter, for tests.
+    #[cfg(test)]
+    pub(super) fn test_offloaded() -> prometheus::IntCounterVec {
+        prometheus::IntCounterVec::new(prometheus::Opts::new("o", "o"), &["app", "how"])
+            .expect("valid metric")
     }
 
     /// Every account, for the pool's share computation (a slow path).
@@ -305,6 +324,10 @@ pub struct Meter {
     movable: AtomicBool,
     /// Set by the epoch callback: move the guest now.
     moving: AtomicBool,
+    /// The serving thread's CPU clock and [`now_ns`] when the epoch callback last looked at a
+    /// poll that had run past its slice; `u64::MAX` until it has (see [`Meter::confirmed_running`]).
+    probe_cpu: AtomicU64,
+    probe_wall: AtomicU64,
     /// Part of `cpu_ns` that does not count towards the app being heavy.
     excluded_ns: AtomicU64,
 }
@@ -330,6 +353,8 @@ impl Meter {
             long: AtomicBool::new(false),
             movable: AtomicBool::new(false),
             moving: AtomicBool::new(false),
+            probe_cpu: AtomicU64::new(u64::MAX),
+            probe_wall: AtomicU64::new(0),
             excluded_ns: AtomicU64::new(0),
         })
     }
@@ -349,6 +374,16 @@ impl Meter {
     /// Whether the epoch callback asked for the guest to move (and clears the request).
     pub(super) fn take_move(&self) -> bool {
         self.moving.load(Ordering::Relaxed) && self.moving.swap(false, Ordering::Relaxed)
+    }
+
+    /// Counts this request's guest going to a guest thread: `moved` from a serving thread, or
+    /// started there.
+    pub(super) fn note_offload(&self, moved: bool) {
+        if moved {
+            self.tenant.moved_away.inc();
+        } else {
+            self.tenant.started_away.inc();
+        }
     }
 
     /// CPU time booked to this request so far.
@@ -373,17 +408,20 @@ impl Meter {
         if ran < MIN_SLICE.as_nanos() as u64 {
             return UpdateDeadline::Continue(1);
         }
+        if self.movable.load(Ordering::Relaxed) && !on_guest_thread() {
+            if !self.confirmed_running() {
+                return UpdateDeadline::Continue(1);
+            }
+            self.mark_long();
+            // Pending once, and woken at once: whoever polls sees `moving` and moves it.
+            self.moving.store(true, Ordering::Relaxed);
+            return UpdateDeadline::Yield(1);
+        }
         // The first stop may be the kernel's doing (the thread was preempted mid-poll, which the
         // wall clock counts as running); a guest stopped a second time really is CPU-bound, and
         // only then do ticks go fast — otherwise a busy node would tick fast for nothing.
         if self.stops.fetch_add(1, Ordering::Relaxed) == 1 {
-            self.long.store(true, Ordering::Relaxed);
-            self.ticks.long_running.fetch_add(1, Ordering::Relaxed);
-        }
-        if self.movable.load(Ordering::Relaxed) && !on_guest_thread() {
-            // Pending once, and woken at once: whoever polls sees `moving` and moves it.
-            self.moving.store(true, Ordering::Relaxed);
-            return UpdateDeadline::Yield(1);
+            self.mark_long();
         }
         let rx = Lane::current().enqueue(&self.tenant);
         UpdateDeadline::YieldCustom(
@@ -395,10 +433,38 @@ impl Meter {
         )
     }
 
+    /// Counts this guest as running long (fast ticks until it ends), once.
+    fn mark_long(&self) {
+        if !self.long.swap(true, Ordering::Relaxed) {
+            self.ticks.long_running.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a guest past its slice on a serving thread is really using the CPU. The wall
+    /// clock cannot tell: the kernel may have preempted the thread mid-poll (other threads,
+    /// other processes), or a host call may be waiting in the kernel (a page fault behind the
+    /// memory-map lock). Moving such a guest would send a light request to wait behind heavy
+    /// guests — measured as 1 % of a light app's requests moved beside `/grow/30`, each for
+    /// tens of milliseconds. So the thread's CPU clock (a system call, made only here) is
+    /// sampled at one tick and compared at the next: the guest moves only if the thread ran for
+    /// at least half the time between them.
+    fn confirmed_running(&self) -> bool {
+        let cpu = thread_cpu_ns();
+        let wall = now_ns();
+        let prev_cpu = self.probe_cpu.swap(cpu, Ordering::Relaxed);
+        let prev_wall = self.probe_wall.swap(wall, Ordering::Relaxed);
+        if prev_cpu == u64::MAX {
+            return false;
+        }
+        let ran = cpu.saturating_sub(prev_cpu);
+        ran.saturating_mul(2) >= wall.saturating_sub(prev_wall)
+    }
+
     /// Starts timing a poll: the wall clock, and on a guest thread the thread's CPU clock too.
     fn poll_started(&self) -> PollStart {
         let t = now_ns();
         self.slice_start.store(t, Ordering::Relaxed);
+        self.probe_cpu.store(u64::MAX, Ordering::Relaxed);
         PollStart {
             wall: t,
             cpu: on_guest_thread().then(thread_cpu_ns),
@@ -647,7 +713,7 @@ mod tests {
             &["app"],
         )
         .unwrap();
-        Accounts::new(cv, Arc::default())
+        Accounts::new(cv, Accounts::test_offloaded(), Arc::default())
     }
 
     #[test]

@@ -163,6 +163,7 @@ impl Runtime {
             .set(i64::try_from(settings.memory_budget).unwrap_or(i64::MAX));
         let accounts = Arc::new(fair::Accounts::new(
             metrics.guest_cpu_seconds.clone(),
+            metrics.guest_thread_requests.clone(),
             ticks,
         ));
         let guests = Arc::new(

@@ -196,6 +196,7 @@ where
     /// Starts `guest` on this thread, or on a guest thread when `heavy`.
     pub fn start(guest: G, heavy: bool, meter: Arc<Meter>, threads: Arc<GuestThreads>) -> Self {
         let (here, there) = if heavy {
+            meter.note_offload(false);
             (None, Some(threads.spawn(guest)))
         } else {
             meter.set_movable();
@@ -220,6 +221,7 @@ where
                 return Poll::Pending;
             }
             if let Some(g) = self.here.take() {
+                self.meter.note_offload(true);
                 self.there = Some(self.threads.spawn(g));
             }
         }
@@ -258,7 +260,7 @@ mod tests {
         )
         .unwrap();
         let ticks: Arc<TickMode> = Arc::default();
-        let accounts = Accounts::new(cv, ticks.clone());
+        let accounts = Accounts::new(cv, Accounts::test_offloaded(), ticks.clone());
         Meter::new(accounts.get("app"), ticks)
     }
 
@@ -269,22 +271,39 @@ mod tests {
             .unwrap()
     }
 
-    /// A guest still running at an epoch tick after its minimum slice leaves the serving thread
-    /// and finishes on a guest thread; a light one finishes where it started.
+    /// What a guest does between epoch ticks in the tests below.
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Between {
+        /// Answers before any tick.
+        Nothing,
+        /// Runs on the CPU.
+        Spins,
+        /// Is off the CPU: blocked in the kernel, or its thread preempted.
+        Blocks,
+    }
+
+    /// A guest still running on the CPU at epoch ticks after its minimum slice leaves the
+    /// serving thread and finishes on a guest thread; a light one, or one whose poll lasted long
+    /// only because its thread was off the CPU, finishes where it started.
     #[test]
     fn a_guest_past_its_slice_moves_to_a_guest_thread() {
         let threads = Arc::new(GuestThreads::start(2, 0).unwrap());
         serving_thread().block_on(async {
-            for cpu_bound in [false, true] {
+            for between in [Between::Nothing, Between::Spins, Between::Blocks] {
                 let m = meter();
                 let epoch = m.clone();
-                let mut stopped = false;
+                let mut ticks = 0;
                 let guest = std::future::poll_fn(move |cx| {
-                    if cpu_bound && !stopped {
-                        // Run past the minimum slice, then take the epoch callback's advice.
-                        let t = Instant::now();
-                        while t.elapsed() < Duration::from_micros(200) {}
-                        stopped = true;
+                    // Five ticks at most, 300 µs apart, each past the minimum slice.
+                    while between != Between::Nothing && !on_guest_thread() && ticks < 5 {
+                        ticks += 1;
+                        match between {
+                            Between::Spins => {
+                                let t = Instant::now();
+                                while t.elapsed() < Duration::from_micros(300) {}
+                            }
+                            _ => std::thread::sleep(Duration::from_micros(300)),
+                        }
                         if let wasmtime::UpdateDeadline::Yield(_) = epoch.on_epoch() {
                             cx.waker().wake_by_ref();
                             return Poll::Pending;
@@ -301,7 +320,11 @@ mod tests {
                 let ran_on_guest_thread = std::future::poll_fn(|cx| run.poll_step(cx))
                     .await
                     .expect("the guest finished");
-                assert_eq!(ran_on_guest_thread, cpu_bound);
+                assert_eq!(
+                    ran_on_guest_thread,
+                    between == Between::Spins,
+                    "{between:?}"
+                );
             }
         });
     }
