@@ -22,9 +22,14 @@ use super::fair::TickMode;
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// The tick while some guest runs long (or did within [`FAST_TICK_LINGER`]): slices of CPU-bound
-/// guests are then about this long, which bounds the latency their neighbours see. The kernel's
-/// default timer slack (50 µs) stretches it a little.
-pub const FAST_TICK: Duration = Duration::from_micros(100);
+/// guests on a guest thread are then about this long, which bounds how long a light request that
+/// had to move there waits behind them. It was 100 µs while CPU-bound guests shared the serving
+/// threads; since they run on guest threads, the ticker's own wake-ups (each one a preemption of
+/// whatever ran, often a serving thread) cost the light tenants more than the finer slices gave
+/// them: side by side on the 2-vCPU VM, 100 / 500 / 1000 µs gave a light tenant's p99 beside 8
+/// spinners 2.9–5.6 / 2.6–3.8 / 2.4–3.0 ms and beside 8 `/grow/30` 3.6–6.0 / 3.5–3.8 /
+/// 3.9–4.2 ms (three rounds each, `docs/benchmarks.md`).
+pub const FAST_TICK: Duration = Duration::from_micros(500);
 
 /// How long ticks stay fast after the last long-running guest finished: a runaway request that
 /// is cut at its timeout and sent again must not get a slow first slice.
