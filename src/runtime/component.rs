@@ -283,7 +283,6 @@ impl AppComponent {
             // own app's time), else handed to one. Not on tokio's blocking pool, whose threads
             // run at the serving threads' priority and took the CPU from them (profiled beside
             // `/grow/30`). The permits go with it, so the slot counts as used until it is free.
-            let guests = this.guests.clone();
             let release = move || {
                 if returned {
                     store.into_data().recycle(&owner.ctx_pool);
@@ -294,7 +293,7 @@ impl AppComponent {
             };
             let big = peak.saturating_sub(initial) as u64 > OFFLOAD_RELEASE_ABOVE;
             if big && !on_guest_thread() && tokio::runtime::Handle::try_current().is_ok() {
-                guests.spawn(async move { release() }).detach();
+                this.guests.spawn(async move { release() }).detach();
             } else if big {
                 release();
             } else {
