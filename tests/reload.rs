@@ -180,3 +180,66 @@ async fn sighup_under_load_serves_the_new_config_and_refuses_a_broken_one() {
     );
     assert!(!d.stderr().contains("panicked"));
 }
+
+/// `[log] level` is applied at start and re-applied by SIGHUP; `--log-level` pins the level,
+/// and a reload then says so instead of changing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_the_log_level_unless_the_command_line_pinned_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outpost.toml");
+    let with_level = |level: &str| {
+        config(
+            dir.path(),
+            "127.0.0.1:0",
+            &format!("[log]\nlevel = \"{level}\"\n"),
+        )
+    };
+    std::fs::write(&path, with_level("info")).unwrap();
+    let d = Daemon::run_config(&path);
+    let addr = d.addr();
+    // "no route" is a debug event: not shown at info.
+    assert_eq!(try_request(addr, "nowhere.test").await, Ok(404));
+    std::fs::write(&path, with_level("info,outpost::serve=debug")).unwrap();
+    d.signal("HUP");
+    let log = wait_count(&d, "configuration reloaded", 1);
+    assert!(!log.contains("no route"), "{log}");
+    assert!(log.contains("log level changed"), "{log}");
+    assert_eq!(try_request(addr, "nowhere.test").await, Ok(404));
+    d.wait_log(&["no route"]);
+    // Back to warn: the change itself is still shown, the reload's info line no longer.
+    std::fs::write(&path, with_level("warn")).unwrap();
+    d.signal("HUP");
+    wait_count(&d, "log level changed", 2);
+    // A level that is not one is refused with the rest of the config.
+    std::fs::write(&path, with_level("verbose")).unwrap();
+    d.signal("HUP");
+    let log = wait_count(&d, "config reload refused", 1);
+    assert!(log.contains("unknown log level \"verbose\""), "{log}");
+
+    // Pinned by the command line: the config's level is reported, not applied.
+    drop(d);
+    std::fs::write(&path, with_level("warn")).unwrap();
+    let pinned = Daemon::spawn_with(
+        &[
+            "--log-level",
+            "info",
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+        tempfile::tempdir().unwrap(),
+        &[],
+        1,
+        true,
+    );
+    std::fs::write(&path, with_level("debug")).unwrap();
+    pinned.signal("HUP");
+    let log = wait_count(&pinned, "configuration reloaded", 1);
+    assert_eq!(
+        log.matches("[log] level not applied: the level was set by --log-level")
+            .count(),
+        2,
+        "once at start, once on reload: {log}"
+    );
+    assert!(!log.contains("log level changed"), "{log}");
+}

@@ -90,7 +90,7 @@ fn recv_until(sock: &UnixDatagram, line: &str, log: &Path) -> String {
 }
 
 #[tokio::test]
-async fn run_notifies_ready_after_listening_pings_watchdog_and_notifies_stopping() {
+async fn run_notifies_ready_after_listening_pings_watchdog_reloads_and_notifies_stopping() {
     let dir = tempfile::tempdir().unwrap();
     // stdout is a socket pair rather than a pipe so the test can look at what had been printed
     // by the time READY arrived, without blocking.
@@ -127,6 +127,28 @@ async fn run_notifies_ready_after_listening_pings_watchdog_and_notifies_stopping
     for _ in 0..3 {
         recv_until(&sock, "WATCHDOG=1", &log);
     }
+
+    // A reload (what `ExecReload=` sends) is announced and its end too, with the counts.
+    let st = Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let reloading = recv_until(&sock, "RELOADING=1", &log);
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC: {reloading:?}"))
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    let reloaded = recv_until(&sock, "READY=1", &log);
+    assert!(
+        reloaded.contains(&format!("STATUS=serving 1 app (1 component) on {addr}")),
+        "{reloaded:?}"
+    );
+    let r = get(addr, "/").await;
+    assert_eq!(r.status, 200);
 
     let st = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])

@@ -43,9 +43,11 @@ pub struct Cli {
         env = "OUTPOST_LOG_FORMAT"
     )]
     pub log_format: LogFormat,
-    /// Default log level (error, warn, info, debug, trace); OUTPOST_LOG takes full directives.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
+    /// Log level: error, warn, info, debug, trace or off, or target=level directives
+    /// ("info,outpost::serve=debug"). Overrides the config's [log] level (which SIGHUP
+    /// re-applies) and is overridden by OUTPOST_LOG / RUST_LOG. Default: info.
+    #[arg(long, global = true, value_parser = parse_log_level)]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -73,6 +75,10 @@ pub enum Command {
     Token(fleet::TokenArgs),
     /// List or revoke enrolled nodes.
     Nodes(fleet::NodesArgs),
+}
+
+fn parse_log_level(s: &str) -> Result<String, String> {
+    logging::check_directives(s).map(|()| s.to_owned())
 }
 
 /// An error with the exit code it maps to.
@@ -108,7 +114,7 @@ pub type CliResult = Result<(), CliError>;
 /// Entry point used by `main.rs`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format, &cli.log_level);
+    logging::init(cli.log_format, cli.log_level.as_deref());
     let result = match cli.command {
         Command::Serve(a) => serve::run(a),
         Command::Run(a) => run::run(a),

@@ -1,5 +1,5 @@
 //! `outpost run` on SIGHUP: re-read the config file and apply what can change while serving —
-//! the `[[app]]` apps and their hosts and routes, `[trust]`, `[fairness]` — with one atomic swap
+//! the `[[app]]` apps and their hosts and routes, `[trust]`, `[fairness]`, `[log] level` — with one atomic swap
 //! of the routing table (requests already routed finish on the components they hold, so none is
 //! dropped). TLS certificate files are re-read by their own SIGHUP handler
 //! (`serve::certs::CertStore::spawn_reloader`). What only a restart can change (listener
@@ -86,6 +86,16 @@ pub(super) struct Reloader {
     pub serve: Arc<ServeState>,
     pub metrics: Metrics,
     pub owner: TableOwner,
+    /// Told when a reload starts and when it ends, whatever its outcome (systemd's
+    /// `RELOADING=1` … `READY=1`).
+    pub on_phase: Option<Arc<dyn Fn(ReloadPhase) + Send + Sync>>,
+}
+
+/// Where a reload is, for [`Reloader::on_phase`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReloadPhase {
+    Started,
+    Finished,
 }
 
 /// The new config's apps, loaded and ready to route.
@@ -101,7 +111,13 @@ impl Reloader {
     pub async fn run(self, mut hup: tokio::signal::unix::Signal) {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP received; reloading the configuration");
+            if let Some(f) = &self.on_phase {
+                f(ReloadPhase::Started);
+            }
             self.reload().await;
+            if let Some(f) = &self.on_phase {
+                f(ReloadPhase::Finished);
+            }
         }
     }
 
@@ -130,6 +146,7 @@ impl Reloader {
         let apps = loaded.fixed.len();
         match self.swap(loaded).await {
             Ok(()) => {
+                crate::ops::logging::apply_config_level_logged(cfg.log.level.as_deref(), true);
                 self.runtime.set_cpu_weights(
                     cfg.fairness
                         .cpu_weight

@@ -54,6 +54,7 @@ pub fn run(args: RunArgs) -> CliResult {
             Config::embedded_default()
         }
     };
+    crate::ops::logging::apply_config_level_logged(cfg.log.level.as_deref(), false);
     let overrides = overrides_from(&cfg)?;
     let hw = sizing::detect();
     let sizing = sizing::derive(&hw, &overrides).map_err(CliError::config)?;
@@ -379,6 +380,10 @@ pub fn run(args: RunArgs) -> CliResult {
                 serve: reload_state.clone(),
                 metrics: metrics.clone(),
                 owner: owner.unwrap_or(super::reload::TableOwner::Agent(reload_tx)),
+                on_phase: status_line.clone().map(|s| {
+                    Arc::new(move |p| s.reload_phase(p))
+                        as Arc<dyn Fn(super::reload::ReloadPhase) + Send + Sync>
+                }),
             };
             tokio::spawn(reloader.run(hup))
         });
@@ -504,6 +509,26 @@ impl StatusLine {
         let phase = self.phase();
         if *phase == Phase::Ready {
             self.notifier.send_or_log(&[self.serving()]);
+        }
+    }
+
+    /// A SIGHUP reload: `RELOADING=1` when it starts, `READY=1` and the (maybe new) app counts
+    /// when it ends, refused or not. Nothing while starting or stopping.
+    fn reload_phase(&self, p: super::reload::ReloadPhase) {
+        let phase = self.phase();
+        if *phase != Phase::Ready {
+            return;
+        }
+        match p {
+            super::reload::ReloadPhase::Started => self.notifier.send_or_log(&[
+                Notify::Reloading {
+                    monotonic_usec: systemd::monotonic_usec(),
+                },
+                Notify::Status("reloading the configuration".into()),
+            ]),
+            super::reload::ReloadPhase::Finished => {
+                self.notifier.send_or_log(&[Notify::Ready, self.serving()]);
+            }
         }
     }
 

@@ -58,7 +58,9 @@ const TOP_KEYS: &[&str] = &[
     "tls",
     "control_plane",
     "fairness",
+    "log",
 ];
+const LOG_KEYS: &[&str] = &["level"];
 const FAIRNESS_KEYS: &[&str] = &["cpu_weight"];
 /// Largest `[fairness] cpu_weight` (the smallest is 1; an app not named gets 100).
 pub const MAX_CPU_WEIGHT: u32 = 10_000;
@@ -114,10 +116,20 @@ pub struct Config {
     pub control_plane: Option<ControlPlaneConfig>,
     /// `[fairness]`: how apps share the node when it is busy.
     pub fairness: FairnessConfig,
+    /// `[log]`
+    pub log: LogConfig,
     /// `[runtime]` with sizes and `default_timeout` already normalised to numbers.
     runtime: toml::Table,
     /// Where the config came from (file path or [`EMBEDDED_ORIGIN`]), for later errors.
     origin: String,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Level directives (checked by [`crate::ops::logging::check_directives`]); `None`: info.
+    /// Applied at start and on every SIGHUP reload unless `OUTPOST_LOG` / `--log-level` set it.
+    pub level: Option<String>,
 }
 
 /// `[fairness]`
@@ -436,6 +448,7 @@ fn builtin_default() -> Config {
         },
         control_plane: None,
         fairness: FairnessConfig::default(),
+        log: LogConfig::default(),
         runtime: toml::Table::new(),
         origin: EMBEDDED_ORIGIN.to_owned(),
     }
@@ -596,10 +609,15 @@ fn parse_table(table: toml::Table) -> Result<(Config, toml::Table), FieldError> 
         Some(f) => parse_fairness(f.table()?)?,
         None => FairnessConfig::default(),
     };
+    let log = match top.take("log") {
+        Some(f) => parse_log(f.table()?)?,
+        None => LogConfig::default(),
+    };
     top.finish(TOP_KEYS)?;
     Ok((
         Config {
             fairness,
+            log,
             node,
             listen,
             apps,
@@ -659,6 +677,19 @@ fn parse_fairness(mut t: Fields) -> Result<FairnessConfig, FieldError> {
         }
     }
     t.finish_section(FAIRNESS_KEYS, TOP_KEYS)?;
+    Ok(out)
+}
+
+fn parse_log(mut t: Fields) -> Result<LogConfig, FieldError> {
+    let mut out = LogConfig::default();
+    if let Some(f) = t.take("level") {
+        let key = f.key.clone();
+        let level = f.string()?;
+        crate::ops::logging::check_directives(&level)
+            .map_err(|problem| FieldError { key, problem })?;
+        out.level = Some(level);
+    }
+    t.finish_section(LOG_KEYS, TOP_KEYS)?;
     Ok(out)
 }
 
@@ -1088,7 +1119,7 @@ source = "/srv/x.wasm"
         assert_rejects(
             &format!("apps = []\n{LISTEN}"),
             "apps",
-            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls, control_plane, fairness (did you mean \"app\"?)",
+            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls, control_plane, fairness, log (did you mean \"app\"?)",
         );
         assert_rejects(
             &format!("node = 1\n{LISTEN}"),
@@ -1582,6 +1613,31 @@ source = "/srv/x.wasm"
         assert_eq!(cp.name.as_deref(), Some("gw-9"));
         assert_eq!(cp.labels.get("site").map(String::as_str), Some("lab-1"));
         assert_eq!(cp.labels.len(), 2);
+    }
+
+    #[test]
+    fn log_level_parses_and_is_validated() {
+        let cfg = parse(&format!(
+            "{LISTEN}[log]\nlevel = \"warn,outpost::serve=debug\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.log.level.as_deref(), Some("warn,outpost::serve=debug"));
+        assert_eq!(parse(LISTEN).unwrap().log, LogConfig::default());
+        assert_rejects(
+            &format!("{LISTEN}[log]\nlevel = \"verbose\"\n"),
+            "log.level",
+            "unknown log level \"verbose\"",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[log]\nlevel = 3\n"),
+            "log.level",
+            "string",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[log]\nformat = \"json\"\n"),
+            "log.format",
+            "level",
+        );
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! Logging setup: `tracing-subscriber` to stderr, human-readable or JSON lines.
 //!
-//! Owns: the subscriber and its filter. `OUTPOST_LOG` (or `RUST_LOG`) overrides the level with the
-//! usual `target=level` directives.
+//! Owns: the subscriber, its filter and the filter's live reloads. Where the level comes from,
+//! first match wins: `OUTPOST_LOG` (or `RUST_LOG`), `--log-level`, the config's `[log] level`
+//! (re-applied on every SIGHUP reload), then `info`. The first two pin the level for the life of
+//! the process: a reload says so in the log instead of overriding what the operator set by hand.
 //! Must not: decide what gets logged elsewhere.
+
+use std::sync::{Mutex, OnceLock};
 
 use tracing_subscriber::EnvFilter;
 
@@ -15,31 +19,196 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Safe to call once; later calls are ignored.
-pub fn init(format: LogFormat, default_level: &str) {
-    let filter = std::env::var("OUTPOST_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .ok()
-        .and_then(|s| EnvFilter::try_new(s).ok())
-        .unwrap_or_else(|| {
-            // wasmtime's own crates are chatty at debug; keep them at warn unless asked.
-            EnvFilter::new(format!(
-                "{default_level},wasmtime=warn,cranelift=warn,wasmtime_wasi_http=warn"
-            ))
-        });
+/// The level when nothing sets one.
+pub const DEFAULT_LEVEL: &str = "info";
+
+/// Crates that are chatty below warn; kept at warn unless a directive names them.
+const QUIET: &[&str] = &["wasmtime", "cranelift", "wasmtime_wasi_http"];
+
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a level setting: comma-separated directives, each a level (`debug`) or
+/// `target=level` (`outpost::serve=debug`). A bare word that is not a level is refused: the
+/// filter syntax would read `verbose` as "everything from a target named verbose".
+pub fn check_directives(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        return Err(format!(
+            "empty log level; expected one of {}, or target=level directives",
+            LEVELS.join(", ")
+        ));
+    }
+    for d in s.split(',').map(str::trim) {
+        let level = match d.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => level.trim(),
+            Some(_) => return Err(format!("log directive {d:?} has no target before '='")),
+            None => d,
+        };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "unknown log level {level:?} in {s:?}; expected one of {}, or target=level \
+                 directives such as \"info,outpost::serve=debug\"",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    EnvFilter::try_new(s)
+        .map(drop)
+        .map_err(|e| format!("invalid log directives {s:?}: {e}"))
+}
+
+/// The filter for directives `s`, with [`QUIET`] crates at warn unless `s` names them.
+fn filter_for(s: &str) -> Result<EnvFilter, String> {
+    let mut full = String::new();
+    for q in QUIET {
+        if !s.contains(q) {
+            full.push_str(q);
+            full.push_str("=warn,");
+        }
+    }
+    full.push_str(s);
+    EnvFilter::try_new(&full).map_err(|e| format!("invalid log directives {s:?}: {e}"))
+}
+
+type Reload = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// The installed subscriber's filter handle and what set the level.
+struct Installed {
+    reload: Reload,
+    /// `OUTPOST_LOG`, `RUST_LOG` or `--log-level`: the level is not the config's to change.
+    pinned_by: Option<&'static str>,
+    /// The directives in force.
+    current: Mutex<String>,
+}
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// Installs the global subscriber. `cli_level` is `--log-level` (already checked by
+/// [`check_directives`]). Safe to call once; later calls are ignored.
+pub fn init(format: LogFormat, cli_level: Option<&str>) {
+    let from_env = ["OUTPOST_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|v| std::env::var(v).ok().map(|s| (v, s)));
+    let mut bad_env = None;
+    let (pinned_by, directives, filter) = match from_env {
+        // Full directives from the environment, as given: the operator's own words.
+        Some((var, s)) => match EnvFilter::try_new(&s) {
+            Ok(f) => (Some(var), s, f),
+            Err(e) => {
+                bad_env = Some(format!("{var}={s:?} ignored: {e}"));
+                let level = cli_level.unwrap_or(DEFAULT_LEVEL);
+                (None, level.to_owned(), quiet_filter(level))
+            }
+        },
+        None => match cli_level {
+            Some(level) => (Some("--log-level"), level.to_owned(), quiet_filter(level)),
+            None => (None, DEFAULT_LEVEL.to_owned(), quiet_filter(DEFAULT_LEVEL)),
+        },
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+    let installed = match format {
+        LogFormat::Human => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().map(|()| -> Reload {
+                Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+            })
+        }
+        LogFormat::Json => {
+            let builder = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().map(|()| -> Reload {
+                Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+            })
+        }
     };
+    if let Ok(reload) = installed {
+        let _ = INSTALLED.set(Installed {
+            reload,
+            pinned_by,
+            current: Mutex::new(directives),
+        });
+    }
+    if let Some(msg) = bad_env {
+        tracing::warn!("{msg}; using the level from --log-level or the config");
+    }
+}
+
+/// The filter for a level already checked, falling back to [`DEFAULT_LEVEL`].
+fn quiet_filter(level: &str) -> EnvFilter {
+    filter_for(level)
+        .or_else(|_| filter_for(DEFAULT_LEVEL))
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LEVEL))
+}
+
+/// What [`apply_config_level`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LevelChange {
+    /// The level in force is already that one (or no subscriber is installed).
+    Unchanged,
+    /// The filter now uses `to`.
+    Changed { from: String, to: String },
+    /// The config asks for another level, but `by` (an environment variable or `--log-level`)
+    /// set it by hand.
+    Pinned { by: &'static str, wanted: String },
+}
+
+/// Applies the config's `[log] level` (`None`: the default) unless the level is pinned.
+pub fn apply_config_level(level: Option<&str>) -> Result<LevelChange, String> {
+    let Some(installed) = INSTALLED.get() else {
+        return Ok(LevelChange::Unchanged);
+    };
+    let wanted = level.unwrap_or(DEFAULT_LEVEL);
+    let mut current = installed
+        .current
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *current == wanted {
+        return Ok(LevelChange::Unchanged);
+    }
+    if let Some(by) = installed.pinned_by {
+        return Ok(match level {
+            Some(l) => LevelChange::Pinned {
+                by,
+                wanted: l.to_owned(),
+            },
+            None => LevelChange::Unchanged,
+        });
+    }
+    check_directives(wanted)?;
+    (installed.reload)(filter_for(wanted)?)?;
+    let from = std::mem::replace(&mut *current, wanted.to_owned());
+    Ok(LevelChange::Changed {
+        from,
+        to: wanted.to_owned(),
+    })
+}
+
+/// Applies the config's level and logs the outcome: on a reload a level change at warn (so it
+/// shows whatever the new level), and a pinned level at info.
+pub fn apply_config_level_logged(level: Option<&str>, reload: bool) {
+    match apply_config_level(level) {
+        Ok(LevelChange::Unchanged) => {}
+        Ok(LevelChange::Changed { .. }) if !reload => {}
+        Ok(LevelChange::Changed { from, to }) => {
+            tracing::warn!(from = %from, to = %to, "log level changed");
+        }
+        Ok(LevelChange::Pinned { by, wanted }) => {
+            tracing::info!(
+                pinned_by = by,
+                config_level = %wanted,
+                "[log] level not applied: the level was set by {by}"
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "log level not changed"),
+    }
 }
 
 /// A per-call-site budget for warnings that a client or a guest can trigger at request rate (a
@@ -115,6 +284,36 @@ impl LogLimiter {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn directives_are_levels_or_target_equals_level() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "warn,outpost::serve=debug",
+            "outpost=trace",
+            "off",
+        ] {
+            assert_eq!(check_directives(ok), Ok(()), "{ok}");
+        }
+        for (bad, needle) in [
+            ("verbose", "unknown log level \"verbose\""),
+            ("info,outpost=loud", "unknown log level \"loud\""),
+            ("=debug", "no target before '='"),
+            ("", "empty log level"),
+        ] {
+            let e = check_directives(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn quiet_crates_stay_at_warn_unless_named() {
+        let f = filter_for("debug").unwrap().to_string();
+        assert!(f.contains("wasmtime=warn") && f.contains("debug"), "{f}");
+        let f = filter_for("debug,wasmtime=info").unwrap().to_string();
+        assert!(!f.contains("wasmtime=warn"), "{f}");
+    }
 
     #[test]
     fn limiter_allows_a_burst_per_window_and_reports_what_it_dropped() {

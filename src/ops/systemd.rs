@@ -25,6 +25,9 @@ pub enum Notify {
     Stopping,
     /// The watchdog keep-alive.
     Watchdog,
+    /// A reload (SIGHUP) has begun, at `monotonic_usec` on `CLOCK_MONOTONIC` (as
+    /// `sd_notify(3)` asks); [`Notify::Ready`] again says it finished.
+    Reloading { monotonic_usec: u64 },
     /// Free-form status shown by `systemctl status`; newlines are replaced by spaces.
     Status(String),
 }
@@ -37,6 +40,10 @@ pub fn format_message(msgs: &[Notify]) -> String {
             Notify::Ready => out.push_str("READY=1"),
             Notify::Stopping => out.push_str("STOPPING=1"),
             Notify::Watchdog => out.push_str("WATCHDOG=1"),
+            Notify::Reloading { monotonic_usec } => {
+                out.push_str("RELOADING=1\nMONOTONIC_USEC=");
+                out.push_str(&monotonic_usec.to_string());
+            }
             Notify::Status(s) => {
                 out.push_str("STATUS=");
                 out.extend(s.chars().map(|c| if c == '\n' { ' ' } else { c }));
@@ -45,6 +52,15 @@ pub fn format_message(msgs: &[Notify]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `CLOCK_MONOTONIC` now, in microseconds: the clock `MONOTONIC_USEC=` is read against.
+pub fn monotonic_usec() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000)
 }
 
 /// `serving 2 apps (3 components) on 127.0.0.1:8080, [::]:8443` — the STATUS line once ready.
@@ -367,6 +383,12 @@ mod tests {
         );
         assert_eq!(format_message(&[Notify::Stopping]), "STOPPING=1\n");
         assert_eq!(format_message(&[Notify::Watchdog]), "WATCHDOG=1\n");
+        assert_eq!(
+            format_message(&[Notify::Reloading {
+                monotonic_usec: 12_345
+            }]),
+            "RELOADING=1\nMONOTONIC_USEC=12345\n"
+        );
     }
 
     #[test]
