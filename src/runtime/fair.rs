@@ -18,6 +18,10 @@
 //! 2. then resumes parked guests one at a time, always from the app with the lowest virtual time,
 //!    until one [`ROUND`] of wall time is used, and goes back to step 1.
 //!
+//! Requests that finish inline (most) are ordered among apps by each thread's start gate
+//! ([`Gate`]): an app that has started more this scheduler pass than any other app waits for the
+//! next pass.
+//!
 //! A request of an app whose virtual time is not below every parked app's waits in the lane too
 //! before it starts, so an app cannot get extra slices by opening more requests. An app that was
 //! idle re-enters at the lane's minimum virtual time less [`GRACE`]: it is served at once, but
@@ -55,6 +59,9 @@ pub const GRACE: Duration = Duration::from_millis(1);
 pub const HEAVY_CPU: Duration = Duration::from_micros(500);
 /// See [`Account::note_request`].
 const HEAVY_CAP: u64 = 4;
+
+/// The least a request is assumed to cost when the start gate counts it ([`Gate`]).
+const MIN_START_COST: Duration = Duration::from_micros(2);
 
 /// The weight of an app that config does not name.
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -184,6 +191,16 @@ impl Account {
                     old - (old - ns) / 8
                 })
             });
+    }
+
+    /// What one request of this app is expected to cost, weighted like virtual time: the
+    /// moving average, at least [`MIN_START_COST`] (a new app has no history).
+    fn start_cost(&self) -> u64 {
+        let ns = self
+            .recent_cpu
+            .load(Ordering::Relaxed)
+            .max(MIN_START_COST.as_nanos() as u64);
+        ns.saturating_mul(u64::from(DEFAULT_WEIGHT)) / u64::from(self.weight().max(1))
     }
 
     /// An app coming back from idle starts no further back than `floor`.
@@ -394,7 +411,17 @@ impl Meter {
     /// Waits for this app's turn on this thread's lane if other apps with less virtual time are
     /// waiting; returns at once otherwise (the common case, and always when nothing waits).
     pub async fn turn_to_start(&self) {
-        let rx = Lane::current().enqueue_if_behind(&self.tenant);
+        let lane = Lane::current();
+        if !on_guest_thread() {
+            let cost = self.tenant.start_cost();
+            // Over its share of this epoch: wait for the next pass of the scheduler (after every
+            // ready task and a poll of the I/O driver), where the epoch turns.
+            while let Err(epoch) = lane.may_start(&self.tenant, cost) {
+                tokio::task::yield_now().await;
+                lane.turn_epoch(epoch);
+            }
+        }
+        let rx = lane.enqueue_if_behind(&self.tenant);
         if let Some(rx) = rx {
             let _ = rx.await;
         }
@@ -551,6 +578,34 @@ struct LaneState {
     min_vtime: u64,
     /// Whether a dispatcher task serves this lane.
     dispatching: bool,
+    /// Requests starting inline, by app.
+    gate: Gate,
+}
+
+/// The start gate of a serving thread: how apps share the thread between requests that finish
+/// inline, in one poll each.
+///
+/// Such requests never park in the lane, so the order they run in is the order their
+/// connections became ready: an app with 16 connections beside three with 2 each got ~69 % of
+/// the requests. The gate counts, per *epoch*, the estimated cost of the requests each app
+/// started here ([`Account::start_cost`], weighted). An app may start a request if it has
+/// started none in this epoch, or if with this one it stays within the most any other app
+/// started in this epoch or the last; otherwise the request waits for the next pass of the
+/// scheduler (a deferred `yield_now`: after every ready task and a poll of the I/O driver), and
+/// the first one to come back from that wait turns the epoch. So while any app is held back an
+/// epoch is one pass, every app starts at least one request a pass, and an app alone — or one
+/// no busier than the others — is never held at all (deficit round robin over passes).
+#[derive(Default)]
+struct Gate {
+    epoch: u64,
+    apps: Vec<GateEntry>,
+}
+
+struct GateEntry {
+    app: Arc<Account>,
+    /// Weighted cost started in this epoch and in the last.
+    cur: u64,
+    prev: u64,
 }
 
 impl Lane {
@@ -563,6 +618,57 @@ impl Lane {
             });
         }
         LANE.with(Arc::clone)
+    }
+
+    /// Whether a request of `tenant` costing `cost` may start now (see [`Gate`]); if so it is
+    /// counted. `Err` carries the epoch to pass to [`Lane::turn_epoch`] after waiting.
+    fn may_start(&self, tenant: &Arc<Account>, cost: u64) -> Result<(), u64> {
+        let mut st = lock(&self.state);
+        let g = &mut st.gate;
+        let mut mine = None;
+        let mut others: Option<u64> = None;
+        for (i, e) in g.apps.iter().enumerate() {
+            if Arc::ptr_eq(&e.app, tenant) {
+                mine = Some(i);
+            } else {
+                let most = e.cur.max(e.prev);
+                others = Some(others.map_or(most, |o| o.max(most)));
+            }
+        }
+        let i = match mine {
+            Some(i) => i,
+            None => {
+                g.apps.push(GateEntry {
+                    app: tenant.clone(),
+                    cur: 0,
+                    prev: 0,
+                });
+                g.apps.len() - 1
+            }
+        };
+        let e = &mut g.apps[i];
+        let within = others.is_none_or(|o| e.cur.saturating_add(cost) <= o);
+        if e.cur == 0 || within {
+            e.cur = e.cur.saturating_add(cost);
+            Ok(())
+        } else {
+            Err(g.epoch)
+        }
+    }
+
+    /// Starts a new gate epoch unless one began since `epoch`: apps that started nothing in
+    /// the last two are forgotten.
+    fn turn_epoch(&self, epoch: u64) {
+        let mut st = lock(&self.state);
+        let g = &mut st.gate;
+        if g.epoch != epoch {
+            return;
+        }
+        g.epoch += 1;
+        g.apps.retain_mut(|e| {
+            e.prev = std::mem::take(&mut e.cur);
+            e.prev > 0
+        });
     }
 
     /// Parks a guest of `tenant`; the receiver completes when it may run.
@@ -714,6 +820,108 @@ mod tests {
         )
         .unwrap();
         Accounts::new(cv, Accounts::test_offloaded(), Arc::default())
+    }
+
+    fn lane() -> Arc<Lane> {
+        Arc::new(Lane {
+            state: Mutex::default(),
+            kick: Notify::new(),
+        })
+    }
+
+    /// Turns the lane's gate epoch.
+    fn turn(lane: &Lane) {
+        let epoch = lane.state.lock().unwrap().gate.epoch;
+        lane.turn_epoch(epoch);
+    }
+
+    /// Starts requests of `app` until the gate says wait; returns how many started.
+    fn start_all(lane: &Lane, app: &Arc<Account>, want: usize) -> (usize, Option<u64>) {
+        for n in 0..want {
+            if let Err(epoch) = lane.may_start(app, app.start_cost()) {
+                return (n, Some(epoch));
+            }
+        }
+        (want, None)
+    }
+
+    #[test]
+    fn the_start_gate_gives_each_busy_app_an_equal_turn_per_epoch() {
+        let t = tenants();
+        let (a, b, c) = (t.get("a"), t.get("b"), t.get("c"));
+        let lane = lane();
+        // Alone, an app is never held back.
+        assert_eq!(start_all(&lane, &a, 100), (100, None));
+        // A second app may always start one; then the first is held until it is even...
+        assert_eq!(start_all(&lane, &b, 1), (1, None));
+        let (n, epoch) = start_all(&lane, &a, 1);
+        assert_eq!(n, 0, "a is 100 requests ahead in this epoch");
+        lane.turn_epoch(epoch.unwrap());
+        // ...and in the next epoch gets as much as the busiest other app had (b: one).
+        assert_eq!(start_all(&lane, &a, 16).0, 1);
+        assert_eq!(
+            start_all(&lane, &b, 2).0,
+            2,
+            "b may match a's 100 of the last epoch"
+        );
+        assert_eq!(start_all(&lane, &c, 1).0, 1);
+        // A stale turn does nothing; the current one turns.
+        lane.turn_epoch(0);
+        let (n, epoch) = start_all(&lane, &a, 16);
+        assert_eq!(n, 1, "a matches b's two");
+        lane.turn_epoch(epoch.unwrap());
+        // Three apps with 16, 1 and 1 requests ready per pass: after one epoch (a may still
+        // match b's two of the last), one each per epoch.
+        for i in 0..6 {
+            let (na, ea) = start_all(&lane, &a, 16);
+            let (nb, _) = start_all(&lane, &b, 1);
+            let (nc, _) = start_all(&lane, &c, 1);
+            assert_eq!(
+                (na, nb, nc),
+                (if i == 0 { 2 } else { 1 }, 1, 1),
+                "epoch {i}"
+            );
+            lane.turn_epoch(ea.unwrap());
+        }
+        // Equal apps with four each: nobody waits.
+        for _ in 0..2 {
+            turn(&lane);
+        }
+        for _ in 0..3 {
+            for app in [&a, &b, &c] {
+                assert_eq!(start_all(&lane, app, 4), (4, None));
+            }
+            turn(&lane);
+        }
+        // Apps that start nothing for two epochs are forgotten: a is alone again.
+        turn(&lane);
+        turn(&lane);
+        assert_eq!(start_all(&lane, &a, 50), (50, None));
+    }
+
+    #[test]
+    fn the_start_gate_counts_cost_by_weight() {
+        let t = tenants();
+        t.set_weights(HashMap::from([("heavy".to_string(), 300)]));
+        let (w, d) = (t.get("heavy"), t.get("default"));
+        let lane = lane();
+        assert_eq!(start_all(&lane, &d, 1).0, 1);
+        assert_eq!(
+            start_all(&lane, &w, 10).0,
+            3,
+            "weight 300: three per default app's one"
+        );
+        // Requests that cost more count for more.
+        let x = t.get("costly");
+        x.recent_cpu
+            .store(4 * MIN_START_COST.as_nanos() as u64, Ordering::Relaxed);
+        let lane = super::tests::lane();
+        assert_eq!(start_all(&lane, &d, 4).0, 4);
+        assert_eq!(
+            start_all(&lane, &x, 4).0,
+            1,
+            "one costly request matches four cheap ones"
+        );
     }
 
     #[test]
