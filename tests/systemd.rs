@@ -79,6 +79,15 @@ fn spawn_notified(
     (Kill(cmd.spawn().unwrap()), sock, log)
 }
 
+/// Sends signal `name` to the daemon with kill(1).
+fn signal(child: &Kill, name: &str) {
+    let st = Command::new("kill")
+        .args([format!("-{name}"), child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 /// Receives datagrams until one contains `line`; returns it.
 fn recv_until(sock: &UnixDatagram, line: &str, log: &Path) -> String {
     loop {
@@ -129,11 +138,7 @@ async fn run_notifies_ready_after_listening_pings_watchdog_reloads_and_notifies_
     }
 
     // A reload (what `ExecReload=` sends) is announced and its end too, with the counts.
-    let st = Command::new("kill")
-        .args(["-HUP", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    signal(&child, "HUP");
     let reloading = recv_until(&sock, "RELOADING=1", &log);
     let usec: u64 = reloading
         .lines()
@@ -150,11 +155,7 @@ async fn run_notifies_ready_after_listening_pings_watchdog_reloads_and_notifies_
     let r = get(addr, "/").await;
     assert_eq!(r.status, 200);
 
-    let st = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    signal(&child, "TERM");
     let stopping = recv_until(&sock, "STOPPING=1", &log);
     assert!(stopping.contains("STATUS=draining"), "{stopping:?}");
     let deadline = Instant::now() + Duration::from_secs(60);
