@@ -1,7 +1,7 @@
 //! `outpost run` on SIGHUP: re-read the config file and apply what can change while serving —
-//! the `[[app]]` apps and their hosts and routes, `[trust]`, `[fairness]`, `[log] level` — with one atomic swap
-//! of the routing table (requests already routed finish on the components they hold, so none is
-//! dropped). TLS certificate files are re-read by their own SIGHUP handler
+//! the `[[app]]` apps and their hosts and routes, `[trust]`, `[fairness]`, `[log] level` — with
+//! one atomic swap of the routing table (requests already routed finish on the components they
+//! hold, so none is dropped). TLS certificate files are re-read by their own SIGHUP handler
 //! (`serve::certs::CertStore::spawn_reloader`). What only a restart can change (listener
 //! addresses and deadlines, `[node]`, `[store]`, `[runtime]`, `[tls]` file lists,
 //! `[control_plane]`) is named in the log and left as it is.

@@ -412,16 +412,19 @@ impl Meter {
     /// waiting; returns at once otherwise (the common case, and always when nothing waits).
     pub async fn turn_to_start(&self) {
         let lane = Lane::current();
-        if !on_guest_thread() {
-            let cost = self.tenant.start_cost();
-            // Over its share of this epoch: wait for the next pass of the scheduler (after every
-            // ready task and a poll of the I/O driver), where the epoch turns.
-            while let Err(epoch) = lane.may_start(&self.tenant, cost) {
-                tokio::task::yield_now().await;
-                lane.turn_epoch(epoch);
+        // Guest threads have no start gate: only heavy apps start there, ordered by the lane.
+        let cost = (!on_guest_thread()).then(|| self.tenant.start_cost());
+        let rx = loop {
+            match lane.may_start(&self.tenant, cost) {
+                Ok(rx) => break rx,
+                // Over its share of this epoch: wait for the next pass of the scheduler (after
+                // every ready task and a poll of the I/O driver), where the epoch turns.
+                Err(epoch) => {
+                    tokio::task::yield_now().await;
+                    lane.turn_epoch(epoch);
+                }
             }
-        }
-        let rx = lane.enqueue_if_behind(&self.tenant);
+        };
         if let Some(rx) = rx {
             let _ = rx.await;
         }
@@ -620,11 +623,24 @@ impl Lane {
         LANE.with(Arc::clone)
     }
 
-    /// Whether a request of `tenant` costing `cost` may start now (see [`Gate`]); if so it is
-    /// counted. `Err` carries the epoch to pass to [`Lane::turn_epoch`] after waiting.
-    fn may_start(&self, tenant: &Arc<Account>, cost: u64) -> Result<(), u64> {
+    /// Whether a request of `tenant` costing `cost` may start now (see [`Gate`]; `None`: no
+    /// gate); if so it is counted, and it may still have to park behind lighter apps' guests
+    /// ([`Lane::park_if_behind`]). `Err` carries the epoch to pass to [`Lane::turn_epoch`] after
+    /// waiting. One lock for both: this runs at the start of every request.
+    fn may_start(
+        self: &Arc<Self>,
+        tenant: &Arc<Account>,
+        cost: Option<u64>,
+    ) -> Result<Option<oneshot::Receiver<()>>, u64> {
         let mut st = lock(&self.state);
-        let g = &mut st.gate;
+        if let Some(cost) = cost {
+            Self::gate(&mut st.gate, tenant, cost)?;
+        }
+        Ok(self.park_if_behind(&mut st, tenant))
+    }
+
+    /// The start gate's decision; counts the request when it may start.
+    fn gate(g: &mut Gate, tenant: &Arc<Account>, cost: u64) -> Result<(), u64> {
         let mut mine = None;
         let mut others: Option<u64> = None;
         for (i, e) in g.apps.iter().enumerate() {
@@ -679,8 +695,18 @@ impl Lane {
 
     /// For a request about to start: parks it only if another app with no more virtual time is
     /// waiting (so an app cannot jump the queue by starting requests instead of yielding).
+    #[cfg(test)]
     fn enqueue_if_behind(self: &Arc<Self>, tenant: &Arc<Account>) -> Option<oneshot::Receiver<()>> {
         let mut st = lock(&self.state);
+        self.park_if_behind(&mut st, tenant)
+    }
+
+    /// See [`Lane::enqueue_if_behind`].
+    fn park_if_behind(
+        self: &Arc<Self>,
+        st: &mut LaneState,
+        tenant: &Arc<Account>,
+    ) -> Option<oneshot::Receiver<()>> {
         if st.parked == 0 {
             return None;
         }
@@ -690,7 +716,7 @@ impl Lane {
             .queues
             .iter()
             .any(|(t, q)| !q.is_empty() && t.vtime() <= mine);
-        behind.then(|| self.park(&mut st, tenant))
+        behind.then(|| self.park(st, tenant))
     }
 
     fn park(self: &Arc<Self>, st: &mut LaneState, tenant: &Arc<Account>) -> oneshot::Receiver<()> {
@@ -836,9 +862,9 @@ mod tests {
     }
 
     /// Starts requests of `app` until the gate says wait; returns how many started.
-    fn start_all(lane: &Lane, app: &Arc<Account>, want: usize) -> (usize, Option<u64>) {
+    fn start_all(lane: &Arc<Lane>, app: &Arc<Account>, want: usize) -> (usize, Option<u64>) {
         for n in 0..want {
-            if let Err(epoch) = lane.may_start(app, app.start_cost()) {
+            if let Err(epoch) = lane.may_start(app, Some(app.start_cost())) {
                 return (n, Some(epoch));
             }
         }
