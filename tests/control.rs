@@ -1291,3 +1291,55 @@ fn config_errors_exit_64_before_binding() {
     assert_eq!(code, 65, "{err}");
     assert!(err.contains("no signature file"), "{err}");
 }
+
+/// The API listener takes its connection cap and header deadline from the config: a partial
+/// request head is closed at the configured `header_timeout` (300 ms; the default is 10 s, past
+/// this test's guard), and with 16 slow connections held against `max_connections = 4` a normal
+/// client is still served (the oldest partial heads are closed to make room).
+#[tokio::test]
+async fn the_api_listener_takes_its_cap_and_deadlines_from_the_config() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const GUARD: Duration = Duration::from_secs(5);
+    let lab = Lab::new();
+    lab.config("max_connections = 4\nheader_timeout = \"300ms\"\nidle_timeout = \"1s\"\n");
+    let cp = lab.start();
+    let partial = || async {
+        let mut s = tokio::net::TcpStream::connect(cp.addr).await.unwrap();
+        s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        s
+    };
+    // Reads until EOF or reset: true when the server closed the connection within GUARD.
+    let closed = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 1024];
+        let drain = async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(GUARD, drain).await.is_ok()
+    };
+    assert!(
+        closed(partial().await).await,
+        "a partial head outlived the configured 300 ms header deadline by {GUARD:?}"
+    );
+
+    let mut slow = Vec::new();
+    for _ in 0..16 {
+        slow.push(partial().await);
+    }
+    let resp = tokio::time::timeout(GUARD, get(cp.addr, api::HEALTH))
+        .await
+        .expect("a normal client was locked out by slow connections at the cap");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    drop(slow);
+    let log = cp.stderr.lock().unwrap().clone();
+    assert!(
+        log.contains("max_connections=4") && log.contains("header_timeout=300ms"),
+        "the start line names the limits:\n{log}"
+    );
+}

@@ -77,6 +77,9 @@ pub fn run(args: ControlArgs) -> CliResult {
             tls = tls.is_some(),
             desired_state_ttl = ?cfg.desired_state_ttl,
             max_bundle_size = cfg.max_bundle_size,
+            max_connections = cfg.limits.max_connections,
+            header_timeout = ?cfg.limits.header_timeout,
+            idle_timeout = ?cfg.limits.idle_timeout,
             "control plane started"
         );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -91,7 +94,14 @@ pub fn run(args: ControlArgs) -> CliResult {
             cp: cp.clone(),
             max_bundle_size: cfg.max_bundle_size,
         });
-        server::run(listeners, acceptor, srv, super::shutdown_signal()).await;
+        server::run(
+            listeners,
+            acceptor,
+            srv,
+            cfg.limits,
+            super::shutdown_signal(),
+        )
+        .await;
         let _ = stop_tx.send(true);
         if let Some(r) = reloader {
             let _ = r.await;

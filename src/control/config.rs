@@ -20,6 +20,16 @@ pub const DEFAULT_DESIRED_STATE_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 64 << 20;
 /// Default `node_offline_after`: six missed polls at the node's default 10 s interval.
 pub const DEFAULT_NODE_OFFLINE_AFTER: Duration = Duration::from_secs(60);
+/// Default `max_connections`: open API connections at most; the next accept waits for one to
+/// close (and near the cap idle and slow ones are closed first). A fleet polls over short-lived
+/// or keep-alive connections, so this bounds memory, not throughput.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default `header_timeout`: connect (or the first byte of a keep-alive connection's next
+/// request) to a complete request head, TLS handshake included; the nodes' default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = crate::ops::config::DEFAULT_HEADER_TIMEOUT;
+/// Default `idle_timeout`: a keep-alive connection with no request in flight. Agents poll every
+/// few seconds to a minute; one that polls less often reconnects.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// The TTL must leave room for re-signing at half-life and for clock skew.
 const MIN_TTL: Duration = Duration::from_secs(60);
 
@@ -30,6 +40,9 @@ const TOP_KEYS: &[&str] = &[
     "desired_state_ttl",
     "max_bundle_size",
     "node_offline_after",
+    "max_connections",
+    "header_timeout",
+    "idle_timeout",
     "tls",
 ];
 const TLS_KEYS: &[&str] = &["cert", "key"];
@@ -49,8 +62,28 @@ pub struct ControlConfig {
     pub max_bundle_size: u64,
     /// A node not heard from for this long is listed as offline.
     pub node_offline_after: Duration,
+    /// The API listeners' connection cap and deadlines.
+    pub limits: ListenLimits,
     pub tls: Option<TlsFiles>,
     origin: String,
+}
+
+/// `max_connections`, `header_timeout`, `idle_timeout`: what one API connection may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for ListenLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// `[tls]`: PEM certificate chain and private key.
@@ -201,6 +234,20 @@ fn parse_table(table: toml::Table, origin: &str) -> Result<ControlConfig, FieldE
         }
         None => DEFAULT_NODE_OFFLINE_AFTER,
     };
+    let limits = ListenLimits {
+        max_connections: match f.take("max_connections") {
+            Some(v) => v.integer_in(1u32, 1_000_000)? as usize,
+            None => DEFAULT_MAX_CONNECTIONS,
+        },
+        header_timeout: match f.take("header_timeout") {
+            Some(v) => v.duration_in(crate::ops::config::HEADER_TIMEOUT_RANGE, "\"10s\"")?,
+            None => DEFAULT_HEADER_TIMEOUT,
+        },
+        idle_timeout: match f.take("idle_timeout") {
+            Some(v) => v.duration_in(crate::ops::config::IDLE_TIMEOUT_RANGE, "\"75s\"")?,
+            None => DEFAULT_IDLE_TIMEOUT,
+        },
+    };
     let tls = match f.take("tls") {
         Some(v) => {
             let mut t = v.table()?;
@@ -235,6 +282,7 @@ fn parse_table(table: toml::Table, origin: &str) -> Result<ControlConfig, FieldE
         desired_state_ttl,
         max_bundle_size,
         node_offline_after,
+        limits,
         tls,
         origin: origin.to_owned(),
     })
@@ -293,19 +341,29 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, vec!["127.0.0.1:0".parse().unwrap()]);
         assert_eq!(c.desired_state_ttl, DEFAULT_DESIRED_STATE_TTL);
+        assert_eq!(c.limits, ListenLimits::default());
         assert_eq!(c.max_bundle_size, 64 << 20);
         assert_eq!(c.operators.len(), 2);
         assert_eq!(c.operators[1].0, "operators[1]");
         let c = parse(&format!(
             "listen = [\"0.0.0.0:7070\", \"[::1]:7071\"]\nstate_dir = \"/s\"\noperators = \
              [\"{k}\"]\ndesired_state_ttl = \"2h\"\nmax_bundle_size = \"8MiB\"\n\
-             node_offline_after = \"30s\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
+             node_offline_after = \"30s\"\nmax_connections = 100\nheader_timeout = \"2s\"\n\
+             idle_timeout = 500\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
         ))
         .unwrap();
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.desired_state_ttl, Duration::from_secs(7200));
         assert_eq!(c.max_bundle_size, 8 << 20);
         assert_eq!(c.node_offline_after, Duration::from_secs(30));
+        assert_eq!(
+            c.limits,
+            ListenLimits {
+                max_connections: 100,
+                header_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_millis(500),
+            }
+        );
         assert_eq!(c.tls.unwrap().cert, PathBuf::from("c.pem"));
     }
 
@@ -315,6 +373,7 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         assert!(c.tls.is_some());
         assert_eq!(c.desired_state_ttl, DEFAULT_DESIRED_STATE_TTL);
+        assert_eq!(c.limits, ListenLimits::default());
     }
 
     #[test]
@@ -356,6 +415,20 @@ mod tests {
                      desired_state_ttl = \"5s\"\n"
                 ),
                 "cp.toml: desired_state_ttl: 5s is too short",
+            ),
+            (
+                format!(
+                    "listen = \"127.0.0.1:1\"\nstate_dir = \"s\"\noperators = [\"{k}\"]\n\
+                     header_timeout = \"1h\"\n"
+                ),
+                "cp.toml: header_timeout: 3600s is out of range; expected 100ms to 300s",
+            ),
+            (
+                format!(
+                    "listen = \"127.0.0.1:1\"\nstate_dir = \"s\"\noperators = [\"{k}\"]\n\
+                     max_connections = 0\n"
+                ),
+                "cp.toml: max_connections:",
             ),
             (
                 "state_dir = \"s\"\noperators = [\"x\"]\n".to_owned(),

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::api::{self, CreateRollout, EnrollRequest, SyncReport, TokenRequest};
-use super::config::TlsFiles;
+use super::config::{ListenLimits, TlsFiles};
 use super::service::{Command, ControlError, ControlPlane, SyncReply, now_ms};
 use crate::bundle::Digest;
 use crate::bundle::request_auth::{RequestAuth, Role};
@@ -38,15 +38,6 @@ use crate::serve::door::{Door, DoorPolicy, serve_small};
 
 /// Largest JSON request body (reports, rollouts, enrolments are a few KiB).
 pub const MAX_JSON_BODY: u64 = 1 << 20;
-/// Open connections at most; the next accept waits for one to close. A fleet polls over
-/// short-lived or keep-alive connections; this bounds memory, not throughput.
-pub const MAX_CONNECTIONS: usize = 4096;
-/// How long a client gets from connecting (or the first byte of its next request) to a complete
-/// request head, TLS handshake included.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a keep-alive connection may sit with no request in flight. Agents poll every few
-/// seconds to a minute; one that polls less often reconnects.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// How long a JSON body may take to arrive.
 pub const JSON_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a bundle upload may take: 64 MiB at ~100 KiB/s, a slow uplink.
@@ -102,6 +93,7 @@ pub async fn run(
     listeners: Vec<TcpListener>,
     tls: Option<TlsAcceptor>,
     srv: Arc<Server>,
+    limits: ListenLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -109,7 +101,7 @@ pub async fn run(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(limits.header_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -122,9 +114,9 @@ pub async fn run(
     let door = Door::new(
         "control_plane",
         DoorPolicy {
-            max_connections: MAX_CONNECTIONS,
-            header_timeout: HEADER_TIMEOUT,
-            idle_timeout: IDLE_TIMEOUT,
+            max_connections: limits.max_connections,
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
             max_per_ip: None,
         },
         None,

@@ -36,10 +36,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Bounds of `listen.header_timeout`: below 100 ms real clients on slow links fail; above five
 /// minutes a slow client holds its permit for no reason.
-const HEADER_TIMEOUT_RANGE: (Duration, Duration) =
+pub const HEADER_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(300));
 /// Bounds of `listen.idle_timeout`.
-const IDLE_TIMEOUT_RANGE: (Duration, Duration) =
+pub const IDLE_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(3600));
 /// Apps compiled into the binary, addressed as `builtin:<name>`.
 pub const BUILTIN_APPS: &[&str] = &["demo"];
@@ -810,11 +810,11 @@ fn parse_listen(mut t: Fields) -> Result<ListenConfig, FieldError> {
         None => DEFAULT_DRAIN_TIMEOUT,
     };
     let header_timeout = match t.take("header_timeout") {
-        Some(f) => duration_in(f, HEADER_TIMEOUT_RANGE, "\"10s\"")?,
+        Some(f) => f.duration_in(HEADER_TIMEOUT_RANGE, "\"10s\"")?,
         None => DEFAULT_HEADER_TIMEOUT,
     };
     let idle_timeout = match t.take("idle_timeout") {
-        Some(f) => duration_in(f, IDLE_TIMEOUT_RANGE, "\"60s\"")?,
+        Some(f) => f.duration_in(IDLE_TIMEOUT_RANGE, "\"60s\"")?,
         None => DEFAULT_IDLE_TIMEOUT,
     };
     let max_connections_per_ip = match t.take("max_connections_per_ip") {
@@ -840,22 +840,6 @@ fn parse_listen(mut t: Fields) -> Result<ListenConfig, FieldError> {
 }
 
 /// A duration within `(lo, hi)`, with the range and an `example` in the error.
-fn duration_in(
-    f: Field,
-    (lo, hi): (Duration, Duration),
-    example: &str,
-) -> Result<Duration, FieldError> {
-    let key = f.key.clone();
-    let d = f.duration()?;
-    if d < lo || d > hi {
-        return Err(FieldError {
-            key,
-            problem: format!("{d:?} is out of range; expected {lo:?} to {hi:?}, like {example}"),
-        });
-    }
-    Ok(d)
-}
-
 fn socket_addr(raw: &str) -> Result<SocketAddr, String> {
     raw.parse().map_err(|_| {
         format!(

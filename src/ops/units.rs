@@ -494,6 +494,25 @@ impl Field {
         }
     }
 
+    /// A duration in `lo..=hi`, with the range and an example (`"10s"`) in the error.
+    pub fn duration_in(
+        self,
+        (lo, hi): (Duration, Duration),
+        example: &str,
+    ) -> Result<Duration, FieldError> {
+        let key = self.key.clone();
+        let d = self.duration()?;
+        if d < lo || d > hi {
+            return Err(FieldError {
+                key,
+                problem: format!(
+                    "{d:?} is out of range; expected {lo:?} to {hi:?}, like {example}"
+                ),
+            });
+        }
+        Ok(d)
+    }
+
     /// An array, each element keyed `path[i]`.
     pub fn array(self) -> Result<Vec<Field>, FieldError> {
         match self.value {
