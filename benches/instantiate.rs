@@ -21,7 +21,8 @@ use http_body_util::BodyExt;
 use outpost::ops::metrics::Metrics;
 use outpost::runtime::app::{AppSource, load_app};
 use outpost::runtime::component::{AppComponent, RequestCtx};
-use outpost::runtime::{Runtime, RuntimeSettings, sizing};
+use outpost::runtime::{Runtime, RuntimeSettings};
+use outpost::sizing;
 
 fn setup(rt: &tokio::runtime::Runtime) -> (Runtime, Arc<AppComponent>) {
     let s = sizing::derive(&sizing::detect(), &sizing::Overrides::default()).unwrap();

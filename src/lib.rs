@@ -4,27 +4,35 @@
 //! # Layout
 //!
 //! Folders name capabilities; each module's `//!` header says what it owns and what it must not do.
+//! Listed top to bottom: a module imports only modules listed below it (`docs/architecture.md`,
+//! held by `tests/architecture.rs`).
 //!
-//! - [`runtime`]: wasmtime engine defaults, hardware sizing, component loading and the on-disk
-//!   compiled-code cache, per-request instantiation, limits and capability grants.
-//! - [`serve`]: listeners, HTTP/1.1 + HTTP/2 front door, routing host + path → component,
-//!   graceful drain.
-//! - [`bundle`]: the app manifest, the bundle archive, release signatures and trust policy, the
-//!   signed desired state and signed control-plane requests — pure code, no I/O, `now` passed in.
-//! - [`store`]: the on-disk cache: content-addressed blobs, sled index, atomic writes, GC.
+//! - [`cli`]: one file per subcommand; glue only.
 //! - [`sync`]: the node agent inside `outpost run`: poll the control plane, fetch, verify,
 //!   install, swap, report health.
 //! - [`control`]: the reference control plane (`outpost control-plane`): enrolment, desired
 //!   state, rollouts.
-//! - [`ops`]: daemon config, metrics, admin endpoints, logging.
-//! - [`cli`]: one file per subcommand; glue only.
+//! - [`serve`]: listeners behind one accept path, HTTP/1.1 + HTTP/2 + HTTP/3, routing host +
+//!   path → component, graceful drain.
+//! - [`runtime`]: wasmtime engine defaults, component loading and the on-disk compiled-code
+//!   cache, per-request instantiation, limits, fair scheduling and capability grants.
+//! - [`store`]: the on-disk cache: content-addressed blobs, unpacked trees, sled index, GC.
+//! - [`bundle`]: the app manifest, the bundle archive, release signatures and trust policy, the
+//!   signed desired state and signed control-plane requests — pure code, no I/O, `now` passed in.
+//! - [`sizing`]: hardware detection, the pure derivation of every pool and limit, and its
+//!   rendering for `outpost info`.
+//! - [`ops`]: config files, metrics, admin endpoints, logging, systemd.
+//! - [`base`]: shared vocabulary — units and TOML fields, atomic writes, the clock, host and
+//!   outbound patterns.
 #![deny(unsafe_code)]
 
+pub mod base;
 pub mod bundle;
 pub mod cli;
 pub mod control;
 pub mod ops;
 pub mod runtime;
 pub mod serve;
+pub mod sizing;
 pub mod store;
 pub mod sync;

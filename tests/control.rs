@@ -167,7 +167,7 @@ impl Lab {
         ])
         .unwrap();
         let digest = outpost::bundle::digest(&bytes);
-        let now = outpost::store::unix_now();
+        let now = outpost::base::clock::unix_now();
         let mut signed = SignedDoc::new(ReleaseDoc {
             app: "greeter".into(),
             version: version.into(),
@@ -274,7 +274,7 @@ impl FakeNode {
                 &state,
                 &self.id(),
                 self.applied.as_ref(),
-                outpost::store::unix_now(),
+                outpost::base::clock::unix_now(),
             )
             .unwrap();
             self.applied = Some(state);
@@ -523,7 +523,7 @@ async fn enrolment_authentication_revocation_and_replay() {
         "GET",
         api::NODES,
         b"",
-        outpost::store::unix_now(),
+        outpost::base::clock::unix_now(),
         [7; 16],
     );
     let first = request_with(cp.addr, "GET", api::NODES, b"", &[("authorization", &auth)]).await;
@@ -627,7 +627,7 @@ async fn bundle_upload_checks_and_ranged_downloads() {
         "PUT",
         &big_path,
         b"",
-        outpost::store::unix_now(),
+        outpost::base::clock::unix_now(),
         [9; 16],
     );
     let head = format!(
@@ -711,7 +711,7 @@ async fn bundle_upload_checks_and_ranged_downloads() {
         "GET",
         &path,
         b"",
-        outpost::store::unix_now(),
+        outpost::base::clock::unix_now(),
         [3; 16],
     );
     let raw = request_with(
@@ -836,12 +836,18 @@ async fn desired_state_is_signed_and_its_sequence_grows_with_assignments() {
         app.size,
         &digest,
         &policy,
-        outpost::store::unix_now(),
+        outpost::base::clock::unix_now(),
     )
     .unwrap();
     // A replayed older document is refused by the node's checks.
     assert!(
-        desired::check_fresh(&first, &n.id(), Some(&second), outpost::store::unix_now()).is_err()
+        desired::check_fresh(
+            &first,
+            &n.id(),
+            Some(&second),
+            outpost::base::clock::unix_now()
+        )
+        .is_err()
     );
 
     // A second rollout of the same app while one runs: 409. Bad waves: 400. No nodes: 400.

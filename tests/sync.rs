@@ -239,7 +239,7 @@ async fn handle_full(
     };
     assert_eq!(auth.role, Role::Node);
     let path = parts.uri.path().to_owned();
-    let now = outpost::store::unix_now();
+    let now = outpost::base::clock::unix_now();
     let mut m = st.lock().unwrap();
     match (parts.method.as_str(), path.as_str()) {
         ("POST", "/v1/enroll") => {
@@ -386,7 +386,7 @@ fn entry(version: &str, bundle: &[u8], sig: &[u8], hosts: &[&str]) -> DesiredApp
 }
 
 fn sealed(cp: &SigningKey, node: &str, seq: u64, apps: Vec<DesiredApp>) -> Vec<u8> {
-    let now = outpost::store::unix_now();
+    let now = outpost::base::clock::unix_now();
     let state = DesiredState {
         node: node.to_owned(),
         sequence: seq,

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use outpost::runtime::outbound::{OutboundPattern, OutboundPolicy};
+use outpost::base::outbound::{OutboundPattern, OutboundPolicy};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

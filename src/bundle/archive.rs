@@ -18,7 +18,7 @@ use flate2::{Compression, GzBuilder};
 
 use super::manifest::MANIFEST_FILE_NAME;
 pub use super::{Digest, digest};
-use crate::ops::units::quote;
+use crate::base::units::quote;
 
 /// Tar block size: headers, data padding and the end-of-archive marker are counted in these.
 const BLOCK: usize = 512;
@@ -57,7 +57,7 @@ impl Default for Limits {
     /// whole unpacked bundle in memory while installing, so the unpacked cap bounds that.
     fn default() -> Self {
         Self {
-            max_compressed: 64 * MIB,
+            max_compressed: crate::ops::config::DEFAULT_MAX_BUNDLE_SIZE,
             max_unpacked: 256 * MIB,
             max_entries: 4096,
             max_entry: 128 * MIB,

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use crate::ops::units::{Field, FieldError, Fields, describe, parse_toml, quote};
-use crate::runtime::outbound::{OutboundPattern, OutboundPolicy};
+use crate::base::outbound::{OutboundPattern, OutboundPolicy};
+use crate::base::units::{Field, FieldError, Fields, describe, parse_toml, quote};
 
 /// The file name a manifest must have inside an app directory.
 pub const MANIFEST_FILE_NAME: &str = "outpost.toml";

@@ -71,7 +71,7 @@ impl FromStr for Digest {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = |problem| DigestParseError {
-            input: crate::ops::units::quote(s),
+            input: crate::base::units::quote(s),
             problem,
         };
         let hex_part = s

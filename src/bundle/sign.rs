@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::Digest;
 use super::manifest::is_valid_name;
-use crate::ops::units::quote;
+use crate::base::units::quote;
 
 /// First word of a secret key line: `outpost-secret-key-v1 <key id> <base64 seed>`.
 pub const SECRET_KEY_PREFIX: &str = "outpost-secret-key-v1";

@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 
 use super::{CliError, CliResult};
+use crate::base::atomic;
+use crate::base::clock::unix_now;
 use crate::bundle::archive::{self, Limits};
 use crate::bundle::sign::{self, ReleaseDoc, SignedDoc, TrustPolicy};
 use crate::bundle::{self as bundle_mod, Digest};
+use crate::store::Store;
 use crate::store::install::{self, MAX_SIG_FILE};
-use crate::store::{Store, atomic, unix_now};
 
 #[derive(Debug, clap::Args)]
 pub struct BundleArgs {
@@ -239,7 +241,7 @@ fn pack(dir: &Path, output: &Path) -> CliResult {
     pb.set_message(format!(
         "compressing {} files ({})",
         entries.len(),
-        crate::ops::units::format_bytes(unpacked_size)
+        crate::base::units::format_bytes(unpacked_size)
     ));
     let bytes = archive::pack(entries).map_err(CliError::app)?;
     // Check what we made the way a node will, so a bundle that packs also installs.
@@ -261,8 +263,8 @@ fn pack(dir: &Path, output: &Path) -> CliResult {
         manifest.application.name,
         manifest.application.version,
         unpacked.files().len(),
-        crate::ops::units::format_bytes(unpacked_size),
-        crate::ops::units::format_bytes(bytes.len() as u64),
+        crate::base::units::format_bytes(unpacked_size),
+        crate::base::units::format_bytes(bytes.len() as u64),
         t0.elapsed()
     );
     println!("{digest}");
@@ -610,7 +612,8 @@ struct Loader {
 
 impl Loader {
     fn new(cfg: &crate::ops::config::Config) -> Result<Self, CliError> {
-        use crate::runtime::{Runtime, RuntimeSettings, sizing};
+        use crate::runtime::{Runtime, RuntimeSettings};
+        use crate::sizing;
         let overrides = super::run::overrides_from(cfg)?;
         let sizing = sizing::derive(&sizing::detect(), &overrides).map_err(CliError::config)?;
         let code_dir = cfg.state_dir().join("compiled");

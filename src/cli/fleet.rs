@@ -12,6 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::{CliError, CliResult};
+use crate::base::clock::now_ms;
 use crate::bundle::request_auth::Role;
 use crate::bundle::sign;
 use crate::control::api::{
@@ -213,10 +214,6 @@ fn print_json<T: serde::Serialize>(v: &T) -> CliResult {
     Ok(())
 }
 
-fn now_ms() -> u64 {
-    crate::control::service::now_ms()
-}
-
 // === push ===
 
 fn sig_path(bundle: &Path) -> PathBuf {
@@ -290,7 +287,7 @@ pub fn push(args: PushArgs) -> CliResult {
             up.app,
             up.version,
             up.digest,
-            crate::ops::units::format_bytes(size),
+            crate::base::units::format_bytes(size),
             t0.elapsed()
         );
         let req = CreateRollout {
@@ -619,7 +616,7 @@ pub fn nodes(args: NodesArgs) -> CliResult {
             if json {
                 return print_json(&all);
             }
-            let now = crate::store::unix_now();
+            let now = crate::base::clock::unix_now();
             println!(
                 "{:<16}  {:<20} {:<8} {:<10} {:<30} APPS",
                 "ID", "NAME", "STATUS", "LAST SEEN", "LABELS"

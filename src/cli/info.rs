@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::{CliError, CliResult};
 use crate::ops::config::Config;
-use crate::runtime::sizing;
+use crate::sizing;
 
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {

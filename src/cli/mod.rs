@@ -192,8 +192,8 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 /// One log line with the numbers that shape the node, and why the allocator is what it is (on a
 /// 39-bit Raspberry Pi kernel this is where "reservations shrunk" or "on-demand" shows up).
-fn log_sizing(s: &crate::runtime::sizing::Sizing) {
-    use crate::runtime::sizing::human_bytes;
+fn log_sizing(s: &crate::sizing::Sizing) {
+    use crate::sizing::human_bytes;
     tracing::info!(
         worker_threads = s.worker_threads.value,
         instance_slots = s.instance_slots.value,
@@ -243,7 +243,7 @@ fn tls_setup(
     self_signed: bool,
     self_signed_pem: Option<&std::path::Path>,
     h3: bool,
-    sizing: &crate::runtime::sizing::Sizing,
+    sizing: &crate::sizing::Sizing,
     handshake_timeout: std::time::Duration,
 ) -> Result<crate::serve::tls::TlsSetup, CliError> {
     use crate::serve::certs::{CertStore, DefaultCert, SELF_SIGNED_NAMES, SelfSigned};

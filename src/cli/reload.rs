@@ -232,7 +232,7 @@ impl Reloader {
                 &bytes,
                 &sig,
                 policy,
-                crate::store::unix_now(),
+                crate::base::clock::unix_now(),
                 &self.limits,
                 load_check,
             )

@@ -16,8 +16,9 @@ use crate::ops::config::{self, Config};
 use crate::ops::metrics::Metrics;
 use crate::ops::systemd::{self, Notify};
 use crate::runtime::app::{AppSource, load_app, load_tenant_app};
-use crate::runtime::{Runtime, RuntimeSettings, sizing};
+use crate::runtime::{Runtime, RuntimeSettings};
 use crate::serve::{Router, ServeState};
+use crate::sizing;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -633,7 +634,7 @@ fn open_store_and_install(
             &bytes,
             &sig,
             policy,
-            crate::store::unix_now(),
+            crate::base::clock::unix_now(),
             limits,
             load_check,
         )

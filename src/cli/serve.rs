@@ -8,8 +8,9 @@ use std::time::Duration;
 use super::{CliError, CliResult};
 use crate::ops::metrics::Metrics;
 use crate::runtime::app::{AppSource, load_app};
-use crate::runtime::{Runtime, RuntimeSettings, sizing};
+use crate::runtime::{Runtime, RuntimeSettings};
 use crate::serve::{HostPattern, Router, ServeState};
+use crate::sizing;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -58,7 +59,7 @@ pub struct ServeArgs {
 }
 
 pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::ops::units::parse_duration(s).map_err(|e| e.to_string())
+    crate::base::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 pub fn run(args: ServeArgs) -> CliResult {
@@ -213,9 +214,14 @@ fn open_bundle(
         let mut sig_path = path.as_os_str().to_owned();
         sig_path.push(".sig");
         let sig = super::bundle::read_sig_file(path, std::path::Path::new(&sig_path))?;
-        let checked =
-            install::verify_bundle(&bytes, &sig, &policy, crate::store::unix_now(), &limits)
-                .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?;
+        let checked = install::verify_bundle(
+            &bytes,
+            &sig,
+            &policy,
+            crate::base::clock::unix_now(),
+            &limits,
+        )
+        .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?;
         checked.unpacked
     };
     for (name, data) in unpacked.files() {

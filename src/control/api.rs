@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::Digest;
+pub use crate::ops::config::valid_label;
 
 /// Node endpoints (signed by the node key; enrolment also carries a one-time token).
 pub const ENROLL: &str = "/v1/enroll";
@@ -259,14 +260,6 @@ impl Selector {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
-}
-
-/// Label keys and values: 1-63 characters of `[A-Za-z0-9._-]`.
-pub fn valid_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]

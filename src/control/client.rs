@@ -267,7 +267,7 @@ impl Client {
             method_name(method),
             path,
             body,
-            crate::store::unix_now(),
+            crate::base::clock::unix_now(),
             nonce,
         )
     }

@@ -11,13 +11,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::ops::units::{Field, FieldError, Fields, parse_toml};
+use crate::base::units::{Field, FieldError, Fields, parse_toml};
 
 /// Default `desired_state_ttl`: a node that cannot reach the control plane keeps applying its
 /// document for a day; after that it keeps what it runs but refuses the stale document.
 pub const DEFAULT_DESIRED_STATE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default `max_bundle_size`: the node's default cap, so anything a node accepts uploads.
-pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 64 << 20;
+pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = crate::ops::config::DEFAULT_MAX_BUNDLE_SIZE;
 /// Default `node_offline_after`: six missed polls at the node's default 10 s interval.
 pub const DEFAULT_NODE_OFFLINE_AFTER: Duration = Duration::from_secs(60);
 /// Default `max_connections`: open API connections at most; the next accept waits for one to

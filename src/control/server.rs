@@ -29,7 +29,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::api::{self, CreateRollout, EnrollRequest, SyncReport, TokenRequest};
 use super::config::{ListenLimits, TlsFiles};
-use super::service::{Command, ControlError, ControlPlane, SyncReply, now_ms};
+use super::service::{Command, ControlError, ControlPlane, SyncReply};
+use crate::base::clock::now_ms;
 use crate::bundle::Digest;
 use crate::bundle::request_auth::{RequestAuth, Role};
 use crate::bundle::sign::{self, VerifyingKey};
@@ -150,7 +151,7 @@ async fn engine(cp: Arc<ControlPlane>, mut stop: watch::Receiver<bool>) {
         let r = tokio::task::spawn_blocking(move || {
             cp.tick(now_ms())?;
             if housekeeping {
-                cp.housekeeping(crate::store::unix_now())?;
+                cp.housekeeping(crate::base::clock::unix_now())?;
             }
             Ok::<_, ControlError>(())
         })
@@ -362,7 +363,7 @@ async fn dispatch(
             k
         }
     };
-    let now = crate::store::unix_now();
+    let now = crate::base::clock::unix_now();
     auth.verify(&key, method.as_str(), &path_and_query, &body, now)
         .map_err(|e| ControlError::Unauthorized(e.to_string()))?;
     {

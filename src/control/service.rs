@@ -26,11 +26,11 @@ use super::api::{
 use super::config::ControlConfig;
 use super::db::{CurrentRelease, Db, DbError, EnrollError, NodeRecord, Sealed, TokenRecord};
 use super::rollout::{self, Action, NodeView, Release, Reports, Rollout};
+use crate::base::atomic;
 use crate::bundle::desired::{self, DesiredState, MAX_APPS, MAX_HOSTS};
 use crate::bundle::request_auth::MAX_REQUEST_SKEW;
 use crate::bundle::sign::{self, KeyId, SignedDoc, SigningKey, VerifyingKey};
 use crate::bundle::{self as bundle_mod, Digest};
-use crate::store::atomic;
 use crate::store::install::MAX_SIG_FILE;
 
 /// Most tokens one request makes.
@@ -163,13 +163,6 @@ impl std::fmt::Debug for ControlPlane {
             .field("key", &self.key.id())
             .finish_non_exhaustive()
     }
-}
-
-/// Unix milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StartError + '_ {
@@ -378,7 +371,7 @@ impl ControlPlane {
             tracing::info!(files = swept, "removed partial uploads left by a crash");
         }
         let db = Db::open(&dir.join("db"))?;
-        let now = crate::store::unix_now();
+        let now = crate::base::clock::unix_now();
         let nodes = db.nodes()?.into_iter().map(|n| (n.id.clone(), n)).collect();
         let rollouts = db
             .rollouts()?
@@ -800,7 +793,7 @@ impl ControlPlane {
             inner.nodes.insert(id.to_owned(), node);
         }
         drop(inner);
-        let now = crate::store::unix_now();
+        let now = crate::base::clock::unix_now();
         self.nodes(now)
             .into_iter()
             .find(|n| n.id == id)
@@ -822,7 +815,7 @@ impl ControlPlane {
         let mut hosts = Vec::with_capacity(req.hosts.len());
         for h in &req.hosts {
             let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
-            crate::runtime::outbound::HostPattern::parse(&h)
+            crate::base::outbound::HostPattern::parse(&h)
                 .map_err(|e| bad(format!("host {h:?}: {e}")))?;
             hosts.push(h);
         }

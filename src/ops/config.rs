@@ -3,22 +3,25 @@
 //! Owns: parsing and validating the config into [`Config`], resolving its relative paths against
 //! the file's directory, and the fallbacks for the state directory and node name.
 //! Must not: bind sockets, load apps or interpret `[runtime]` beyond turning human-friendly sizes
-//! and durations into plain numbers — `runtime::sizing` owns what those numbers mean.
+//! and durations into plain numbers — `sizing` owns what those numbers mean.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::ops::units::{Field, FieldError, Fields, parse_toml, quote};
-use crate::runtime::outbound::HostPattern;
+use crate::base::outbound::HostPattern;
+use crate::base::units::{Field, FieldError, Fields, parse_toml, quote};
 
 mod control_plane;
 mod tls;
 pub use control_plane::{
     ControlPlaneConfig, DEFAULT_POLL_INTERVAL, DEFAULT_REQUEST_TIMEOUT, NODE_SET_LABELS,
+    valid_label,
 };
-pub use tls::{CertFiles, DEFAULT_RELOAD_INTERVAL, TenantCert, TlsConfig};
+pub use tls::{
+    CertFiles, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_RELOAD_INTERVAL, TenantCert, TlsConfig,
+};
 
 /// The configuration `outpost run` uses when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
@@ -32,6 +35,10 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `listen.idle_timeout`: a keep-alive connection with no request in flight.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `store.max_bundle_size`, the largest compressed bundle a node downloads or installs:
+/// a Python or JavaScript app is 20-60 MiB uncompressed and compresses about 3:1 (the bundle
+/// format's own default cap, `bundle::archive::Limits`, and the control plane's upload cap).
+pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 64 << 20;
 /// Default `listen.admin_max_connections`: scrapers and probes, never a crowd.
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Bounds of `listen.header_timeout`: below 100 ms real clients on slow links fail; above five
@@ -81,7 +88,7 @@ const LISTEN_KEYS: &[&str] = &[
     "admin_max_connections",
 ];
 const APP_KEYS: &[&str] = &["source", "hosts"];
-/// `[runtime]` keys that take a size; they reach `runtime::sizing` as integer bytes.
+/// `[runtime]` keys that take a size; they reach `sizing` as integer bytes.
 const RUNTIME_SIZE_KEYS: &[&str] = &[
     "memory_budget",
     "memory_reservation",
@@ -210,7 +217,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             disk_budget: DEFAULT_DISK_BUDGET,
-            max_bundle_size: crate::bundle::archive::Limits::default().max_compressed,
+            max_bundle_size: DEFAULT_MAX_BUNDLE_SIZE,
         }
     }
 }
@@ -362,7 +369,7 @@ impl Config {
     }
 
     /// `[runtime]`, already normalised by [`normalise_runtime_table`] (which is idempotent);
-    /// empty when absent. The caller deserializes it into `runtime::sizing::Overrides`.
+    /// empty when absent. The caller deserializes it into `sizing::Overrides`.
     pub fn runtime_table(&self) -> &toml::Table {
         &self.runtime
     }
@@ -1077,7 +1084,7 @@ source = "/srv/x.wasm"
              memory_budget = \"512MiB\"\n"
         ))
         .expect("valid");
-        let o: crate::runtime::sizing::Overrides = toml::Value::Table(c.runtime_table().clone())
+        let o: crate::sizing::Overrides = toml::Value::Table(c.runtime_table().clone())
             .try_into()
             .expect("overrides");
         assert_eq!(o.max_memory_per_instance, Some(256 << 20));

@@ -11,4 +11,3 @@ pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod systemd;
-pub mod units;

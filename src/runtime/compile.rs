@@ -103,7 +103,7 @@ impl ArtifactKey {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
-            crate::store::atomic::sync_dir(dir)
+            crate::base::atomic::sync_dir(dir)
         })();
         let _ = std::fs::remove_file(&tmp);
         result
@@ -146,7 +146,7 @@ impl CodeCache {
             tracing::warn!(dir = %d.display(), error = %e, "compiled-code cache disabled: cannot create directory");
             return disabled(fingerprint);
         }
-        let swept = crate::store::atomic::sweep_temp_files(&d);
+        let swept = crate::base::atomic::sweep_temp_files(&d);
         if swept > 0 {
             tracing::info!(dir = %d.display(), swept, "removed partial cache files left by a crash");
         }
@@ -301,8 +301,8 @@ fn write_artifact(component: &Component, path: &Path, key: &ArtifactKey) -> anyh
         "{ARTIFACT_MAGIC} {}\n",
         hex::encode(mac.finalize().into_bytes())
     );
-    crate::store::atomic::write_file(&sum_path(path), sum.as_bytes(), 0o600)?;
-    crate::store::atomic::write_file(path, &code, 0o600)?;
+    crate::base::atomic::write_file(&sum_path(path), sum.as_bytes(), 0o600)?;
+    crate::base::atomic::write_file(path, &code, 0o600)?;
     Ok(())
 }
 

@@ -54,8 +54,8 @@ pub struct Limits {
 /// What one instance holds besides its linear memory's growth: the store, WASI and HTTP
 /// contexts, the touched part of its fiber stack and of its initial memory image (copy-on-write,
 /// so untouched pages cost nothing). The same figure sizes the pool (see
-/// [`super::sizing::MIN_INSTANCE_FOOTPRINT`]).
-pub const INSTANCE_OVERHEAD: u64 = super::sizing::MIN_INSTANCE_FOOTPRINT;
+/// [`crate::sizing::MIN_INSTANCE_FOOTPRINT`]).
+pub const INSTANCE_OVERHEAD: u64 = crate::sizing::MIN_INSTANCE_FOOTPRINT;
 
 /// An instance whose linear memory grew by more than this is released off the serving thread
 /// (see where it is used). Handlers that stay within their initial image never are.
@@ -652,7 +652,8 @@ pub fn plain_response(status: http::StatusCode, body: String) -> http::Response<
 mod tests {
     use super::*;
     use crate::runtime::app::{AppSource, load_app};
-    use crate::runtime::{Runtime, RuntimeSettings, sizing};
+    use crate::runtime::{Runtime, RuntimeSettings};
+    use crate::sizing;
 
     /// A handler that answers without waiting for anything must finish within the first poll
     /// of its request: no yield to the scheduler, no deadline timer. This broke once without

@@ -5,7 +5,7 @@
 //! Owns: name resolution and the connect for outbound requests, and the address check — made on
 //! the address of the socket actually connected, so a name that is rebound between a check and
 //! the connect (DNS rebinding) cannot slip a local address through.
-//! Must not: decide grants (that is [`super::outbound`]) or know about the serving side.
+//! Must not: decide grants (that is [`crate::base::outbound`]) or know about the serving side.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
-use super::outbound::OutboundPolicy;
+use crate::base::outbound::OutboundPolicy;
 
 /// wasmtime-wasi-http's defaults when the guest sets no timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);

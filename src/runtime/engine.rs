@@ -1,7 +1,7 @@
 //! The one place for wasmtime `Engine` defaults.
 //!
 //! Owns: the `wasmtime::Config` every component is compiled and run with, and the epoch ticker
-//! that drives wall-clock interruption. Every number here comes from [`super::sizing`] (derived
+//! that drives wall-clock interruption. Every number here comes from [`crate::sizing`] (derived
 //! from the hardware, overridable in config); this module only translates it.
 //! Must not: read hardware facts itself, know about apps, sockets or HTTP.
 

@@ -21,7 +21,7 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use super::outbound::OutboundPolicy;
+use crate::base::outbound::OutboundPolicy;
 use crate::ops::logging::{LogDecision, LogLimiter};
 
 /// Everything a component is granted. Built once per component at load, shared by its requests.

@@ -1,10 +1,11 @@
 //! The wasmtime host.
 //!
-//! Owns: the engine (one place for its defaults: [`engine`]), hardware sizing ([`sizing`]),
-//! component loading with an on-disk compiled-code cache ([`compile`]), apps as sets of routed
-//! components ([`app`]), per-request instantiation under limits ([`component`]) and the
-//! capabilities guests may be granted ([`host`], [`outbound`], and [`connect`], which opens a
-//! guest's granted outbound connections).
+//! Owns: the engine (one place for its defaults: [`engine`], configured from the derived
+//! [`crate::sizing::Sizing`]), component loading with an on-disk compiled-code cache
+//! ([`compile`]), apps as sets of routed components ([`app`]), per-request instantiation under
+//! limits ([`component`]), fair scheduling across tenants ([`fair`], [`admission`]) and the
+//! capabilities guests may be granted ([`host`], and [`connect`], which opens a guest's granted
+//! outbound connections under the patterns of [`crate::base::outbound`]).
 //! Must not: know about listeners, the serving side's sockets and TLS, or the control plane.
 #![deny(unsafe_code)]
 
@@ -18,8 +19,6 @@ pub mod error;
 pub mod fair;
 pub mod host;
 pub mod offload;
-pub mod outbound;
-pub mod sizing;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +29,7 @@ use wasmtime::component::Linker;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::ops::metrics::Metrics;
+use crate::sizing;
 use compile::{CodeCache, LoadInfo};
 use component::{AppComponent, Limits};
 use error::LoadError;
@@ -104,7 +104,7 @@ impl RuntimeSettings {
 /// What a component is granted and how it is limited, as declared (before defaults).
 #[derive(Debug, Default)]
 pub struct ComponentSettings {
-    pub outbound: outbound::OutboundPolicy,
+    pub outbound: crate::base::outbound::OutboundPolicy,
     /// (absolute host directory, absolute guest path)
     pub files: Vec<(PathBuf, String)>,
     pub variables: Vec<(String, String)>,

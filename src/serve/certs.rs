@@ -127,7 +127,7 @@ impl SelfSigned {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(write)?;
         }
-        crate::store::atomic::write_file(path, self.cert_pem.as_bytes(), 0o644).map_err(write)
+        crate::base::atomic::write_file(path, self.cert_pem.as_bytes(), 0o644).map_err(write)
     }
 }
 

@@ -23,7 +23,7 @@ use super::ServeState;
 use super::certs::is_refusal;
 use super::tls::TlsError;
 use crate::runtime::component::ResponseBody;
-use crate::runtime::sizing::QuicSizing;
+use crate::sizing::QuicSizing;
 
 /// After GOAWAY and the last request of a connection, how long a draining server waits for the
 /// client to close before closing itself.

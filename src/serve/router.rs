@@ -16,7 +16,7 @@ use crate::runtime::component::AppComponent;
 
 /// A host name pattern an app answers: `*`, `*.example.com` (strict subdomains), an exact name
 /// or an IP literal — the same grammar as `allowed_outbound_hosts` hosts.
-pub use crate::runtime::outbound::HostPattern;
+pub use crate::base::outbound::HostPattern;
 
 /// Exact names and addresses beat subdomain wildcards, which beat `*`.
 fn specificity(p: &HostPattern) -> u8 {

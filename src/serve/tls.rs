@@ -20,10 +20,8 @@ use super::h3::QuicLimits;
 use crate::ops::metrics::Metrics;
 
 /// By default a client gets this long to finish its TLS or QUIC handshake (`tls.handshake_timeout`
-/// overrides it). Real clients need one to three round trips (well under a second even over
-/// satellite links); a connection still handshaking after this is stalled or hostile, and holds
-/// a connection permit.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// overrides it; the default, like every config default, is defined in `ops::config`).
+pub use crate::ops::config::DEFAULT_HANDSHAKE_TIMEOUT as HANDSHAKE_TIMEOUT;
 
 /// ALPN protocol ids.
 pub const ALPN_H2: &[u8] = b"h2";

@@ -12,7 +12,6 @@
 //! (`install.rs` runs that pipeline; `load_active` re-runs the signature check at every start).
 #![forbid(unsafe_code)]
 
-pub mod atomic;
 pub mod install;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +22,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::base::atomic;
+use crate::base::clock::unix_now;
 use crate::bundle::Digest;
 
 /// How many earlier releases of an app are kept for rollback (besides the active one).
@@ -727,12 +728,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 fn set_private(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use super::backoff::{self, Backoff, FailureLog, Outage};
 use super::files::{self, Enrolment};
 use super::health::{self, Counts};
 use super::{Managed, Parts, Setup};
+use crate::base::clock::unix_now;
 use crate::bundle::archive::Limits;
 use crate::bundle::desired::{self, DesiredApp, DesiredState};
 use crate::bundle::sign::TrustPolicy;
@@ -28,7 +29,7 @@ use crate::runtime::Runtime;
 use crate::runtime::app::{AppSource, LoadedApp, load_tenant_app};
 use crate::serve::{HostPattern, ServeState};
 use crate::store::install::{InstallMode, stage};
-use crate::store::{Release, Store, unix_now};
+use crate::store::{Release, Store};
 
 /// Why one exchange with the control plane failed; also the `reason` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The agent's files under the state directory: the node key (`node.key`), the enrolment record
 //! (`enrolment.json`) and the last applied desired state (`desired.json`, the sealed envelope as
-//! received). Every write is atomic (`store::atomic::write_file`), secrets 0600.
+//! received). Every write is atomic (`base::atomic::write_file`), secrets 0600.
 //!
 //! Must not: decide whether a desired state is acceptable — callers open it with
 //! `bundle::desired::open` against the pinned keys.
@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::SyncError;
+use crate::base::atomic;
 use crate::bundle::sign::{self, SigningKey, VerifyingKey};
-use crate::store::atomic;
 
 pub const NODE_KEY_FILE: &str = "node.key";
 pub const ENROLMENT_FILE: &str = "enrolment.json";

@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{host_path, is_valid_node_name};
+use crate::base::units::{Field, FieldError, Fields, quote};
 use crate::bundle::sign::{PUBLIC_KEY_PREFIX, parse_public_key};
-use crate::control::api::valid_label;
-use crate::ops::units::{Field, FieldError, Fields, quote};
 
 /// `[control_plane]` keys.
 pub(super) const CONTROL_PLANE_KEYS: &[&str] = &[
@@ -287,4 +286,13 @@ fn check_url(url: &str) -> Result<(), String> {
         }
         _ => Err(format!("{:?}: {expected}", quote(url))),
     }
+}
+
+/// Label keys and values: 1-63 characters of `[A-Za-z0-9._-]` (a node's `[control_plane]
+/// labels`, and the control plane's selectors and enrolment labels).
+pub fn valid_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{ListenConfig, host_path, socket_addr};
-use crate::ops::units::{Field, FieldError, Fields, quote};
-use crate::runtime::outbound::HostPattern;
+use crate::base::outbound::HostPattern;
+use crate::base::units::{Field, FieldError, Fields, quote};
 
 /// `[tls]` keys.
 pub(super) const TLS_KEYS: &[&str] = &[
@@ -29,6 +29,10 @@ pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// Shortest `tls.reload_interval`: each check is a few `stat` calls, but a tight loop is a
 /// mistake, not a setting.
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+/// Default `tls.handshake_timeout`: how long a client gets to finish its TLS or QUIC handshake.
+/// Real clients need one to three round trips (well under a second even over satellite links); a
+/// connection still handshaking after this is stalled or hostile, and holds a connection permit.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bounds of `tls.handshake_timeout`: below 100 ms real clients on slow links fail; above five
 /// minutes a stalled client holds its connection permit for no reason.
 const HANDSHAKE_TIMEOUT_RANGE: (Duration, Duration) =
@@ -57,7 +61,7 @@ impl Default for TlsConfig {
             self_signed: false,
             certs: Vec::new(),
             reload_interval: DEFAULT_RELOAD_INTERVAL,
-            handshake_timeout: crate::serve::tls::HANDSHAKE_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -208,7 +212,7 @@ pub(super) fn boolean(f: Field) -> Result<bool, FieldError> {
         toml::Value::Boolean(b) => Ok(b),
         ref v => Err(f.error(format_args!(
             "expected true or false, got {}",
-            crate::ops::units::describe(v)
+            crate::base::units::describe(v)
         ))),
     }
 }
@@ -338,10 +342,7 @@ key = "c.key"
         assert_eq!(c.listen.https, ["127.0.0.1:8443".parse().expect("addr")]);
         assert!(c.listen.h3);
         assert_eq!(c.tls.reload_interval, Duration::from_secs(2));
-        assert_eq!(
-            c.tls.handshake_timeout,
-            crate::serve::tls::HANDSHAKE_TIMEOUT
-        );
+        assert_eq!(c.tls.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
         assert_eq!(c.tls.certs.len(), 2);
         assert_eq!(
             c.tls.certs[0].hosts,

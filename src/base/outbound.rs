@@ -7,7 +7,7 @@
 //! unique-local addresses only when a grant names the address or the component opted in with
 //! `allow_private_outbound` ([`OutboundPolicy::allows_addr`]).
 //! Must not: resolve names, open connections or look at request paths — the outbound HTTP hook
-//! asks this module before it sends and the connector ([`super::connect`]) for every address it
+//! asks this module before it sends and the connector (`runtime::connect`) for every address it
 //! connects to; an empty policy denies everything.
 
 use std::fmt;
@@ -151,7 +151,7 @@ impl FromStr for OutboundPattern {
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         parse_pattern(input).map_err(|problem| OutboundPatternError {
-            input: crate::ops::units::quote(input),
+            input: crate::base::units::quote(input),
             problem,
         })
     }
@@ -167,7 +167,7 @@ fn parse_pattern(input: &str) -> Result<OutboundPattern, OutboundProblem> {
         "*" => SchemePattern::Any,
         "" => return Err(OutboundProblem::MissingScheme),
         _ => {
-            return Err(OutboundProblem::UnknownScheme(crate::ops::units::quote(
+            return Err(OutboundProblem::UnknownScheme(crate::base::units::quote(
                 scheme,
             )));
         }
@@ -193,7 +193,7 @@ fn parse_pattern(input: &str) -> Result<OutboundPattern, OutboundProblem> {
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => PortPattern::Exact(n),
             _ => {
-                return Err(OutboundProblem::InvalidPort(crate::ops::units::quote(p)));
+                return Err(OutboundProblem::InvalidPort(crate::base::units::quote(p)));
             }
         },
     };
@@ -205,13 +205,13 @@ fn split_host_port(s: &str) -> Result<(&str, Option<&str>), OutboundProblem> {
     if s.starts_with('[') {
         let end = s
             .find(']')
-            .ok_or_else(|| OutboundProblem::InvalidIpv6(crate::ops::units::quote(s)))?;
+            .ok_or_else(|| OutboundProblem::InvalidIpv6(crate::base::units::quote(s)))?;
         let (host, after) = s.split_at(end + 1);
         return match after {
             "" => Ok((host, None)),
             _ => match after.strip_prefix(':') {
                 Some(port) => Ok((host, Some(port))),
-                None => Err(OutboundProblem::InvalidIpv6(crate::ops::units::quote(s))),
+                None => Err(OutboundProblem::InvalidIpv6(crate::base::units::quote(s))),
             },
         };
     }
@@ -277,7 +277,7 @@ impl HostPattern {
             let addr = inner
                 .strip_suffix(']')
                 .and_then(|a| a.parse::<Ipv6Addr>().ok())
-                .ok_or_else(|| OutboundProblem::InvalidIpv6(crate::ops::units::quote(s)))?;
+                .ok_or_else(|| OutboundProblem::InvalidIpv6(crate::base::units::quote(s)))?;
             return Ok(Self::Ipv6(addr));
         }
         if s.contains(':') {
@@ -302,7 +302,7 @@ impl HostPattern {
             return trimmed
                 .parse::<Ipv4Addr>()
                 .map(Self::Ipv4)
-                .map_err(|_| OutboundProblem::InvalidIpv4(crate::ops::units::quote(s)));
+                .map_err(|_| OutboundProblem::InvalidIpv4(crate::base::units::quote(s)));
         }
         dns_name(s).map(Self::Exact)
     }
@@ -332,7 +332,7 @@ impl HostPattern {
 
 /// Validates a DNS name and returns it lowercased without a trailing dot.
 fn dns_name(s: &str) -> Result<String, OutboundProblem> {
-    let invalid = || OutboundProblem::InvalidHostName(crate::ops::units::quote(s));
+    let invalid = || OutboundProblem::InvalidHostName(crate::base::units::quote(s));
     let name = s.strip_suffix('.').unwrap_or(s);
     if name.is_empty() || name.len() > MAX_DNS_NAME {
         return Err(invalid());
