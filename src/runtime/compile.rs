@@ -186,7 +186,7 @@ impl CodeCache {
         bytes: &[u8],
     ) -> Result<(Component, LoadInfo), LoadError> {
         let start = Instant::now();
-        classify(path, bytes)?;
+        crate::bundle::wasm::check_component(path, bytes)?;
         let digest = hex::encode(Sha256::digest(bytes));
         let artifact = self
             .dir
@@ -233,46 +233,6 @@ impl CodeCache {
             },
         ))
     }
-}
-
-/// Rejects core modules and non-wasm early, with an error that says what to do.
-pub(crate) fn classify(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
-    if bytes.starts_with(b"\0asm") {
-        // Bytes 4..8: version + layer. Core modules are version 1, layer 0; components layer 1.
-        return match bytes.get(4..8) {
-            Some([1, 0, 0, 0]) => Err(LoadError::CoreModule {
-                path: path.to_owned(),
-            }),
-            Some([_, _, 1, 0]) => Ok(()),
-            _ => Err(LoadError::Invalid {
-                path: path.to_owned(),
-                reason: "unknown WebAssembly binary version".into(),
-            }),
-        };
-    }
-    // WAT text is accepted (useful for tests and hand-written components); anything else is not.
-    let looks_like_text = std::str::from_utf8(bytes)
-        .map(|s| s.trim_start().starts_with('(') || s.trim_start().starts_with(";;"))
-        .unwrap_or(false);
-    if looks_like_text {
-        let is_module = std::str::from_utf8(bytes)
-            .map(|s| {
-                s.lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty() && !l.starts_with(";;"))
-                    .is_some_and(|l| l.starts_with("(module"))
-            })
-            .unwrap_or(false);
-        if is_module {
-            return Err(LoadError::CoreModule {
-                path: path.to_owned(),
-            });
-        }
-        return Ok(());
-    }
-    Err(LoadError::NotWasm {
-        path: path.to_owned(),
-    })
 }
 
 /// The tag file next to an artifact: `<artifact>.sum`.
@@ -377,28 +337,4 @@ fn deserialize_verified(engine: &Engine, path: &Path) -> wasmtime::Result<Compon
     // SAFETY: see the function documentation above: the file's tag under this node's secret
     // key was verified by the caller, so it is wasmtime's own serialization made here.
     unsafe { Component::deserialize_file(engine, path) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classify_rejects_core_modules_and_garbage() {
-        let p = Path::new("x.wasm");
-        assert!(matches!(
-            classify(p, b"\0asm\x01\0\0\0"),
-            Err(LoadError::CoreModule { .. })
-        ));
-        assert!(matches!(
-            classify(p, b"(module)"),
-            Err(LoadError::CoreModule { .. })
-        ));
-        assert!(matches!(
-            classify(p, b"MZ\x90\0"),
-            Err(LoadError::NotWasm { .. })
-        ));
-        assert!(classify(p, b"\0asm\x0d\0\x01\0").is_ok());
-        assert!(classify(p, b"(component)").is_ok());
-    }
 }

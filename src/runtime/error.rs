@@ -18,13 +18,9 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{path}: this is a core WebAssembly module, not a component; build for wasm32-wasip2 \
-         (or run `wasm-tools component new`) so it exports wasi:http/incoming-handler"
-    )]
-    CoreModule { path: PathBuf },
-    #[error("{path}: not a WebAssembly file (bad magic bytes)")]
-    NotWasm { path: PathBuf },
+    /// A core module or not WebAssembly at all (`bundle::wasm`'s header check).
+    #[error(transparent)]
+    NotAComponent(#[from] crate::bundle::wasm::NotAComponent),
     #[error("{path}: invalid component: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error(

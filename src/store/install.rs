@@ -356,7 +356,7 @@ pub fn check_contents(
                 source_path: path,
             });
         };
-        crate::runtime::compile::classify(Path::new(&path), bytes).map_err(|e| {
+        crate::bundle::wasm::check_component(Path::new(&path), bytes).map_err(|e| {
             InstallError::NotComponent {
                 id: c.id.clone(),
                 reason: e.to_string(),
