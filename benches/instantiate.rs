@@ -24,9 +24,10 @@ use outpost::runtime::component::{AppComponent, RequestCtx};
 use outpost::runtime::{Runtime, RuntimeSettings};
 use outpost::sizing;
 
-fn setup(rt: &tokio::runtime::Runtime) -> (Runtime, Arc<AppComponent>) {
+fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Runtime>, Arc<AppComponent>) {
     let s = sizing::derive(&sizing::detect(), &sizing::Overrides::default()).unwrap();
-    let runtime = Runtime::new(RuntimeSettings::from_sizing(&s, None), Metrics::new()).unwrap();
+    let runtime =
+        Arc::new(Runtime::new(RuntimeSettings::from_sizing(&s, None), Metrics::new()).unwrap());
     let app = rt.block_on(load_app(&runtime, &AppSource::Demo)).unwrap();
     let c = app.components[0].component.clone();
     (runtime, c)

@@ -14,6 +14,7 @@ use crate::bundle::sign::{self, ReleaseDoc, SignedDoc, TrustPolicy};
 use crate::bundle::{self as bundle_mod, Digest};
 use crate::store::Store;
 use crate::store::install::{self, MAX_SIG_FILE};
+use crate::sync::pipeline::{Mode, Pipeline};
 
 #[derive(Debug, clap::Args)]
 pub struct BundleArgs {
@@ -120,11 +121,7 @@ pub fn run(args: BundleArgs) -> CliResult {
 }
 
 fn sig_path(bundle: &Path, sig: Option<PathBuf>) -> PathBuf {
-    sig.unwrap_or_else(|| {
-        let mut s = bundle.as_os_str().to_owned();
-        s.push(".sig");
-        PathBuf::from(s)
-    })
+    sig.unwrap_or_else(|| install::sig_path_for(bundle))
 }
 
 /// A spinner on stderr for long steps; invisible when stderr is not a terminal.
@@ -520,39 +517,33 @@ fn install_cmd(bundle: &Path, config: Option<PathBuf>, sig: Option<PathBuf>) -> 
     let sig = read_sig_file(bundle, &sig_path)?;
     // The engine `outpost run` would build: set up before anything is written, so a config
     // problem is reported as one (64) and the load check below measures only the release.
-    let loader = Loader::new(&cfg)?;
+    let (rt, runtime) = node_runtime(&cfg)?;
     let store_dir = cfg.state_dir().join("store");
     let (store, _) = Store::open(&store_dir)
         .with_context(|| format!("opening the store in {}", store_dir.display()))
         .map_err(CliError::runtime)?;
     let pb = progress(&format!("installing {}", bundle.display()));
-    // The load check compiles every component with the daemon's engine settings (so the next
-    // start deserializes instead of compiling) and proves the release links against and
-    // instantiates on this node's host — before it becomes active, so a signed but broken
-    // release never replaces a working one.
-    let installed = install::install(
-        &store,
-        &bytes,
-        &sig,
-        &policy,
-        unix_now(),
-        &limits,
-        |r, dir| {
-            pb.set_message(format!("compiling {} {}", r.app, r.version));
-            loader.load(dir).map_err(|e| format!("{e:#}"))
-        },
-    )
-    .with_context(|| format!("{}", bundle.display()))
-    .map_err(CliError::app)?;
+    // The pipeline's load check compiles every component with the daemon's engine settings (so
+    // the next start deserializes instead of compiling) and proves the release links against
+    // and instantiates on this node's host — before it becomes active, so a signed but broken
+    // release never replaces a working one. An already active bundle is loaded too, which
+    // refills the code cache if it was trimmed.
+    let pipeline = Pipeline {
+        store: std::sync::Arc::new(store),
+        runtime,
+        policy: std::sync::Arc::new(policy),
+        limits,
+    };
+    let installed = rt
+        .block_on(
+            pipeline.install(bytes, sig, unix_now(), Mode::Upgrade, |r| {
+                pb.set_message(format!("compiling {} {}", r.app, r.version));
+            }),
+        )
+        .with_context(|| format!("{}", bundle.display()))
+        .map_err(CliError::app)?
+        .installed;
     let r = &installed.release;
-    if installed.unchanged {
-        // Not re-checked by the install; loading it refills the code cache if it was trimmed.
-        pb.set_message(format!("compiling {} {}", r.app, r.version));
-        loader
-            .load(&store.tree_path(&r.digest))
-            .with_context(|| format!("{}", bundle.display()))
-            .map_err(CliError::app)?;
-    }
     pb.finish_and_clear();
     if installed.unchanged {
         println!("{} {} ({}) already active", r.app, r.version, r.digest);
@@ -604,44 +595,34 @@ pub fn node_trust_policy(cfg: &crate::ops::config::Config) -> Result<TrustPolicy
 }
 
 /// The engine `outpost run` would build from a config, for loading a release once: that
-/// compiles it into the state directory's code cache and runs the same checks as a start.
-struct Loader {
-    rt: tokio::runtime::Runtime,
-    runtime: crate::runtime::Runtime,
-}
-
-impl Loader {
-    fn new(cfg: &crate::ops::config::Config) -> Result<Self, CliError> {
-        use crate::runtime::{Runtime, RuntimeSettings};
-        use crate::sizing;
-        let overrides = super::run::overrides_from(cfg)?;
-        let sizing = sizing::derive(&sizing::detect(), &overrides).map_err(CliError::config)?;
-        let code_dir = cfg.state_dir().join("compiled");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| CliError::runtime(anyhow!("cannot start the async runtime: {e}")))?;
-        // The pooling allocator's reservations belong to a runtime context.
-        let runtime = rt.block_on(async {
-            Runtime::new(
-                RuntimeSettings::from_sizing(&sizing, Some(code_dir)),
-                crate::ops::metrics::Metrics::new(),
-            )
-            .map_err(CliError::runtime)
-        })?;
-        Ok(Self { rt, runtime })
-    }
-
-    /// Loads (compile or deserialize, link, probe-instantiate) every component of the app in
-    /// `dir`.
-    fn load(&self, dir: &Path) -> Result<(), crate::runtime::app::AppError> {
-        self.rt.block_on(async {
-            crate::runtime::app::load_app(
-                &self.runtime,
-                &crate::runtime::app::AppSource::Dir(dir.to_owned()),
-            )
-            .await
-            .map(drop)
-        })
-    }
+/// compiles it into the state directory's code cache and runs the same checks as a start. With
+/// the (current-thread) async runtime it lives in: the pooling allocator's reservations belong to
+/// a runtime context.
+fn node_runtime(
+    cfg: &crate::ops::config::Config,
+) -> Result<
+    (
+        tokio::runtime::Runtime,
+        std::sync::Arc<crate::runtime::Runtime>,
+    ),
+    CliError,
+> {
+    use crate::runtime::{Runtime, RuntimeSettings};
+    use crate::sizing;
+    let overrides = super::run::overrides_from(cfg)?;
+    let sizing = sizing::derive(&sizing::detect(), &overrides).map_err(CliError::config)?;
+    let code_dir = cfg.state_dir().join("compiled");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::runtime(anyhow!("cannot start the async runtime: {e}")))?;
+    let runtime = rt.block_on(async {
+        Runtime::new(
+            RuntimeSettings::from_sizing(&sizing, Some(code_dir)),
+            crate::ops::metrics::Metrics::new(),
+        )
+        .map(std::sync::Arc::new)
+        .map_err(CliError::runtime)
+    })?;
+    Ok((rt, runtime))
 }

@@ -217,9 +217,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> CliResult {
 // === push ===
 
 fn sig_path(bundle: &Path) -> PathBuf {
-    let mut s = bundle.as_os_str().to_owned();
-    s.push(".sig");
-    PathBuf::from(s)
+    crate::store::install::sig_path_for(bundle)
 }
 
 pub fn push(args: PushArgs) -> CliResult {

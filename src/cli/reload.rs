@@ -22,9 +22,10 @@ use crate::bundle::sign::TrustPolicy;
 use crate::ops::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::runtime::app::{AppSource, LoadedApp, load_app, load_tenant_app};
+use crate::runtime::app::{AppSource, LoadedApp, load_app};
 use crate::serve::{HostPattern, Router, ServeState};
 use crate::store::{Release, Store};
+use crate::sync::pipeline::{Checked, Mode, Pipeline};
 
 /// Apps with the host patterns they serve.
 pub(super) type HostedApps = Vec<(Vec<HostPattern>, LoadedApp)>;
@@ -207,48 +208,26 @@ impl Reloader {
         path: &std::path::Path,
         policy: &TrustPolicy,
     ) -> Result<(Release, LoadedApp), CliError> {
-        use crate::store::install;
-        let bytes = install::read_bundle_file(path, self.limits.max_compressed)
-            .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
-        let mut sig_path = path.as_os_str().to_owned();
-        sig_path.push(".sig");
-        let sig = super::bundle::read_sig_file(path, std::path::Path::new(&sig_path))?;
-        let handle = tokio::runtime::Handle::current();
-        let runtime = &self.runtime;
-        let load_check = |release: &Release, dir: &std::path::Path| {
-            tokio::task::block_in_place(|| {
-                handle.block_on(load_tenant_app(
-                    runtime,
-                    &AppSource::Dir(dir.to_owned()),
-                    release.tenant.as_deref(),
-                ))
-            })
-            .map(drop)
-            .map_err(|e| format!("{e:#}"))
+        let pipeline = Pipeline {
+            store: self.store.clone(),
+            runtime: self.runtime.clone(),
+            policy: Arc::new(policy.clone()),
+            limits: self.limits,
         };
-        let installed = tokio::task::block_in_place(|| {
-            install::install(
-                &self.store,
-                &bytes,
-                &sig,
-                policy,
+        let Checked { installed, app } = pipeline
+            .install_file(
+                path,
+                &crate::store::install::sig_path_for(path),
                 crate::base::clock::unix_now(),
-                &self.limits,
-                load_check,
+                Mode::Upgrade,
+                |_| {},
             )
-        })
-        .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
+            .await
+            .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
         let release = installed.release;
         if !installed.unchanged {
             tracing::info!(app = %release.app, version = %release.version, digest = %release.digest, "installed bundle");
         }
-        let app = load_tenant_app(
-            &self.runtime,
-            &AppSource::Dir(self.store.tree_path(&release.digest)),
-            release.tenant.as_deref(),
-        )
-        .await
-        .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e:#}", path.display())))?;
         Ok((release, app))
     }
 

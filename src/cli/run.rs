@@ -19,6 +19,7 @@ use crate::runtime::app::{AppSource, load_app, load_tenant_app};
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::serve::{Router, ServeState};
 use crate::sizing;
+use crate::sync::pipeline::{Mode, Pipeline};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -136,20 +137,8 @@ pub fn run(args: RunArgs) -> CliResult {
         };
         // A config bundle is loaded once before it becomes active (like `outpost bundle
         // install`), so a broken one never replaces the release that served before.
-        let handle = tokio::runtime::Handle::current();
-        let load_check = |release: &crate::store::Release, dir: &std::path::Path| {
-            tokio::task::block_in_place(|| {
-                handle.block_on(load_tenant_app(
-                    &runtime,
-                    &AppSource::Dir(dir.to_owned()),
-                    release.tenant.as_deref(),
-                ))
-            })
-            .map(drop)
-            .map_err(|e| format!("{e:#}"))
-        };
         let (store, stored, config_store_apps) =
-            open_store_and_install(&store_dir, &policy, &limits, &bundle_cfg, &load_check)?;
+            open_store_and_install(&store_dir, &runtime, &policy, &limits, &bundle_cfg).await?;
         // Apps the control plane assigns (store apps not named by a config bundle) take their
         // host names from the last applied desired state; one it does not name is not served
         // (the agent drops its record when it re-applies that state).
@@ -599,52 +588,65 @@ type OpenedStore = (
     std::collections::BTreeSet<String>,
 );
 
-fn open_store_and_install(
+async fn open_store_and_install(
     store_dir: &std::path::Path,
+    runtime: &Arc<Runtime>,
     policy: &crate::bundle::sign::TrustPolicy,
     limits: &crate::bundle::archive::Limits,
     bundles: &[(Vec<crate::serve::HostPattern>, PathBuf)],
-    load_check: &dyn Fn(&crate::store::Release, &std::path::Path) -> Result<(), String>,
 ) -> Result<OpenedStore, CliError> {
     use crate::store::{Store, install};
-    let (store, report) = Store::open(store_dir)
-        .map_err(|e| CliError::runtime(anyhow::anyhow!("store {}: {e}", store_dir.display())))?;
-    if report.swept > 0 {
-        tracing::info!(
-            swept = report.swept,
-            "removed partial files left by an interrupted install"
-        );
-    }
-    if report.index_recovered.is_some() {
-        let n = install::rebuild_index(&store, policy, limits);
-        tracing::warn!(
-            releases = n,
-            "store index rebuilt from the verified bundles on disk"
-        );
-    }
+    let blocking =
+        |e: tokio::task::JoinError| CliError::runtime(anyhow::anyhow!("store task: {e}"));
+    let (dir, p, l) = (store_dir.to_owned(), policy.clone(), *limits);
+    let store = tokio::task::spawn_blocking(move || {
+        let (store, report) = Store::open(&dir)
+            .map_err(|e| CliError::runtime(anyhow::anyhow!("store {}: {e}", dir.display())))?;
+        if report.swept > 0 {
+            tracing::info!(
+                swept = report.swept,
+                "removed partial files left by an interrupted install"
+            );
+        }
+        if report.index_recovered.is_some() {
+            let n = install::rebuild_index(&store, &p, &l);
+            tracing::warn!(
+                releases = n,
+                "store index rebuilt from the verified bundles on disk"
+            );
+        }
+        Ok::<_, CliError>(Arc::new(store))
+    })
+    .await
+    .map_err(blocking)??;
+    let pipeline = Pipeline {
+        store: store.clone(),
+        runtime: runtime.clone(),
+        policy: Arc::new(policy.clone()),
+        limits: *limits,
+    };
     let mut hosts_by_app = std::collections::BTreeMap::new();
     for (hosts, path) in bundles {
-        let bytes = install::read_bundle_file(path, limits.max_compressed)
-            .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
-        let mut sig_path = path.as_os_str().to_owned();
-        sig_path.push(".sig");
-        let sig = super::bundle::read_sig_file(path, std::path::Path::new(&sig_path))?;
-        let installed = install::install(
-            &store,
-            &bytes,
-            &sig,
-            policy,
-            crate::base::clock::unix_now(),
-            limits,
-            load_check,
-        )
-        .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
+        let installed = pipeline
+            .install_file(
+                path,
+                &install::sig_path_for(path),
+                crate::base::clock::unix_now(),
+                Mode::Upgrade,
+                |_| {},
+            )
+            .await
+            .map_err(|e| CliError::app(anyhow::anyhow!("{}: {e}", path.display())))?
+            .installed;
         if !installed.unchanged {
             tracing::info!(app = %installed.release.app, version = %installed.release.version, digest = %installed.release.digest, "installed bundle");
         }
         hosts_by_app.insert(installed.release.app.clone(), hosts.clone());
     }
-    let (ok, bad) = install::load_active(&store, policy, limits);
+    let (s, p, l) = (store.clone(), policy.clone(), *limits);
+    let (ok, bad) = tokio::task::spawn_blocking(move || install::load_active(&s, &p, &l))
+        .await
+        .map_err(blocking)?;
     for b in bad {
         tracing::error!(app = %b.app, problem = %b.problem, "installed app cannot be served");
     }
@@ -659,7 +661,7 @@ fn open_store_and_install(
             (hosts, r)
         })
         .collect();
-    Ok((Arc::new(store), servable, config_apps))
+    Ok((store, servable, config_apps))
 }
 
 /// Loads a release the store serves (one no `[[app]]` names). One that does not load must not
@@ -668,7 +670,7 @@ fn open_store_and_install(
 /// as it is, so the next start tries the active release again (a fixed host may load it) and
 /// GC keeps every release involved.
 async fn load_stored(
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
     store: &crate::store::Store,
     policy: &crate::bundle::sign::TrustPolicy,
     limits: &crate::bundle::archive::Limits,

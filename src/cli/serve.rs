@@ -90,6 +90,7 @@ pub fn run(args: ServeArgs) -> CliResult {
     rt.block_on(async move {
         let metrics = Metrics::new();
         let runtime = Runtime::new(RuntimeSettings::from_sizing(&sizing, cache), metrics.clone())
+            .map(Arc::new)
             .map_err(CliError::runtime)?;
         let mut apps = Vec::with_capacity(sources.len());
         for src in &sources {
@@ -211,9 +212,7 @@ fn open_bundle(
             .collect();
         let policy =
             super::bundle::trust_policy(&keys, 1, Default::default()).map_err(CliError::config)?;
-        let mut sig_path = path.as_os_str().to_owned();
-        sig_path.push(".sig");
-        let sig = super::bundle::read_sig_file(path, std::path::Path::new(&sig_path))?;
+        let sig = super::bundle::read_sig_file(path, &install::sig_path_for(path))?;
         let checked = install::verify_bundle(
             &bytes,
             &sig,

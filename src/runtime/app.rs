@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::bundle::manifest::{ComponentSpec, Manifest, ManifestError};
 
+use super::compile::LoadInfo;
 use super::component::AppComponent;
 use super::error::LoadError;
 use super::{ComponentSettings, Runtime};
@@ -72,6 +73,9 @@ pub enum AppError {
         #[source]
         source: LoadError,
     },
+    /// The blocking load task panicked or was cancelled (a bug, or the daemon shutting down).
+    #[error("the load task did not finish: {0}")]
+    Task(String),
 }
 
 impl AppSource {
@@ -117,17 +121,71 @@ pub struct LoadedApp {
 
 /// Loads every component of the app at `src`. Fails as a whole: an app is served complete or not
 /// at all. For an app without a tenant (config directories, bare `.wasm`, the demo).
-pub async fn load_app(rt: &Runtime, src: &AppSource) -> Result<LoadedApp, AppError> {
+pub async fn load_app(rt: &Arc<Runtime>, src: &AppSource) -> Result<LoadedApp, AppError> {
     load_tenant_app(rt, src, None).await
 }
 
 /// [`load_app`] for a release of `tenant` (from its signed document): the tenant labels the
 /// app's request metrics. The manifest cannot name it — only the signature vouches for it.
+///
+/// The blocking part ([`compile_app`]: reading the manifest and the files, compiling with
+/// Cranelift or deserializing from the code cache) runs on tokio's blocking pool, so the async
+/// workers keep accepting; then every component is instantiated once (the probe) on this task.
 pub async fn load_tenant_app(
-    rt: &Runtime,
+    rt: &Arc<Runtime>,
     src: &AppSource,
     tenant: Option<&str>,
 ) -> Result<LoadedApp, AppError> {
+    let (rt_owned, src_owned) = (rt.clone(), src.clone());
+    let tenant_owned = tenant.map(str::to_owned);
+    let (app, infos) = tokio::task::spawn_blocking(move || {
+        compile_app(&rt_owned, &src_owned, tenant_owned.as_deref())
+    })
+    .await
+    .map_err(|e| AppError::Task(e.to_string()))??;
+    for (routed, info) in app.components.iter().zip(&infos) {
+        let component = &routed.component;
+        component
+            .probe()
+            .await
+            .map_err(|reason| AppError::Component {
+                component: info.id.clone(),
+                source: LoadError::Instantiate {
+                    path: info.path.clone(),
+                    reason,
+                },
+            })?;
+        tracing::info!(
+            app = %app.name,
+            component = %info.id,
+            digest = %&info.load.digest[..12],
+            cached = info.load.cache_hit,
+            ms = info.load.elapsed.as_millis() as u64,
+            "component loaded"
+        );
+    }
+    Ok(app)
+}
+
+/// What [`compile_app`] did for one component, for the probe's error and the "component loaded"
+/// line.
+#[derive(Debug)]
+pub struct CompiledComponent {
+    pub id: String,
+    /// The wasm file (`builtin:demo` for the embedded demo).
+    pub path: PathBuf,
+    pub load: LoadInfo,
+}
+
+/// The blocking half of [`load_tenant_app`]: reads the app's manifest, resolves its paths, and
+/// compiles (or deserializes from the code cache) and links every component. Plain sync code
+/// doing file I/O and Cranelift work: call it from a blocking context. The components are not
+/// instantiated yet.
+pub fn compile_app(
+    rt: &Runtime,
+    src: &AppSource,
+    tenant: Option<&str>,
+) -> Result<(LoadedApp, Vec<CompiledComponent>), AppError> {
     let (manifest, base, demo) = match src {
         AppSource::Dir(dir) => {
             let mpath = dir.join("outpost.toml");
@@ -162,6 +220,7 @@ pub async fn load_tenant_app(
     let mpath = base.join("outpost.toml");
 
     let mut components = Vec::with_capacity(manifest.components.len());
+    let mut infos = Vec::with_capacity(manifest.components.len());
     for spec in &manifest.components {
         let wasm_path = if demo {
             PathBuf::from("builtin:demo")
@@ -173,7 +232,7 @@ pub async fn load_tenant_app(
             component: spec.id.clone(),
             source,
         };
-        let (component, info) = rt
+        let (component, load) = rt
             .load_component(
                 &manifest.application.name,
                 tenant,
@@ -183,31 +242,23 @@ pub async fn load_tenant_app(
                 settings,
             )
             .map_err(named)?;
-        component.probe().await.map_err(|reason| {
-            named(LoadError::Instantiate {
-                path: wasm_path.clone(),
-                reason,
-            })
-        })?;
-        tracing::info!(
-            app = %manifest.application.name,
-            component = %spec.id,
-            digest = %&info.digest[..12],
-            cached = info.cache_hit,
-            ms = info.elapsed.as_millis() as u64,
-            "component loaded"
-        );
+        infos.push(CompiledComponent {
+            id: spec.id.clone(),
+            path: wasm_path,
+            load,
+        });
         components.push(RoutedComponent {
             routes: spec.routes.clone(),
             component,
         });
     }
-    Ok(LoadedApp {
+    let app = LoadedApp {
         name: manifest.application.name.clone(),
         version: manifest.application.version.clone(),
         source: src.to_string(),
         components,
-    })
+    };
+    Ok((app, infos))
 }
 
 fn settings_for(

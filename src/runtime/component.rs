@@ -669,7 +669,8 @@ mod tests {
             .build()
             .unwrap();
         let s = sizing::derive(&sizing::detect(), &sizing::Overrides::default()).unwrap();
-        let runtime = Runtime::new(RuntimeSettings::from_sizing(&s, None), Metrics::new()).unwrap();
+        let runtime =
+            Arc::new(Runtime::new(RuntimeSettings::from_sizing(&s, None), Metrics::new()).unwrap());
         // Past epoch 0 for certain, so a deadline left at 0 is in the past.
         runtime.engine().increment_epoch();
         let app = rt.block_on(load_app(&runtime, &AppSource::Demo)).unwrap();

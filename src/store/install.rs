@@ -3,17 +3,17 @@
 //! Owns: [`verify_bundle`], the one verification of a bundle that every path accepting one uses
 //! (size caps, then the signature over (digest, size) *before* anything is decompressed, then
 //! unpacking under limits, the manifest naming exactly the signed app and version, and every
-//! component really a component), and the order of checks that keeps anything rejected out of
-//! the store — that verification, then the rollback check — and only then the writes (blob, tree), the caller's load check over the unpacked tree (compile, link,
-//! probe — a signed release this node cannot run must not become active), and last the index
-//! (the commit point). At start, `load_active` re-checks every active
-//! release (blob digest, signature under today's trust policy, unpacked files) and falls back to
-//! the previous release of an app when its active one is damaged.
-//! Releases named by a verified desired state (`crate::sync`) go through the same pipeline in
+//! component really a component), and [`stage`]: that verification, then the rollback check, and
+//! only then the writes (blob, tree). Loading the staged tree and the index commit
+//! (`Store::activate`) are the caller's — `sync::pipeline`, the one install-and-load-check
+//! pipeline, so a signed release this node cannot run never becomes active. At start,
+//! [`load_active`] re-checks every active release (blob digest, signature under today's trust
+//! policy, unpacked files) and falls back to the previous release of an app when its active one
+//! is damaged. Releases named by a verified desired state are staged in
 //! [`InstallMode::Desired`]: only the rollback check is left out (the control plane may roll a
-//! node back) and activation is left to the caller, which activates once the release loads.
-//! Must not: compile wasm itself (the caller's check runs the runtime over the unpacked tree) or
-//! fetch anything.
+//! node back).
+//! Must not: compile or load wasm (the pipeline runs the runtime over the staged tree) or fetch
+//! anything.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -65,15 +65,6 @@ pub enum InstallError {
     NotComponent { id: String, reason: String },
     #[error("the signed release is {signed} but the desired state names {desired}")]
     DesiredMismatch { signed: String, desired: String },
-    #[error(
-        "{app} {version} cannot be loaded on this node, so it was not activated (the active \
-         release, if any, stays): {reason}"
-    )]
-    Unloadable {
-        app: String,
-        version: String,
-        reason: String,
-    },
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -82,7 +73,7 @@ pub enum InstallError {
 #[derive(Debug, Clone, Copy)]
 pub enum InstallMode<'a> {
     /// `outpost bundle install` and config bundles: never older than the active release (the
-    /// rollback check); [`install`] activates it once it loads.
+    /// rollback check); the pipeline activates it once it loads.
     Upgrade,
     /// A release a verified desired state names: the signature and tenant checks apply as
     /// always, and the signed document must be the entry's app, version, tenant and digest; the
@@ -98,6 +89,14 @@ pub fn read_bundle_file(path: &Path, max: u64) -> Result<Vec<u8>, InstallError> 
         size,
         limit: max,
     })
+}
+
+/// Where a bundle's detached signature file is by default: next to it, `.sig` appended
+/// (`app.bundle` → `app.bundle.sig`).
+pub fn sig_path_for(bundle: &Path) -> PathBuf {
+    let mut p = bundle.as_os_str().to_owned();
+    p.push(".sig");
+    PathBuf::from(p)
 }
 
 /// Reads a detached signature file the way [`read_bundle_file`] reads a bundle: refused before
@@ -146,57 +145,10 @@ pub struct Installed {
     pub unchanged: bool,
 }
 
-/// Verifies `bundle` + its detached signature file under `policy` at time `now`, writes it to
-/// the store, runs `check` over the unpacked tree (the caller loads and links every component
-/// there, as `outpost run` would) and only if that passes makes it the active release of its app.
-/// Every rejection of the bundle itself happens before the first write; a release that fails
-/// `check` is never activated and its staged files are removed again, so the app keeps its
-/// active release. An install of the already active bundle returns `unchanged` without `check`.
-pub fn install<F>(
-    store: &Store,
-    bundle: &[u8],
-    sig: &[u8],
-    policy: &TrustPolicy,
-    now: u64,
-    limits: &Limits,
-    check: F,
-) -> Result<Installed, InstallError>
-where
-    F: FnOnce(&Release, &Path) -> Result<(), String>,
-{
-    let staged = stage(
-        store,
-        bundle,
-        sig,
-        policy,
-        now,
-        limits,
-        InstallMode::Upgrade,
-    )?;
-    if staged.unchanged {
-        return Ok(staged);
-    }
-    let release = &staged.release;
-    if let Err(reason) = check(release, &store.tree_path(&release.digest)) {
-        // Staged but never activated: unless another record still names these files (a
-        // previous release of the same bytes), they are garbage now, and leaving them would let
-        // an index rebuild pick them up as the newest release.
-        if !matches!(store.release(&release.digest), Ok(Some(_))) {
-            store.remove_files(&release.digest);
-        }
-        return Err(InstallError::Unloadable {
-            app: release.app.clone(),
-            version: release.version.clone(),
-            reason,
-        });
-    }
-    store.activate(release)?;
-    Ok(staged)
-}
-
 /// Verifies and writes a release (blob, signature file, unpacked tree) without activating it:
-/// everything of [`install`] but the load check and the commit. In [`InstallMode::Upgrade`] the
-/// caller must check the release and then call `Store::activate` itself (as [`install`] does);
+/// everything of an install but the load check and the commit. In [`InstallMode::Upgrade`] the
+/// caller must check the release and then call `Store::activate` itself (as `sync::pipeline`
+/// does);
 /// a staged release nobody activates is removed by the next GC pass.
 pub fn stage(
     store: &Store,

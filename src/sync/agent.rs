@@ -15,6 +15,7 @@ use super::apply::{self, Served, Step};
 use super::backoff::{self, Backoff, FailureLog, Outage};
 use super::files::{self, Enrolment};
 use super::health::{self, Counts};
+use super::pipeline::{Mode, Pipeline, PipelineError};
 use super::{Managed, Parts, Setup};
 use crate::base::clock::unix_now;
 use crate::bundle::archive::Limits;
@@ -26,9 +27,8 @@ use crate::control::api::{
 use crate::control::client::{ClientError, DownloadTiming};
 use crate::ops::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::runtime::app::{AppSource, LoadedApp, load_tenant_app};
+use crate::runtime::app::LoadedApp;
 use crate::serve::{HostPattern, ServeState};
-use crate::store::install::{InstallMode, stage};
 use crate::store::{Release, Store};
 
 /// Why one exchange with the control plane failed; also the `reason` metric label.
@@ -652,45 +652,36 @@ impl Agent {
         }
         let sig = DesiredState::signature_file(entry)
             .map_err(|e| ReleaseError::permanent(e.to_string()))?;
-        let bytes = match self.store.read_blob(&entry.digest) {
-            Ok(b) => b,
-            Err(_) => self.fetch(entry).await?,
+        let store = self.store.clone();
+        let digest = entry.digest;
+        let cached = tokio::task::spawn_blocking(move || store.read_blob(&digest).ok())
+            .await
+            .map_err(|e| ReleaseError::permanent(format!("store task: {e}")))?;
+        let bytes = match cached {
+            Some(b) => b,
+            None => self.fetch(entry).await?,
         };
-        let (store, policy, limits, e) = (
-            self.store.clone(),
-            self.policy.clone(),
-            self.limits,
-            entry.clone(),
-        );
-        let installed = tokio::task::spawn_blocking(move || {
-            stage(
-                &store,
-                &bytes,
-                &sig,
-                &policy,
-                unix_now(),
-                &limits,
-                InstallMode::Desired(&e),
-            )
-        })
-        .await
-        .map_err(|e| ReleaseError::permanent(format!("install task: {e}")))?
-        .map_err(|e| ReleaseError::permanent(e.to_string()))?;
-        let dir = self.store.tree_path(&entry.digest);
-        let rt = self.runtime.clone();
-        let handle = tokio::runtime::Handle::current();
-        // The signed document's tenant (install checked it equals the entry's).
-        let tenant = installed.release.tenant.clone();
-        // Compiling is CPU work: off the async workers, so the accept loops keep accepting.
-        let app = tokio::task::spawn_blocking(move || {
-            handle.block_on(async move {
-                load_tenant_app(&rt, &AppSource::Dir(dir), tenant.as_deref()).await
-            })
-        })
-        .await
-        .map_err(|e| ReleaseError::permanent(format!("load task: {e}")))?
-        .map_err(|e| ReleaseError::permanent(format!("load: {e}")))?;
-        Ok((installed.release, app))
+        let pipeline = Pipeline {
+            store: self.store.clone(),
+            runtime: self.runtime.clone(),
+            policy: self.policy.clone(),
+            limits: self.limits,
+        };
+        // Verify and write, then load (compiling off the async workers, so the accept loops
+        // keep accepting); the agent activates the release when it swaps. The signed
+        // document's tenant labels the app (install checked it equals the entry's).
+        let checked = pipeline
+            .install(bytes, sig, unix_now(), Mode::Desired(entry.clone()), |_| {})
+            .await
+            .map_err(|e| match e {
+                PipelineError::Load { error, .. }
+                | PipelineError::ActiveUnloadable { error, .. } => {
+                    ReleaseError::permanent(format!("load: {error}"))
+                }
+                PipelineError::Task(e) => ReleaseError::permanent(format!("install task: {e}")),
+                other => ReleaseError::permanent(other.to_string()),
+            })?;
+        Ok((checked.installed.release, checked.app))
     }
 
     /// `GET /v1/bundles/<digest>`, at most `entry.size` bytes, which must hash to the digest.

@@ -14,6 +14,8 @@
 //! - [`spawn`] starts the agent once the listeners are up ([`agent`]).
 //! - [`apply`] plans a desired state and builds routing tables; [`health`] reads the metrics for
 //!   the report; [`backoff`] times retries and logs; [`files`] keeps the agent's files.
+//! - [`pipeline`] is the one install-and-load-check pipeline: the agent runs it for every
+//!   release, and so do `outpost bundle install` and the config bundles at start and on SIGHUP.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -21,6 +23,7 @@ pub mod apply;
 pub mod backoff;
 pub mod files;
 pub mod health;
+pub mod pipeline;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
