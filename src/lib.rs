@@ -7,7 +7,9 @@
 //! Listed top to bottom: a module imports only modules listed below it (`docs/architecture.md`,
 //! held by `tests/architecture.rs`).
 //!
-//! - [`cli`]: one file per subcommand; glue only.
+//! - [`cli`]: argument parsing and printing, one file per subcommand.
+//! - [`node`]: the composition root of `outpost run` (config → sizing → runtime → store →
+//!   listeners → agent → drain) and its SIGHUP reload.
 //! - [`sync`]: the node agent inside `outpost run`: poll the control plane, fetch, verify,
 //!   install, swap, report health.
 //! - [`control`]: the reference control plane (`outpost control-plane`): enrolment, desired
@@ -30,6 +32,7 @@ pub mod base;
 pub mod bundle;
 pub mod cli;
 pub mod control;
+pub mod node;
 pub mod ops;
 pub mod runtime;
 pub mod serve;

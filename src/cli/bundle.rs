@@ -10,7 +10,7 @@ use super::{CliError, CliResult};
 use crate::base::atomic;
 use crate::base::clock::unix_now;
 use crate::bundle::archive::{self, Limits};
-use crate::bundle::sign::{self, ReleaseDoc, SignedDoc, TrustPolicy};
+use crate::bundle::sign::{self, ReleaseDoc, SignedDoc};
 use crate::bundle::{self as bundle_mod, Digest};
 use crate::store::Store;
 use crate::store::install::{self, MAX_SIG_FILE};
@@ -353,37 +353,6 @@ fn sign_cmd(
     Ok(())
 }
 
-/// Builds a trust policy from `--trust` values: key lines or key files.
-pub fn trust_policy(
-    keys: &[(String, String)],
-    threshold: usize,
-    tenants: BTreeMap<String, Vec<String>>,
-) -> anyhow::Result<TrustPolicy> {
-    let mut parsed = Vec::with_capacity(keys.len());
-    for (label, k) in keys {
-        let text = if k.starts_with("outpost-public-key-v1 ") {
-            k.clone()
-        } else {
-            std::fs::read_to_string(k).with_context(|| format!("{label}: cannot read {k}"))?
-        };
-        parsed.push(
-            sign::parse_public_key(text.trim_end()).with_context(|| format!("{label}: {k}"))?,
-        );
-    }
-    let mut policy = TrustPolicy::new(parsed)?.with_threshold(threshold)?;
-    for (tenant, ids) in tenants {
-        let ids = ids
-            .iter()
-            .map(|id| {
-                id.parse::<sign::KeyId>()
-                    .map_err(|e| anyhow!("tenants.{tenant}: {id:?}: {e}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        policy = policy.with_tenant_keys(&tenant, ids)?;
-    }
-    Ok(policy)
-}
-
 fn verify_cmd(
     bundle: &Path,
     trust: &[String],
@@ -395,7 +364,8 @@ fn verify_cmd(
         .iter()
         .map(|k| ("--trust".to_owned(), k.clone()))
         .collect();
-    let policy = trust_policy(&keys, threshold, BTreeMap::new()).map_err(CliError::config)?;
+    let policy = crate::node::trust::trust_policy(&keys, threshold, BTreeMap::new())
+        .map_err(CliError::config)?;
     let pb = progress(&format!("verifying {}", bundle.display()));
     let bytes = install::read_bundle_file(bundle, Limits::default().max_compressed)
         .map_err(CliError::app)?;
@@ -507,7 +477,7 @@ fn install_cmd(bundle: &Path, config: Option<PathBuf>, sig: Option<PathBuf>) -> 
         Some(p) => crate::ops::config::Config::load(p).map_err(CliError::config)?,
         None => crate::ops::config::Config::embedded_default(),
     };
-    let policy = node_trust_policy(&cfg)?;
+    let policy = crate::node::trust::node_trust_policy(&cfg)?;
     let limits = Limits {
         max_compressed: cfg.store.max_bundle_size,
         ..Default::default()
@@ -584,16 +554,6 @@ pub(super) fn read_sig_file(bundle: &Path, sig_path: &Path) -> Result<Vec<u8>, C
     })
 }
 
-/// The node's trust policy from `[trust]`.
-pub fn node_trust_policy(cfg: &crate::ops::config::Config) -> Result<TrustPolicy, CliError> {
-    trust_policy(
-        &cfg.trust.keys,
-        cfg.trust.threshold,
-        cfg.trust.tenants.clone(),
-    )
-    .map_err(|e| CliError::config(anyhow!("{}: trust.{e:#}", cfg.origin())))
-}
-
 /// The engine `outpost run` would build from a config, for loading a release once: that
 /// compiles it into the state directory's code cache and runs the same checks as a start. With
 /// the (current-thread) async runtime it lives in: the pooling allocator's reservations belong to
@@ -609,7 +569,7 @@ fn node_runtime(
 > {
     use crate::runtime::{Runtime, RuntimeSettings};
     use crate::sizing;
-    let overrides = super::run::overrides_from(cfg)?;
+    let overrides = crate::node::run::overrides_from(cfg)?;
     let sizing = sizing::derive(&sizing::detect(), &overrides).map_err(CliError::config)?;
     let code_dir = cfg.state_dir().join("compiled");
     let rt = tokio::runtime::Builder::new_current_thread()

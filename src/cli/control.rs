@@ -52,7 +52,7 @@ pub fn run(args: ControlArgs) -> CliResult {
         None => None,
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
-    let rt = super::tokio_runtime(threads)?;
+    let rt = crate::node::tokio_runtime(threads)?;
     rt.block_on(async move {
         let cp = ControlPlane::open(&cfg, operators.clone())
             .context("opening the control plane's state")
@@ -68,7 +68,7 @@ pub fn run(args: ControlArgs) -> CliResult {
         let scheme = if tls.is_some() { "https" } else { "http" };
         for l in &listeners {
             if let Ok(a) = l.local_addr() {
-                super::announce_scheme("control plane listening on", scheme, a);
+                crate::node::announce_scheme("control plane listening on", scheme, a);
             }
         }
         tracing::info!(
@@ -99,7 +99,7 @@ pub fn run(args: ControlArgs) -> CliResult {
             acceptor,
             srv,
             cfg.limits,
-            super::shutdown_signal(),
+            crate::node::shutdown_signal(),
         )
         .await;
         let _ = stop_tx.send(true);

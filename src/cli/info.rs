@@ -20,7 +20,7 @@ pub fn run(args: InfoArgs) -> CliResult {
     let overrides = match &args.config {
         Some(p) => {
             let cfg = Config::load(p).map_err(CliError::config)?;
-            super::run::overrides_from(&cfg)?
+            crate::node::run::overrides_from(&cfg)?
         }
         None => sizing::Overrides::default(),
     };

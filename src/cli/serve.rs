@@ -85,8 +85,8 @@ pub fn run(args: ServeArgs) -> CliResult {
 
     let tls = tls_from_args(&args, &sizing)?;
 
-    super::log_sizing(&sizing);
-    let rt = super::tokio_runtime(sizing.worker_threads.value)?;
+    crate::node::log_sizing(&sizing);
+    let rt = crate::node::tokio_runtime(sizing.worker_threads.value)?;
     rt.block_on(async move {
         let metrics = Metrics::new();
         let runtime = Runtime::new(RuntimeSettings::from_sizing(&sizing, cache), metrics.clone())
@@ -107,7 +107,7 @@ pub fn run(args: ServeArgs) -> CliResult {
             t.certs
                 .spawn_reloader(crate::ops::config::DEFAULT_RELOAD_INTERVAL, reloader_stop);
         }
-        super::announce_listeners(&listeners);
+        crate::node::announce_listeners(&listeners);
         for app in router.apps() {
             for c in &app.components {
                 tracing::info!(app = %app.name, version = %app.version, component = %c.component.id, routes = ?c.routes, "serving");
@@ -124,7 +124,7 @@ pub fn run(args: ServeArgs) -> CliResult {
                 drain: args.drain_timeout,
                 threads: sizing.worker_threads.value,
             },
-            super::shutdown_signal(),
+            crate::node::shutdown_signal(),
         )
         .await
         .map_err(CliError::runtime)?;
@@ -161,7 +161,7 @@ fn tls_from_args(
         default: files.map(DefaultCert::Files),
         tenants: Vec::new(),
     };
-    super::tls_setup(
+    crate::node::tls_setup(
         spec,
         self_signed,
         pem.as_deref(),
@@ -210,8 +210,8 @@ fn open_bundle(
             .iter()
             .map(|k| ("--trust".to_owned(), k.clone()))
             .collect();
-        let policy =
-            super::bundle::trust_policy(&keys, 1, Default::default()).map_err(CliError::config)?;
+        let policy = crate::node::trust::trust_policy(&keys, 1, Default::default())
+            .map_err(CliError::config)?;
         let sig = super::bundle::read_sig_file(path, &install::sig_path_for(path))?;
         let checked = install::verify_bundle(
             &bytes,

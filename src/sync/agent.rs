@@ -416,14 +416,18 @@ impl Agent {
             self.apply(&state, Some(envelope)).await;
         } else {
             // Re-signed (new expiry) or a new sequence with the same apps: nothing to switch.
-            self.remember(state, envelope);
+            self.remember(state, envelope).await;
         }
     }
 
-    /// Records `state` as applied and saves its envelope.
-    fn remember(&mut self, state: DesiredState, envelope: &[u8]) {
-        if let Err(e) = files::write_desired(&self.setup.state_dir, envelope) {
-            tracing::error!(error = %e, "cannot save the applied desired state");
+    /// Records `state` as applied and saves its envelope (an fsynced write, on the blocking
+    /// pool).
+    async fn remember(&mut self, state: DesiredState, envelope: &[u8]) {
+        let (dir, bytes) = (self.setup.state_dir.clone(), envelope.to_vec());
+        match tokio::task::spawn_blocking(move || files::write_desired(&dir, &bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot save the applied desired state"),
+            Err(e) => tracing::error!(error = %e, "cannot save the applied desired state"),
         }
         self.metrics.desired_sequence.set(clamp_i64(state.sequence));
         self.setup.applied = Some(state);
@@ -576,7 +580,7 @@ impl Agent {
             "desired state applied"
         );
         match envelope {
-            Some(bytes) => self.remember(state.clone(), bytes),
+            Some(bytes) => self.remember(state.clone(), bytes).await,
             None => {
                 self.metrics.desired_sequence.set(clamp_i64(state.sequence));
                 self.setup.applied = Some(state.clone());
