@@ -52,7 +52,7 @@ pub enum BundleCommand {
         #[arg(long, value_name = "KEY")]
         key: PathBuf,
         /// How long the signature is accepted for installs (e.g. 30d, 12h).
-        #[arg(long, default_value = "90d", value_parser = super::serve::parse_duration)]
+        #[arg(long, default_value = "90d", value_parser = super::parse_duration)]
         expires_in: Duration,
         /// Tenant the app belongs to (nodes may restrict which keys sign a tenant's apps).
         #[arg(long)]
@@ -543,15 +543,9 @@ fn read_sig_opt(sig_path: &Path) -> Result<Option<Vec<u8>>, CliError> {
     }
 }
 
-/// [`read_sig_opt`] for a bundle that must be signed: a missing file says so.
-pub(super) fn read_sig_file(bundle: &Path, sig_path: &Path) -> Result<Vec<u8>, CliError> {
-    read_sig_opt(sig_path)?.ok_or_else(|| {
-        CliError::app(anyhow!(
-            "{} is unsigned: no signature file {}; sign it with `outpost bundle sign`",
-            bundle.display(),
-            sig_path.display()
-        ))
-    })
+/// The signature file of a bundle that must be signed: a missing file says so.
+fn read_sig_file(bundle: &Path, sig_path: &Path) -> Result<Vec<u8>, CliError> {
+    install::read_required_sig_file(bundle, sig_path).map_err(CliError::app)
 }
 
 /// The engine `outpost run` would build from a config, for loading a release once: that

@@ -66,7 +66,7 @@ pub struct PushArgs {
     #[arg(long, default_value_t = 0.05, value_name = "RATE")]
     pub max_error_rate: f64,
     /// How long each wave must stay healthy once all its nodes run the release.
-    #[arg(long, default_value = "60s", value_parser = super::serve::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "60s", value_parser = super::parse_duration, value_name = "DURATION")]
     pub bake: Duration,
     /// Host names the app answers on the nodes (default: every host).
     #[arg(long, value_delimiter = ',', value_name = "HOST,...")]
@@ -136,7 +136,7 @@ pub enum TokenCommand {
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
         /// How long the tokens stay valid.
-        #[arg(long, default_value = "24h", value_parser = super::serve::parse_duration, value_name = "DURATION")]
+        #[arg(long, default_value = "24h", value_parser = super::parse_duration, value_name = "DURATION")]
         ttl: Duration,
         /// How many tokens.
         #[arg(long, default_value_t = 1)]

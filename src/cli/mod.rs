@@ -76,6 +76,11 @@ pub enum Command {
     Nodes(fleet::NodesArgs),
 }
 
+/// A duration argument (`"90d"`, `"1m30s"`, milliseconds as an integer), for clap.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::base::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
 fn parse_log_level(s: &str) -> Result<String, String> {
     logging::check_directives(s).map(|()| s.to_owned())
 }

@@ -41,7 +41,7 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "trust")]
     pub insecure_unsigned: bool,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration, value_name = "DURATION")]
     pub drain_timeout: Duration,
     /// Also serve HTTPS (TLS: HTTP/1.1, HTTP/2) on ADDR, and HTTP/3 (QUIC) on the same port
     /// (repeatable). Without --cert/--key, a self-signed certificate for localhost is generated.
@@ -56,10 +56,6 @@ pub struct ServeArgs {
     /// Serve --https without HTTP/3.
     #[arg(long, requires = "https")]
     pub no_h3: bool,
-}
-
-pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::base::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 pub fn run(args: ServeArgs) -> CliResult {
@@ -212,7 +208,8 @@ fn open_bundle(
             .collect();
         let policy = crate::node::trust::trust_policy(&keys, 1, Default::default())
             .map_err(CliError::config)?;
-        let sig = super::bundle::read_sig_file(path, &install::sig_path_for(path))?;
+        let sig = install::read_required_sig_file(path, &install::sig_path_for(path))
+            .map_err(CliError::app)?;
         let checked = install::verify_bundle(
             &bytes,
             &sig,

@@ -150,7 +150,7 @@ pub fn tls_setup(
     }
     let certs = CertStore::load(spec).map_err(NodeError::config)?;
     let limits = h3.then(|| {
-        crate::serve::h3::QuicLimits::from_sizing(&sizing.quic, sizing.max_connections.value)
+        crate::serve::tls::QuicLimits::from_sizing(&sizing.quic, sizing.max_connections.value)
     });
     crate::serve::tls::TlsSetup::new(
         std::sync::Arc::new(certs),

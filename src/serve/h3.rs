@@ -2,7 +2,7 @@
 //! the adapters that stream request and response bodies between h3 streams and
 //! [`ServeState::handle`] — the same pipeline (routing, limits, metrics) as HTTP/1.1 and HTTP/2.
 //!
-//! Owns: the quinn server and transport config, the QUIC handshake (on the connection's serving
+//! Owns: the QUIC handshake (on the connection's serving
 //! thread, with a timeout), GOAWAY and close on drain, and the mapping of h3 stream errors.
 //! Must not: route, run guests or build error responses itself — everything goes through
 //! `ServeState::handle`.
@@ -21,9 +21,7 @@ use http_body_util::BodyExt;
 
 use super::ServeState;
 use super::certs::is_refusal;
-use super::tls::TlsError;
 use crate::runtime::component::ResponseBody;
-use crate::sizing::QuicSizing;
 
 /// After GOAWAY and the last request of a connection, how long a draining server waits for the
 /// client to close before closing itself.
@@ -34,68 +32,8 @@ pub const H3_NO_ERROR: u32 = 0x100;
 /// Largest request header section accepted (QPACK-decoded), like HTTP/2's
 /// `SETTINGS_MAX_HEADER_LIST_SIZE` defaults: far above real requests, far below a memory problem.
 const MAX_FIELD_SECTION_SIZE: u64 = 64 * 1024;
-/// Unidirectional streams a client may open: HTTP/3 needs three (control, QPACK encoder and
-/// decoder); the rest leaves room for grease streams. Server push is not used.
-const MAX_UNI_STREAMS: u32 = 16;
-/// 0-RTT is off, so an unaccepted connection attempt buffers at most its Initial flight.
-const INCOMING_BUFFER: u64 = 64 * 1024;
 /// How long a closed endpoint may take to tell open connections it is gone.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// QUIC transport limits, from the hardware sizing (`outpost info` shows the derivation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuicLimits {
-    pub idle_timeout: Duration,
-    pub max_streams: u32,
-    pub stream_receive_window: u64,
-    pub receive_window: u64,
-    /// Connection attempts quinn holds before the accept loop takes them; beyond it, refused.
-    pub max_incoming: usize,
-}
-
-impl QuicLimits {
-    pub fn from_sizing(q: &QuicSizing, max_connections: u32) -> Self {
-        Self {
-            idle_timeout: Duration::from_millis(q.idle_timeout_ms.value),
-            max_streams: q.max_streams.value,
-            stream_receive_window: q.stream_receive_window.value,
-            receive_window: q.receive_window.value,
-            max_incoming: usize::try_from(max_connections).unwrap_or(usize::MAX),
-        }
-    }
-}
-
-/// The quinn server config: TLS from `crypto`, transport limits from `limits`.
-pub(super) fn server_config(
-    crypto: quinn::crypto::rustls::QuicServerConfig,
-    limits: &QuicLimits,
-) -> Result<quinn::ServerConfig, TlsError> {
-    let varint = |what: &str, v: u64| {
-        quinn::VarInt::from_u64(v).map_err(|_| TlsError::Quic(format!("{what} {v} is too large")))
-    };
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(limits.idle_timeout)
-                .map_err(|_| TlsError::Quic("idle timeout is too large".to_owned()))?,
-        ))
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_streams))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_UNI_STREAMS))
-        .stream_receive_window(varint(
-            "stream receive window",
-            limits.stream_receive_window,
-        )?)
-        .receive_window(varint("receive window", limits.receive_window)?)
-        // What one connection may have in flight towards the client: the same as it may
-        // receive, so a response stream can fill the same link an upload can.
-        .send_window(limits.receive_window.max(limits.stream_receive_window));
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(Arc::new(transport));
-    cfg.max_incoming(limits.max_incoming.max(1))
-        .incoming_buffer_size(INCOMING_BUFFER)
-        .incoming_buffer_size_total(INCOMING_BUFFER.saturating_mul(1024));
-    Ok(cfg)
-}
 
 /// Counts QUIC handshakes in progress; decremented when dropped.
 pub(super) struct Handshaking(Arc<AtomicUsize>);

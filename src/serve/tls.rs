@@ -2,7 +2,8 @@
 //! the handshake of one accepted connection.
 //!
 //! Owns: protocol versions, ALPN lists, session tickets, the handshake timeout and how a failed
-//! handshake is counted and logged. Certificates come from [`CertStore`](super::certs::CertStore).
+//! handshake is counted and logged, and the quinn server and transport config for HTTP/3
+//! ([`QuicLimits`]). Certificates come from [`CertStore`](super::certs::CertStore).
 //! Must not: run in an accept loop — a handshake is several round trips a slow or hostile client
 //! controls, so it runs in the connection's own task on its serving thread.
 #![forbid(unsafe_code)]
@@ -16,8 +17,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::certs::{CertStore, is_refusal, provider};
-use super::h3::QuicLimits;
 use crate::ops::metrics::Metrics;
+use crate::sizing::QuicSizing;
 
 /// By default a client gets this long to finish its TLS or QUIC handshake (`tls.handshake_timeout`
 /// overrides it; the default, like every config default, is defined in `ops::config`).
@@ -82,7 +83,7 @@ impl TlsSetup {
         // which is most of a handshake's CPU on a small board.
         tcp.ticketer = rustls::crypto::ring::Ticketer::new()?;
         let quic = match h3 {
-            Some(limits) => Some(super::h3::server_config(quic_tls(&certs)?, limits)?),
+            Some(limits) => Some(server_config(quic_tls(&certs)?, limits)?),
             None => None,
         };
         Ok(Self {
@@ -161,4 +162,65 @@ pub(super) async fn handshake(
             None
         }
     }
+}
+
+/// Unidirectional streams a client may open: HTTP/3 needs three (control, QPACK encoder and
+/// decoder); the rest leaves room for grease streams. Server push is not used.
+const MAX_UNI_STREAMS: u32 = 16;
+/// 0-RTT is off, so an unaccepted connection attempt buffers at most its Initial flight.
+const INCOMING_BUFFER: u64 = 64 * 1024;
+
+/// QUIC transport limits, from the hardware sizing (`outpost info` shows the derivation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicLimits {
+    pub idle_timeout: Duration,
+    pub max_streams: u32,
+    pub stream_receive_window: u64,
+    pub receive_window: u64,
+    /// Connection attempts quinn holds before the accept loop takes them; beyond it, refused.
+    pub max_incoming: usize,
+}
+
+impl QuicLimits {
+    pub fn from_sizing(q: &QuicSizing, max_connections: u32) -> Self {
+        Self {
+            idle_timeout: Duration::from_millis(q.idle_timeout_ms.value),
+            max_streams: q.max_streams.value,
+            stream_receive_window: q.stream_receive_window.value,
+            receive_window: q.receive_window.value,
+            max_incoming: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// The quinn server config: TLS from `crypto`, transport limits from `limits`.
+fn server_config(
+    crypto: quinn::crypto::rustls::QuicServerConfig,
+    limits: &QuicLimits,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let varint = |what: &str, v: u64| {
+        quinn::VarInt::from_u64(v).map_err(|_| TlsError::Quic(format!("{what} {v} is too large")))
+    };
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(limits.idle_timeout)
+                .map_err(|_| TlsError::Quic("idle timeout is too large".to_owned()))?,
+        ))
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_streams))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_UNI_STREAMS))
+        .stream_receive_window(varint(
+            "stream receive window",
+            limits.stream_receive_window,
+        )?)
+        .receive_window(varint("receive window", limits.receive_window)?)
+        // What one connection may have in flight towards the client: the same as it may
+        // receive, so a response stream can fill the same link an upload can.
+        .send_window(limits.receive_window.max(limits.stream_receive_window));
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport));
+    cfg.max_incoming(limits.max_incoming.max(1))
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(INCOMING_BUFFER.saturating_mul(1024));
+    Ok(cfg)
 }

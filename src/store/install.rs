@@ -67,6 +67,13 @@ pub enum InstallError {
     DesiredMismatch { signed: String, desired: String },
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The bundle has no detached signature file.
+    #[error(
+        "{} is unsigned: no signature file {}; sign it with `outpost bundle sign`",
+        bundle.display(),
+        sig.display()
+    )]
+    Unsigned { bundle: PathBuf, sig: PathBuf },
 }
 
 /// How an install treats the release it replaces.
@@ -110,6 +117,20 @@ pub fn read_sig_file(path: &Path) -> Result<Vec<u8>, InstallError> {
             limit: MAX_SIG_FILE as u64,
         }
     })
+}
+
+/// [`read_sig_file`] for a bundle that must be signed: a missing signature file is
+/// [`InstallError::Unsigned`], which says how to sign it.
+pub fn read_required_sig_file(bundle: &Path, sig: &Path) -> Result<Vec<u8>, InstallError> {
+    match read_sig_file(sig) {
+        Err(InstallError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(InstallError::Unsigned {
+                bundle: bundle.to_owned(),
+                sig: sig.to_owned(),
+            })
+        }
+        other => other,
+    }
 }
 
 fn read_capped(

@@ -18,7 +18,7 @@
 //! function.
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::bundle::archive::Limits;
@@ -77,13 +77,6 @@ pub enum PipelineError {
         release: Box<Release>,
         error: AppError,
     },
-    /// The bundle has no detached signature file.
-    #[error(
-        "{} is unsigned: no signature file {}; sign it with `outpost bundle sign`",
-        bundle.display(),
-        sig.display()
-    )]
-    Unsigned { bundle: PathBuf, sig: PathBuf },
     /// A blocking step panicked or was cancelled (a bug, or the daemon shutting down).
     #[error("the install task did not finish: {0}")]
     Task(String),
@@ -175,15 +168,7 @@ impl Pipeline {
         let (bytes, sig_bytes) = self
             .blocking(move || -> Result<_, PipelineError> {
                 let bytes = install::read_bundle_file(&b, max)?;
-                let sig_bytes = match install::read_sig_file(&s) {
-                    Ok(bytes) => bytes,
-                    Err(InstallError::Read { source, .. })
-                        if source.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        return Err(PipelineError::Unsigned { bundle: b, sig: s });
-                    }
-                    Err(e) => return Err(e.into()),
-                };
+                let sig_bytes = install::read_required_sig_file(&b, &s)?;
                 Ok((bytes, sig_bytes))
             })
             .await??;
