@@ -85,8 +85,8 @@ fn parse_log_level(s: &str) -> Result<String, String> {
     logging::check_directives(s).map(|()| s.to_owned())
 }
 
-/// An error with the exit code it maps to: the node's error type, which every subcommand uses.
-pub use crate::node::NodeError as CliError;
+/// An error with the exit code it maps to (every subcommand's error type).
+pub use crate::ops::process::ExitError as CliError;
 
 pub type CliResult = Result<(), CliError>;
 

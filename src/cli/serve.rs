@@ -1,15 +1,12 @@
-//! `outpost serve PATH...`: development mode, like `spin up`.
+//! `outpost serve PATH...`: development mode, like `spin up` — the arguments; the server is
+//! `node::dev`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{CliError, CliResult};
-use crate::ops::metrics::Metrics;
-use crate::runtime::app::{AppSource, load_app};
-use crate::runtime::{Runtime, RuntimeSettings};
-use crate::serve::{HostPattern, Router, ServeState};
+use crate::runtime::app::AppSource;
 use crate::sizing;
 
 #[derive(Debug, clap::Args)]
@@ -72,7 +69,7 @@ pub fn run(args: ServeArgs) -> CliResult {
     for (i, p) in args.paths.iter().enumerate() {
         if p.extension().is_some_and(|e| e == "bundle") {
             let dir = unpack_root.join(i.to_string());
-            open_bundle(p, &args.trust, args.insecure_unsigned, &dir)?;
+            crate::node::dev::open_bundle(p, &args.trust, args.insecure_unsigned, &dir)?;
             sources.push(AppSource::Dir(dir));
         } else {
             sources.push(AppSource::from_path(p).map_err(CliError::app)?);
@@ -81,52 +78,17 @@ pub fn run(args: ServeArgs) -> CliResult {
 
     let tls = tls_from_args(&args, &sizing)?;
 
-    crate::node::log_sizing(&sizing);
-    let rt = crate::node::tokio_runtime(sizing.worker_threads.value)?;
-    rt.block_on(async move {
-        let metrics = Metrics::new();
-        let runtime = Runtime::new(RuntimeSettings::from_sizing(&sizing, cache), metrics.clone())
-            .map(Arc::new)
-            .map_err(CliError::runtime)?;
-        let mut apps = Vec::with_capacity(sources.len());
-        for src in &sources {
-            let app = load_app(&runtime, src).await.map_err(CliError::app)?;
-            apps.push((vec![HostPattern::Any], app));
-        }
-        let router = Router::new(apps).map_err(|e| CliError::app(anyhow::anyhow!(e)))?;
-        let listeners = crate::serve::Listeners::bind(&args.listen, &args.https, tls.as_ref())
-            .await
-            .map_err(CliError::runtime)?;
-        let (_stop_reloader, reloader_stop) = tokio::sync::watch::channel(false);
-        if let Some(t) = &tls {
-            t.certs.set_metrics(metrics.clone());
-            t.certs
-                .spawn_reloader(crate::ops::config::DEFAULT_RELOAD_INTERVAL, reloader_stop);
-        }
-        crate::node::announce_listeners(&listeners);
-        for app in router.apps() {
-            for c in &app.components {
-                tracing::info!(app = %app.name, version = %app.version, component = %c.component.id, routes = ?c.routes, "serving");
-            }
-        }
-        let state = Arc::new(ServeState::new(router, metrics));
-        crate::serve::serve(
-            listeners,
-            state,
-            crate::serve::ServeOptions {
-                door: crate::serve::door::DoorPolicy::with_cap(
-                    sizing.max_connections.value as usize,
-                ),
-                drain: args.drain_timeout,
-                threads: sizing.worker_threads.value,
-            },
-            crate::node::shutdown_signal(),
-        )
-        .await
-        .map_err(CliError::runtime)?;
-        drop(runtime);
-        Ok(())
-    })
+    crate::node::dev::run(
+        crate::node::dev::DevServer {
+            sources,
+            listen: args.listen.clone(),
+            https: args.https.clone(),
+            tls,
+            cache,
+            drain: args.drain_timeout,
+        },
+        &sizing,
+    )
 }
 
 /// The TLS setup for `--https` (`None` without it): `--cert`/`--key`, or a generated
@@ -174,61 +136,4 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Verifies (unless `insecure`) and unpacks a bundle into `dir`: the same verification as
-/// `bundle verify` and `bundle install` ([`crate::store::install::verify_bundle`]), so a bundle
-/// whose manifest names another app or version than its signature is refused here too.
-fn open_bundle(
-    path: &std::path::Path,
-    trust: &[String],
-    insecure: bool,
-    dir: &std::path::Path,
-) -> CliResult {
-    use crate::bundle::archive::{self, Limits};
-    use crate::store::install;
-    use anyhow::anyhow;
-    let limits = Limits::default();
-    let bytes = install::read_bundle_file(path, limits.max_compressed)
-        .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?;
-    let unpacked = if insecure {
-        tracing::warn!(bundle = %path.display(), "serving a bundle WITHOUT checking its signature (--insecure-unsigned)");
-        archive::unpack(&bytes, &limits)
-            .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?
-    } else {
-        if trust.is_empty() {
-            return Err(CliError::config(anyhow!(
-                "{}: a bundle needs --trust PUBKEY (or --insecure-unsigned for development)",
-                path.display()
-            )));
-        }
-        let keys: Vec<(String, String)> = trust
-            .iter()
-            .map(|k| ("--trust".to_owned(), k.clone()))
-            .collect();
-        let policy = crate::node::trust::trust_policy(&keys, 1, Default::default())
-            .map_err(CliError::config)?;
-        let sig = install::read_required_sig_file(path, &install::sig_path_for(path))
-            .map_err(CliError::app)?;
-        let checked = install::verify_bundle(
-            &bytes,
-            &sig,
-            &policy,
-            crate::base::clock::unix_now(),
-            &limits,
-        )
-        .map_err(|e| CliError::app(anyhow!("{}: {e}", path.display())))?;
-        checked.unpacked
-    };
-    for (name, data) in unpacked.files() {
-        let target = dir.join(name);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                CliError::runtime(anyhow!("{}: cannot create: {e}", parent.display()))
-            })?;
-        }
-        std::fs::write(&target, data)
-            .map_err(|e| CliError::runtime(anyhow!("{}: cannot write: {e}", target.display())))?;
-    }
-    Ok(())
 }

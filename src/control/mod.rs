@@ -13,11 +13,13 @@
 //! - [`service`]: the operations, independent of HTTP.
 //! - [`server`]: HTTP/1.1 + HTTP/2 (optionally TLS), request authentication, body caps, the
 //!   engine ticker and graceful shutdown.
+//! - [`daemon`]: the control plane put together (`outpost control-plane`).
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod rollout;
 pub mod server;

@@ -5,71 +5,18 @@
 //! Owns: the order in which the daemon's parts are built, started and stopped, and the wiring
 //! between them (which part gets which handle); the process-level helpers every server
 //! subcommand shares (the async runtime, SIGTERM/SIGINT, the address lines on stdout, TLS setup
-//! from a certificate spec). Errors carry the exit code they map to ([`NodeError`]).
+//! from a certificate spec). Errors carry the exit code they map to
+//! (`ops::process::ExitError`).
 //! Must not: parse arguments or print for people beyond the address lines supervisors and tests
 //! read (that is `cli`), or hold logic another module needs (installs are `sync::pipeline`,
 //! serving is `serve`, the agent is `sync`).
 
+pub mod dev;
 pub mod reload;
 pub mod run;
 pub mod trust;
 
-/// An error with the process exit code it maps to: 64 for a config problem, 65 for a bad app or
-/// bundle, 1 for a runtime failure.
-#[derive(Debug)]
-pub struct NodeError {
-    pub code: u8,
-    pub error: anyhow::Error,
-}
-
-impl NodeError {
-    pub fn config(e: impl Into<anyhow::Error>) -> Self {
-        Self {
-            code: 64,
-            error: e.into(),
-        }
-    }
-    pub fn app(e: impl Into<anyhow::Error>) -> Self {
-        Self {
-            code: 65,
-            error: e.into(),
-        }
-    }
-    pub fn runtime(e: impl Into<anyhow::Error>) -> Self {
-        Self {
-            code: 1,
-            error: e.into(),
-        }
-    }
-}
-
-/// A multi-threaded tokio runtime with `threads` workers.
-pub fn tokio_runtime(threads: usize) -> Result<tokio::runtime::Runtime, NodeError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name("outpost-worker")
-        .enable_all()
-        .build()
-        .map_err(|e| NodeError::runtime(anyhow::anyhow!("cannot start the async runtime: {e}")))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => tracing::info!("SIGTERM received; shutting down"),
-                _ = i.recv() => tracing::info!("SIGINT received; shutting down"),
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
+use crate::ops::process::{ExitError, announce, announce_scheme};
 
 /// One log line with the numbers that shape the node, and why the allocator is what it is (on a
 /// 39-bit Raspberry Pi kernel this is where "reservations shrunk" or "on-demand" shows up).
@@ -84,22 +31,6 @@ pub fn log_sizing(s: &crate::sizing::Sizing) {
         reason = %s.allocator.reason,
         "sized for this machine (details: outpost info)"
     );
-}
-
-/// Prints a bound address on stdout — the contract supervisors and tests rely on (port 0 works).
-pub fn announce(what: &str, addr: std::net::SocketAddr) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{what} http://{addr}");
-    let _ = out.flush();
-}
-
-/// Prints a bound address with its scheme (`https://`, `h3://`) on stdout, like [`announce`].
-pub fn announce_scheme(what: &str, scheme: &str, addr: std::net::SocketAddr) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{what} {scheme}://{addr}");
-    let _ = out.flush();
 }
 
 /// Announces every tenant listener: `listening on http://…`, `https://…`, `h3://…`.
@@ -126,10 +57,10 @@ pub fn tls_setup(
     h3: bool,
     sizing: &crate::sizing::Sizing,
     handshake_timeout: std::time::Duration,
-) -> Result<crate::serve::tls::TlsSetup, NodeError> {
+) -> Result<crate::serve::tls::TlsSetup, ExitError> {
     use crate::serve::certs::{CertStore, DefaultCert, SELF_SIGNED_NAMES, SelfSigned};
     if self_signed {
-        let cert = SelfSigned::generate().map_err(NodeError::runtime)?;
+        let cert = SelfSigned::generate().map_err(ExitError::runtime)?;
         let written = match self_signed_pem {
             Some(path) => match cert.write_pem(path) {
                 Ok(()) => Some(path.display().to_string()),
@@ -148,7 +79,7 @@ pub fn tls_setup(
         );
         spec.default = Some(DefaultCert::SelfSigned(cert));
     }
-    let certs = CertStore::load(spec).map_err(NodeError::config)?;
+    let certs = CertStore::load(spec).map_err(ExitError::config)?;
     let limits = h3.then(|| {
         crate::serve::tls::QuicLimits::from_sizing(&sizing.quic, sizing.max_connections.value)
     });
@@ -157,5 +88,5 @@ pub fn tls_setup(
         limits.as_ref(),
         handshake_timeout,
     )
-    .map_err(NodeError::runtime)
+    .map_err(ExitError::runtime)
 }

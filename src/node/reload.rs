@@ -17,10 +17,10 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::NodeError;
 use crate::bundle::sign::TrustPolicy;
 use crate::ops::config::Config;
 use crate::ops::metrics::Metrics;
+use crate::ops::process::ExitError;
 use crate::runtime::Runtime;
 use crate::runtime::app::{AppSource, LoadedApp, load_app};
 use crate::serve::{HostPattern, Router, ServeState};
@@ -38,7 +38,7 @@ pub(super) type ConfigApps = (
 );
 
 /// Parses the `[[app]]` entries of `cfg` (host patterns, sources) without loading anything.
-pub(super) fn config_apps(cfg: &Config) -> Result<ConfigApps, NodeError> {
+pub(super) fn config_apps(cfg: &Config) -> Result<ConfigApps, ExitError> {
     let mut sources = Vec::new();
     let mut bundles = Vec::new();
     for (i, a) in cfg.apps().iter().enumerate() {
@@ -48,14 +48,14 @@ pub(super) fn config_apps(cfg: &Config) -> Result<ConfigApps, NodeError> {
             .map(|h| crate::serve::router::parse_host_pattern(h))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
-                NodeError::config(anyhow::anyhow!("{}: app[{i}].hosts: {e}", cfg.origin()))
+                ExitError::config(anyhow::anyhow!("{}: app[{i}].hosts: {e}", cfg.origin()))
             })?;
         let path = cfg.resolve_source(&a.source);
         if path.extension().is_some_and(|e| e == "bundle") {
             bundles.push((hosts, path));
             continue;
         }
-        let src = AppSource::from_path(&path).map_err(NodeError::app)?;
+        let src = AppSource::from_path(&path).map_err(ExitError::app)?;
         sources.push((hosts, src));
     }
     Ok((sources, bundles))
@@ -177,12 +177,12 @@ impl Reloader {
 
     /// Loads every app the new config names — sources first (no side effects), then bundles,
     /// which are verified under the new trust policy and installed like at start.
-    async fn load(&self, cfg: &Config) -> Result<Loaded, NodeError> {
+    async fn load(&self, cfg: &Config) -> Result<Loaded, ExitError> {
         let policy = super::trust::node_trust_policy(cfg)?;
         let (sources, bundles) = config_apps(cfg)?;
         let mut fixed = Vec::with_capacity(sources.len() + bundles.len());
         for (hosts, src) in &sources {
-            let app = load_app(&self.runtime, src).await.map_err(NodeError::app)?;
+            let app = load_app(&self.runtime, src).await.map_err(ExitError::app)?;
             fixed.push((hosts.clone(), app));
         }
         let mut fixed_releases = Vec::new();
@@ -207,7 +207,7 @@ impl Reloader {
         &self,
         path: &std::path::Path,
         policy: &TrustPolicy,
-    ) -> Result<(Release, LoadedApp), NodeError> {
+    ) -> Result<(Release, LoadedApp), ExitError> {
         let pipeline = Pipeline {
             store: self.store.clone(),
             runtime: self.runtime.clone(),
@@ -223,7 +223,7 @@ impl Reloader {
                 |_| {},
             )
             .await
-            .map_err(|e| NodeError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
+            .map_err(|e| ExitError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
         let release = installed.release;
         if !installed.unchanged {
             tracing::info!(app = %release.app, version = %release.version, digest = %release.digest, "installed bundle");

@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::NodeError;
 use crate::ops::admin::{self, AdminState};
 use crate::ops::config::{self, Config};
 use crate::ops::metrics::Metrics;
+use crate::ops::process::ExitError;
 use crate::ops::systemd::{self, Notify};
 use crate::runtime::app::{AppSource, load_app, load_tenant_app};
 use crate::runtime::{Runtime, RuntimeSettings};
@@ -22,10 +22,10 @@ use crate::sizing;
 use crate::sync::pipeline::{Mode, Pipeline};
 
 /// The `[runtime]` table of `cfg` as sizing overrides.
-pub fn overrides_from(cfg: &Config) -> Result<sizing::Overrides, NodeError> {
-    let table = config::normalise_runtime_table(cfg.runtime_table()).map_err(NodeError::config)?;
+pub fn overrides_from(cfg: &Config) -> Result<sizing::Overrides, ExitError> {
+    let table = config::normalise_runtime_table(cfg.runtime_table()).map_err(ExitError::config)?;
     sizing::Overrides::deserialize(toml::Value::Table(table))
-        .map_err(|e| NodeError::config(anyhow::anyhow!("{}: runtime: {e}", cfg.origin())))
+        .map_err(|e| ExitError::config(anyhow::anyhow!("{}: runtime: {e}", cfg.origin())))
 }
 
 /// How `outpost run` was started, beyond the config itself.
@@ -38,12 +38,12 @@ pub struct RunOptions {
 }
 
 /// Runs the node `cfg` describes until SIGTERM or SIGINT, then drains.
-pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
+pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ExitError> {
     let check = opts.check;
     crate::ops::logging::apply_config_level_logged(cfg.log.level.as_deref(), false);
     let overrides = overrides_from(&cfg)?;
     let hw = sizing::detect();
-    let sizing = sizing::derive(&hw, &overrides).map_err(NodeError::config)?;
+    let sizing = sizing::derive(&hw, &overrides).map_err(ExitError::config)?;
     let state_dir = config::resolve_state_dir(&cfg, |k| std::env::var_os(k));
     // Bundles named in the config are installed into the store (verified first) and served
     // from there, like every release the store holds; `hosts` of such an entry apply to its app.
@@ -51,7 +51,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
     let policy = super::trust::node_trust_policy(&cfg)?;
     let origin = cfg.origin().to_owned();
     let cp_error =
-        move |e: crate::sync::SyncError| NodeError::config(anyhow::anyhow!("{origin}: {e}"));
+        move |e: crate::sync::SyncError| ExitError::config(anyhow::anyhow!("{origin}: {e}"));
     if let Some(cp) = &cfg.control_plane {
         crate::sync::files::pinned_keys(&cp.keys).map_err(&cp_error)?;
     }
@@ -70,7 +70,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
         tracing::warn!(error = %e, "systemd watchdog off");
         None
     });
-    let rt = super::tokio_runtime(sizing.worker_threads.value)?;
+    let rt = crate::ops::process::tokio_runtime(sizing.worker_threads.value)?;
     rt.block_on(async move {
         // SIGHUP reloads from here on, and never kills: the handler is installed before anything
         // is loaded or announced (long before READY), and signals that arrive before the reload
@@ -83,7 +83,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
             }
         };
         if let Err(e) = std::fs::create_dir_all(&state_dir) {
-            return Err(NodeError::config(anyhow::anyhow!(
+            return Err(ExitError::config(anyhow::anyhow!(
                 "state_dir {}: cannot create: {e}",
                 state_dir.display()
             )));
@@ -100,7 +100,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
                 RuntimeSettings::from_sizing(&sizing, Some(state_dir.join("compiled"))),
                 metrics.clone(),
             )
-            .map_err(NodeError::runtime)?,
+            .map_err(ExitError::runtime)?,
         );
         runtime.set_cpu_weights(
             cfg.fairness
@@ -111,7 +111,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
         );
         let mut apps = Vec::with_capacity(apps_cfg.len());
         for (hosts, src) in &apps_cfg {
-            let app = load_app(&runtime, src).await.map_err(NodeError::app)?;
+            let app = load_app(&runtime, src).await.map_err(ExitError::app)?;
             apps.push((hosts.clone(), app));
         }
         let store_dir = state_dir.join("store");
@@ -153,7 +153,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
                 )
                 .await
                     .map_err(|e| {
-                        NodeError::app(anyhow::anyhow!(
+                        ExitError::app(anyhow::anyhow!(
                             "installed release {} {} ({}): {e:#}",
                             r.release.app,
                             r.release.version,
@@ -202,7 +202,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
             .iter()
             .flat_map(|(_, a)| a.components.iter().map(|c| c.component.digest.clone()))
             .collect();
-        let router = Router::new(apps).map_err(|e| NodeError::config(anyhow::anyhow!(e)))?;
+        let router = Router::new(apps).map_err(|e| ExitError::config(anyhow::anyhow!(e)))?;
         if check {
             println!(
                 "config ok: {} app(s), {} component(s)",
@@ -220,7 +220,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
 
         // Sockets passed in by systemd (outpost.socket) replace the configured ones of their role.
         let activated = systemd::take_listeners()
-            .map_err(|e| NodeError::config(anyhow::anyhow!(e)))?
+            .map_err(|e| ExitError::config(anyhow::anyhow!(e)))?
             .unwrap_or_default();
         let http_addrs = if activated.http.is_empty() {
             cfg.http_listen()
@@ -231,11 +231,11 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
         let mut listeners =
             crate::serve::Listeners::bind(http_addrs, cfg.https_listen(), tls.as_ref())
                 .await
-                .map_err(NodeError::runtime)?;
+                .map_err(ExitError::runtime)?;
         for l in activated.http {
             listeners.http.push(
                 tokio::net::TcpListener::from_std(l)
-                    .map_err(|e| NodeError::runtime(anyhow::anyhow!("inherited socket: {e}")))?,
+                    .map_err(|e| ExitError::runtime(anyhow::anyhow!("inherited socket: {e}")))?,
             );
         }
         // Certificate files are watched from here on (and reloaded on SIGHUP) until exit.
@@ -246,10 +246,10 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
         }
         let admin_listener = match (activated.admin, cfg.admin_listen()) {
             (Some(l), _) => Some(tokio::net::TcpListener::from_std(l).map_err(|e| {
-                NodeError::runtime(anyhow::anyhow!("inherited admin socket: {e}"))
+                ExitError::runtime(anyhow::anyhow!("inherited admin socket: {e}"))
             })?),
             (None, Some(a)) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
-                NodeError::runtime(anyhow::anyhow!("cannot listen on {a} (admin): {e}"))
+                ExitError::runtime(anyhow::anyhow!("cannot listen on {a} (admin): {e}"))
             })?),
             (None, None) => None,
         };
@@ -262,7 +262,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
         if let Some(l) = &admin_listener
             && let Ok(a) = l.local_addr()
         {
-            super::announce("admin listening on", a);
+            crate::ops::process::announce("admin listening on", a);
         }
 
         let tenant_addrs = [listeners.http_addrs(), listeners.https_addrs()].concat();
@@ -395,7 +395,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
                         },
                     )));
                 }
-                super::shutdown_signal().await;
+                crate::ops::process::shutdown_signal().await;
                 let _ = stop_agent.send(true);
                 // Not ready while draining, so load balancers stop sending traffic.
                 admin_for_drain.ready.store(false, Ordering::Release);
@@ -405,7 +405,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), NodeError> {
             },
         )
         .await
-        .map_err(NodeError::runtime)?;
+        .map_err(ExitError::runtime)?;
         if let Some(w) = watchdog {
             w.abort();
         }
@@ -520,7 +520,7 @@ fn tls_from_config(
     cfg: &Config,
     sizing: &sizing::Sizing,
     pem_dir: Option<PathBuf>,
-) -> Result<Option<crate::serve::tls::TlsSetup>, NodeError> {
+) -> Result<Option<crate::serve::tls::TlsSetup>, ExitError> {
     use crate::serve::certs::{CertPaths, CertSpec, DefaultCert};
     if cfg.https_listen().is_empty() {
         return Ok(None);
@@ -552,7 +552,7 @@ fn tls_from_config(
         cfg.tls.handshake_timeout,
     )
     .map(Some)
-    .map_err(|e| NodeError {
+    .map_err(|e| ExitError {
         code: e.code,
         error: e.error.context(format!("{}: tls", cfg.origin())),
     })
@@ -578,14 +578,14 @@ async fn open_store_and_install(
     policy: &crate::bundle::sign::TrustPolicy,
     limits: &crate::bundle::archive::Limits,
     bundles: &[(Vec<crate::serve::HostPattern>, PathBuf)],
-) -> Result<OpenedStore, NodeError> {
+) -> Result<OpenedStore, ExitError> {
     use crate::store::{Store, install};
     let blocking =
-        |e: tokio::task::JoinError| NodeError::runtime(anyhow::anyhow!("store task: {e}"));
+        |e: tokio::task::JoinError| ExitError::runtime(anyhow::anyhow!("store task: {e}"));
     let (dir, p, l) = (store_dir.to_owned(), policy.clone(), *limits);
     let store = tokio::task::spawn_blocking(move || {
         let (store, report) = Store::open(&dir)
-            .map_err(|e| NodeError::runtime(anyhow::anyhow!("store {}: {e}", dir.display())))?;
+            .map_err(|e| ExitError::runtime(anyhow::anyhow!("store {}: {e}", dir.display())))?;
         if report.swept > 0 {
             tracing::info!(
                 swept = report.swept,
@@ -599,7 +599,7 @@ async fn open_store_and_install(
                 "store index rebuilt from the verified bundles on disk"
             );
         }
-        Ok::<_, NodeError>(Arc::new(store))
+        Ok::<_, ExitError>(Arc::new(store))
     })
     .await
     .map_err(blocking)??;
@@ -620,7 +620,7 @@ async fn open_store_and_install(
                 |_| {},
             )
             .await
-            .map_err(|e| NodeError::app(anyhow::anyhow!("{}: {e}", path.display())))?
+            .map_err(|e| ExitError::app(anyhow::anyhow!("{}: {e}", path.display())))?
             .installed;
         if !installed.unchanged {
             tracing::info!(app = %installed.release.app, version = %installed.release.version, digest = %installed.release.digest, "installed bundle");

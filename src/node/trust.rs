@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, anyhow};
 
-use super::NodeError;
 use crate::bundle::sign::{self, TrustPolicy};
+use crate::ops::process::ExitError;
 
 /// Builds a trust policy from `--trust` values: key lines or key files.
 pub fn trust_policy(
@@ -43,11 +43,11 @@ pub fn trust_policy(
 }
 
 /// The node's trust policy from `[trust]`.
-pub fn node_trust_policy(cfg: &crate::ops::config::Config) -> Result<TrustPolicy, NodeError> {
+pub fn node_trust_policy(cfg: &crate::ops::config::Config) -> Result<TrustPolicy, ExitError> {
     trust_policy(
         &cfg.trust.keys,
         cfg.trust.threshold,
         cfg.trust.tenants.clone(),
     )
-    .map_err(|e| NodeError::config(anyhow!("{}: trust.{e:#}", cfg.origin())))
+    .map_err(|e| ExitError::config(anyhow!("{}: trust.{e:#}", cfg.origin())))
 }

@@ -1,4 +1,5 @@
-//! Operations: daemon config, metrics, the admin listener, logging and systemd integration.
+//! Operations: daemon config, metrics, the admin listener, logging, systemd integration and the
+//! process around a server (exit codes, signals, address lines).
 //!
 //! Owns: how the daemon is configured and observed.
 //! Must not: run wasm or route tenant traffic.
@@ -10,4 +11,5 @@ pub mod admin;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod process;
 pub mod systemd;

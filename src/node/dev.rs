@@ -1,0 +1,139 @@
+//! `outpost serve`: development mode, like `spin up` — apps from directories, bare components or
+//! verified bundles, served on the given listeners with the machine's sizing and no store, no
+//! control plane and no systemd.
+//!
+//! Owns: putting that small server together and running it until SIGTERM or SIGINT.
+//! Must not: parse arguments (`cli::serve` does) or write anything but the compile cache and the
+//! unpacked bundles it is given a directory for.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ops::metrics::Metrics;
+use crate::ops::process::ExitError;
+use crate::runtime::app::{AppSource, load_app};
+use crate::runtime::{Runtime, RuntimeSettings};
+use crate::serve::{HostPattern, Router, ServeState};
+use crate::sizing::Sizing;
+
+/// What to serve and where.
+pub struct DevServer {
+    pub sources: Vec<AppSource>,
+    pub listen: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+    pub tls: Option<crate::serve::tls::TlsSetup>,
+    /// The compiled-code cache; `None` compiles on every start.
+    pub cache: Option<PathBuf>,
+    /// How long open requests get after SIGTERM.
+    pub drain: Duration,
+}
+
+/// Loads every app, binds the listeners, prints their addresses and serves until SIGTERM or
+/// SIGINT, then drains.
+pub fn run(dev: DevServer, sizing: &Sizing) -> Result<(), ExitError> {
+    super::log_sizing(sizing);
+    let rt = crate::ops::process::tokio_runtime(sizing.worker_threads.value)?;
+    rt.block_on(async move {
+        let metrics = Metrics::new();
+        let runtime = Runtime::new(RuntimeSettings::from_sizing(sizing, dev.cache), metrics.clone())
+            .map(Arc::new)
+            .map_err(ExitError::runtime)?;
+        let mut apps = Vec::with_capacity(dev.sources.len());
+        for src in &dev.sources {
+            let app = load_app(&runtime, src).await.map_err(ExitError::app)?;
+            apps.push((vec![HostPattern::Any], app));
+        }
+        let router = Router::new(apps).map_err(|e| ExitError::app(anyhow::anyhow!(e)))?;
+        let listeners = crate::serve::Listeners::bind(&dev.listen, &dev.https, dev.tls.as_ref())
+            .await
+            .map_err(ExitError::runtime)?;
+        let (_stop_reloader, reloader_stop) = tokio::sync::watch::channel(false);
+        if let Some(t) = &dev.tls {
+            t.certs.set_metrics(metrics.clone());
+            t.certs
+                .spawn_reloader(crate::ops::config::DEFAULT_RELOAD_INTERVAL, reloader_stop);
+        }
+        super::announce_listeners(&listeners);
+        for app in router.apps() {
+            for c in &app.components {
+                tracing::info!(app = %app.name, version = %app.version, component = %c.component.id, routes = ?c.routes, "serving");
+            }
+        }
+        let state = Arc::new(ServeState::new(router, metrics));
+        crate::serve::serve(
+            listeners,
+            state,
+            crate::serve::ServeOptions {
+                door: crate::serve::door::DoorPolicy::with_cap(
+                    sizing.max_connections.value as usize,
+                ),
+                drain: dev.drain,
+                threads: sizing.worker_threads.value,
+            },
+            crate::ops::process::shutdown_signal(),
+        )
+        .await
+        .map_err(ExitError::runtime)?;
+        drop(runtime);
+        Ok(())
+    })
+}
+
+/// Verifies (unless `insecure`) and unpacks a bundle into `dir`: the same verification as
+/// `bundle verify` and `bundle install` ([`crate::store::install::verify_bundle`]), so a bundle
+/// whose manifest names another app or version than its signature is refused here too.
+pub fn open_bundle(
+    path: &std::path::Path,
+    trust: &[String],
+    insecure: bool,
+    dir: &std::path::Path,
+) -> Result<(), ExitError> {
+    use crate::bundle::archive::{self, Limits};
+    use crate::store::install;
+    use anyhow::anyhow;
+    let limits = Limits::default();
+    let bytes = install::read_bundle_file(path, limits.max_compressed)
+        .map_err(|e| ExitError::app(anyhow!("{}: {e}", path.display())))?;
+    let unpacked = if insecure {
+        tracing::warn!(bundle = %path.display(), "serving a bundle WITHOUT checking its signature (--insecure-unsigned)");
+        archive::unpack(&bytes, &limits)
+            .map_err(|e| ExitError::app(anyhow!("{}: {e}", path.display())))?
+    } else {
+        if trust.is_empty() {
+            return Err(ExitError::config(anyhow!(
+                "{}: a bundle needs --trust PUBKEY (or --insecure-unsigned for development)",
+                path.display()
+            )));
+        }
+        let keys: Vec<(String, String)> = trust
+            .iter()
+            .map(|k| ("--trust".to_owned(), k.clone()))
+            .collect();
+        let policy = crate::node::trust::trust_policy(&keys, 1, Default::default())
+            .map_err(ExitError::config)?;
+        let sig = install::read_required_sig_file(path, &install::sig_path_for(path))
+            .map_err(ExitError::app)?;
+        let checked = install::verify_bundle(
+            &bytes,
+            &sig,
+            &policy,
+            crate::base::clock::unix_now(),
+            &limits,
+        )
+        .map_err(|e| ExitError::app(anyhow!("{}: {e}", path.display())))?;
+        checked.unpacked
+    };
+    for (name, data) in unpacked.files() {
+        let target = dir.join(name);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                ExitError::runtime(anyhow!("{}: cannot create: {e}", parent.display()))
+            })?;
+        }
+        std::fs::write(&target, data)
+            .map_err(|e| ExitError::runtime(anyhow!("{}: cannot write: {e}", target.display())))?;
+    }
+    Ok(())
+}
