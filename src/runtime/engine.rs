@@ -13,6 +13,7 @@ use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::fair::TickMode;
+use crate::sizing::{MemoryLayout, PoolSizing};
 
 /// How often the epoch advances while no guest runs long. Each tick lets a guest that has run
 /// [`super::fair::MIN_SLICE`] give its thread back, so this bounds the first slice of a guest
@@ -45,36 +46,12 @@ const KEEP_RESIDENT: usize = 1 << 20;
 /// that stay within [`KEEP_RESIDENT`] decommit nothing either way.
 const DECOMMIT_BATCH: usize = 1;
 
-/// What the engine needs from the sizing: pool dimensions, or `None` for on-demand allocation.
-#[derive(Debug, Clone)]
-pub struct PoolPlan {
-    /// Component instances that may be live at once (one per in-flight request).
-    pub instance_slots: u32,
-    pub total_memories: u32,
-    pub total_tables: u32,
-    pub total_core_instances: u32,
-    pub total_stacks: u32,
-    pub max_core_instances_per_component: u32,
-    pub max_memories_per_component: u32,
-    pub max_tables_per_component: u32,
-    /// Virtual address space reserved per linear memory.
-    pub memory_reservation: u64,
-    pub memory_guard: u64,
-    /// Largest a single linear memory may grow to.
-    pub max_memory_per_instance: u64,
-}
-
-/// Linear-memory layout, applied with either allocator (wasmtime's defaults reserve 4 GiB per
-/// memory, which a small `RLIMIT_AS` or a 39-bit address space cannot hold on demand either).
-#[derive(Debug, Clone)]
-pub struct MemoryPlan {
-    pub reservation: u64,
-    pub guard: u64,
-    pub reservation_for_growth: u64,
-}
-
 /// Builds the engine. `pool = None` means on-demand allocation (sizing explains why).
-pub fn build_engine(pool: Option<&PoolPlan>, memory: &MemoryPlan) -> wasmtime::Result<Engine> {
+/// The engine for this node: pool dimensions from the derived sizing (`None`: on-demand
+/// allocation) and the linear-memory layout, which applies with either allocator (wasmtime's
+/// defaults reserve 4 GiB per memory, which a small `RLIMIT_AS` or a 39-bit address space cannot
+/// hold on demand either).
+pub fn build_engine(pool: Option<&PoolSizing>, memory: &MemoryLayout) -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     // Components only; async so guests can wait on I/O without blocking a worker thread.
     config.wasm_component_model(true);
@@ -87,9 +64,9 @@ pub fn build_engine(pool: Option<&PoolPlan>, memory: &MemoryPlan) -> wasmtime::R
     config.memory_init_cow(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
 
-    config.memory_reservation(memory.reservation);
-    config.memory_guard_size(memory.guard);
-    config.memory_reservation_for_growth(memory.reservation_for_growth);
+    config.memory_reservation(memory.memory_reservation.value);
+    config.memory_guard_size(memory.memory_guard.value);
+    config.memory_reservation_for_growth(memory.memory_reservation_for_growth.value);
 
     if let Some(p) = pool {
         let mut pooling = PoolingAllocationConfig::new();

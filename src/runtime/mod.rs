@@ -48,8 +48,10 @@ pub struct Defaults {
 /// Everything the runtime needs to start, derived from [`sizing::Sizing`].
 #[derive(Debug, Clone)]
 pub struct RuntimeSettings {
-    pub pool: Option<engine::PoolPlan>,
-    pub memory: engine::MemoryPlan,
+    /// Pool dimensions as `sizing` derived them; `None`: on-demand allocation.
+    pub pool: Option<sizing::PoolSizing>,
+    /// The linear-memory layout (with either allocator).
+    pub memory: sizing::MemoryLayout,
     /// Instances that may execute at once; equals the pool's slots when pooling.
     pub instance_slots: u32,
     /// Ceiling for any component's `memory_limit`.
@@ -65,30 +67,13 @@ pub struct RuntimeSettings {
 
 impl RuntimeSettings {
     pub fn from_sizing(s: &sizing::Sizing, cache_dir: Option<PathBuf>) -> Self {
-        let pool = s.pooling.as_ref().map(|p| engine::PoolPlan {
-            instance_slots: p.instance_slots,
-            total_memories: p.total_memories,
-            total_tables: p.total_tables,
-            total_core_instances: p.total_core_instances,
-            total_stacks: p.total_stacks,
-            max_core_instances_per_component: p.max_core_instances_per_component,
-            max_memories_per_component: p.max_memories_per_component,
-            max_tables_per_component: p.max_tables_per_component,
-            memory_reservation: p.memory_reservation,
-            memory_guard: p.memory_guard,
-            max_memory_per_instance: p.max_memory_per_instance,
-        });
         Self {
-            memory: engine::MemoryPlan {
-                reservation: s.memory.memory_reservation.value,
-                guard: s.memory.memory_guard.value,
-                reservation_for_growth: s.memory.memory_reservation_for_growth.value,
-            },
+            memory: s.memory.clone(),
             instance_slots: s.instance_slots.value,
             max_memory_per_instance: s.max_memory_per_instance.value,
             memory_budget: s.memory_budget.value,
             guest_threads: s.worker_threads.value,
-            pool,
+            pool: s.pooling.clone(),
             defaults: Defaults {
                 memory_limit: s.default_memory_limit.value,
                 timeout: Duration::from_millis(s.default_timeout_ms.value),
