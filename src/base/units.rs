@@ -308,6 +308,61 @@ pub(crate) struct SyntaxError {
     pub message: String,
 }
 
+/// Why a TOML document (a node or control-plane config, an app manifest) was rejected: one shape
+/// for all of them, `<origin>:<line>:<column>: invalid TOML: <message>` or
+/// `<origin>: <key path>: <problem>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TomlError {
+    #[error("{origin}:{line}:{column}: invalid TOML: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: {key}: {problem}")]
+    Invalid {
+        origin: String,
+        key: String,
+        problem: String,
+    },
+}
+
+impl TomlError {
+    /// The key path the error is about (`component.hello.routes[0]`), unless it is a syntax error.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Syntax { .. } => None,
+            Self::Invalid { key, .. } => Some(key),
+        }
+    }
+
+    /// A validation error of the document `origin`.
+    pub(crate) fn invalid(origin: &str, e: FieldError) -> Self {
+        Self::Invalid {
+            origin: origin.to_owned(),
+            key: e.key,
+            problem: e.problem,
+        }
+    }
+}
+
+/// Parses `text` (from `origin`, for errors) as a TOML table and hands it to `validate`: every
+/// error, syntax or validation, comes back as a [`TomlError`].
+pub(crate) fn parse_document<T>(
+    text: &str,
+    origin: &str,
+    validate: impl FnOnce(toml::Table) -> Result<T, FieldError>,
+) -> Result<T, TomlError> {
+    let table = parse_toml(text).map_err(|e| TomlError::Syntax {
+        origin: origin.to_owned(),
+        line: e.line,
+        column: e.column,
+        message: e.message,
+    })?;
+    validate(table).map_err(|e| TomlError::invalid(origin, e))
+}
+
 /// Parses `text` as a TOML table, turning errors into one-line messages with a line and column.
 pub(crate) fn parse_toml(text: &str) -> Result<toml::Table, SyntaxError> {
     toml::from_str(text).map_err(|e: toml::de::Error| {

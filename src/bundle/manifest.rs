@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use crate::base::outbound::{OutboundPattern, OutboundPolicy};
-use crate::base::units::{Field, FieldError, Fields, describe, parse_toml, quote};
+use crate::base::units::{Field, FieldError, Fields, describe, quote};
 
 /// The file name a manifest must have inside an app directory.
 pub const MANIFEST_FILE_NAME: &str = "outpost.toml";
@@ -101,51 +101,16 @@ pub struct LimitSpec {
     pub max_request_body: Option<u64>,
 }
 
-/// Why a manifest was rejected. Displays as `<origin>: <key path>: <problem>`, or
-/// `<origin>:<line>:<column>: ...` for TOML syntax errors.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ManifestError {
-    #[error("{origin}:{line}:{column}: invalid TOML: {message}")]
-    Syntax {
-        origin: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{origin}: {key}: {problem}")]
-    Invalid {
-        origin: String,
-        key: String,
-        problem: String,
-    },
-}
-
-impl ManifestError {
-    /// The key path the error is about (`component.hello.routes[0]`), if it is not a syntax error.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            Self::Syntax { .. } => None,
-            Self::Invalid { key, .. } => Some(key),
-        }
-    }
-}
+/// Why a manifest was rejected: the shape every TOML document shares, `<origin>: <key path>:
+/// <problem>`, or `<origin>:<line>:<column>: ...` for TOML syntax errors.
+pub type ManifestError = crate::base::units::TomlError;
 
 // === impl Manifest ===
 
 impl Manifest {
     /// Parses and validates manifest `text`; `origin` (usually the file path) prefixes errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ManifestError> {
-        let table = parse_toml(text).map_err(|e| ManifestError::Syntax {
-            origin: origin.to_owned(),
-            line: e.line,
-            column: e.column,
-            message: e.message,
-        })?;
-        parse_table(table).map_err(|e| ManifestError::Invalid {
-            origin: origin.to_owned(),
-            key: e.key,
-            problem: e.problem,
-        })
+        crate::base::units::parse_document(text, origin, parse_table)
     }
 
     /// The implicit manifest of a bare component file: named after the file stem, version

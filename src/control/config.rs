@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::base::units::{Field, FieldError, Fields, parse_toml};
+use crate::base::units::{Field, FieldError, Fields, parse_document};
 
 /// Default `desired_state_ttl`: a node that cannot reach the control plane keeps applying its
 /// document for a day; after that it keeps what it runs but refuses the stale document.
@@ -101,17 +101,7 @@ impl ControlConfig {
     /// Parses and validates `text`; `origin` (the file path) prefixes errors. Relative paths
     /// stay relative.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ControlConfigError> {
-        let table = parse_toml(text).map_err(|e| ControlConfigError::Syntax {
-            origin: origin.to_owned(),
-            line: e.line,
-            column: e.column,
-            message: e.message,
-        })?;
-        parse_table(table, origin).map_err(|e| ControlConfigError::Invalid {
-            origin: origin.to_owned(),
-            key: e.key,
-            problem: e.problem,
-        })
+        Ok(parse_document(text, origin, |t| parse_table(t, origin))?)
     }
 
     /// Reads `path` and parses it, resolving relative paths against its directory.

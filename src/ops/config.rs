@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::base::outbound::HostPattern;
-use crate::base::units::{Field, FieldError, Fields, parse_toml, quote};
+use crate::base::units::{Field, FieldError, Fields, TomlError, parse_document, quote};
 
 mod control_plane;
 mod tls;
@@ -262,36 +262,22 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{origin}:{line}:{column}: invalid TOML: {message}")]
-    Syntax {
-        origin: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{origin}: {key}: {problem}")]
-    Invalid {
-        origin: String,
-        key: String,
-        problem: String,
-    },
+    /// The file's TOML: syntax, or a key's value.
+    #[error(transparent)]
+    Toml(#[from] TomlError),
 }
 
 impl ConfigError {
     /// The key path the error is about, for validation errors.
     pub fn key(&self) -> Option<&str> {
         match self {
-            Self::Invalid { key, .. } => Some(key),
+            Self::Toml(e) => e.key(),
             _ => None,
         }
     }
 
     fn invalid(origin: &str, e: FieldError) -> Self {
-        Self::Invalid {
-            origin: origin.to_owned(),
-            key: e.key,
-            problem: e.problem,
-        }
+        Self::Toml(TomlError::invalid(origin, e))
     }
 }
 
@@ -301,14 +287,7 @@ impl Config {
     /// Parses and validates config `text`; `origin` (usually the file path) prefixes errors.
     /// Relative paths are kept relative; [`Config::load`] resolves them.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let table = parse_toml(text).map_err(|e| ConfigError::Syntax {
-            origin: origin.to_owned(),
-            line: e.line,
-            column: e.column,
-            message: e.message,
-        })?;
-        let (mut config, raw_runtime) =
-            parse_table(table).map_err(|e| ConfigError::invalid(origin, e))?;
+        let (mut config, raw_runtime) = parse_document(text, origin, parse_table)?;
         config.runtime = normalise_runtime_table_at(&raw_runtime, origin)?;
         config.origin = origin.to_owned();
         Ok(config)
@@ -1098,7 +1077,7 @@ source = "/srv/x.wasm"
         let msg = err.to_string();
         assert!(msg.starts_with(&format!("{ORIGIN}:")), "{msg}");
         assert!(msg.contains("invalid TOML"), "{msg}");
-        let ConfigError::Syntax { line, column, .. } = err else {
+        let ConfigError::Toml(TomlError::Syntax { line, column, .. }) = err else {
             panic!("expected a syntax error: {msg}");
         };
         assert!(line >= 2 && column >= 1, "{line}:{column}");
