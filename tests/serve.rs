@@ -64,6 +64,45 @@ async fn request_and_response_bodies_stream() {
     assert_eq!(&rest[..], b"second");
 }
 
+/// `--log-level` for a daemon whose test must know that a request has reached its guest.
+/// wasmtime's WASI bindings trace every call a guest makes into the host; that is the only sign
+/// of it `outpost serve` gives (it has no admin listener, and logs nothing when a request
+/// starts).
+const TRACE_GUEST_CALLS: &str = "info,wasmtime=warn,wasmtime_wasi=trace,wasmtime_wasi_http=trace";
+
+/// `outpost serve ARGS...` with [`TRACE_GUEST_CALLS`].
+fn serve_tracing_guest_calls(args: &[&str]) -> Daemon {
+    let mut full = vec!["--log-level", TRACE_GUEST_CALLS];
+    full.extend_from_slice(args);
+    Daemon::serve(&full)
+}
+
+/// How many calls guests have made so far to the WASI function `f`, from the trace that
+/// [`TRACE_GUEST_CALLS`] turns on: `subscribe-duration` is a `/sleep` guest parking on its
+/// timer, `path-with-query` any guest reading its request.
+fn guest_calls(d: &Daemon, f: &str) -> usize {
+    let function = format!("function=\"{f}\"");
+    d.stderr()
+        .lines()
+        .filter(|l| l.contains(&function) && l.contains(": call"))
+        .count()
+}
+
+/// Waits (up to [`PATIENCE`]) until guests have made `n` calls to the WASI function `f` (see
+/// [`guest_calls`]).
+async fn wait_guest_calls(d: &Daemon, f: &str, n: usize) {
+    let what = format!("{n} call(s) by guests to {f}");
+    wait_until(&what, PATIENCE, async || {
+        let seen = guest_calls(d, f);
+        if seen >= n {
+            Ok(())
+        } else {
+            Err(format!("{seen} calls; stderr:\n{}", d.stderr()))
+        }
+    })
+    .await;
+}
+
 fn limits_app(extra: &str) -> AppDir {
     AppDir::new(
         &format!(
@@ -96,7 +135,7 @@ max_request_body = "1KiB"
 #[tokio::test]
 async fn timeout_gives_504_for_sleeping_and_spinning_guests_without_hurting_others() {
     let app = limits_app("timeout = \"300ms\"");
-    let d = Daemon::serve(&[app.path().to_str().unwrap()]);
+    let d = serve_tracing_guest_calls(&[app.path().to_str().unwrap()]);
     let addr = d.addr();
     let r = get(addr, "/sleep/10000").await;
     assert_eq!(r.status, 504, "{r:?}");
@@ -107,9 +146,11 @@ async fn timeout_gives_504_for_sleeping_and_spinning_guests_without_hurting_othe
     );
 
     // Two spinning guests (one per core) must not stop another component from answering.
+    let before = guest_calls(&d, "[method]incoming-request.path-with-query");
     let spin1 = tokio::spawn(async move { get(addr, "/spin").await });
     let spin2 = tokio::spawn(async move { get(addr, "/spin").await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Both have read their path: from here on they spin.
+    wait_guest_calls(&d, "[method]incoming-request.path-with-query", before + 2).await;
     let hello = get(addr, "/").await;
     assert_eq!(hello.status, 200);
     assert_eq!(spin1.await.unwrap().status, 504);
@@ -173,11 +214,14 @@ async fn oversized_bodies_get_413_by_length_and_by_stream() {
 #[tokio::test]
 async fn concurrency_limit_gives_503_with_retry_after() {
     let app = limits_app("max_concurrency = 1");
-    let d = Daemon::serve(&[app.path().to_str().unwrap()]);
+    let d = serve_tracing_guest_calls(&[app.path().to_str().unwrap()]);
     let addr = d.addr();
     let first = tokio::spawn(async move { get(addr, "/sleep/1500").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first request holds the one slot once its guest sleeps.
+    wait_guest_calls(&d, "subscribe-duration", 1).await;
     let queued = tokio::spawn(async move { get(addr, "/sleep/10").await });
+    // Time on purpose: nothing marks a request waiting for a slot (no host call, no log line,
+    // no admin listener on `serve`), so it is given time to get into the queue.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let refused = get(addr, "/sleep/10").await;
     assert_eq!(refused.status, 503);
@@ -436,10 +480,10 @@ region = "eu-west"
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests() {
-    let d = Daemon::serve(&[wasm("slow").to_str().unwrap()]);
+    let d = serve_tracing_guest_calls(&[wasm("slow").to_str().unwrap()]);
     let addr = d.addr();
     let inflight = tokio::spawn(async move { get(addr, "/sleep/800").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_guest_calls(&d, "subscribe-duration", 1).await;
     d.sigterm();
     let r = inflight.await.unwrap();
     assert_eq!(r.status, 200);
@@ -454,11 +498,10 @@ async fn sigterm_drains_in_flight_requests() {
 
 #[tokio::test]
 async fn sigint_drains_like_sigterm() {
-    let d = Daemon::serve(&[wasm("slow").to_str().unwrap()]);
+    let d = serve_tracing_guest_calls(&[wasm("slow").to_str().unwrap()]);
     let addr = d.addr();
     let inflight = tokio::spawn(async move { get(addr, "/sleep/600").await });
-    // Nothing is logged when a request starts; give it time to reach the guest.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_guest_calls(&d, "subscribe-duration", 1).await;
     d.signal("INT");
     let r = inflight.await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "slept 600ms\n"));
@@ -470,10 +513,11 @@ async fn sigint_drains_like_sigterm() {
 async fn drain_deadline_cuts_requests_that_outlast_it() {
     // The guest would answer after 60 s; the drain gives it 300 ms. The daemon must exit at the
     // deadline (well before the guest would have answered), cutting the connection, and say so.
-    let d = Daemon::serve(&["--drain-timeout", "300ms", wasm("slow").to_str().unwrap()]);
+    let d =
+        serve_tracing_guest_calls(&["--drain-timeout", "300ms", wasm("slow").to_str().unwrap()]);
     let addr = d.addr();
     let inflight = tokio::spawn(async move { try_get(addr, "/sleep/60000").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_guest_calls(&d, "subscribe-duration", 1).await;
     d.sigterm();
     let mut d = d;
     let code = d.wait_exit(Duration::from_secs(20));

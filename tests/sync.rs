@@ -93,6 +93,7 @@ impl hyper::body::Body for Stalled {
         }
         let b = self.chunks.pop_front().unwrap();
         if !self.gap.is_zero() {
+            // Time on purpose: a slow link is one whose chunks arrive this far apart.
             self.wait = Some(Box::pin(tokio::time::sleep(self.gap)));
         }
         Poll::Ready(Some(Ok(hyper::body::Frame::data(b))))
@@ -156,24 +157,21 @@ impl MockCp {
         self.state.lock().unwrap().desired = Some((seq, envelope));
     }
 
-    /// Waits (up to 30 s) for a sync report that satisfies `f`.
+    /// Waits (up to [`PATIENCE`]) for a sync report that satisfies `f`.
     async fn wait_report(&self, what: &str, f: impl Fn(&SyncReport) -> bool) -> SyncReport {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(r) = self
-                .state
-                .lock()
-                .unwrap()
-                .reports
-                .iter()
-                .rev()
-                .find(|r| f(r))
-            {
-                return r.clone();
+        let what = format!("a sync report with {what}");
+        wait_until(&what, PATIENCE, async || {
+            let m = self.state.lock().unwrap();
+            match m.reports.iter().rev().find(|r| f(r)) {
+                Some(r) => Ok(r.clone()),
+                None => Err(format!(
+                    "{} reports, the last {:?}",
+                    m.reports.len(),
+                    m.reports.last()
+                )),
             }
-            assert!(Instant::now() < deadline, "no sync report with {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -397,20 +395,18 @@ fn sealed(cp: &SigningKey, node: &str, seq: u64, apps: Vec<DesiredApp>) -> Vec<u
     seal(&state, cp).unwrap()
 }
 
-/// GETs `path` until the body is `want` (up to 30 s).
+/// GETs `path` until the body is `want` (up to [`PATIENCE`]).
 async fn wait_body(addr: std::net::SocketAddr, path: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("{path} to answer {want:?}");
+    wait_until(&what, PATIENCE, async || {
         let r = get(addr, path).await;
         if r.status == 200 && r.body == want {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never answered {want:?}; last {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 fn node_config(lab: &Lab, cp: &MockCp, cp_key: &SigningKey) -> PathBuf {
@@ -496,27 +492,28 @@ async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
     let d = Daemon::run_config(&cfg);
     let admin = d.admin.unwrap();
     // Ready without waiting for the control plane (it has not assigned anything yet).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(admin, "/readyz").await.status != 200 {
-        assert!(Instant::now() < deadline, "never ready:\n{}", d.stderr());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let node = loop {
-        if let Some(n) = cp.node() {
-            break n;
+    wait_until("/readyz to answer 200", PATIENCE, async || {
+        let r = get(admin, "/readyz").await;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{r:?}\nstderr:\n{}", d.stderr()))
         }
-        assert!(Instant::now() < deadline, "never enrolled:\n{}", d.stderr());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
+    let node = enrolled(&cp, &d).await;
     let state = lab.path("node-state");
     assert_eq!(mode(&state.join("node.key")), 0o600);
     // Written once the enrolment response is in.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !state.join("enrolment.json").exists() {
-        assert!(Instant::now() < deadline, "no enrolment record");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let record = state.join("enrolment.json");
+    wait_until("the enrolment record", PATIENCE, async || {
+        if record.exists() {
+            Ok(())
+        } else {
+            Err(format!("no {}", record.display()))
+        }
+    })
+    .await;
     let enrolment: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state.join("enrolment.json")).unwrap()).unwrap();
     assert_eq!(enrolment["node"], node.as_str());
@@ -561,18 +558,13 @@ async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
         first > 0.0,
         "outpost_sync_last_success_timestamp_seconds {first}"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = last_success(&get(admin, "/metrics").await.body);
-        if now > first {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "last success stuck at {first} while polling every 200 ms"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_metrics(
+        admin,
+        &d,
+        &format!("the last success time above {first} (the node polls every 200 ms)"),
+        |m| last_success(m) > first,
+    )
+    .await;
 
     // Sequence 2: v2, only on greeter.example.com.
     cp.set_desired(
@@ -584,8 +576,7 @@ async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
             vec![entry("2.0.0", &v2, &v2_sig, &["greeter.example.com"])],
         ),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until("v2 served on greeter.example.com", PATIENCE, async || {
         let r = request_with(
             d.addr(),
             "GET",
@@ -595,11 +586,12 @@ async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
         )
         .await;
         if r.body == "two" {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
         }
-        assert!(Instant::now() < deadline, "v2 never served: {r:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     assert_eq!(get(d.addr(), "/greeting").await.status, 404, "other hosts");
 
     // Sequence 3: the control plane rolls back to the older v1 (already in the store: no
@@ -621,15 +613,10 @@ async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
     // A document signed by another key is refused and counted; v1 keeps serving.
     let rogue = SigningKey::from_seed(&[9; 32]);
     cp.set_desired(4, sealed(&rogue, &node, 4, Vec::new()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = get(admin, "/metrics").await.body;
-        if m.contains("outpost_sync_failures_total{reason=\"desired_state\"}") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "refusal not counted:\n{m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metrics(admin, &d, "the refusal counted", |m| {
+        m.contains("outpost_sync_failures_total{reason=\"desired_state\"}")
+    })
+    .await;
     assert_eq!(get(d.addr(), "/greeting").await.body, "one");
     let r = cp.state.lock().unwrap().reports.last().cloned().unwrap();
     assert_eq!(r.applied_sequence, Some(3));
@@ -645,19 +632,7 @@ async fn enrol_sync_fetch_serve_report_roll_back_and_restart_offline() {
             vec![entry("2.0.0", &v2, &v2_sig, &["greeter.example.com"])],
         ),
     );
-    // (Waiting without blocking the thread: the mock control plane runs on this runtime.)
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !d
-        .stderr()
-        .contains("sequence 2 is older than the applied sequence 3")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "replay not refused:\n{}",
-            d.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_stderr(&d, "sequence 2 is older than the applied sequence 3").await;
     let r = request_with(
         d.addr(),
         "GET",
@@ -707,14 +682,11 @@ fn not_enrolled_without_a_token_is_a_config_error() {
 
 /// Waits until the mock control plane enrolled the node; returns its id.
 async fn enrolled(cp: &MockCp, d: &Daemon) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(n) = cp.node() {
-            return n;
-        }
-        assert!(Instant::now() < deadline, "never enrolled:\n{}", d.stderr());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the node to enrol", PATIENCE, async || {
+        cp.node()
+            .ok_or_else(|| format!("no enrolment; stderr:\n{}", d.stderr()))
+    })
+    .await
 }
 
 /// Waits until a scrape of `admin` satisfies `f`; returns that scrape.
@@ -724,33 +696,30 @@ async fn wait_metrics(
     what: &str,
     f: impl Fn(&str) -> bool,
 ) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(&format!("metrics showing {what}"), PATIENCE, async || {
         let m = get(admin, "/metrics").await.body;
         if f(&m) {
-            return m;
+            Ok(m)
+        } else {
+            Err(format!("{m}\nstderr:\n{}", d.stderr()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never showed {what}:\n{m}\nstderr:\n{}",
-            d.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Waits (without blocking the thread: the mock control plane runs on this runtime) until the
 /// node's stderr contains `needle`; returns the log.
 async fn wait_stderr(d: &Daemon, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("stderr to contain {needle:?}");
+    wait_until(&what, PATIENCE, async || {
         let log = d.stderr();
         if log.contains(needle) {
-            return log;
+            Ok(log)
+        } else {
+            Err(log)
         }
-        assert!(Instant::now() < deadline, "never logged {needle:?}:\n{log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Receives notify datagrams until one has the line `line`; returns that datagram.

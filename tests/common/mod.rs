@@ -278,6 +278,33 @@ impl Daemon {
     }
 }
 
+/// How long a test waits for something the daemon is about to do: generous, because the
+/// machine may be busy with other builds. A failure deadline, never a measurement.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Calls `probe` every 25 ms until it returns `Ok`, and returns that value; once `deadline`
+/// has passed, fails the test naming `what` was awaited and the last `Err` (what the probe saw
+/// instead). Between probes it yields to the runtime, so whatever runs on the test's own
+/// runtime (a mock control plane, a spawned request) keeps going.
+pub async fn wait_until<T>(
+    what: &str,
+    deadline: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let give_up = Instant::now() + deadline;
+    loop {
+        let seen = match probe().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        assert!(
+            Instant::now() < give_up,
+            "gave up after {deadline:?} waiting for {what}; last seen:\n{seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Which `listening on …` lines [`Daemon::spawn_expecting`] waits for.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Expect {
