@@ -200,7 +200,7 @@ pub struct RolloutStatus {
     pub waves: Vec<WaveStatus>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WaveStatus {
     /// Cumulative percentage of the group.
     pub percent: u32,

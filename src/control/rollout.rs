@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::api::{AppHealth, FailedRelease, RolloutState, RolloutStatus, WaveState, WaveStatus};
-use crate::bundle::Digest;
 use crate::bundle::desired::DesiredApp;
 
 /// A wave's error rate is judged only once its nodes answered this many requests: one failed
@@ -24,34 +23,9 @@ pub const MIN_REQUESTS_FOR_GATE: u64 = 5;
 /// Longest bake time accepted (a day): longer is almost certainly a unit mistake.
 pub const MAX_BAKE_SECS: u64 = 24 * 3600;
 
-/// One app's release as assigned to a node: what goes into its desired state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Release {
-    pub app: String,
-    #[serde(default)]
-    pub tenant: Option<String>,
-    pub version: String,
-    pub digest: Digest,
-    pub size: u64,
-    /// The release signature file, base64.
-    pub signature: String,
-    #[serde(default)]
-    pub hosts: Vec<String>,
-}
-
-impl Release {
-    pub fn to_desired(&self) -> DesiredApp {
-        DesiredApp {
-            app: self.app.clone(),
-            tenant: self.tenant.clone(),
-            version: self.version.clone(),
-            digest: self.digest,
-            size: self.size,
-            signature: self.signature.clone(),
-            hosts: self.hosts.clone(),
-        }
-    }
-}
+/// One app's release as assigned to a node: exactly the desired state's entry for it (stored in
+/// sled as it is sealed into a node's document).
+pub type Release = DesiredApp;
 
 /// What the engine knows about one node of the rollout at a tick.
 #[derive(Debug, Clone, Copy)]
@@ -85,29 +59,9 @@ pub enum Action {
     Succeeded { group: String, release: Release },
 }
 
-/// One wave: the nodes it adds, its state and its latest numbers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Wave {
-    /// Cumulative percentage of the group, as configured.
-    pub percent: u32,
-    /// Nodes this wave adds (earlier waves' nodes are not repeated).
-    pub nodes: Vec<String>,
-    pub state: WaveState,
-    pub started_ms: Option<u64>,
-    pub converged_ms: Option<u64>,
-    pub finished_ms: Option<u64>,
-    /// Nodes of this wave running the release.
-    pub active: usize,
-    /// The release's requests and 5xx answers over every node up to this wave.
-    pub requests: u64,
-    pub errors: u64,
-    /// Nodes of this wave that were offline when it started: assigned like the others, but not
-    /// waited for (a powered-off gateway must not hold up the fleet). Their reports and failures
-    /// count once they are back. A node that goes silent *after* its wave started is waited for:
-    /// a release that takes nodes down must not pass for lack of news.
-    #[serde(default)]
-    pub offline: Vec<String>,
-}
+/// One wave: the nodes it adds, its state and its latest numbers. The API's `WaveStatus` is the
+/// same record (stored in sled as it is sent to operators), so the engine keeps no mirror of it.
+pub type Wave = WaveStatus;
 
 /// A rollout of one release to a fixed set of nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -357,22 +311,7 @@ impl Rollout {
             created: self.created_ms / 1000,
             finished: self.finished_ms.map(|m| m / 1000),
             reason: self.reason.clone(),
-            waves: self
-                .waves
-                .iter()
-                .map(|w| WaveStatus {
-                    percent: w.percent,
-                    nodes: w.nodes.clone(),
-                    state: w.state,
-                    started_ms: w.started_ms,
-                    converged_ms: w.converged_ms,
-                    finished_ms: w.finished_ms,
-                    active: w.active,
-                    requests: w.requests,
-                    errors: w.errors,
-                    offline: w.offline.clone(),
-                })
-                .collect(),
+            waves: self.waves.clone(),
         }
     }
 }

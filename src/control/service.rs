@@ -599,7 +599,7 @@ impl ControlPlane {
         }
         node.last_seen = Some(now);
         node.report = report;
-        let apps: Vec<_> = node.apps.values().map(Release::to_desired).collect();
+        let apps: Vec<_> = node.apps.values().cloned().collect();
         let stale = match &node.sealed {
             None => true,
             Some(s) => s.apps != apps || s.expires.saturating_sub(now) < self.ttl_secs / 2,
