@@ -29,19 +29,8 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-# start NAME CMD...: runs CMD, waits for its "listening on http://127.0.0.1:PORT" line.
-start() {
-  local name=$1; shift
-  "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  PIDS+=($!)
-  for _ in $(seq 1 600); do
-    local url
-    url=$(grep -oE 'http://127\.0\.0\.1:[0-9]+' "$WORK/$name.out" 2>/dev/null | head -1 || true)
-    if [ -n "$url" ]; then printf -v "URL_$name" '%s/' "$url"; return 0; fi
-    sleep 0.1
-  done
-  echo "$name did not start:" >&2; cat "$WORK/$name.err" >&2; exit 1
-}
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 start a "$A" --log-level warn serve --no-cache --listen 127.0.0.1:0 "$HELLO"
 start b "$B" --log-level warn serve --no-cache --listen 127.0.0.1:0 "$HELLO"
@@ -52,7 +41,6 @@ for s in a b; do
   wrk -t1 -c$CONNS -d2s "${!url_var}" >/dev/null  # warm-up
 done
 
-to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} }'; }
 declare -A RPS P99
 RATIOS=""
 for r in $(seq 1 "$ROUNDS"); do
@@ -71,7 +59,6 @@ for r in $(seq 1 "$ROUNDS"); do
   RATIOS+="$(echo "${this[b]} / ${this[a]}" | bc -l | xargs printf '%.3f') "
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "| binary | req/s (median of $ROUNDS) | p99 latency (median) |"
 echo "|---|---|---|"

@@ -27,19 +27,8 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-# start NAME CMD...: runs CMD, waits for a line with http://127.0.0.1:PORT, sets URL_<NAME>.
-start() {
-  local name=$1; shift
-  "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  PIDS+=($!)
-  for _ in $(seq 1 300); do
-    local url
-    url=$(grep -oE 'http://127\.0\.0\.1:[0-9]+' "$WORK/$name.out" "$WORK/$name.err" 2>/dev/null | head -1 | sed 's/^[^:]*://' || true)
-    if [ -n "$url" ]; then printf -v "URL_$name" '%s/' "${url%/}"; return 0; fi
-    sleep 0.1
-  done
-  echo "$name did not start:" >&2; cat "$WORK/$name.err" >&2; exit 1
-}
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 start outpost "$OUTPOST" --log-level warn serve --no-cache --listen 127.0.0.1:0 "$HELLO"
 start native "$NATIVE" 127.0.0.1:0
@@ -60,7 +49,6 @@ for s in "${SERVERS[@]}"; do
 done
 
 # wrk's p99 line is e.g. "     99%    1.23ms"; normalise to microseconds.
-to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} }'; }
 declare -A RPS P99
 for r in $(seq 1 "$ROUNDS"); do
   for s in "${SERVERS[@]}"; do
@@ -75,7 +63,6 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 o_rps=$(echo "${RPS[outpost]}" | median)
 echo
 echo "| server | req/s (median of $ROUNDS) | p99 latency | req/s vs Outpost |"

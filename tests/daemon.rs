@@ -6,24 +6,7 @@ mod common;
 use common::*;
 
 fn write_config(dir: &std::path::Path, apps: &str) -> std::path::PathBuf {
-    let p = dir.join("outpost-daemon.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"
-[node]
-state_dir = "{}"
-[listen]
-http = ["127.0.0.1:0"]
-admin = "127.0.0.1:0"
-drain_timeout = "5s"
-{apps}
-"#,
-            dir.join("state").display()
-        ),
-    )
-    .unwrap();
-    p
+    write_node_config(dir, "outpost-daemon.toml", "drain_timeout = \"5s\"", apps)
 }
 
 #[tokio::test]

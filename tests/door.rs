@@ -18,29 +18,12 @@ use tokio::net::TcpStream;
 const GUARD: Duration = Duration::from_secs(30);
 
 fn write_config(dir: &std::path::Path, listen_extra: &str, runtime: &str) -> std::path::PathBuf {
-    let p = dir.join("outpost-door.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"
-[node]
-state_dir = "{}"
-[listen]
-http = ["127.0.0.1:0"]
-admin = "127.0.0.1:0"
-drain_timeout = "1s"
-{listen_extra}
-[runtime]
-{runtime}
-[[app]]
-source = "builtin:demo"
-hosts = ["*"]
-"#,
-            dir.join("state").display()
-        ),
+    write_node_config(
+        dir,
+        "outpost-door.toml",
+        &format!("drain_timeout = \"1s\"\n{listen_extra}"),
+        &format!("[runtime]\n{runtime}\n[[app]]\nsource = \"builtin:demo\"\nhosts = [\"*\"]"),
     )
-    .unwrap();
-    p
 }
 
 /// Reads until the server closes the connection (EOF or reset): true; false when `GUARD`

@@ -43,26 +43,11 @@ timeout = "300ms"
 
 /// `outpost run` with a cleartext listener, an admin listener (for `/metrics`) and [`edge_app`].
 fn run_edge(dir: &std::path::Path, app: &AppDir) -> Daemon {
-    let cfg = dir.join("outpost.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[node]
-state_dir = "{}"
-[listen]
-http = ["127.0.0.1:0"]
-admin = "127.0.0.1:0"
-[[app]]
-source = "{}"
-hosts = ["*"]
-"#,
-            dir.join("state").display(),
-            app.path().display()
-        ),
-    )
-    .unwrap();
-    Daemon::run_config(&cfg)
+    let app = format!(
+        "[[app]]\nsource = \"{}\"\nhosts = [\"*\"]",
+        app.path().display()
+    );
+    Daemon::run_config(&write_node_config(dir, "outpost.toml", "", &app))
 }
 
 /// `outpost serve` of [`edge_app`] on cleartext, TLS (self-signed) and QUIC.

@@ -190,27 +190,11 @@ timeout = "200ms"
 /// `outpost run` with `app` (an app directory or a bundle) on every host, plus `trust`
 /// (a `[trust]` table, or nothing).
 fn run_app(dir: &std::path::Path, app: &std::path::Path, trust: &str) -> Daemon {
-    let cfg = dir.join("outpost.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[node]
-state_dir = "{}"
-[listen]
-http = ["127.0.0.1:0"]
-admin = "127.0.0.1:0"
-{trust}
-[[app]]
-source = "{}"
-hosts = ["*"]
-"#,
-            dir.join("state").display(),
-            app.display()
-        ),
-    )
-    .unwrap();
-    Daemon::run_config(&cfg)
+    let rest = format!(
+        "{trust}\n[[app]]\nsource = \"{}\"\nhosts = [\"*\"]",
+        app.display()
+    );
+    Daemon::run_config(&write_node_config(dir, "outpost.toml", "", &rest))
 }
 
 /// The `suppressed=N` value of a log line, if it has one.

@@ -15,6 +15,23 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
+/// Writes `DIR/NAME`, a node config for `outpost run`: state in `DIR/state`, a cleartext and an
+/// admin listener on 127.0.0.1 port 0, `listen_extra` lines in `[listen]`, then `rest` (the
+/// tables that follow: `[[app]]`, `[trust]`, `[runtime]`, ...).
+pub fn write_node_config(dir: &Path, name: &str, listen_extra: &str, rest: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        format!(
+            "[node]\nstate_dir = \"{}\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+             admin = \"127.0.0.1:0\"\n{listen_extra}\n{rest}\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
 /// Path of a guest app built by build.rs from testbed/apps.
 pub fn wasm(name: &str) -> PathBuf {
     let p = Path::new(env!("OUTPOST_TESTBED_APPS_DIR")).join(format!("{name}.wasm"));
