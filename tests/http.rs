@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// hello at `/`, echo at `/echo` (1 MiB request bodies at most), slow at `/sleep` (300 ms).
@@ -102,67 +102,6 @@ async fn metric(admin: SocketAddr, series: &str) -> f64 {
 
 // === TLS and HTTP/3 clients ===
 
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Trusts the server's self-signed development certificate (the tests check HTTP, not PKI).
-fn client_tls(alpn: &[u8]) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    c.alpn_protocols = vec![alpn.to_vec()];
-    c
-}
-
 /// An HTTP/2 connection: over TLS (ALPN h2) to `tls`, or cleartext prior knowledge to `clear`.
 async fn h2_connect(
     addr: SocketAddr,
@@ -171,7 +110,7 @@ async fn h2_connect(
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     if tls {
         let name = ServerName::try_from("localhost").unwrap();
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(client_tls(b"h2")))
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(client_tls_any(&[b"h2"])))
             .connect(name, tcp)
             .await
             .unwrap();
@@ -231,7 +170,7 @@ struct H3Client {
 }
 
 async fn h3_connect(addr: SocketAddr) -> H3Client {
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls(b"h3")).unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls_any(&[b"h3"])).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
     let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
