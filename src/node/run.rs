@@ -39,39 +39,86 @@ pub struct RunOptions {
 
 /// Runs the node `cfg` describes until SIGTERM or SIGINT, then drains.
 pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ExitError> {
-    let check = opts.check;
-    crate::ops::logging::apply_config_level_logged(cfg.log.level.as_deref(), false);
-    let overrides = overrides_from(&cfg)?;
-    let hw = sizing::detect();
-    let sizing = sizing::derive(&hw, &overrides).map_err(ExitError::config)?;
-    let state_dir = config::resolve_state_dir(&cfg, |k| std::env::var_os(k));
-    // Bundles named in the config are installed into the store (verified first) and served
-    // from there, like every release the store holds; `hosts` of such an entry apply to its app.
-    let (apps_cfg, bundle_cfg) = super::reload::config_apps(&cfg)?;
-    let policy = super::trust::node_trust_policy(&cfg)?;
-    let origin = cfg.origin().to_owned();
-    let cp_error =
-        move |e: crate::sync::SyncError| ExitError::config(anyhow::anyhow!("{origin}: {e}"));
-    if let Some(cp) = &cfg.control_plane {
-        crate::sync::files::pinned_keys(&cp.keys).map_err(&cp_error)?;
-    }
-    let tls = tls_from_config(&cfg, &sizing, (!check).then(|| state_dir.join("tls")))?;
+    let node = Node::from_config(cfg, opts)?;
+    let rt = crate::ops::process::tokio_runtime(node.sizing.worker_threads.value)?;
+    rt.block_on(node.run(crate::ops::process::shutdown_signal()))
+}
 
-    super::log_sizing(&sizing);
-    // Outside systemd both are `None`; a malformed value is logged, not fatal: the unit's
-    // start/watchdog timeout then tells the operator more than a refusal to start would.
-    let notifier = systemd::Notifier::from_env()
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "systemd notifications off");
-            None
+/// A node whose config validated: sizing derived, trust policy, apps and TLS certificates read,
+/// the control plane's pinned keys checked — everything that can be wrong with the config is
+/// found here, before an async runtime exists or a port is bound.
+pub struct Node {
+    cfg: Config,
+    opts: RunOptions,
+    sizing: sizing::Sizing,
+    state_dir: PathBuf,
+    apps_cfg: Vec<(Vec<crate::serve::HostPattern>, AppSource)>,
+    bundle_cfg: Vec<(Vec<crate::serve::HostPattern>, PathBuf)>,
+    policy: crate::bundle::sign::TrustPolicy,
+    tls: Option<crate::serve::tls::TlsSetup>,
+}
+
+impl Node {
+    /// Validates `cfg` into a node that [`Node::run`] starts. Applies the config's log level.
+    pub fn from_config(cfg: Config, opts: RunOptions) -> Result<Self, ExitError> {
+        crate::ops::logging::apply_config_level_logged(cfg.log.level.as_deref(), false);
+        let overrides = overrides_from(&cfg)?;
+        let hw = sizing::detect();
+        let sizing = sizing::derive(&hw, &overrides).map_err(ExitError::config)?;
+        let state_dir = config::resolve_state_dir(&cfg, |k| std::env::var_os(k));
+        // Bundles named in the config are installed into the store (verified first) and served
+        // from there, like every release the store holds; `hosts` of such an entry apply to its
+        // app.
+        let (apps_cfg, bundle_cfg) = super::reload::config_apps(&cfg)?;
+        let policy = super::trust::node_trust_policy(&cfg)?;
+        if let Some(cp) = &cfg.control_plane {
+            crate::sync::files::pinned_keys(&cp.keys).map_err(cp_error(&cfg))?;
+        }
+        let tls = tls_from_config(&cfg, &sizing, (!opts.check).then(|| state_dir.join("tls")))?;
+        Ok(Self {
+            cfg,
+            opts,
+            sizing,
+            state_dir,
+            apps_cfg,
+            bundle_cfg,
+            policy,
+            tls,
         })
-        .map(Arc::new);
-    let watchdog_every = systemd::watchdog_interval_from_env().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "systemd watchdog off");
-        None
-    });
-    let rt = crate::ops::process::tokio_runtime(sizing.worker_threads.value)?;
-    rt.block_on(async move {
+    }
+
+    /// Starts the node: the store and its installs, every app loaded, the listeners, systemd
+    /// readiness, the agent; serves until `shutdown` resolves, then drains. With
+    /// [`RunOptions::check`], returns once every app loaded, without binding a port.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ExitError> {
+        let Self {
+            cfg,
+            opts,
+            sizing,
+            state_dir,
+            apps_cfg,
+            bundle_cfg,
+            policy,
+            tls,
+        } = self;
+        let check = opts.check;
+        let cp_error = cp_error(&cfg);
+        super::log_sizing(&sizing);
+        // Outside systemd both are `None`; a malformed value is logged, not fatal: the unit's
+        // start/watchdog timeout then tells the operator more than a refusal to start would.
+        let notifier = systemd::Notifier::from_env()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "systemd notifications off");
+                None
+            })
+            .map(Arc::new);
+        let watchdog_every = systemd::watchdog_interval_from_env().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "systemd watchdog off");
+            None
+        });
         // SIGHUP reloads from here on, and never kills: the handler is installed before anything
         // is loaded or announced (long before READY), and signals that arrive before the reload
         // task runs wait in the stream.
@@ -152,14 +199,14 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ExitError> {
                     r.release.tenant.as_deref(),
                 )
                 .await
-                    .map_err(|e| {
-                        ExitError::app(anyhow::anyhow!(
-                            "installed release {} {} ({}): {e:#}",
-                            r.release.app,
-                            r.release.version,
-                            r.release.digest
-                        ))
-                    })?;
+                .map_err(|e| {
+                    ExitError::app(anyhow::anyhow!(
+                        "installed release {} {} ({}): {e:#}",
+                        r.release.app,
+                        r.release.version,
+                        r.release.digest
+                    ))
+                })?;
                 Some((r.release.clone(), app))
             } else {
                 load_stored(&runtime, &store, &policy, &limits, &metrics, r).await
@@ -183,9 +230,11 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ExitError> {
                 apps.push((hosts, app));
             }
         }
-        metrics.set_app_releases(releases.iter().map(|r| {
-            (r.app.as_str(), r.version.as_str(), r.digest.to_string())
-        }));
+        metrics.set_app_releases(
+            releases
+                .iter()
+                .map(|r| (r.app.as_str(), r.version.as_str(), r.digest.to_string())),
+        );
         // Config apps stay as they are; the agent rebuilds the table around them.
         let fixed = apps.clone();
         let fixed_releases: Vec<_> = releases
@@ -214,9 +263,8 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ExitError> {
         let code_dir = state_dir.join("compiled");
         let budget = cfg.store.disk_budget;
         let gc_store = store.clone();
-        let gc = tokio::task::spawn_blocking(move || {
-            run_gc(&gc_store, &code_dir, budget, &keep_wasm)
-        });
+        let gc =
+            tokio::task::spawn_blocking(move || run_gc(&gc_store, &code_dir, budget, &keep_wasm));
 
         // Sockets passed in by systemd (outpost.socket) replace the configured ones of their role.
         let activated = systemd::take_listeners()
@@ -225,7 +273,10 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ExitError> {
         let http_addrs = if activated.http.is_empty() {
             cfg.http_listen()
         } else {
-            tracing::info!(sockets = activated.http.len(), "tenant HTTP sockets from systemd; listen.http not bound");
+            tracing::info!(
+                sockets = activated.http.len(),
+                "tenant HTTP sockets from systemd; listen.http not bound"
+            );
             &[]
         };
         let mut listeners =
@@ -242,17 +293,19 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ExitError> {
         let (_stop_reloader, reloader_stop) = tokio::sync::watch::channel(false);
         if let Some(t) = &tls {
             t.certs.set_metrics(metrics.clone());
-            t.certs.spawn_reloader(cfg.tls.reload_interval, reloader_stop);
+            t.certs
+                .spawn_reloader(cfg.tls.reload_interval, reloader_stop);
         }
-        let admin_listener = match (activated.admin, cfg.admin_listen()) {
-            (Some(l), _) => Some(tokio::net::TcpListener::from_std(l).map_err(|e| {
-                ExitError::runtime(anyhow::anyhow!("inherited admin socket: {e}"))
-            })?),
-            (None, Some(a)) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
-                ExitError::runtime(anyhow::anyhow!("cannot listen on {a} (admin): {e}"))
-            })?),
-            (None, None) => None,
-        };
+        let admin_listener =
+            match (activated.admin, cfg.admin_listen()) {
+                (Some(l), _) => Some(tokio::net::TcpListener::from_std(l).map_err(|e| {
+                    ExitError::runtime(anyhow::anyhow!("inherited admin socket: {e}"))
+                })?),
+                (None, Some(a)) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+                    ExitError::runtime(anyhow::anyhow!("cannot listen on {a} (admin): {e}"))
+                })?),
+                (None, None) => None,
+            };
         // The serving state (and with it the component gauges) exists before any address is
         // announced, so a scrape right after the admin address appears sees the loaded apps.
         let app_count = router.apps().count();
@@ -395,7 +448,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ExitError> {
                         },
                     )));
                 }
-                crate::ops::process::shutdown_signal().await;
+                shutdown.await;
                 let _ = stop_agent.send(true);
                 // Not ready while draining, so load balancers stop sending traffic.
                 admin_for_drain.ready.store(false, Ordering::Release);
@@ -429,7 +482,13 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ExitError> {
             );
         }
         Ok(())
-    })
+    }
+}
+
+/// Maps an agent setup error to a config error naming the file.
+fn cp_error(cfg: &Config) -> impl Fn(crate::sync::SyncError) -> ExitError + use<> {
+    let origin = cfg.origin().to_owned();
+    move |e| ExitError::config(anyhow::anyhow!("{origin}: {e}"))
 }
 
 use serde::Deserialize as _;
