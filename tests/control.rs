@@ -1301,7 +1301,7 @@ fn config_errors_exit_64_before_binding() {
 /// The API listener takes its connection cap and header deadline from the config: a partial
 /// request head is closed at the configured `header_timeout` (300 ms; the default is 10 s, past
 /// this test's guard), and with 16 slow connections held against `max_connections = 4` a normal
-/// client is still served (the oldest partial heads are closed to make room).
+/// client is still served within the guard (the oldest partial heads are closed to make room).
 #[tokio::test]
 async fn the_api_listener_takes_its_cap_and_deadlines_from_the_config() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1338,10 +1338,19 @@ async fn the_api_listener_takes_its_cap_and_deadlines_from_the_config() {
     for _ in 0..16 {
         slow.push(partial().await);
     }
-    let resp = tokio::time::timeout(GUARD, get(cp.addr, api::HEALTH))
-        .await
-        .expect("a normal client was locked out by slow connections at the cap");
-    assert_eq!(resp.status, 200, "{}", resp.body);
+    // A connection the door closes to make room may be the client's own while the flood is
+    // being accepted; like any client, it tries again. It must get through within GUARD.
+    let served = tokio::time::timeout(GUARD, async {
+        loop {
+            match try_get(cp.addr, api::HEALTH).await {
+                Ok(r) => return r,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("a normal client was locked out by slow connections at the cap");
+    assert_eq!(served.status, 200, "{}", served.body);
     drop(slow);
     let log = cp.stderr.lock().unwrap().clone();
     assert!(
