@@ -1,5 +1,5 @@
 //! The control-plane HTTP API's wire types, shared by the server ([`super`]), the node agent
-//! (`crate::sync`) and the operator commands (`outpost push`, `outpost rollout`, `outpost token`).
+//! (`sync`) and the operator commands (`outpost push`, `outpost rollout`, `outpost token`).
 //!
 //! Owns: JSON request and response bodies, the endpoint paths, and label selectors.
 //! Must not: do I/O or hold state. See `docs/rollout.md` for the endpoints and their auth.

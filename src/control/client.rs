@@ -1,4 +1,4 @@
-//! A signed-request client for the control-plane API, used by the node agent (`crate::sync`) and
+//! A signed-request client for the control-plane API, used by the node agent (`sync`) and
 //! the operator commands.
 //!
 //! Owns: the reqwest client (rustls with ring, the platform's web PKI roots plus an optional

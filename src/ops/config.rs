@@ -119,7 +119,7 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[tls]`: certificates for the `listen.https` listeners.
     pub tls: TlsConfig,
-    /// `[control_plane]`: the node agent (`crate::sync`) runs when this is set.
+    /// `[control_plane]`: the node agent (`sync`) runs when this is set.
     pub control_plane: Option<ControlPlaneConfig>,
     /// `[fairness]`: how apps share the node when it is busy.
     pub fairness: FairnessConfig,

@@ -1,4 +1,4 @@
-//! The `[control_plane]` table: where the node agent (`crate::sync`) finds its control plane and
+//! The `[control_plane]` table: where the node agent (`sync`) finds its control plane and
 //! which key signs the desired states it accepts.
 //!
 //! Owns: the shape and validation of the agent's settings (URL, pinned keys, enrolment token,
