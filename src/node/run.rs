@@ -168,8 +168,10 @@ impl Node {
         };
         // A config bundle is loaded once before it becomes active (like `outpost bundle
         // install`), so a broken one never replaces the release that served before.
-        let (store, stored, config_store_apps) =
+        let (store, stored, mut config_loaded) =
             open_store_and_install(&store_dir, &runtime, &policy, &limits, &bundle_cfg).await?;
+        let config_store_apps: std::collections::BTreeSet<String> =
+            config_loaded.keys().cloned().collect();
         // Apps the control plane assigns (store apps not named by a config bundle) take their
         // host names from the last applied desired state; one it does not name is not served
         // (the agent drops its record when it re-applies that state).
@@ -190,7 +192,13 @@ impl Node {
                 },
                 _ => hosts.clone(),
             };
-            let loaded = if config_store_apps.contains(&r.release.app) {
+            let loaded = if let Some(app) = config_loaded
+                .remove(&r.release.app)
+                .filter(|(digest, _)| *digest == r.release.digest)
+            {
+                // The pipeline just loaded this very release: serve what it loaded.
+                Some((r.release.clone(), app.1))
+            } else if config_store_apps.contains(&r.release.app) {
                 // The operator named this bundle in [[app]]: like any configured app, it
                 // loads or the start fails.
                 let app = load_tenant_app(
@@ -624,11 +632,12 @@ type Servable = (
     crate::store::install::ServableRelease,
 );
 
-/// The store, what it serves, and the apps named by config bundles.
+/// The store, what it serves, and the apps named by config bundles with the release the
+/// pipeline loaded for each (its digest and the loaded app, so the start does not load it twice).
 type OpenedStore = (
     Arc<crate::store::Store>,
     Vec<Servable>,
-    std::collections::BTreeSet<String>,
+    std::collections::BTreeMap<String, (crate::bundle::Digest, crate::runtime::app::LoadedApp)>,
 );
 
 async fn open_store_and_install(
@@ -669,8 +678,9 @@ async fn open_store_and_install(
         limits: *limits,
     };
     let mut hosts_by_app = std::collections::BTreeMap::new();
+    let mut loaded = std::collections::BTreeMap::new();
     for (hosts, path) in bundles {
-        let installed = pipeline
+        let checked = pipeline
             .install_file(
                 path,
                 &install::sig_path_for(path),
@@ -679,8 +689,12 @@ async fn open_store_and_install(
                 |_| {},
             )
             .await
-            .map_err(|e| ExitError::app(anyhow::anyhow!("{}: {e}", path.display())))?
-            .installed;
+            .map_err(|e| ExitError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
+        let installed = checked.installed;
+        loaded.insert(
+            installed.release.app.clone(),
+            (installed.release.digest, checked.app),
+        );
         if !installed.unchanged {
             tracing::info!(app = %installed.release.app, version = %installed.release.version, digest = %installed.release.digest, "installed bundle");
         }
@@ -693,7 +707,6 @@ async fn open_store_and_install(
     for b in bad {
         tracing::error!(app = %b.app, problem = %b.problem, "installed app cannot be served");
     }
-    let config_apps = hosts_by_app.keys().cloned().collect();
     let servable = ok
         .into_iter()
         .map(|r| {
@@ -704,7 +717,7 @@ async fn open_store_and_install(
             (hosts, r)
         })
         .collect();
-    Ok((store, servable, config_apps))
+    Ok((store, servable, loaded))
 }
 
 /// Loads a release the store serves (one no `[[app]]` names). One that does not load must not
