@@ -24,11 +24,6 @@ command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk" >&2; e
 HELLO="${CARGO_TARGET_DIR:-target}/testbed-apps/wasm32-wasip2/release/hello.wasm"
 [ -f "$HELLO" ] || HELLO="${OUTPOST_APPS_TARGET_DIR:-target/testbed-apps}/wasm32-wasip2/release/hello.wasm"
 [ -f "$HELLO" ] || { echo "hello.wasm not built (cargo build first)" >&2; exit 1; }
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 

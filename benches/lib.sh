@@ -1,5 +1,10 @@
-# Shared by the load harnesses in benches/ (source it after setting WORK, a scratch directory, and
-# PIDS=(), the processes to kill on exit).
+# Shared by the load harnesses in benches/. Sourcing it makes WORK, a scratch directory, and PIDS,
+# the background servers, and removes and kills both on exit.
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
 
 # start NAME CMD...: runs CMD in the background, waits for a line with http://127.0.0.1:PORT on its
 # stdout or stderr, and sets URL_<NAME> to that URL with a trailing slash.

@@ -22,11 +22,6 @@ HELLO="$TARGET_DIR/testbed-apps/wasm32-wasip2/release/hello.wasm"
 OUTPOST="$TARGET_DIR/release/outpost"
 NATIVE="$TARGET_DIR/release/examples/native_hello"
 WASMTIME=$(command -v wasmtime || true)
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 
