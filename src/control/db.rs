@@ -371,6 +371,24 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// Opens the database again once the previous handle is gone. sled releases its file lock
+    /// only when its background flusher thread lets go of the last reference, a moment after the
+    /// handle is dropped; on a loaded machine a reopen can come first and find the lock held.
+    fn reopen(dir: &Path) -> Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Db::open(dir) {
+                Ok(db) => return db,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening {}: {e}", dir.display()),
+            }
+        }
+    }
+
     fn node(id: &str) -> NodeRecord {
         NodeRecord {
             id: id.into(),
@@ -417,7 +435,7 @@ mod tests {
             db.put_nonce("n1", 200).unwrap();
             db.flush().unwrap();
         }
-        let db = Db::open(dir.path()).unwrap();
+        let db = reopen(dir.path());
         let ids: Vec<String> = db.nodes().unwrap().into_iter().map(|n| n.id).collect();
         assert_eq!(ids, vec!["a", "c"]);
         assert_eq!(db.sequence().unwrap(), 41);
