@@ -286,7 +286,8 @@ pub fn verify_bundle(
         });
     }
     let digest = bundle_mod::digest(bundle);
-    let signed = SignedDoc::parse(sig, MAX_SIG_FILE).map_err(InstallError::Signature)?;
+    let signed =
+        SignedDoc::parse(sig, MAX_SIG_FILE).map_err(|e| InstallError::Signature(e.into()))?;
     let verified =
         sign::verify(&signed, size, &digest, policy, now).map_err(InstallError::Verify)?;
     let unpacked = archive::unpack(bundle, limits).map_err(InstallError::Archive)?;
@@ -449,7 +450,8 @@ pub fn check_release(
         .ok_or("not in the index")?;
     let bundle = store.read_blob(d).map_err(|e| e.to_string())?;
     let sig = store.read_sig(d).map_err(|e| e.to_string())?;
-    let signed = SignedDoc::parse(&sig, MAX_SIG_FILE).map_err(|e| e.to_string())?;
+    let signed =
+        SignedDoc::parse(&sig, MAX_SIG_FILE).map_err(|e| VerifyError::from(e).to_string())?;
     let verified = sign::verify(
         &signed,
         bundle.len() as u64,
@@ -483,7 +485,7 @@ pub fn rebuild_index(store: &Store, policy: &TrustPolicy, limits: &Limits) -> us
             let sig = store.read_sig(&d).map_err(|e| e.to_string())?;
             // Verified as of its signing time: what mattered was whether it verified then.
             let at = SignedDoc::parse(&sig, MAX_SIG_FILE)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| VerifyError::from(e).to_string())?
                 .doc()
                 .created;
             let VerifiedBundle {

@@ -16,7 +16,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::Signature;
 
 use super::keys::{KeyError, KeyId, SigningKey};
-use super::trust::VerifyError;
 use crate::base::units::quote;
 use crate::bundle::Digest;
 use crate::bundle::manifest::is_valid_name;
@@ -350,11 +349,9 @@ impl SignedDoc {
     /// Parses an untrusted signature file. The size cap is checked first; then the document
     /// (strictly canonical), then the signature lines: at most [`MAX_SIGNATURES`], one per key.
     /// Zero signatures parse (so a signer can add the first); [`verify`] refuses them.
-    pub fn parse(bytes: &[u8], max_len: usize) -> Result<Self, VerifyError> {
-        Ok(Self::parse_doc_error(bytes, max_len)?)
-    }
-
-    fn parse_doc_error(bytes: &[u8], max_len: usize) -> Result<Self, DocError> {
+    /// A caller that reports it as a verification failure wraps it in
+    /// `VerifyError::Malformed` (`From`).
+    pub fn parse(bytes: &[u8], max_len: usize) -> Result<Self, DocError> {
         if bytes.len() > max_len {
             return Err(DocError::TooLarge {
                 len: bytes.len(),
@@ -712,19 +709,17 @@ mod tests {
         assert!(SignedDoc::parse(&bytes, MAX_SIGNED_DOC_LEN).is_ok());
         assert_eq!(
             SignedDoc::parse(&bytes, 100),
-            Err(VerifyError::Malformed(DocError::TooLarge {
+            Err(DocError::TooLarge {
                 len: bytes.len(),
                 max: 100
-            }))
+            })
         );
         let mut one_more = bytes.clone();
         let extra = signed_by(doc(), &[&key(200)]).encode();
         one_more.extend_from_slice(&extra[doc().encode().expect("encode").len()..]);
         assert_eq!(
             SignedDoc::parse(&one_more, MAX_SIGNED_DOC_LEN),
-            Err(VerifyError::Malformed(DocError::TooManySignatures {
-                max: 32
-            }))
+            Err(DocError::TooManySignatures { max: 32 })
         );
     }
 
@@ -765,7 +760,7 @@ mod tests {
         for (bytes, problem) in cases {
             let err = SignedDoc::parse(bytes.as_bytes(), MAX_SIGNED_DOC_LEN).expect_err(problem);
             assert!(err.to_string().contains(problem), "{problem}: {err}");
-            assert_eq!(err.label(), "malformed");
+            assert_eq!(super::super::VerifyError::from(err).label(), "malformed");
         }
     }
 }
