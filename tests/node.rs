@@ -8,36 +8,38 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use outpost::node::run::{Node, RunOptions};
+use outpost::node::run::{Node, RunOptions, Sockets};
 use outpost::ops::config::Config;
 
-/// A port on 127.0.0.1 that was free a moment ago (the node binds it by number).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A listener on 127.0.0.1 with a port the kernel picked; the node adopts it as it is.
+fn bound() -> (std::net::TcpListener, std::net::SocketAddr) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_runs_in_process_and_drains_on_its_shutdown_future() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, admin) = (free_port(), free_port());
+    // The config names ports 1 and 2, which no test may bind: the sockets handed in replace them.
     let text = format!(
-        "[node]\nstate_dir = \"{}\"\n[listen]\nhttp = [\"127.0.0.1:{http}\"]\n\
-         admin = \"127.0.0.1:{admin}\"\ndrain_timeout = \"1s\"\n\
+        "[node]\nstate_dir = \"{}\"\n[listen]\nhttp = [\"127.0.0.1:1\"]\n\
+         admin = \"127.0.0.1:2\"\ndrain_timeout = \"1s\"\n\
          [[app]]\nsource = \"builtin:demo\"\nhosts = [\"*\"]\n",
         dir.path().join("state").display()
     );
     let cfg = Config::parse(&text, "in-process.toml").unwrap();
     let node = Node::from_config(cfg, RunOptions::default()).unwrap();
+    let ((http, addr), (admin, admin_addr)) = (bound(), bound());
+    let sockets = Sockets {
+        http: vec![http],
+        admin: Some(admin),
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(node.run(async {
+    let running = tokio::spawn(node.run(sockets, async {
         let _ = stopped.await;
     }));
 
-    let addr = format!("127.0.0.1:{http}").parse().unwrap();
     let mut served = None;
     for _ in 0..600 {
         if let Ok(r) = try_get(addr, "/").await {
@@ -49,7 +51,7 @@ async fn a_node_runs_in_process_and_drains_on_its_shutdown_future() {
     let r = served.expect("the in-process node never answered on its listener");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body.trim_end(), "hello from outpost");
-    let ready = get(format!("127.0.0.1:{admin}").parse().unwrap(), "/readyz").await;
+    let ready = get(admin_addr, "/readyz").await;
     assert_eq!(ready.status, 200, "{}", ready.body);
 
     stop.send(()).unwrap();
@@ -82,6 +84,31 @@ fn a_bad_config_is_refused_before_anything_starts() {
         "{:#}",
         err.error
     );
+    assert!(
+        !dir.path().join("state").exists(),
+        "nothing is created for a bad config"
+    );
+}
+
+#[test]
+fn a_control_plane_key_line_that_does_not_parse_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // The key id does not match the key: a well-formed line that is still not this key.
+    let line =
+        "outpost-public-key-v1 0102030405060708 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let text = format!(
+        "[node]\nstate_dir = \"{}\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+         [control_plane]\nurl = \"http://127.0.0.1:1\"\nkey = \"{line}\"\ntoken = \"t\"\n",
+        dir.path().join("state").display()
+    );
+    let cfg = Config::parse(&text, "cp.toml").unwrap();
+    let err = Node::from_config(cfg, RunOptions::default())
+        .err()
+        .expect("a key line that does not parse is a config error");
+    assert_eq!(err.code, 64, "{:#}", err.error);
+    let msg = format!("{:#}", err.error);
+    assert!(msg.starts_with("cp.toml: "), "{msg}");
+    assert!(msg.contains("control_plane.key"), "{msg}");
     assert!(
         !dir.path().join("state").exists(),
         "nothing is created for a bad config"

@@ -1,7 +1,7 @@
 //! Shared vocabulary: the small, pure pieces every layer speaks — byte sizes and durations and
 //! the TOML field readers that report `<key path>: <problem>` ([`units`]), atomic file writes
-//! ([`atomic`]), the wall clock ([`clock`]), and host and outbound-network patterns
-//! ([`outbound`]).
+//! ([`atomic`]), the wall clock ([`clock`]), keys named in configs as a key line or a file
+//! ([`keyline`]), and host and outbound-network patterns ([`outbound`]).
 //!
 //! Owns: only what at least two layers above need and what has no opinion of its own about
 //! apps, bundles, the network or the fleet.
@@ -11,5 +11,6 @@
 
 pub mod atomic;
 pub mod clock;
+pub mod keyline;
 pub mod outbound;
 pub mod units;

@@ -124,11 +124,7 @@ impl ControlConfig {
             resolve(&mut tls.key);
         }
         for (_, k) in &mut cfg.operators {
-            if !k.starts_with(crate::bundle::sign::PUBLIC_KEY_PREFIX)
-                && Path::new(&*k).is_relative()
-            {
-                *k = dir.join(&*k).to_string_lossy().into_owned();
-            }
+            crate::base::keyline::resolve_relative(k, &dir);
         }
         Ok(cfg)
     }
@@ -173,7 +169,7 @@ fn parse_table(table: toml::Table, origin: &str) -> Result<ControlConfig, FieldE
                 problem: "empty; expected a key line or a .pub file path".into(),
             });
         }
-        if k.starts_with(crate::bundle::sign::PUBLIC_KEY_PREFIX)
+        if crate::base::keyline::is_key_line(k)
             && let Err(e) = crate::bundle::sign::parse_public_key(k.trim_end())
         {
             return Err(FieldError {

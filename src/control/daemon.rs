@@ -18,14 +18,9 @@ use crate::ops::process::ExitError;
 fn operator_keys(cfg: &ControlConfig) -> Result<Vec<VerifyingKey>, ExitError> {
     let mut keys: Vec<VerifyingKey> = Vec::with_capacity(cfg.operators.len());
     for (key_path, k) in &cfg.operators {
-        let text = if k.starts_with(sign::PUBLIC_KEY_PREFIX) {
-            k.clone()
-        } else {
-            std::fs::read_to_string(k)
-                .with_context(|| format!("{}: {key_path}: cannot read {k}", cfg.origin()))
-                .map_err(ExitError::config)?
-        };
-        let key = sign::parse_public_key(text.trim_end())
+        let text = crate::base::keyline::read_text(k)
+            .map_err(|e| ExitError::config(anyhow!("{}: {key_path}: {e}", cfg.origin())))?;
+        let key = sign::parse_public_key(&text)
             .map_err(|e| anyhow!("{}: {key_path}: {k}: {e}", cfg.origin()))
             .map_err(ExitError::config)?;
         if !keys.iter().any(|x| x.id() == key.id()) {

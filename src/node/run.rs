@@ -38,11 +38,23 @@ pub struct RunOptions {
 }
 
 /// Runs the node `cfg` describes until SIGTERM or SIGINT, then drains.
+/// Sockets passed in by systemd (`outpost.socket`) replace the configured ones of their role.
 pub fn run(cfg: Config, opts: RunOptions) -> Result<(), ExitError> {
     let node = Node::from_config(cfg, opts)?;
+    let sockets = systemd::take_listeners()
+        .map_err(|e| ExitError::config(anyhow::anyhow!(e)))?
+        .unwrap_or_default();
+    if !sockets.http.is_empty() {
+        tracing::info!(
+            sockets = sockets.http.len(),
+            "tenant HTTP sockets from systemd; listen.http not bound"
+        );
+    }
     let rt = crate::ops::process::tokio_runtime(node.sizing.worker_threads.value)?;
-    rt.block_on(node.run(crate::ops::process::shutdown_signal()))
+    rt.block_on(node.run(sockets, crate::ops::process::shutdown_signal()))
 }
+
+pub use crate::ops::systemd::Sockets;
 
 /// A node whose config validated: sizing derived, trust policy, apps and TLS certificates read,
 /// the control plane's pinned keys checked — everything that can be wrong with the config is
@@ -88,10 +100,13 @@ impl Node {
     }
 
     /// Starts the node: the store and its installs, every app loaded, the listeners, systemd
-    /// readiness, the agent; serves until `shutdown` resolves, then drains. With
-    /// [`RunOptions::check`], returns once every app loaded, without binding a port.
+    /// readiness, the agent; serves until `shutdown` resolves, then drains. `sockets` given
+    /// (already bound) replace the configured listen addresses of their role; the rest are
+    /// bound from the config. With [`RunOptions::check`], returns once every app loaded,
+    /// without binding a port.
     pub async fn run(
         self,
+        sockets: Sockets,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), ExitError> {
         let Self {
@@ -274,17 +289,11 @@ impl Node {
         let gc =
             tokio::task::spawn_blocking(move || run_gc(&gc_store, &code_dir, budget, &keep_wasm));
 
-        // Sockets passed in by systemd (outpost.socket) replace the configured ones of their role.
-        let activated = systemd::take_listeners()
-            .map_err(|e| ExitError::config(anyhow::anyhow!(e)))?
-            .unwrap_or_default();
+        // Sockets handed in replace the configured ones of their role.
+        let activated = sockets;
         let http_addrs = if activated.http.is_empty() {
             cfg.http_listen()
         } else {
-            tracing::info!(
-                sockets = activated.http.len(),
-                "tenant HTTP sockets from systemd; listen.http not bound"
-            );
             &[]
         };
         let mut listeners =
@@ -292,10 +301,7 @@ impl Node {
                 .await
                 .map_err(ExitError::runtime)?;
         for l in activated.http {
-            listeners.http.push(
-                tokio::net::TcpListener::from_std(l)
-                    .map_err(|e| ExitError::runtime(anyhow::anyhow!("inherited socket: {e}")))?,
-            );
+            listeners.http.push(adopt(l, "tenant HTTP")?);
         }
         // Certificate files are watched from here on (and reloaded on SIGHUP) until exit.
         let (_stop_reloader, reloader_stop) = tokio::sync::watch::channel(false);
@@ -304,16 +310,13 @@ impl Node {
             t.certs
                 .spawn_reloader(cfg.tls.reload_interval, reloader_stop);
         }
-        let admin_listener =
-            match (activated.admin, cfg.admin_listen()) {
-                (Some(l), _) => Some(tokio::net::TcpListener::from_std(l).map_err(|e| {
-                    ExitError::runtime(anyhow::anyhow!("inherited admin socket: {e}"))
-                })?),
-                (None, Some(a)) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
-                    ExitError::runtime(anyhow::anyhow!("cannot listen on {a} (admin): {e}"))
-                })?),
-                (None, None) => None,
-            };
+        let admin_listener = match (activated.admin, cfg.admin_listen()) {
+            (Some(l), _) => Some(adopt(l, "admin")?),
+            (None, Some(a)) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+                ExitError::runtime(anyhow::anyhow!("cannot listen on {a} (admin): {e}"))
+            })?),
+            (None, None) => None,
+        };
         // The serving state (and with it the component gauges) exists before any address is
         // announced, so a scrape right after the admin address appears sees the loaded apps.
         let app_count = router.apps().count();
@@ -491,6 +494,13 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// A socket handed in, made non-blocking and registered with the async runtime.
+fn adopt(l: std::net::TcpListener, role: &str) -> Result<tokio::net::TcpListener, ExitError> {
+    l.set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(l))
+        .map_err(|e| ExitError::runtime(anyhow::anyhow!("handed-in {role} socket: {e}")))
 }
 
 /// Maps an agent setup error to a config error naming the file.

@@ -19,14 +19,8 @@ pub fn trust_policy(
 ) -> anyhow::Result<TrustPolicy> {
     let mut parsed = Vec::with_capacity(keys.len());
     for (label, k) in keys {
-        let text = if k.starts_with("outpost-public-key-v1 ") {
-            k.clone()
-        } else {
-            std::fs::read_to_string(k).with_context(|| format!("{label}: cannot read {k}"))?
-        };
-        parsed.push(
-            sign::parse_public_key(text.trim_end()).with_context(|| format!("{label}: {k}"))?,
-        );
+        let text = crate::base::keyline::read_text(k).map_err(|e| anyhow!("{label}: {e}"))?;
+        parsed.push(sign::parse_public_key(&text).with_context(|| format!("{label}: {k}"))?);
     }
     let mut policy = TrustPolicy::new(parsed)?.with_threshold(threshold)?;
     for (tenant, ids) in tenants {

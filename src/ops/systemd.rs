@@ -304,9 +304,11 @@ pub fn activation_plan(
     Ok(Some(plan))
 }
 
-/// Listening sockets passed in by systemd, by role.
+/// Listening sockets handed to the node already bound, by role: passed in by systemd
+/// ([`take_listeners`]), or bound by a test or an embedding program (port 0 included). Each role
+/// given replaces the configured addresses of that role.
 #[derive(Debug, Default)]
-pub struct Activated {
+pub struct Sockets {
     pub http: Vec<std::net::TcpListener>,
     pub admin: Option<std::net::TcpListener>,
 }
@@ -317,7 +319,7 @@ static ADOPTED: AtomicBool = AtomicBool::new(false);
 /// Takes the sockets systemd passed to this process (`None` without socket activation).
 /// Each is checked to be a TCP socket, made non-blocking and close-on-exec. Only the first
 /// call adopts anything; later calls return `None`.
-pub fn take_listeners() -> Result<Option<Activated>, SystemdError> {
+pub fn take_listeners() -> Result<Option<Sockets>, SystemdError> {
     let var = |k| std::env::var(k).ok();
     let Some(plan) = activation_plan(
         var("LISTEN_PID").as_deref(),
@@ -331,7 +333,7 @@ pub fn take_listeners() -> Result<Option<Activated>, SystemdError> {
     if ADOPTED.swap(true, Ordering::AcqRel) {
         return Ok(None);
     }
-    let mut out = Activated::default();
+    let mut out = Sockets::default();
     for (fd, role) in plan {
         let bad = |why: String| SystemdError::BadFd { fd, why };
         // The fd must be open and a socket before it is adopted; /proc says so without a syscall

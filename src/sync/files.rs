@@ -102,16 +102,12 @@ pub fn write_desired(state_dir: &Path, envelope: &[u8]) -> Result<(), SyncError>
 pub fn pinned_keys(keys: &[(String, String)]) -> Result<Vec<VerifyingKey>, SyncError> {
     let mut out = Vec::with_capacity(keys.len());
     for (label, k) in keys {
-        let text = if k.starts_with(sign::PUBLIC_KEY_PREFIX) {
-            k.clone()
-        } else {
-            std::fs::read_to_string(k).map_err(|e| SyncError::PinnedKey {
-                key: label.clone(),
-                problem: format!("cannot read {k}: {e}"),
-            })?
-        };
+        let text = crate::base::keyline::read_text(k).map_err(|problem| SyncError::PinnedKey {
+            key: label.clone(),
+            problem,
+        })?;
         out.push(
-            sign::parse_public_key(text.trim_end()).map_err(|e| SyncError::PinnedKey {
+            sign::parse_public_key(&text).map_err(|e| SyncError::PinnedKey {
                 key: label.clone(),
                 problem: format!("{k}: {e}"),
             })?,

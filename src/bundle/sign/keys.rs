@@ -19,8 +19,9 @@ use crate::base::units::quote;
 
 /// First word of a secret key line: `outpost-secret-key-v1 <key id> <base64 seed>`.
 pub const SECRET_KEY_PREFIX: &str = "outpost-secret-key-v1";
-/// First word of a public key line: `outpost-public-key-v1 <key id> <base64 key>`.
-pub const PUBLIC_KEY_PREFIX: &str = "outpost-public-key-v1";
+/// First word of a public key line (defined with the config vocabulary that tells a key line
+/// from a key file path).
+pub use crate::base::keyline::PUBLIC_KEY_PREFIX;
 
 // === keys ===
 

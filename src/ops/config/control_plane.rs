@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{host_path, is_valid_node_name};
+use crate::base::keyline;
 use crate::base::units::{Field, FieldError, Fields, quote};
-use crate::bundle::sign::{PUBLIC_KEY_PREFIX, parse_public_key};
 
 /// `[control_plane]` keys.
 pub(super) const CONTROL_PLANE_KEYS: &[&str] = &[
@@ -64,9 +64,7 @@ pub struct ControlPlaneConfig {
 impl ControlPlaneConfig {
     pub(super) fn resolve_relative_to(&mut self, base: &Path) {
         for (_, key) in &mut self.keys {
-            if !key.starts_with(PUBLIC_KEY_PREFIX) && Path::new(key.as_str()).is_relative() {
-                *key = base.join(&*key).to_string_lossy().into_owned();
-            }
+            keyline::resolve_relative(key, base);
         }
         for p in [&mut self.token_file, &mut self.ca].into_iter().flatten() {
             if p.is_relative() {
@@ -118,12 +116,9 @@ pub(super) fn parse_control_plane(
                 problem: "empty; expected a public key line or a .pub file path".into(),
             });
         }
-        if s.starts_with(PUBLIC_KEY_PREFIX) {
-            parse_public_key(&s).map_err(|e| FieldError {
-                key: key.clone(),
-                problem: e.to_string(),
-            })?;
-        } else {
+        // A key line is parsed where the key is used (`Node::from_config`, which
+        // `outpost run --check` runs too); here only a path's shape is checked.
+        if !keyline::is_key_line(&s) {
             host_path(&s).map_err(|problem| FieldError {
                 key: key.clone(),
                 problem,
