@@ -279,16 +279,15 @@ impl Inner {
         let mut changed: BTreeMap<String, NodeRecord> = BTreeMap::new();
         let mut current = None;
         for a in actions {
+            // A node's record as this batch of actions has left it so far.
+            let record = |changed: &BTreeMap<String, NodeRecord>, node: &str| {
+                changed.get(node).or_else(|| self.nodes.get(node)).cloned()
+            };
             match a {
                 Action::Assign { node, release } => {
-                    let Some(n) = changed
-                        .get(&node)
-                        .or_else(|| self.nodes.get(&node))
-                        .cloned()
-                    else {
+                    let Some(mut n) = record(&changed, &node) else {
                         continue;
                     };
-                    let mut n = n;
                     n.apps.insert(release.app.clone(), release);
                     changed.insert(node, n);
                 }
@@ -297,14 +296,9 @@ impl Inner {
                     app,
                     previous,
                 } => {
-                    let Some(n) = changed
-                        .get(&node)
-                        .or_else(|| self.nodes.get(&node))
-                        .cloned()
-                    else {
+                    let Some(mut n) = record(&changed, &node) else {
                         continue;
                     };
-                    let mut n = n;
                     match previous {
                         Some(p) => n.apps.insert(app, p),
                         None => n.apps.remove(&app),

@@ -483,6 +483,29 @@ pub fn resolve_node_name(cfg: &Config, hostname: impl FnOnce() -> Option<String>
         .unwrap_or_else(|| FALLBACK_NODE_NAME.to_owned())
 }
 
+/// A path field: absolute, or relative to the config file (resolved by [`Config::load`]).
+fn path_field(f: Field) -> Result<PathBuf, FieldError> {
+    let key = f.key.clone();
+    host_path(&f.string()?).map_err(|problem| FieldError { key, problem })
+}
+
+/// A node name field (`[node] name`, `[control_plane] name`).
+fn node_name_field(f: Field) -> Result<String, FieldError> {
+    let key = f.key.clone();
+    let name = f.string()?;
+    if !is_valid_node_name(&name) {
+        return Err(FieldError {
+            key,
+            problem: format!(
+                "invalid node name {:?}; expected 1 to {MAX_NODE_NAME} letters, digits, \
+                 '.', '-' or '_'",
+                quote(&name)
+            ),
+        });
+    }
+    Ok(name)
+}
+
 fn is_valid_node_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NODE_NAME
@@ -690,32 +713,8 @@ fn parse_store(mut t: Fields) -> Result<StoreConfig, FieldError> {
 }
 
 fn parse_node(mut t: Fields) -> Result<NodeConfig, FieldError> {
-    let state_dir = match t.take("state_dir") {
-        Some(f) => {
-            let key = f.key.clone();
-            let raw = f.string()?;
-            Some(host_path(&raw).map_err(|problem| FieldError { key, problem })?)
-        }
-        None => None,
-    };
-    let name = match t.take("name") {
-        Some(f) => {
-            let key = f.key.clone();
-            let name = f.string()?;
-            if !is_valid_node_name(&name) {
-                return Err(FieldError {
-                    key,
-                    problem: format!(
-                        "invalid node name {:?}; expected 1 to {MAX_NODE_NAME} letters, digits, \
-                         '.', '-' or '_'",
-                        quote(&name)
-                    ),
-                });
-            }
-            Some(name)
-        }
-        None => None,
-    };
+    let state_dir = t.take("state_dir").map(path_field).transpose()?;
+    let name = t.take("name").map(node_name_field).transpose()?;
     t.finish_section(NODE_KEYS, TOP_KEYS)?;
     Ok(NodeConfig { state_dir, name })
 }
@@ -1702,7 +1701,7 @@ source = "/srv/x.wasm"
         assert_rejects(
             &with_key(&format!("{url}\nname = \"a b\"")),
             "control_plane.name",
-            "invalid name",
+            "invalid node name",
         );
         assert_rejects(
             &with_key(&format!("{url}\nlabels = {{ arch = \"x86_64\" }}")),

@@ -12,155 +12,103 @@ impl Sizing {
     /// with its reason.
     pub fn render_text(&self) -> String {
         let hw = &self.hardware;
-        let mut out = String::new();
-        out.push_str("Hardware\n");
-        row(&mut out, "arch", &hw.arch, "std::env::consts::ARCH");
-        row(
-            &mut out,
-            "online CPUs",
-            &hw.cpus.online.value.to_string(),
-            &hw.cpus.online.source,
-        );
-        row(
-            &mut out,
-            "CPU quota",
-            &hw.cpus.quota.value.map_or("none".into(), fmt_cpus),
-            &hw.cpus.quota.source,
-        );
-        row(
-            &mut out,
-            "effective CPUs",
-            &fmt_cpus(hw.cpus.effective),
-            "min of the above",
-        );
-        row(
-            &mut out,
-            "memory",
-            &human_bytes(hw.memory.total.value),
-            &hw.memory.total.source,
-        );
-        row(
-            &mut out,
-            "memory limit",
-            &hw.memory
-                .cgroup_limit
-                .value
-                .map_or("none".into(), human_bytes),
-            &hw.memory.cgroup_limit.source,
-        );
-        row(
-            &mut out,
-            "effective memory",
-            &human_bytes(hw.memory.effective),
-            "min of the above",
-        );
-        row(
-            &mut out,
-            "VA bits",
-            &hw.address_space.va_bits.value.to_string(),
-            &hw.address_space.va_bits.source,
-        );
-        row(
-            &mut out,
-            "RLIMIT_AS",
-            &hw.address_space
-                .rlimit_as
-                .value
-                .map_or("unlimited".into(), human_bytes),
-            &hw.address_space.rlimit_as.source,
-        );
-        row(
-            &mut out,
-            "usable VA",
-            &human_bytes(hw.address_space.usable),
-            "min(2^VA bits, RLIMIT_AS)",
-        );
-        row(
-            &mut out,
-            "max map count",
-            &hw.address_space.max_map_count.value.to_string(),
-            &hw.address_space.max_map_count.source,
-        );
-        row(
-            &mut out,
-            "page size",
-            &human_bytes(hw.page_size.value),
-            &hw.page_size.source,
-        );
+        let (cpus, mem, va) = (&hw.cpus, &hw.memory, &hw.address_space);
+        let or = |v: Option<u64>, none: &str| v.map_or(none.to_owned(), human_bytes);
+        let hardware: [(&str, String, &str); 12] = [
+            ("arch", hw.arch.clone(), "std::env::consts::ARCH"),
+            (
+                "online CPUs",
+                cpus.online.value.to_string(),
+                &cpus.online.source,
+            ),
+            (
+                "CPU quota",
+                cpus.quota.value.map_or("none".into(), fmt_cpus),
+                &cpus.quota.source,
+            ),
+            (
+                "effective CPUs",
+                fmt_cpus(cpus.effective),
+                "min of the above",
+            ),
+            ("memory", human_bytes(mem.total.value), &mem.total.source),
+            (
+                "memory limit",
+                or(mem.cgroup_limit.value, "none"),
+                &mem.cgroup_limit.source,
+            ),
+            (
+                "effective memory",
+                human_bytes(mem.effective),
+                "min of the above",
+            ),
+            ("VA bits", va.va_bits.value.to_string(), &va.va_bits.source),
+            (
+                "RLIMIT_AS",
+                or(va.rlimit_as.value, "unlimited"),
+                &va.rlimit_as.source,
+            ),
+            (
+                "usable VA",
+                human_bytes(va.usable),
+                "min(2^VA bits, RLIMIT_AS)",
+            ),
+            (
+                "max map count",
+                va.max_map_count.value.to_string(),
+                &va.max_map_count.source,
+            ),
+            (
+                "page size",
+                human_bytes(hw.page_size.value),
+                &hw.page_size.source,
+            ),
+        ];
+        let mut out = String::from("Hardware\n");
+        for (name, value, source) in &hardware {
+            row(&mut out, name, value, source);
+        }
 
         out.push_str("\nDerived\n");
-        derived_row(&mut out, "worker_threads", &self.worker_threads, |v| {
-            v.to_string()
-        });
-        derived_row(&mut out, "memory_budget", &self.memory_budget, |v| {
-            human_bytes(*v)
-        });
-        derived_row(&mut out, "instance_slots", &self.instance_slots, |v| {
-            v.to_string()
-        });
-        let m = &self.memory;
-        derived_row(
-            &mut out,
-            "max_memory_per_instance",
-            &self.max_memory_per_instance,
-            |v| human_bytes(*v),
-        );
-        derived_row(&mut out, "memory_reservation", &m.memory_reservation, |v| {
-            human_bytes(*v)
-        });
-        derived_row(&mut out, "memory_guard", &m.memory_guard, |v| {
-            human_bytes(*v)
-        });
-        derived_row(
-            &mut out,
-            "memory_reservation_for_growth",
-            &m.memory_reservation_for_growth,
-            |v| human_bytes(*v),
-        );
-        derived_row(
-            &mut out,
-            "default_memory_limit",
-            &self.default_memory_limit,
-            |v| human_bytes(*v),
-        );
-        derived_row(
-            &mut out,
-            "default_timeout_ms",
-            &self.default_timeout_ms,
-            |v| v.to_string(),
-        );
-        derived_row(
-            &mut out,
-            "default_max_concurrency",
-            &self.default_max_concurrency,
-            |v| v.to_string(),
-        );
-        derived_row(&mut out, "max_connections", &self.max_connections, |v| {
-            v.to_string()
-        });
-        let q = &self.quic;
-        derived_row(&mut out, "quic_idle_timeout_ms", &q.idle_timeout_ms, |v| {
-            v.to_string()
-        });
-        derived_row(&mut out, "quic_max_streams", &q.max_streams, |v| {
-            v.to_string()
-        });
-        derived_row(
-            &mut out,
-            "quic_stream_receive_window",
-            &q.stream_receive_window,
-            |v| human_bytes(*v),
-        );
-        derived_row(&mut out, "quic_receive_window", &q.receive_window, |v| {
-            human_bytes(*v)
-        });
-        derived_row(&mut out, "allocator", &self.allocator, |v| {
-            match v {
-                Allocator::Pooling => "pooling",
-                Allocator::OnDemand => "on-demand",
-            }
-            .to_owned()
-        });
+        let (m, q) = (&self.memory, &self.quic);
+        let bytes = |d: &Derived<u64>| shown(d, human_bytes(d.value));
+        let allocator = match self.allocator.value {
+            Allocator::Pooling => "pooling",
+            Allocator::OnDemand => "on-demand",
+        };
+        let derived: [(&str, (String, String)); 16] = [
+            ("worker_threads", plain(&self.worker_threads)),
+            ("memory_budget", bytes(&self.memory_budget)),
+            ("instance_slots", plain(&self.instance_slots)),
+            (
+                "max_memory_per_instance",
+                bytes(&self.max_memory_per_instance),
+            ),
+            ("memory_reservation", bytes(&m.memory_reservation)),
+            ("memory_guard", bytes(&m.memory_guard)),
+            (
+                "memory_reservation_for_growth",
+                bytes(&m.memory_reservation_for_growth),
+            ),
+            ("default_memory_limit", bytes(&self.default_memory_limit)),
+            ("default_timeout_ms", plain(&self.default_timeout_ms)),
+            (
+                "default_max_concurrency",
+                plain(&self.default_max_concurrency),
+            ),
+            ("max_connections", plain(&self.max_connections)),
+            ("quic_idle_timeout_ms", plain(&q.idle_timeout_ms)),
+            ("quic_max_streams", plain(&q.max_streams)),
+            (
+                "quic_stream_receive_window",
+                bytes(&q.stream_receive_window),
+            ),
+            ("quic_receive_window", bytes(&q.receive_window)),
+            ("allocator", shown(&self.allocator, allocator.to_owned())),
+        ];
+        for (name, (value, note)) in &derived {
+            row(&mut out, name, value, note);
+        }
         if let Some(p) = &self.pooling {
             let counts: [(&str, u32, &str); 9] = [
                 ("instance_slots", p.instance_slots, "one per slot"),
@@ -211,13 +159,19 @@ fn row(out: &mut String, name: &str, value: &str, note: &str) {
     out.push_str(&format!("  {name:<34} {value:<12} {note}\n"));
 }
 
-fn derived_row<T>(out: &mut String, name: &str, d: &Derived<T>, show: impl Fn(&T) -> String) {
+/// A derived number's value as shown, and its note: the reason, marked when overridden.
+fn shown<T>(d: &Derived<T>, value: String) -> (String, String) {
     let note = if d.overridden {
         format!("[override] {}", d.reason)
     } else {
         d.reason.clone()
     };
-    row(out, name, &show(&d.value), &note);
+    (value, note)
+}
+
+/// [`shown`] for a number printed as it is.
+fn plain<T: std::fmt::Display>(d: &Derived<T>) -> (String, String) {
+    shown(d, d.value.to_string())
 }
 
 pub(super) fn fmt_cpus(cpus: f64) -> String {

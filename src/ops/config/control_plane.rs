@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{host_path, is_valid_node_name};
+use super::{host_path, node_name_field, path_field};
 use crate::base::keyline;
 use crate::base::units::{Field, FieldError, Fields, quote};
 
@@ -142,17 +142,13 @@ pub(super) fn parse_control_plane(
         None => None,
     };
     let token_file = match t.take("token_file") {
-        Some(f) => {
-            let key = f.key.clone();
-            if token.is_some() {
-                return Err(FieldError {
-                    key,
-                    problem: "set either token or token_file, not both".into(),
-                });
-            }
-            Some(host_path(&f.string()?).map_err(|problem| FieldError { key, problem })?)
+        Some(f) if token.is_some() => {
+            return Err(FieldError {
+                key: f.key.clone(),
+                problem: "set either token or token_file, not both".into(),
+            });
         }
-        None => None,
+        f => f.map(path_field).transpose()?,
     };
     let poll_interval = match t.take("poll_interval") {
         Some(f) => bounded(f, MIN_POLL_INTERVAL)?,
@@ -162,30 +158,8 @@ pub(super) fn parse_control_plane(
         Some(f) => bounded(f, Duration::from_millis(100))?,
         None => DEFAULT_REQUEST_TIMEOUT,
     };
-    let ca = match t.take("ca") {
-        Some(f) => {
-            let key = f.key.clone();
-            Some(host_path(&f.string()?).map_err(|problem| FieldError { key, problem })?)
-        }
-        None => None,
-    };
-    let name = match t.take("name") {
-        Some(f) => {
-            let key = f.key.clone();
-            let name = f.string()?;
-            if !is_valid_node_name(&name) {
-                return Err(FieldError {
-                    key,
-                    problem: format!(
-                        "invalid name {:?}; expected letters, digits, '.', '-' or '_'",
-                        quote(&name)
-                    ),
-                });
-            }
-            Some(name)
-        }
-        None => None,
-    };
+    let ca = t.take("ca").map(path_field).transpose()?;
+    let name = t.take("name").map(node_name_field).transpose()?;
     let mut labels = BTreeMap::new();
     if let Some(f) = t.take("labels") {
         for (k, v) in f.table()?.drain() {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{ListenConfig, host_path, socket_addr};
+use super::{ListenConfig, path_field, socket_addr};
 use crate::base::outbound::HostPattern;
 use crate::base::units::{Field, FieldError, Fields, quote};
 
@@ -194,9 +194,7 @@ pub(super) fn parse_tls(mut t: Fields, top_keys: &[&str]) -> Result<TlsConfig, F
 /// `default_cert`).
 fn parse_cert_files(mut t: Fields, known: &[&str]) -> Result<CertFiles, FieldError> {
     let mut path = |name: &str, expected: &str| -> Result<PathBuf, FieldError> {
-        let f = t.required(name, expected)?;
-        let key = f.key.clone();
-        host_path(&f.string()?).map_err(|problem| FieldError { key, problem })
+        path_field(t.required(name, expected)?)
     };
     let cert = path(
         "cert",
