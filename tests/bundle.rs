@@ -45,17 +45,13 @@ impl Lab {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("outpost.toml"),
-            format!(
-                r#"manifest_version = 1
-[application]
-name = "greeter"
-version = "{version}"
-[component.main]
-source = "config-reader.wasm"
-routes = ["/"]
-[component.main.variables]
-greeting = "{greeting}"
-"#
+            manifest(
+                "greeter",
+                version,
+                &format!(
+                    "[component.main]\nsource = \"config-reader.wasm\"\nroutes = [\"/\"]\n\
+                     [component.main.variables]\ngreeting = \"{greeting}\"\n"
+                ),
             ),
         )
         .unwrap();

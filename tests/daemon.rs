@@ -115,12 +115,10 @@ fn serve_check(path: &std::path::Path) -> (i32, String) {
 
 #[test]
 fn malformed_manifests_name_the_file_and_key() {
-    let app = AppDir::new(
+    let app = AppDir::app(
+        "bad",
+        "1.0.0",
         r#"
-manifest_version = 1
-[application]
-name = "bad"
-version = "1.0.0"
 [component.x]
 source = "hello.wasm"
 routes = ["/"]
@@ -140,12 +138,10 @@ memory_limit = "lots"
     assert_eq!(code, 65);
     assert!(err.contains("outpost.toml"), "{err}");
 
-    let app = AppDir::new(
+    let app = AppDir::app(
+        "bad",
+        "1.0.0",
         r#"
-manifest_version = 1
-[application]
-name = "bad"
-version = "1.0.0"
 [component.x]
 source = "hello.wasm"
 routes = ["/"]
@@ -160,12 +156,10 @@ alowed_outbound_hosts = []
 
 #[test]
 fn missing_wasm_and_escaping_paths_are_rejected() {
-    let app = AppDir::new(
+    let app = AppDir::app(
+        "bad",
+        "1.0.0",
         r#"
-manifest_version = 1
-[application]
-name = "bad"
-version = "1.0.0"
 [component.x]
 source = "missing.wasm"
 routes = ["/"]

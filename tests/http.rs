@@ -19,12 +19,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// hello at `/`, echo at `/echo` (1 MiB request bodies at most), slow at `/sleep` (300 ms).
 fn edge_app() -> AppDir {
-    AppDir::new(
+    AppDir::app(
+        "edge",
+        "1.0.0",
         r#"
-manifest_version = 1
-[application]
-name = "edge"
-version = "1.0.0"
 [component.hello]
 source = "hello.wasm"
 routes = ["/"]

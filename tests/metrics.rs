@@ -53,12 +53,10 @@ async fn scrape(admin: std::net::SocketAddr) -> Scrape {
 #[tokio::test]
 async fn metrics_have_conventional_names_and_types_and_move_with_traffic() {
     let dir = tempfile::tempdir().unwrap();
-    let app = AppDir::new(
+    let app = AppDir::app(
+        "shop",
+        "1.0.0",
         r#"
-manifest_version = 1
-[application]
-name = "shop"
-version = "1.0.0"
 [component.hello]
 source = "hello.wasm"
 routes = ["/"]

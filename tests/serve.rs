@@ -25,12 +25,10 @@ async fn bare_wasm_is_served_at_root_over_http1_and_http2() {
 
 #[tokio::test]
 async fn longest_route_prefix_wins_and_unrouted_paths_get_404() {
-    let app = AppDir::new(
+    let app = AppDir::app(
+        "multi",
+        "1.0.0",
         r#"
-manifest_version = 1
-[application]
-name = "multi"
-version = "1.0.0"
 [component.hello]
 source = "hello.wasm"
 routes = ["/hello"]
@@ -104,13 +102,11 @@ async fn wait_guest_calls(d: &Daemon, f: &str, n: usize) {
 }
 
 fn limits_app(extra: &str) -> AppDir {
-    AppDir::new(
+    AppDir::app(
+        "limits",
+        "1.0.0",
         &format!(
             r#"
-manifest_version = 1
-[application]
-name = "limits"
-version = "1.0.0"
 [component.slow]
 source = "slow.wasm"
 routes = ["/sleep", "/spin"]
@@ -301,13 +297,11 @@ async fn upstream() -> std::net::SocketAddr {
 async fn outbound_http_only_to_granted_hosts() {
     let allowed = upstream().await;
     let other = upstream().await;
-    let app = AppDir::new(
+    let app = AppDir::app(
+        "fetcher",
+        "1.0.0",
         &format!(
             r#"
-manifest_version = 1
-[application]
-name = "fetcher"
-version = "1.0.0"
 [component.fetch]
 source = "fetch.wasm"
 routes = ["/"]
@@ -344,13 +338,11 @@ allowed_outbound_hosts = ["http://127.0.0.1:{}"]
 async fn granted_names_do_not_reach_private_addresses_without_opt_in() {
     let up = upstream().await;
     let port = up.port();
-    let app = AppDir::new(
+    let app = AppDir::app(
+        "fetcher",
+        "1.0.0",
         &format!(
             r#"
-manifest_version = 1
-[application]
-name = "fetcher"
-version = "1.0.0"
 [component.byname]
 source = "fetch.wasm"
 routes = ["/byname"]
@@ -397,12 +389,10 @@ allow_private_outbound = true
 
 #[tokio::test]
 async fn files_are_read_only_and_environment_does_not_leak() {
-    let app = AppDir::new(
+    let app = AppDir::app(
+        "files",
+        "1.0.0",
         r#"
-manifest_version = 1
-[application]
-name = "files"
-version = "1.0.0"
 [component.files]
 source = "files.wasm"
 routes = ["/"]
@@ -453,12 +443,10 @@ files = [{ source = "static", destination = "/static" }]
 
 #[tokio::test]
 async fn variables_are_exposed_through_wasi_config() {
-    let app = AppDir::new(
+    let app = AppDir::app(
+        "vars",
+        "1.0.0",
         r#"
-manifest_version = 1
-[application]
-name = "vars"
-version = "1.0.0"
 [component.cfg]
 source = "config_reader.wasm"
 routes = ["/"]

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use outpost::bundle::desired::{DesiredApp, DesiredState, seal};
 use outpost::bundle::request_auth::{RequestAuth, Role};
 use outpost::bundle::sign::{SigningKey, parse_public_key};
-use outpost::control::api::{EnrollRequest, EnrollResponse, SyncReport};
+use outpost::control::api::{EnrollRequest, EnrollResponse, FailedRelease, SyncReport};
 
 const TOKEN: &str = "one-time-token";
 
@@ -172,6 +172,14 @@ impl MockCp {
             }
         })
         .await
+    }
+
+    /// Waits for a report that lists the release `digest` as failed; returns that failure.
+    async fn wait_failed(&self, what: &str, digest: outpost::bundle::Digest) -> FailedRelease {
+        let r = self
+            .wait_report(what, |r| r.failed.iter().any(|f| f.digest == digest))
+            .await;
+        r.failed.into_iter().find(|f| f.digest == digest).unwrap()
     }
 }
 
@@ -938,12 +946,9 @@ async fn oversized_and_stalled_downloads_fail_and_the_node_keeps_serving() {
     big.size = cap + 1;
     let v2_digest = big.digest;
     cp.set_desired(2, sealed(&cp_key, &node, 2, vec![big]));
-    let r = cp
-        .wait_report("the oversized release failed", |r| {
-            r.failed.iter().any(|f| f.digest == v2_digest)
-        })
+    let f = cp
+        .wait_failed("the oversized release failed", v2_digest)
         .await;
-    let f = r.failed.iter().find(|f| f.digest == v2_digest).unwrap();
     assert!(f.error.contains("max_bundle_size"), "{f:?}");
     wait_stderr(&d, "cannot run the release the control plane assigned").await;
     assert_eq!(
@@ -963,12 +968,9 @@ async fn oversized_and_stalled_downloads_fail_and_the_node_keeps_serving() {
     short.size -= 1;
     let v3_digest = short.digest;
     cp.set_desired(3, sealed(&cp_key, &node, 3, vec![short]));
-    let r = cp
-        .wait_report("the over-long download failed", |r| {
-            r.failed.iter().any(|f| f.digest == v3_digest)
-        })
+    let f = cp
+        .wait_failed("the over-long download failed", v3_digest)
         .await;
-    let f = r.failed.iter().find(|f| f.digest == v3_digest).unwrap();
     assert!(f.error.contains("larger than"), "{f:?}");
     assert_eq!(get(d.addr(), "/greeting").await.body, "one");
 

@@ -26,6 +26,26 @@ struct TestCert {
     der: CertificateDer<'static>,
 }
 
+impl TestCert {
+    /// `default_cert = { cert = "...", key = "..." }` (a line of `[tls]`).
+    fn default_line(&self) -> String {
+        format!(
+            "default_cert = {{ cert = \"{}\", key = \"{}\" }}\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+
+    /// A `[[tls.cert]]` table for `host`.
+    fn entry(&self, host: &str) -> String {
+        format!(
+            "[[tls.cert]]\nhosts = [\"{host}\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
 /// Generates a self-signed certificate for `names` and writes it (write-then-rename, so a
 /// rewrite is a new inode, as certbot and Kubernetes do) as `<stem>.pem` / `<stem>.key`.
 fn make_cert(dir: &Path, stem: &str, names: &[&str]) -> TestCert {
@@ -112,6 +132,14 @@ async fn h2_get(
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     collect(resp).await
+}
+
+/// `GET /` over HTTP/2 on a TLS connection to `name` that verifies the chain against `root`.
+async fn h2_get_verified(addr: SocketAddr, name: &str, root: &CertificateDer<'static>) -> Resp {
+    let tls = tls_connect(addr, name, client_tls(&[root], &[b"h2"]))
+        .await
+        .unwrap();
+    h2_get(&mut h2_over(tls).await, name, "/").await
 }
 
 /// An HTTP/1.1 request over `tls`.
@@ -221,12 +249,10 @@ impl std::ops::Deref for TlsDaemon {
 }
 
 fn hello_and_echo() -> AppDir {
-    AppDir::new(
+    AppDir::app(
+        "edge",
+        "1.0.0",
         r#"
-manifest_version = 1
-[application]
-name = "edge"
-version = "1.0.0"
 [component.hello]
 source = "hello.wasm"
 routes = ["/"]
@@ -329,15 +355,7 @@ fn serve_tls(apps: &[&str], extra: &[&str]) -> (Daemon, TestCert, tempfile::Temp
 async fn h3_get_and_streamed_post_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let cert = make_cert(dir.path(), "default", &["localhost"]);
-    let d = run_tls(
-        dir,
-        true,
-        &format!(
-            "[tls]\ndefault_cert = {{ cert = \"{}\", key = \"{}\" }}\n",
-            cert.cert.display(),
-            cert.key.display()
-        ),
-    );
+    let d = run_tls(dir, true, &format!("[tls]\n{}", cert.default_line()));
     assert_eq!(
         d.h3[0].port(),
         d.https[0].port(),
@@ -438,14 +456,7 @@ async fn tls_negotiates_h2_or_http1_by_alpn_and_advertises_alt_svc() {
     // Without HTTP/3 there is nothing to advertise.
     let (plain, cert, _dir) = serve_tls(&["hello"], &["--no-h3"]);
     assert!(plain.h3.is_empty());
-    let tls = tls_connect(
-        plain.https[0],
-        "localhost",
-        client_tls(&[&cert.der], &[b"h2"]),
-    )
-    .await
-    .unwrap();
-    let r = h2_get(&mut h2_over(tls).await, "localhost", "/").await;
+    let r = h2_get_verified(plain.https[0], "localhost", &cert.der).await;
     assert_eq!(r.status, 200);
     assert!(!r.headers.contains_key("alt-svc"), "{r:?}");
 }
@@ -460,23 +471,10 @@ async fn sni_selects_each_tenants_certificate() {
     let b = make_cert(dir.path(), "b", &["*.tenant-b.example"]);
     let def = make_cert(dir.path(), "default", &["default.example"]);
     let toml = format!(
-        r#"[tls]
-default_cert = {{ cert = "{}", key = "{}" }}
-[[tls.cert]]
-hosts = ["app.tenant-a.example"]
-cert = "{}"
-key = "{}"
-[[tls.cert]]
-hosts = ["*.tenant-b.example"]
-cert = "{}"
-key = "{}"
-"#,
-        def.cert.display(),
-        def.key.display(),
-        a.cert.display(),
-        a.key.display(),
-        b.cert.display(),
-        b.key.display()
+        "[tls]\n{}{}{}",
+        def.default_line(),
+        a.entry("app.tenant-a.example"),
+        b.entry("*.tenant-b.example")
     );
     let d = run_tls(dir, true, &toml);
     for (name, want) in [
@@ -494,14 +492,7 @@ key = "{}"
         assert_eq!(&presented(&tls), want, "TLS, server name {name}");
     }
     // A client that validates the chain accepts the tenant's certificate for its name.
-    let tls = tls_connect(
-        d.https[0],
-        "app.tenant-a.example",
-        client_tls(&[&a.der], &[b"h2"]),
-    )
-    .await
-    .unwrap();
-    let r = h2_get(&mut h2_over(tls).await, "app.tenant-a.example", "/").await;
+    let r = h2_get_verified(d.https[0], "app.tenant-a.example", &a.der).await;
     assert_eq!(r.status, 200);
 
     // QUIC resolves through the same table.
@@ -527,11 +518,7 @@ key = "{}"
 async fn unknown_server_name_without_default_is_refused_and_logged() {
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["app.tenant-a.example"]);
-    let toml = format!(
-        "[[tls.cert]]\nhosts = [\"app.tenant-a.example\"]\ncert = \"{}\"\nkey = \"{}\"\n",
-        a.cert.display(),
-        a.key.display()
-    );
+    let toml = a.entry("app.tenant-a.example");
     let d = run_tls(dir, true, &toml);
     for name in ["nope.example", "127.0.0.1"] {
         let err = tls_connect(d.https[0], name, client_tls_any(&[b"h2"]))
@@ -566,14 +553,7 @@ async fn unknown_server_name_without_default_is_refused_and_logged() {
         m.contains("outpost_tls_handshake_failures_total{reason=\"unknown_server_name\"} 3"),
         "{m}"
     );
-    let tls = tls_connect(
-        d.https[0],
-        "app.tenant-a.example",
-        client_tls(&[&a.der], &[b"h2"]),
-    )
-    .await
-    .unwrap();
-    let r = h2_get(&mut h2_over(tls).await, "app.tenant-a.example", "/").await;
+    let r = h2_get_verified(d.https[0], "app.tenant-a.example", &a.der).await;
     assert_eq!(r.status, 200);
 }
 
@@ -588,9 +568,8 @@ async fn stalled_tls_handshakes_time_out_without_blocking_others() {
         dir,
         false,
         &format!(
-            "[tls]\nhandshake_timeout = \"500ms\"\ndefault_cert = {{ cert = \"{}\", key = \"{}\" }}\n",
-            cert.cert.display(),
-            cert.key.display()
+            "[tls]\nhandshake_timeout = \"500ms\"\n{}",
+            cert.default_line()
         ),
     );
     // 20 silent clients, and 5 that send half a ClientHello (a record header promising more).
@@ -605,10 +584,7 @@ async fn stalled_tls_handshakes_time_out_without_blocking_others() {
         stalled.push(s);
     }
     // A real client is served while they hang.
-    let tls = tls_connect(d.https[0], "localhost", client_tls(&[&cert.der], &[b"h2"]))
-        .await
-        .unwrap();
-    let r = h2_get(&mut h2_over(tls).await, "localhost", "/").await;
+    let r = h2_get_verified(d.https[0], "localhost", &cert.der).await;
     assert_eq!((r.status, r.body.as_str()), (200, "hello from outpost\n"));
     // Every stalled connection is closed by the server (EOF or reset), not left open.
     for (i, mut s) in stalled.into_iter().enumerate() {
@@ -640,10 +616,8 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
     let first = make_cert(&certs, "a", &["app.tenant-a.example"]);
     // Polling is slow here, so only the signal can explain a prompt reload.
     let toml = format!(
-        "[tls]\nreload_interval = \"1h\"\n[[tls.cert]]\nhosts = [\"app.tenant-a.example\"]\n\
-         cert = \"{}\"\nkey = \"{}\"\n",
-        first.cert.display(),
-        first.key.display()
+        "[tls]\nreload_interval = \"1h\"\n{}",
+        first.entry("app.tenant-a.example")
     );
     let d = run_tls(dir, false, &toml);
     let name = "app.tenant-a.example";
@@ -687,9 +661,8 @@ async fn changed_certificate_files_are_picked_up_by_polling() {
     let dir = tempfile::tempdir().unwrap();
     let first = make_cert(dir.path(), "default", &["localhost"]);
     let toml = format!(
-        "[tls]\nreload_interval = \"200ms\"\ndefault_cert = {{ cert = \"{}\", key = \"{}\" }}\n",
-        first.cert.display(),
-        first.key.display()
+        "[tls]\nreload_interval = \"200ms\"\n{}",
+        first.default_line()
     );
     let d = run_tls(dir, true, &toml);
     let tls = tls_connect(d.https[0], "localhost", client_tls_any(&[]))
@@ -827,10 +800,7 @@ async fn embedded_demo_config_serves_every_protocol_on_the_documented_ports() {
     assert_eq!((r.status, r.body.as_str()), (200, demo));
     assert_eq!(r.headers["alt-svc"], "h3=\":8443\"");
     let cert = CertificateDer::from_pem_file(&pem).unwrap();
-    let tls = tls_connect(d.https[0], "localhost", client_tls(&[&cert], &[b"h2"]))
-        .await
-        .unwrap();
-    let r = h2_get(&mut h2_over(tls).await, "localhost", "/").await;
+    let r = h2_get_verified(d.https[0], "localhost", &cert).await;
     assert_eq!((r.status, r.body.as_str()), (200, demo));
     let mut client = h3_connect(d.h3[0], "localhost", client_tls(&[&cert], &[])).await;
     let r = h3_request(&mut client, "GET", "/", b"").await;
@@ -924,10 +894,7 @@ async fn self_signed_development_certificate_serves_localhost() {
     let mut client = h3_connect(d.h3[0], "localhost", client_tls(&[&der], &[])).await;
     assert_eq!(h3_request(&mut client, "GET", "/", b"").await.status, 200);
     // Valid for the IP address too (no SNI is sent for it).
-    let tls = tls_connect(d.https[0], "127.0.0.1", client_tls(&[&der], &[b"h2"]))
-        .await
-        .unwrap();
-    let r = h2_get(&mut h2_over(tls).await, "127.0.0.1", "/").await;
+    let r = h2_get_verified(d.https[0], "127.0.0.1", &der).await;
     assert_eq!(r.status, 200);
 }
 

@@ -61,9 +61,22 @@ impl AppDir {
         }
         Self { dir }
     }
+    /// [`AppDir::new`] with the manifest's header written for app `name` at `version`:
+    /// `components` holds the rest (the `[component.*]` tables).
+    pub fn app(name: &str, version: &str, components: &str, apps: &[&str]) -> Self {
+        Self::new(&manifest(name, version, components), apps)
+    }
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// An `outpost.toml` for app `name` at `version`: the header, then `components`.
+pub fn manifest(name: &str, version: &str, components: &str) -> String {
+    format!(
+        "manifest_version = 1\n[application]\nname = \"{name}\"\nversion = \"{version}\"\n{}",
+        components.trim_start_matches('\n')
+    )
 }
 
 /// A child process whose stdout lines arrive on `lines` and whose stderr collects in `stderr`.
