@@ -12,9 +12,7 @@ use crate::base::clock::unix_now;
 use crate::bundle::archive::{self, Limits};
 use crate::bundle::sign::{self, ReleaseDoc, SignedDoc};
 use crate::bundle::{self as bundle_mod, Digest};
-use crate::store::Store;
 use crate::store::install::{self, MAX_SIG_FILE};
-use crate::sync::pipeline::{Mode, Pipeline};
 
 #[derive(Debug, clap::Args)]
 pub struct BundleArgs {
@@ -477,44 +475,14 @@ fn install_cmd(bundle: &Path, config: Option<PathBuf>, sig: Option<PathBuf>) -> 
         Some(p) => crate::ops::config::Config::load(p).map_err(CliError::config)?,
         None => crate::ops::config::Config::embedded_default(),
     };
-    let policy = crate::node::trust::node_trust_policy(&cfg)?;
-    let limits = Limits {
-        max_compressed: cfg.store.max_bundle_size,
-        ..Default::default()
-    };
-    let bytes = install::read_bundle_file(bundle, limits.max_compressed).map_err(CliError::app)?;
-    let sig_path = sig_path(bundle, sig);
-    let sig = read_sig_file(bundle, &sig_path)?;
-    // The engine `outpost run` would build: set up before anything is written, so a config
-    // problem is reported as one (64) and the load check below measures only the release.
-    let (rt, runtime) = node_runtime(&cfg)?;
-    let store_dir = cfg.state_dir().join("store");
-    let (store, _) = Store::open(&store_dir)
-        .with_context(|| format!("opening the store in {}", store_dir.display()))
-        .map_err(CliError::runtime)?;
     let pb = progress(&format!("installing {}", bundle.display()));
-    // The pipeline's load check compiles every component with the daemon's engine settings (so
-    // the next start deserializes instead of compiling) and proves the release links against
-    // and instantiates on this node's host — before it becomes active, so a signed but broken
-    // release never replaces a working one. An already active bundle is loaded too, which
-    // refills the code cache if it was trimmed.
-    let pipeline = Pipeline {
-        store: std::sync::Arc::new(store),
-        runtime,
-        policy: std::sync::Arc::new(policy),
-        limits,
-    };
-    let installed = rt
-        .block_on(
-            pipeline.install(bytes, sig, unix_now(), Mode::Upgrade, |r| {
-                pb.set_message(format!("compiling {} {}", r.app, r.version));
-            }),
-        )
-        .with_context(|| format!("{}", bundle.display()))
-        .map_err(CliError::app)?
-        .installed;
-    let r = &installed.release;
+    let installed =
+        crate::node::install::install_bundle(&cfg, bundle, &sig_path(bundle, sig), |r| {
+            pb.set_message(format!("compiling {} {}", r.app, r.version));
+        });
     pb.finish_and_clear();
+    let installed = installed?;
+    let r = &installed.release;
     if installed.unchanged {
         println!("{} {} ({}) already active", r.app, r.version, r.digest);
     } else {
@@ -546,37 +514,4 @@ fn read_sig_opt(sig_path: &Path) -> Result<Option<Vec<u8>>, CliError> {
 /// The signature file of a bundle that must be signed: a missing file says so.
 fn read_sig_file(bundle: &Path, sig_path: &Path) -> Result<Vec<u8>, CliError> {
     install::read_required_sig_file(bundle, sig_path).map_err(CliError::app)
-}
-
-/// The engine `outpost run` would build from a config, for loading a release once: that
-/// compiles it into the state directory's code cache and runs the same checks as a start. With
-/// the (current-thread) async runtime it lives in: the pooling allocator's reservations belong to
-/// a runtime context.
-fn node_runtime(
-    cfg: &crate::ops::config::Config,
-) -> Result<
-    (
-        tokio::runtime::Runtime,
-        std::sync::Arc<crate::runtime::Runtime>,
-    ),
-    CliError,
-> {
-    use crate::runtime::{Runtime, RuntimeSettings};
-    use crate::sizing;
-    let overrides = crate::node::run::overrides_from(cfg)?;
-    let sizing = sizing::derive(&sizing::detect(), &overrides).map_err(CliError::config)?;
-    let code_dir = cfg.state_dir().join("compiled");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::runtime(anyhow!("cannot start the async runtime: {e}")))?;
-    let runtime = rt.block_on(async {
-        Runtime::new(
-            RuntimeSettings::from_sizing(&sizing, Some(code_dir)),
-            crate::ops::metrics::Metrics::new(),
-        )
-        .map(std::sync::Arc::new)
-        .map_err(CliError::runtime)
-    })?;
-    Ok((rt, runtime))
 }

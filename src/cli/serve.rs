@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{CliError, CliResult};
-use crate::runtime::app::AppSource;
-use crate::sizing;
+use super::CliResult;
+use crate::serve::certs::CertPaths;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -56,84 +55,33 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> CliResult {
-    let hw = sizing::detect();
-    let sizing = sizing::derive(&hw, &sizing::Overrides::default()).map_err(CliError::config)?;
     let cache = if args.no_cache {
         None
     } else {
         args.cache_dir.clone().or_else(super::default_cache_dir)
     };
-    let unpack_root = std::env::temp_dir().join(format!("outpost-serve-{}", std::process::id()));
-    let _cleanup = RemoveOnDrop(unpack_root.clone());
-    let mut sources = Vec::with_capacity(args.paths.len());
-    for (i, p) in args.paths.iter().enumerate() {
-        if p.extension().is_some_and(|e| e == "bundle") {
-            let dir = unpack_root.join(i.to_string());
-            crate::node::dev::open_bundle(p, &args.trust, args.insecure_unsigned, &dir)?;
-            sources.push(AppSource::Dir(dir));
-        } else {
-            sources.push(AppSource::from_path(p).map_err(CliError::app)?);
-        }
-    }
-
-    let tls = tls_from_args(&args, &sizing)?;
-
-    crate::node::dev::run(
-        crate::node::dev::DevServer {
-            sources,
-            listen: args.listen.clone(),
-            https: args.https.clone(),
-            tls,
-            cache,
-            drain: args.drain_timeout,
-        },
-        &sizing,
-    )
-}
-
-/// The TLS setup for `--https` (`None` without it): `--cert`/`--key`, or a generated
-/// localhost certificate saved next to the compile cache (not with `--no-cache`).
-fn tls_from_args(
-    args: &ServeArgs,
-    sizing: &sizing::Sizing,
-) -> Result<Option<crate::serve::tls::TlsSetup>, CliError> {
-    use crate::serve::certs::{CertPaths, CertSpec, DefaultCert};
-    if args.https.is_empty() {
-        return Ok(None);
-    }
-    let files = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => Some(CertPaths {
-            cert: cert.clone(),
-            key: key.clone(),
-        }),
-        _ => None,
-    };
-    let self_signed = files.is_none();
-    let pem = if args.no_cache {
+    // A generated certificate is kept beside the default compile cache, so a browser or curl
+    // can be told to trust it once (not with --no-cache, which writes nothing).
+    let self_signed_pem = if args.no_cache {
         None
     } else {
         super::default_cache_dir()
             .and_then(|d| d.parent().map(|p| p.join("self-signed-localhost.pem")))
     };
-    let spec = CertSpec {
-        default: files.map(DefaultCert::Files),
-        tenants: Vec::new(),
+    let cert = match (args.cert, args.key) {
+        (Some(cert), Some(key)) => Some(CertPaths { cert, key }),
+        _ => None,
     };
-    crate::node::tls_setup(
-        spec,
-        self_signed,
-        pem.as_deref(),
-        !args.no_h3,
-        sizing,
-        crate::serve::tls::HANDSHAKE_TIMEOUT,
-    )
-    .map(Some)
-}
-
-/// Removes a directory tree when dropped (the unpacked bundles of a dev-mode run).
-struct RemoveOnDrop(PathBuf);
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    crate::node::dev::run(crate::node::dev::DevServer {
+        paths: args.paths,
+        trust: args.trust,
+        insecure_unsigned: args.insecure_unsigned,
+        listen: args.listen,
+        https: args.https,
+        cert,
+        self_signed_pem,
+        h3: !args.no_h3,
+        cache,
+        drain: args.drain_timeout,
+    })
 }

@@ -2,9 +2,11 @@
 //! verified bundles, served on the given listeners with the machine's sizing and no store, no
 //! control plane and no systemd.
 //!
-//! Owns: putting that small server together and running it until SIGTERM or SIGINT.
-//! Must not: parse arguments (`cli::serve` does) or write anything but the compile cache and the
-//! unpacked bundles it is given a directory for.
+//! Owns: putting that small server together — sizing, verified bundles unpacked into a
+//! temporary directory, the TLS setup, the engine — and running it until SIGTERM or SIGINT.
+//! Must not: parse arguments (`cli::serve` does) or write anything but the compile cache, the
+//! generated localhost certificate it is given a path for, and the unpacked bundles (removed on
+//! exit).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,24 +17,69 @@ use crate::ops::metrics::Metrics;
 use crate::ops::process::ExitError;
 use crate::runtime::app::{AppSource, load_app};
 use crate::runtime::{Runtime, RuntimeSettings};
+use crate::serve::certs::{CertPaths, CertSpec, DefaultCert};
 use crate::serve::{HostPattern, Router, ServeState};
-use crate::sizing::Sizing;
 
 /// What to serve and where.
 pub struct DevServer {
-    pub sources: Vec<AppSource>,
+    /// App directories, bare components, or signed bundles (`*.bundle`, with the signature
+    /// file next to it).
+    pub paths: Vec<PathBuf>,
+    /// Keys (key lines or `.pub` files) a bundle must be signed by.
+    pub trust: Vec<String>,
+    /// Serve bundles without checking their signatures.
+    pub insecure_unsigned: bool,
     pub listen: Vec<SocketAddr>,
     pub https: Vec<SocketAddr>,
-    pub tls: Option<crate::serve::tls::TlsSetup>,
+    /// The certificate for `https`; `None`: a generated self-signed one for localhost.
+    pub cert: Option<CertPaths>,
+    /// Where the generated certificate is saved for clients to trust (`None`: not saved).
+    pub self_signed_pem: Option<PathBuf>,
+    /// HTTP/3 beside each `https` listener.
+    pub h3: bool,
     /// The compiled-code cache; `None` compiles on every start.
     pub cache: Option<PathBuf>,
     /// How long open requests get after SIGTERM.
     pub drain: Duration,
 }
 
-/// Loads every app, binds the listeners, prints their addresses and serves until SIGTERM or
-/// SIGINT, then drains.
-pub fn run(dev: DevServer, sizing: &Sizing) -> Result<(), ExitError> {
+/// Opens every app (verifying and unpacking bundles), loads it, binds the listeners, prints
+/// their addresses and serves until SIGTERM or SIGINT, then drains.
+pub fn run(dev: DevServer) -> Result<(), ExitError> {
+    let sizing = &crate::sizing::derive(
+        &crate::sizing::detect(),
+        &crate::sizing::Overrides::default(),
+    )
+    .map_err(ExitError::config)?;
+    let unpack_root = std::env::temp_dir().join(format!("outpost-serve-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(unpack_root.clone());
+    let mut sources = Vec::with_capacity(dev.paths.len());
+    for (i, p) in dev.paths.iter().enumerate() {
+        if p.extension().is_some_and(|e| e == "bundle") {
+            let dir = unpack_root.join(i.to_string());
+            open_bundle(p, &dev.trust, dev.insecure_unsigned, &dir)?;
+            sources.push(AppSource::Dir(dir));
+        } else {
+            sources.push(AppSource::from_path(p).map_err(ExitError::app)?);
+        }
+    }
+    let tls = if dev.https.is_empty() {
+        None
+    } else {
+        let self_signed = dev.cert.is_none();
+        let spec = CertSpec {
+            default: dev.cert.clone().map(DefaultCert::Files),
+            tenants: Vec::new(),
+        };
+        Some(super::tls_setup(
+            spec,
+            self_signed,
+            dev.self_signed_pem.as_deref(),
+            dev.h3,
+            sizing,
+            crate::serve::tls::HANDSHAKE_TIMEOUT,
+        )?)
+    };
     super::log_sizing(sizing);
     let rt = crate::ops::process::tokio_runtime(sizing.worker_threads.value)?;
     rt.block_on(async move {
@@ -40,17 +87,17 @@ pub fn run(dev: DevServer, sizing: &Sizing) -> Result<(), ExitError> {
         let runtime = Runtime::new(RuntimeSettings::from_sizing(sizing, dev.cache), metrics.clone())
             .map(Arc::new)
             .map_err(ExitError::runtime)?;
-        let mut apps = Vec::with_capacity(dev.sources.len());
-        for src in &dev.sources {
+        let mut apps = Vec::with_capacity(sources.len());
+        for src in &sources {
             let app = load_app(&runtime, src).await.map_err(ExitError::app)?;
             apps.push((vec![HostPattern::Any], app));
         }
         let router = Router::new(apps).map_err(|e| ExitError::app(anyhow::anyhow!(e)))?;
-        let listeners = crate::serve::Listeners::bind(&dev.listen, &dev.https, dev.tls.as_ref())
+        let listeners = crate::serve::Listeners::bind(&dev.listen, &dev.https, tls.as_ref())
             .await
             .map_err(ExitError::runtime)?;
         let (_stop_reloader, reloader_stop) = tokio::sync::watch::channel(false);
-        if let Some(t) = &dev.tls {
+        if let Some(t) = &tls {
             t.certs.set_metrics(metrics.clone());
             t.certs
                 .spawn_reloader(crate::ops::config::DEFAULT_RELOAD_INTERVAL, reloader_stop);
@@ -81,10 +128,18 @@ pub fn run(dev: DevServer, sizing: &Sizing) -> Result<(), ExitError> {
     })
 }
 
+/// Removes a directory tree when dropped (the unpacked bundles of a dev-mode run).
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Verifies (unless `insecure`) and unpacks a bundle into `dir`: the same verification as
 /// `bundle verify` and `bundle install` ([`crate::store::install::verify_bundle`]), so a bundle
 /// whose manifest names another app or version than its signature is refused here too.
-pub fn open_bundle(
+fn open_bundle(
     path: &std::path::Path,
     trust: &[String],
     insecure: bool,

@@ -12,6 +12,7 @@
 //! serving is `serve`, the agent is `sync`).
 
 pub mod dev;
+pub mod install;
 pub mod reload;
 pub mod run;
 pub mod trust;
