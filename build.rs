@@ -34,6 +34,10 @@ const APPS: &[&str] = &[
     "config_reader",
     "trap",
     "noresponse",
+    "hello_p3",
+    "echo_p3",
+    "fetch2_p3",
+    "stress_p3",
 ];
 
 /// The app embedded in the binary as the built-in demo.

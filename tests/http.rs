@@ -7,14 +7,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
+use common::clients::*;
 use common::*;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::ServerName;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// hello at `/`, echo at `/echo` (1 MiB request bodies at most), slow at `/sleep` (300 ms).
@@ -96,125 +95,6 @@ async fn metric(admin: SocketAddr, series: &str) -> f64 {
         .filter(|l| l.starts_with(series))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
-}
-
-// === TLS and HTTP/3 clients ===
-
-/// An HTTP/2 connection: over TLS (ALPN h2) to `tls`, or cleartext prior knowledge to `clear`.
-async fn h2_connect(
-    addr: SocketAddr,
-    tls: bool,
-) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    if tls {
-        let name = ServerName::try_from("localhost").unwrap();
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(client_tls_any(&[b"h2"])))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        let (send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        send
-    } else {
-        let (send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        send
-    }
-}
-
-/// A response whose body was read to its end — or the error that stopped it.
-struct Full2 {
-    status: u16,
-    headers: http::HeaderMap,
-    body: Result<Bytes, String>,
-}
-
-async fn h2_request(
-    send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    method: &str,
-    uri: &str,
-    host: Option<&str>,
-) -> Full2 {
-    let mut b = http::Request::builder().method(method).uri(uri);
-    if let Some(h) = host {
-        b = b.header("host", h);
-    }
-    let resp = send
-        .send_request(b.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(resp.version(), http::Version::HTTP_2);
-    let (parts, body) = resp.into_parts();
-    let body = tokio::time::timeout(Duration::from_secs(30), body.collect())
-        .await
-        .map_err(|_| "body never ended".to_owned())
-        .and_then(|r| r.map(|c| c.to_bytes()).map_err(|e| format!("{e:?}")));
-    Full2 {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-    }
-}
-
-struct H3Client {
-    _endpoint: quinn::Endpoint,
-    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
-}
-
-async fn h3_connect(addr: SocketAddr) -> H3Client {
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls_any(&[b"h3"])).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
-    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-    });
-    H3Client {
-        _endpoint: endpoint,
-        send,
-    }
-}
-
-async fn h3_request(client: &mut H3Client, method: &str, path: &str, hosts: &[&str]) -> Full2 {
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(format!("https://localhost{path}"));
-    for h in hosts {
-        b = b.header("host", *h);
-    }
-    let mut stream = client.send.send_request(b.body(()).unwrap()).await.unwrap();
-    stream.finish().await.unwrap();
-    let exchange = async {
-        let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
-        let mut body = Vec::new();
-        loop {
-            match stream.recv_data().await {
-                Ok(Some(mut c)) => body.extend_from_slice(&c.copy_to_bytes(c.remaining())),
-                Ok(None) => break,
-                Err(e) => return Ok((resp, Err(e.to_string()))),
-            }
-        }
-        Ok::<_, String>((resp, Ok(Bytes::from(body))))
-    };
-    let (resp, body) = tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .expect("the HTTP/3 response completes")
-        .unwrap();
-    assert_eq!(resp.version(), http::Version::HTTP_3);
-    Full2 {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body,
-    }
 }
 
 /// The headers a `HEAD` must share with the `GET` of the same resource.

@@ -158,6 +158,7 @@ pub async fn load_tenant_app(
         tracing::info!(
             app = %app.name,
             component = %info.id,
+            wasi = component.wasi_version(),
             digest = %&info.load.digest[..12],
             cached = info.load.cache_hit,
             ms = info.load.elapsed.as_millis() as u64,

@@ -1,11 +1,12 @@
 //! A loaded component and per-request execution.
 //!
-//! Owns: the pre-instantiated component (`ProxyPre`: linking done once at load), its limits and
-//! grants, its measured memory footprint, admission (per-component concurrency with a bounded
+//! Owns: the pre-instantiated component (linking done once at load: a WASI 0.2
+//! `wasi:http/incoming-handler` or a WASI 0.3 `wasi:http/handler`, [`HandlerPre`]), its limits
+//! and grants, its measured memory footprint, admission (per-component concurrency with a bounded
 //! queue, then the node's pool by footprint and fair share), and the life of one request: its
 //! turn on the thread's fair CPU lane, fresh `Store` + instance metered for CPU, streamed request
 //! and response bodies, wall-clock deadline, mapping guest failures to a [`RequestError`] that
-//! says who caused it.
+//! says who caused it. Both WASI versions share all of it; only the call differs.
 //! Must not: know about sockets, protocols or routing.
 
 use std::pin::Pin;
@@ -19,9 +20,11 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::Store;
+use wasmtime::component::{InstancePre, Resource};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{IncomingRequest, ResponseOutparam, Scheme};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use super::admission::{Lease, Pool, Refused};
 use super::error::{RequestError, RequestErrorKind};
@@ -71,6 +74,70 @@ impl GuestCpu {
     }
 }
 
+/// A component's pre-linked handler, chosen at load by what the component exports.
+pub enum HandlerPre {
+    /// WASI 0.2: `wasi:http/incoming-handler` (the `wasi:http/proxy` world).
+    P2(ProxyPre<Host>),
+    /// WASI 0.3: `wasi:http/handler` (native async: request and response bodies are streams).
+    P3(ServicePre<Host>),
+}
+
+impl HandlerPre {
+    /// The handler `pre` exports: WASI 0.3 if it has `wasi:http/handler`, else WASI 0.2's
+    /// `wasi:http/incoming-handler`. The error names what is missing for both.
+    pub fn new(pre: InstancePre<Host>) -> Result<Self, String> {
+        match ServicePre::new(pre.clone()) {
+            Ok(p3) => Ok(Self::P3(p3)),
+            Err(p3) => ProxyPre::new(pre)
+                .map(Self::P2)
+                .map_err(|p2| format!("{p2:#}; {p3:#}")),
+        }
+    }
+
+    /// `"0.2"` or `"0.3"`: the WASI version of the handler, for logs and `outpost info`.
+    pub fn wasi_version(&self) -> &'static str {
+        match self {
+            Self::P2(_) => "0.2",
+            Self::P3(_) => "0.3",
+        }
+    }
+
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Self::P2(p) => p.engine(),
+            Self::P3(p) => p.engine(),
+        }
+    }
+
+    /// Instantiates without calling the handler (the load probe).
+    async fn instantiate(&self, store: &mut Store<Host>) -> wasmtime::Result<()> {
+        match self {
+            Self::P2(p) => p.instantiate_async(store).await.map(drop),
+            Self::P3(p) => p.instantiate_async(store).await.map(drop),
+        }
+    }
+}
+
+/// What a guest answers: a response whose body streams from the guest, or the error code it
+/// returned instead (shown as text: the two WASI versions have different `error-code` types).
+type Answer = Result<http::Response<ResponseBody>, String>;
+
+/// One request as its handler's WASI version takes it. Built once per request and moved into the
+/// guest's future at once, so the size difference of the variants costs nothing to keep.
+#[allow(clippy::large_enum_variant)]
+enum Call<B> {
+    /// Resources in the store's table; the answer comes through the outparam's callback.
+    P2 {
+        req: Resource<IncomingRequest>,
+        out: Resource<ResponseOutparam>,
+    },
+    /// The request itself (absolute URI); the response is sent on `answer`.
+    P3 {
+        req: http::Request<B>,
+        answer: tokio::sync::oneshot::Sender<Answer>,
+    },
+}
+
 /// Identifies a request in logs and in the client-visible error body.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestCtx {
@@ -91,7 +158,7 @@ pub struct AppComponent {
     pub label: Arc<str>,
     /// sha256 of the wasm.
     pub digest: String,
-    pre: ProxyPre<Host>,
+    pre: HandlerPre,
     grants: Arc<Grants>,
     ctx_pool: CtxPool,
     pub limits: Limits,
@@ -133,7 +200,7 @@ impl AppComponent {
         tenant: Option<&str>,
         id: &str,
         digest: String,
-        pre: ProxyPre<Host>,
+        pre: HandlerPre,
         grants: Grants,
         limits: Limits,
         account: Arc<Account>,
@@ -168,6 +235,11 @@ impl AppComponent {
             footprint: AtomicU64::new(INSTANCE_OVERHEAD),
             metrics,
         }
+    }
+
+    /// The WASI version of this component's HTTP handler: `"0.2"` or `"0.3"`.
+    pub fn wasi_version(&self) -> &'static str {
+        self.pre.wasi_version()
     }
 
     /// Bytes one live instance of this component is expected to hold (see the field).
@@ -228,22 +300,30 @@ impl AppComponent {
             .new_store(&meter)
             .map_err(|e| internal(format!("creating store state: {e:#}")))?;
 
-        let scheme = if ctx.https {
-            Scheme::Https
-        } else {
-            Scheme::Http
+        let (tx, rx) = tokio::sync::oneshot::channel::<Answer>();
+        let call = match &self.pre {
+            HandlerPre::P2(_) => {
+                let scheme = if ctx.https {
+                    Scheme::Https
+                } else {
+                    Scheme::Http
+                };
+                let mut http = store.data_mut().http();
+                let req = http
+                    .new_incoming_request(scheme, req)
+                    .map_err(|e| internal(format!("incoming request: {e:#}")))?;
+                let out = http
+                    .new_response_outparam_from_callback(move |answer| {
+                        let _ = tx.send(answer.map_err(|code| format!("{code:?}")));
+                    })
+                    .map_err(|e| internal(format!("response outparam: {e:#}")))?;
+                Call::P2 { req, out }
+            }
+            HandlerPre::P3(_) => Call::P3 {
+                req: absolute_uri(req, ctx.https)?,
+                answer: tx,
+            },
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let req = store
-            .data_mut()
-            .http()
-            .new_incoming_request(scheme, req)
-            .map_err(|e| internal(format!("incoming request: {e:#}")))?;
-        let out = store
-            .data_mut()
-            .http()
-            .new_response_outparam(tx)
-            .map_err(|e| internal(format!("response outparam: {e:#}")))?;
 
         let this = self.clone();
         // Counted by a guard: the request future may be dropped mid-way (client gone).
@@ -255,15 +335,34 @@ impl AppComponent {
             let run = async {
                 // Behind lighter apps' parked guests, if any (usually: straight through).
                 turn.turn_to_start().await;
-                let proxy = this.pre.instantiate_async(&mut store).await?;
-                initial = store.data().limiter.total;
-                this.metrics
-                    .instantiate_duration
-                    .observe(t0.elapsed().as_secs_f64());
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
+                match (&this.pre, call) {
+                    (HandlerPre::P2(pre), Call::P2 { req, out }) => {
+                        let proxy = pre.instantiate_async(&mut store).await?;
+                        initial = store.data().limiter.total;
+                        this.metrics
+                            .instantiate_duration
+                            .observe(t0.elapsed().as_secs_f64());
+                        proxy
+                            .wasi_http_incoming_handler()
+                            .call_handle(&mut store, req, out)
+                            .await
+                    }
+                    (HandlerPre::P3(pre), Call::P3 { req, answer }) => {
+                        let service = pre.instantiate_async(&mut store).await?;
+                        initial = store.data().limiter.total;
+                        this.metrics
+                            .instantiate_duration
+                            .observe(t0.elapsed().as_secs_f64());
+                        store
+                            .run_concurrent(async move |acc| {
+                                serve_p3(acc, &service, req, answer).await
+                            })
+                            .await?
+                    }
+                    _ => Err(wasmtime::format_err!(
+                        "a request prepared for the other WASI version"
+                    )),
+                }
             };
             let outcome = match LazyDeadline::new(std::pin::pin!(run), deadline).await {
                 Some(Ok(())) => GuestOutcome::Returned,
@@ -367,7 +466,7 @@ impl AppComponent {
             }
             (Some(Err(code)), _) => Err(RequestError::new(
                 RequestErrorKind::Trap,
-                format!("guest answered with error code {code:?}"),
+                format!("guest answered with error code {code}"),
             )),
             (None, outcome) => Err(match outcome {
                 _ if too_large.load(Ordering::Relaxed) => RequestError::new(
@@ -412,12 +511,9 @@ impl AppComponent {
         let t0 = Instant::now();
         let meter = Meter::new(self.account.clone(), self.ticks.clone());
         let mut store = self.new_store(&meter).map_err(|e| format!("{e:#}"))?;
-        Metered::new(
-            std::pin::pin!(self.pre.instantiate_async(&mut store)),
-            meter,
-        )
-        .await
-        .map_err(|e| format!("{e:#}"))?;
+        Metered::new(std::pin::pin!(self.pre.instantiate(&mut store)), meter)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         Ok(t0.elapsed())
     }
 
@@ -480,6 +576,107 @@ impl AppComponent {
             })?;
         Ok((own, slot))
     }
+}
+
+/// One WASI 0.3 request, inside the store's event loop: hand the request to the guest's
+/// `handle`, send its response on `answer`, then keep the event loop running until the response
+/// body is done — the guest writes the body from tasks of its own after `handle` returns, and
+/// only this loop moves those bytes to the client. Returns when the client has the whole body or
+/// has gone away (the body dropped).
+async fn serve_p3<B>(
+    acc: &wasmtime::component::Accessor<Host>,
+    service: &wasmtime_wasi_http::p3::bindings::Service,
+    req: http::Request<B>,
+    answer: tokio::sync::oneshot::Sender<Answer>,
+) -> wasmtime::Result<()>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    // The incoming headers are filtered by the default hooks: the store's own hooks differ only
+    // in how they send outbound requests, and borrowing them here would tie the request's I/O
+    // future to the store borrow.
+    let (req, request_io) =
+        wasmtime_wasi_http::p3::Request::from_http(wasmtime_wasi_http::default_hooks(), req);
+    let response = match service.handle(acc, req).await? {
+        Ok(response) => response,
+        Err(code) => {
+            let _ = answer.send(Err(format!("{code:?}")));
+            return Ok(());
+        }
+    };
+    let response = acc.with(|mut s| response.into_http(&mut s, request_io))?;
+    let (done, body_done) = tokio::sync::oneshot::channel::<()>();
+    let response = response.map(|body| {
+        DoneBody {
+            inner: body,
+            _done: done,
+        }
+        .boxed_unsync()
+    });
+    if answer.send(Ok(response)).is_ok() {
+        // Resolves (with an error: nothing is ever sent) once the body is dropped.
+        let _ = body_done.await;
+    }
+    Ok(())
+}
+
+/// A response body that tells, by being dropped, that the client is done with it.
+struct DoneBody {
+    inner: ResponseBody,
+    _done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Body for DoneBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request with an absolute URI, as a WASI 0.3 guest reads it: the scheme the client used
+/// and the authority from the URI (HTTP/2, HTTP/3) or the `Host` header (HTTP/1.x; the front door
+/// has already refused requests without one).
+fn absolute_uri<B>(req: http::Request<B>, https: bool) -> Result<http::Request<B>, RequestError> {
+    let (mut parts, body) = req.into_parts();
+    let authority = match parts.uri.authority() {
+        Some(a) => a.clone(),
+        None => parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .ok_or_else(|| internal("no valid authority in the URI or the Host header"))?,
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(if https {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    parts.uri = http::Uri::from_parts(uri).map_err(|e| internal(format!("request URI: {e}")))?;
+    Ok(http::Request::from_parts(parts, body))
 }
 
 /// `tokio::time::timeout_at`, except that the timer is armed only once the inner future first

@@ -26,12 +26,13 @@ pub enum LoadError {
     #[error(
         "{path}: the component needs something Outpost does not provide: {reason}\n\
          Outpost provides WASI 0.2 (wasi:cli, wasi:clocks, wasi:filesystem, wasi:io, wasi:random, \
-         wasi:sockets — all denied unless granted), wasi:http and wasi:config/store"
+         wasi:sockets — all denied unless granted), wasi:http 0.2 and 0.3, WASI 0.3's wasi:cli, \
+         wasi:clocks and wasi:random, and wasi:config/store"
     )]
     Link { path: PathBuf, reason: String },
     #[error(
-        "{path}: the component does not export wasi:http/incoming-handler@0.2.x \
-         (it is not a wasi:http/proxy component): {reason}"
+        "{path}: the component exports neither wasi:http/incoming-handler@0.2.x (a \
+         wasi:http/proxy component) nor wasi:http/handler@0.3.x: {reason}"
     )]
     NotProxy { path: PathBuf, reason: String },
     #[error("{path}: cannot be instantiated under its limits: {reason}")]

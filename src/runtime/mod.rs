@@ -26,12 +26,11 @@ use std::time::Duration;
 
 use wasmtime::Engine;
 use wasmtime::component::Linker;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::ops::metrics::Metrics;
 use crate::sizing;
 use compile::{CodeCache, LoadInfo};
-use component::{AppComponent, Limits};
+use component::{AppComponent, HandlerPre, Limits};
 use error::LoadError;
 use host::{Grants, Host};
 
@@ -218,9 +217,9 @@ impl Runtime {
                 path: path.to_owned(),
                 reason: format!("{e:#}"),
             })?;
-        let pre = ProxyPre::new(pre).map_err(|e| LoadError::NotProxy {
+        let pre = HandlerPre::new(pre).map_err(|reason| LoadError::NotProxy {
             path: path.to_owned(),
-            reason: format!("{e:#}"),
+            reason,
         })?;
         let grants = Grants {
             outbound: cfg.outbound,

@@ -13,6 +13,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+pub mod clients;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
 /// Writes `DIR/NAME`, a node config for `outpost run`: state in `DIR/state`, a cleartext and an

@@ -1,0 +1,67 @@
+//! # stress-p3
+//!
+//! A WASI 0.3 handler that misbehaves on request, for the limit tests:
+//! - `/spin`: busy-loops before answering (the timeout and the fair scheduler stop it);
+//! - `/spin-after`: answers 200 at once, then busy-loops in the task that writes the body;
+//! - `/alloc?mib=N`: allocates N MiB (beyond `memory_limit` the allocation fails and the guest
+//!   traps);
+//! - `/trap`: panics (a trap);
+//! - `/error`: returns an `ErrorCode` instead of a response;
+//! - anything else: 200 `ok PATH`.
+//!
+//! Must not: be served to real traffic.
+
+use wasip3::http::types::{ErrorCode, Fields, Request, Response};
+use wasip3::{wit_future, wit_stream};
+
+struct Stress;
+
+wasip3::http::service::export!(Stress);
+
+/// Never returns: a loop the optimiser cannot remove.
+fn spin() -> u64 {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        if x == 42 {
+            return x;
+        }
+    }
+}
+
+impl wasip3::exports::http::handler::Guest for Stress {
+    async fn handle(request: Request) -> Result<Response, ErrorCode> {
+        let pq = request.get_path_with_query().unwrap_or_default();
+        let mut body = format!("ok {pq}\n").into_bytes();
+        match pq.as_str() {
+            "/spin" => {
+                spin();
+            }
+            "/trap" => panic!("asked to trap"),
+            "/error" => {
+                return Err(ErrorCode::InternalError(Some("asked to fail".into())));
+            }
+            _ => {
+                if let Some(n) = pq.strip_prefix("/alloc?mib=") {
+                    let n: usize = n.parse().unwrap_or(1);
+                    let v = vec![1u8; n << 20];
+                    body = format!("allocated {} MiB\n", std::hint::black_box(v).len() >> 20)
+                        .into_bytes();
+                }
+            }
+        }
+        let (mut tx, rx) = wit_stream::new();
+        let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+        drop(trailers_tx);
+        let (response, _transmit) = Response::new(Fields::new(), Some(rx), trailers_rx);
+        let after = pq == "/spin-after";
+        wasip3::spawn_local(async move {
+            let _ = tx.write_all(body).await;
+            drop(tx);
+            if after {
+                spin();
+            }
+        });
+        Ok(response)
+    }
+}
