@@ -38,6 +38,7 @@ const APPS: &[&str] = &[
     "echo_p3",
     "fetch2_p3",
     "stress_p3",
+    "grants_p3",
 ];
 
 /// The app embedded in the binary as the built-in demo.

@@ -275,6 +275,10 @@ timeout = "500ms"
 source = "echo_p3.wasm"
 routes = ["/echo"]
 max_request_body = "1KiB"
+[component.one]
+source = "echo_p3.wasm"
+routes = ["/one"]
+max_concurrency = 1
 "#,
         &["stress_p3", "echo_p3"],
     );
@@ -308,4 +312,72 @@ max_request_body = "1KiB"
 
     let r = get(d.addr(), "/anything").await;
     assert_eq!((r.status, r.body.as_str()), (200, "ok /anything\n"));
+
+    // max_concurrency = 1 (and a queue of one): while one request streams, of two more one
+    // waits and the other is refused at once; the waiting one is served when the first ends.
+    let (tx, rest) = open_echo_stream(d.addr(), "/one", b"held;").await;
+    let addr = d.addr();
+    let second = tokio::spawn(async move { request(addr, "POST", "/one", b"waited").await });
+    let third = tokio::spawn(async move { request(addr, "POST", "/one", b"waited").await });
+    let (refused, waiting) = match futures::future::select(second, third).await {
+        futures::future::Either::Left((r, other)) | futures::future::Either::Right((r, other)) => {
+            (r.unwrap(), other)
+        }
+    };
+    assert_eq!(refused.status, 503, "{refused:?}");
+    drop(tx);
+    let _ = rest.collect().await;
+    let served = waiting.await.unwrap();
+    assert_eq!((served.status, served.body.as_str()), (200, "waited"));
+}
+
+/// The grants of WASI 0.2 hold for a WASI 0.3 guest: granted files are readable and nothing
+/// else is, variables come from the manifest, and the daemon's environment does not leak.
+#[tokio::test]
+async fn grants_apply_to_wasi_03_guests() {
+    let app = AppDir::app(
+        "grants",
+        "1.0.0",
+        r#"
+[component.grants]
+source = "grants_p3.wasm"
+routes = ["/"]
+files = [{ source = "static", destination = "/static" }]
+[component.grants.variables]
+greeting = "hi from the manifest"
+"#,
+        &["grants_p3"],
+    );
+    std::fs::create_dir(app.path().join("static")).unwrap();
+    std::fs::write(app.path().join("static/a.txt"), "file content\n").unwrap();
+    std::fs::write(app.path().join("secret.txt"), "outside the grant\n").unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache.path().to_str().unwrap().to_owned();
+    let d = Daemon::spawn_with(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cache-dir",
+            &c,
+            app.path().to_str().unwrap(),
+        ],
+        cache,
+        &[("OUTPOST_TEST_SECRET", "must-not-leak")],
+        1,
+        false,
+    );
+    let r = get(d.addr(), "/file?path=/static/a.txt").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "file content\n"));
+    for path in ["/secret.txt", "/static/../secret.txt", "/etc/passwd"] {
+        let r = get(d.addr(), &format!("/file?path={path}")).await;
+        assert_eq!(r.status, 404, "{path}: {r:?}");
+        assert!(!r.body.contains("outside the grant"), "{path}: {r:?}");
+    }
+    let r = get(d.addr(), "/var?name=greeting").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hi from the manifest"));
+    let r = get(d.addr(), "/var?name=nope").await;
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = get(d.addr(), "/env?name=OUTPOST_TEST_SECRET").await;
+    assert_eq!(r.status, 404, "{r:?}");
 }

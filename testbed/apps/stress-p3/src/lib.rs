@@ -11,6 +11,7 @@
 //!
 //! Must not: be served to real traffic.
 
+use guest_kit_p3::respond;
 use wasip3::http::types::{ErrorCode, Fields, Request, Response};
 use wasip3::{wit_future, wit_stream};
 
@@ -50,18 +51,19 @@ impl wasip3::exports::http::handler::Guest for Stress {
                 }
             }
         }
-        let (mut tx, rx) = wit_stream::new();
-        let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
-        drop(trailers_tx);
-        let (response, _transmit) = Response::new(Fields::new(), Some(rx), trailers_rx);
-        let after = pq == "/spin-after";
-        wasip3::spawn_local(async move {
-            let _ = tx.write_all(body).await;
-            drop(tx);
-            if after {
+        if pq == "/spin-after" {
+            // The body first, then the loop, in the task that writes it.
+            let (mut tx, rx) = wit_stream::new();
+            let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+            drop(trailers_tx);
+            let (response, _transmit) = Response::new(Fields::new(), Some(rx), trailers_rx);
+            wasip3::spawn_local(async move {
+                let _ = tx.write_all(body).await;
+                drop(tx);
                 spin();
-            }
-        });
-        Ok(response)
+            });
+            return Ok(response);
+        }
+        respond(200, "text/plain", body)
     }
 }
