@@ -869,7 +869,7 @@ mod tests {
         let runtime =
             Arc::new(Runtime::new(RuntimeSettings::from_sizing(&s, None), Metrics::new()).unwrap());
         // Past epoch 0 for certain, so a deadline left at 0 is in the past.
-        runtime.engine().increment_epoch();
+        runtime.wasi02_engine().increment_epoch();
         let app = rt.block_on(load_app(&runtime, &AppSource::Demo)).unwrap();
         let c = app.components[0].component.clone();
 

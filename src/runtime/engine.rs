@@ -51,8 +51,19 @@ const DECOMMIT_BATCH: usize = 1;
 /// allocation) and the linear-memory layout, which applies with either allocator (wasmtime's
 /// defaults reserve 4 GiB per memory, which a small `RLIMIT_AS` or a 39-bit address space cannot
 /// hold on demand either).
-pub fn build_engine(pool: Option<&PoolSizing>, memory: &MemoryLayout) -> wasmtime::Result<Engine> {
+///
+/// `concurrency` turns on wasmtime's component-model concurrency (`Config::concurrency_support`),
+/// which WASI 0.3 needs. It is off for the WASI 0.2 engine: with it on, every call into a
+/// component runs through wasmtime's concurrent event loop and its adapters carry task
+/// bookkeeping, which cost a WASI 0.2 hello about 12% of its requests per second
+/// (`docs/benchmarks.md`, "WASI 0.3 beside 0.2").
+pub fn build_engine(
+    pool: Option<&PoolSizing>,
+    memory: &MemoryLayout,
+    concurrency: bool,
+) -> wasmtime::Result<Engine> {
     let mut config = Config::new();
+    config.concurrency_support(concurrency);
     // Components only; async so guests can wait on I/O without blocking a worker thread.
     config.wasm_component_model(true);
     // Epochs, not fuel: one atomic load per loop back-edge and function entry, and a wall-clock
@@ -134,7 +145,8 @@ pub struct EpochTicker {
 }
 
 impl EpochTicker {
-    pub fn start(engine: Engine, mode: Arc<TickMode>) -> std::io::Result<Self> {
+    /// Ticks every engine in `engines` (one per WASI version) at the pace `mode` sets.
+    pub fn start(engines: Vec<Engine>, mode: Arc<TickMode>) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
@@ -146,7 +158,9 @@ impl EpochTicker {
                     } else {
                         EPOCH_TICK
                     });
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })?;
         Ok(Self {

@@ -309,16 +309,20 @@ impl WasiHttpView for Host {
     }
 }
 
-/// Adds every interface Outpost provides to `linker`: WASI 0.2 and WASI 0.3 (capabilities
-/// denied unless granted: both versions read the same `WasiCtx`), `wasi:http` 0.2 and 0.3, and
-/// `wasi:config/store`. A component importing anything else fails at load (`InstancePre`
-/// creation), never at its first request. WASI 0.3 guests need the 0.2 set too: a Rust std guest
-/// imports 0.2's `wasi:cli` and `wasi:io` for its start-up, whatever its handler.
-pub fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+/// Adds every interface Outpost provides to `linker`: WASI 0.2 (capabilities denied unless
+/// granted), `wasi:http` 0.2 and `wasi:config/store`, and with `wasi03` (a linker of the engine
+/// with concurrency support) WASI 0.3 and `wasi:http` 0.3 too — both versions read the same
+/// `WasiCtx`, so a grant means the same to both. A component importing anything else fails at
+/// load (`InstancePre` creation), never at its first request. WASI 0.3 guests need the 0.2 set
+/// as well: a Rust std guest imports 0.2's `wasi:cli` and `wasi:io` for its start-up, whatever
+/// its handler.
+pub fn add_to_linker(linker: &mut Linker<Host>, wasi03: bool) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    wasmtime_wasi::p3::add_to_linker(linker)?;
-    wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    if wasi03 {
+        wasmtime_wasi::p3::add_to_linker(linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    }
     wasmtime_wasi_config::add_to_linker(linker, |h: &mut Host| {
         WasiConfig::from(&h.grants.variables)
     })?;

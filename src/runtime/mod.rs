@@ -98,12 +98,36 @@ pub struct ComponentSettings {
     pub max_request_body: Option<u64>,
 }
 
-/// The engine, the linker with Outpost's host interfaces, the instance pool's admission and the
-/// apps' CPU accounts.
-pub struct Runtime {
+/// An engine with its linker and compiled-code cache. There is one for each WASI HTTP version
+/// (`docs/wasi-p3.md`): WASI 0.3 needs wasmtime's concurrency support, which would slow every
+/// WASI 0.2 request down if the one engine had it on.
+struct Flavor {
     engine: Engine,
     linker: Linker<Host>,
     cache: CodeCache,
+}
+
+impl Flavor {
+    fn new(engine: Engine, wasi03: bool, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker, wasi03).map_err(|e| anyhow::anyhow!("linker: {e:#}"))?;
+        let cache = CodeCache::new(cache_dir, engine::fingerprint(&engine));
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+        })
+    }
+}
+
+/// The engines (one per WASI version) with their linkers, the instance pool's admission and the
+/// apps' CPU accounts.
+pub struct Runtime {
+    /// WASI 0.2 components: the pooling allocator sized for this machine, no concurrency support.
+    wasi02: Flavor,
+    /// WASI 0.3 components: concurrency support, instances allocated on demand (the pool's
+    /// address space belongs to the WASI 0.2 engine); admission is shared.
+    wasi03: Flavor,
     pool: Arc<admission::Pool>,
     accounts: Arc<fair::Accounts>,
     guests: Arc<offload::GuestThreads>,
@@ -122,8 +146,8 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     pub fn new(settings: RuntimeSettings, metrics: Metrics) -> anyhow::Result<Self> {
-        let engine =
-            engine::build_engine(settings.pool.as_ref(), &settings.memory).map_err(|e| {
+        let engine = engine::build_engine(settings.pool.as_ref(), &settings.memory, false)
+            .map_err(|e| {
                 anyhow::anyhow!(
                     "cannot create the wasmtime engine{}: {e:#}",
                     if settings.pool.is_some() {
@@ -134,11 +158,15 @@ impl Runtime {
                     }
                 )
             })?;
-        let mut linker = Linker::new(&engine);
-        host::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("linker: {e:#}"))?;
-        let cache = CodeCache::new(settings.cache_dir.clone(), engine::fingerprint(&engine));
+        let wasi03_engine = engine::build_engine(None, &settings.memory, true)
+            .map_err(|e| anyhow::anyhow!("cannot create the WASI 0.3 engine: {e:#}"))?;
+        let wasi02 = Flavor::new(engine, false, settings.cache_dir.clone())?;
+        let wasi03 = Flavor::new(wasi03_engine, true, settings.cache_dir.clone())?;
         let ticks = Arc::new(fair::TickMode::default());
-        let ticker = engine::EpochTicker::start(engine.clone(), ticks.clone())?;
+        let ticker = engine::EpochTicker::start(
+            vec![wasi02.engine.clone(), wasi03.engine.clone()],
+            ticks.clone(),
+        )?;
         metrics
             .pool_slots_total
             .set(i64::from(settings.instance_slots));
@@ -164,17 +192,17 @@ impl Runtime {
                 metrics.pool_memory_reserved.clone(),
             ),
             accounts,
-            engine,
-            linker,
-            cache,
+            wasi02,
+            wasi03,
             settings,
             metrics,
             _ticker: ticker,
         })
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The WASI 0.2 engine (the built-in demo's).
+    pub fn wasi02_engine(&self) -> &Engine {
+        &self.wasi02.engine
     }
 
     /// Sets the apps' CPU weights (`[fairness] cpu_weight`); apps not named get
@@ -206,11 +234,26 @@ impl Runtime {
                 });
             }
         }
-        let (component, info) = match wasm {
-            Some(bytes) => self.cache.load_bytes(&self.engine, path, bytes)?,
-            None => self.cache.load_file(&self.engine, path)?,
+        let read;
+        let bytes = match wasm {
+            Some(bytes) => bytes,
+            None => {
+                read = std::fs::read(path).map_err(|source| LoadError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                &read
+            }
         };
-        let pre = self
+        // A component that exports the WASI 0.2 handler goes to the WASI 0.2 engine; everything
+        // else (WASI 0.3, WAT text, components that export neither) to the WASI 0.3 one, which
+        // parses all of it — the load errors say what is wrong.
+        let flavor = match crate::bundle::wasm::http_handler(bytes) {
+            Some(crate::bundle::wasm::HttpHandler::Wasi02) => &self.wasi02,
+            _ => &self.wasi03,
+        };
+        let (component, info) = flavor.cache.load_bytes(&flavor.engine, path, bytes)?;
+        let pre = flavor
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link {
