@@ -36,29 +36,4 @@ for s in a b; do
   wrk -t1 -c$CONNS -d2s "${!url_var}" >/dev/null  # warm-up
 done
 
-declare -A RPS P99
-RATIOS=""
-for r in $(seq 1 "$ROUNDS"); do
-  order="a b"; [ $((r % 2)) -eq 0 ] && order="b a"
-  declare -A this
-  for s in $order; do
-    url_var="URL_$s"
-    out=$(wrk -t1 -c$CONNS -d"${DURATION}s" --latency "${!url_var}")
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_us)
-    errs=$(echo "$out" | grep -E 'Non-2xx|Socket errors' || true)
-    [ -z "$errs" ] || echo "round $r $s: $errs" >&2
-    RPS[$s]+="$rps "; P99[$s]+="$p99 "; this[$s]=$rps
-    echo "round $r: $s $rps req/s, p99 ${p99}us" >&2
-  done
-  RATIOS+="$(echo "${this[b]} / ${this[a]}" | bc -l | xargs printf '%.3f') "
-done
-
-echo
-echo "| binary | req/s (median of $ROUNDS) | p99 latency (median) |"
-echo "|---|---|---|"
-printf '| A %s | %.0f | %.0f µs |\n' "$A" "$(echo "${RPS[a]}" | median)" "$(echo "${P99[a]}" | median)"
-printf '| B %s | %.0f | %.0f µs |\n' "$B" "$(echo "${RPS[b]}" | median)" "$(echo "${P99[b]}" | median)"
-echo
-echo "B/A req/s per round: ${RATIOS}(median $(echo "$RATIOS" | median)x)"
-echo "machine: $(nproc) cores, $(uname -m), wrk -t1 -c$CONNS -d${DURATION}s, $(date -u +%Y-%m-%d)"
+compare "A $A" "B $B"

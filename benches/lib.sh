@@ -1,5 +1,5 @@
 # Shared by the load harnesses in benches/. Sourcing it makes WORK, a scratch directory, and PIDS,
-# the background servers, and removes and kills both on exit.
+# the background servers, and removes and kills both on exit; `compare` runs the A/B rounds.
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -26,3 +26,36 @@ to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$
 
 # median: the middle of whitespace-separated numbers on stdin (the lower middle of an even count).
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# compare LABEL_A LABEL_B: ROUNDS rounds of `wrk -t1 -c$CONNS -d${DURATION}s --latency` against
+# URL_a then URL_b (the order alternating every other round, so machine noise hits both alike),
+# then a table of the median req/s and p99 of each and the per-round B/A req/s ratios, whose
+# median is the figure to quote.
+compare() {
+  local label_a=$1 label_b=$2
+  declare -A RPS P99
+  local RATIOS=""
+  for r in $(seq 1 "$ROUNDS"); do
+    local order="a b"; [ $((r % 2)) -eq 0 ] && order="b a"
+    declare -A this
+    for s in $order; do
+      local url_var="URL_$s" out rps p99 errs
+      out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${!url_var}")
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_us)
+      errs=$(echo "$out" | grep -E 'Non-2xx|Socket errors' || true)
+      [ -z "$errs" ] || echo "round $r $s: $errs" >&2
+      RPS[$s]+="$rps "; P99[$s]+="$p99 "; this[$s]=$rps
+      echo "round $r: $s $rps req/s, p99 ${p99}us" >&2
+    done
+    RATIOS+="$(echo "${this[b]} / ${this[a]}" | bc -l | xargs printf '%.3f') "
+  done
+  echo
+  echo "| server | req/s (median of $ROUNDS) | p99 latency (median) |"
+  echo "|---|---|---|"
+  printf '| %s | %.0f | %.0f µs |\n' "$label_a" "$(echo "${RPS[a]}" | median)" "$(echo "${P99[a]}" | median)"
+  printf '| %s | %.0f | %.0f µs |\n' "$label_b" "$(echo "${RPS[b]}" | median)" "$(echo "${P99[b]}" | median)"
+  echo
+  echo "B/A req/s per round: ${RATIOS}(median $(echo "$RATIOS" | median)x)"
+  echo "machine: $(nproc) cores, $(uname -m), wrk -t1 -c$CONNS -d${DURATION}s, $(date -u +%Y-%m-%d)"
+}
