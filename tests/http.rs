@@ -47,32 +47,6 @@ fn run_edge(dir: &std::path::Path, app: &AppDir) -> Daemon {
     Daemon::run_config(&write_node_config(dir, "outpost.toml", "", &app))
 }
 
-/// `outpost serve` of [`edge_app`] on cleartext, TLS (self-signed) and QUIC.
-fn serve_edge(app: &AppDir) -> Daemon {
-    let cache = tempfile::tempdir().unwrap();
-    let c = cache.path().join("compiled");
-    Daemon::spawn_expecting(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--https",
-            "127.0.0.1:0",
-            "--cache-dir",
-            c.to_str().unwrap(),
-            app.path().to_str().unwrap(),
-        ],
-        cache,
-        &[],
-        Expect {
-            http: 1,
-            https: 1,
-            h3: 1,
-            admin: false,
-        },
-    )
-}
-
 /// Sends `raw` on a fresh TCP connection and reads until the server closes it (or 30 s pass).
 async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -119,7 +93,7 @@ fn assert_same_head(get: &Full2, head: &Full2, what: &str) {
 #[tokio::test]
 async fn head_answers_like_get_without_a_body_on_every_protocol() {
     let app = edge_app();
-    let d = serve_edge(&app);
+    let d = Daemon::serve_all_protocols(app.path().to_str().unwrap());
     for path in ["/", "/echo/x", "/nowhere-else"] {
         // HTTP/1.1
         let g = request(d.addr(), "GET", path, b"").await;
@@ -212,7 +186,7 @@ async fn missing_and_duplicate_hosts_are_400_and_http10_without_host_is_served()
 #[tokio::test]
 async fn authority_and_host_conflicts_are_400_on_h2_and_h3() {
     let app = edge_app();
-    let d = serve_edge(&app);
+    let d = Daemon::serve_all_protocols(app.path().to_str().unwrap());
     let mut send = h2_connect(d.addr(), false).await;
     let ok = h2_request(&mut send, "GET", "http://localhost/", Some("localhost")).await;
     assert_eq!(ok.status, 200);
@@ -282,7 +256,7 @@ async fn a_streamed_body_over_the_limit_never_yields_a_complete_response() {
 #[tokio::test]
 async fn the_timeout_warning_carries_the_request_id_the_client_saw() {
     let app = edge_app();
-    let d = serve_edge(&app);
+    let d = Daemon::serve_all_protocols(app.path().to_str().unwrap());
     let r = get(d.addr(), "/sleep/10000").await;
     assert_eq!(r.status, 504);
     let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();

@@ -19,32 +19,6 @@ use hyper_util::rt::TokioIo;
 
 const HELLO_P3: &str = "hello from outpost p3\n";
 
-/// `outpost serve` of `app` on cleartext, TLS (self-signed) and QUIC.
-fn serve_all_protocols(app: &str) -> Daemon {
-    let cache = tempfile::tempdir().unwrap();
-    let c = cache.path().join("compiled");
-    Daemon::spawn_expecting(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--https",
-            "127.0.0.1:0",
-            "--cache-dir",
-            c.to_str().unwrap(),
-            app,
-        ],
-        cache,
-        &[],
-        Expect {
-            http: 1,
-            https: 1,
-            h3: 1,
-            admin: false,
-        },
-    )
-}
-
 /// `outpost run` of the app in `app` with an admin listener (for `/metrics`).
 fn run_app(dir: &std::path::Path, app: &AppDir) -> Daemon {
     let app = format!(
@@ -65,7 +39,7 @@ async fn metric(admin: SocketAddr, series: &str) -> f64 {
 #[tokio::test]
 async fn a_wasi_03_handler_answers_on_every_protocol() {
     let hello = wasm("hello_p3");
-    let d = serve_all_protocols(hello.to_str().unwrap());
+    let d = Daemon::serve_all_protocols(hello.to_str().unwrap());
     d.expect_log(&["component loaded", "wasi=\"0.3\""]);
 
     let r = get(d.addr(), "/").await;
@@ -351,21 +325,9 @@ greeting = "hi from the manifest"
     std::fs::create_dir(app.path().join("static")).unwrap();
     std::fs::write(app.path().join("static/a.txt"), "file content\n").unwrap();
     std::fs::write(app.path().join("secret.txt"), "outside the grant\n").unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let c = cache.path().to_str().unwrap().to_owned();
-    let d = Daemon::spawn_with(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--cache-dir",
-            &c,
-            app.path().to_str().unwrap(),
-        ],
-        cache,
+    let d = Daemon::serve_with_env(
+        app.path().to_str().unwrap(),
         &[("OUTPOST_TEST_SECRET", "must-not-leak")],
-        1,
-        false,
     );
     let r = get(d.addr(), "/file?path=/static/a.txt").await;
     assert_eq!((r.status, r.body.as_str()), (200, "file content\n"));

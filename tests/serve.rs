@@ -403,21 +403,9 @@ files = [{ source = "static", destination = "/static" }]
     std::fs::create_dir(app.path().join("static")).unwrap();
     std::fs::write(app.path().join("static/a.txt"), "file content\n").unwrap();
     std::fs::write(app.path().join("secret.txt"), "outside the grant\n").unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let c = cache.path().to_str().unwrap().to_owned();
-    let d = Daemon::spawn_with(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--cache-dir",
-            &c,
-            app.path().to_str().unwrap(),
-        ],
-        cache,
+    let d = Daemon::serve_with_env(
+        app.path().to_str().unwrap(),
         &[("OUTPOST_TEST_SECRET", "must-not-leak")],
-        1,
-        false,
     );
     let r = get(d.addr(), "/static/a.txt").await;
     assert_eq!((r.status, r.body.as_str()), (200, "file content\n"));

@@ -335,13 +335,17 @@ impl AppComponent {
             let run = async {
                 // Behind lighter apps' parked guests, if any (usually: straight through).
                 turn.turn_to_start().await;
+                // The linear memory an instance starts with, and the instantiation time.
+                let mut instantiated = |store: &Store<Host>| {
+                    initial = store.data().limiter.total;
+                    this.metrics
+                        .instantiate_duration
+                        .observe(t0.elapsed().as_secs_f64());
+                };
                 match (&this.pre, call) {
                     (HandlerPre::P2(pre), Call::P2 { req, out }) => {
                         let proxy = pre.instantiate_async(&mut store).await?;
-                        initial = store.data().limiter.total;
-                        this.metrics
-                            .instantiate_duration
-                            .observe(t0.elapsed().as_secs_f64());
+                        instantiated(&store);
                         proxy
                             .wasi_http_incoming_handler()
                             .call_handle(&mut store, req, out)
@@ -349,10 +353,7 @@ impl AppComponent {
                     }
                     (HandlerPre::P3(pre), Call::P3 { req, answer }) => {
                         let service = pre.instantiate_async(&mut store).await?;
-                        initial = store.data().limiter.total;
-                        this.metrics
-                            .instantiate_duration
-                            .observe(t0.elapsed().as_secs_f64());
+                        instantiated(&store);
                         store
                             .run_concurrent(async move |acc| {
                                 serve_p3(acc, &service, req, answer).await

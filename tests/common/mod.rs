@@ -146,6 +146,46 @@ impl Daemon {
         Self::spawn_with(&full, tempfile::tempdir().unwrap(), &[], 1, false)
     }
 
+    /// `outpost serve` of `app` (a path) on a cleartext listener, a TLS one with a self-signed
+    /// certificate, and its QUIC endpoint, all on 127.0.0.1 port 0.
+    pub fn serve_all_protocols(app: &str) -> Self {
+        let cache = tempfile::tempdir().unwrap();
+        let c = cache.path().join("compiled");
+        Self::spawn_expecting(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--https",
+                "127.0.0.1:0",
+                "--cache-dir",
+                c.to_str().unwrap(),
+                app,
+            ],
+            cache,
+            &[],
+            Expect {
+                http: 1,
+                https: 1,
+                h3: 1,
+                admin: false,
+            },
+        )
+    }
+
+    /// [`Daemon::serve`] of `app` (a path) with `env` set in the daemon's environment.
+    pub fn serve_with_env(app: &str, env: &[(&str, &str)]) -> Self {
+        let cache = tempfile::tempdir().unwrap();
+        let c = cache.path().to_str().unwrap().to_owned();
+        Self::spawn_with(
+            &["serve", "--listen", "127.0.0.1:0", "--cache-dir", &c, app],
+            cache,
+            env,
+            1,
+            false,
+        )
+    }
+
     /// `outpost run --config CFG`, waiting for the tenant and admin addresses.
     pub fn run_config(cfg: &Path) -> Self {
         Self::spawn_with(
