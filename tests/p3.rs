@@ -15,7 +15,6 @@ use bytes::Bytes;
 use common::clients::*;
 use common::*;
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 
 const HELLO_P3: &str = "hello from outpost p3\n";
 
@@ -129,55 +128,33 @@ timeout = "60s"
 /// so a guest that sent them one after the other would never get the first answer (it gets a
 /// 504 after `patience` instead). Returns its address.
 async fn barrier_upstream(expect: usize, patience: Duration) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let arrived = Arc::new((Mutex::new(0usize), tokio::sync::Notify::new()));
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                return;
+    http1_server(move |req: http::Request<hyper::body::Incoming>| {
+        let arrived = arrived.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            *arrived.0.lock().unwrap() += 1;
+            arrived.1.notify_waiters();
+            let all_here = async {
+                loop {
+                    let notified = arrived.1.notified();
+                    if *arrived.0.lock().unwrap() >= expect {
+                        return;
+                    }
+                    notified.await;
+                }
             };
-            let arrived = arrived.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let arrived = arrived.clone();
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            {
-                                let mut n = arrived.0.lock().unwrap();
-                                *n += 1;
-                            }
-                            arrived.1.notify_waiters();
-                            let all_here = async {
-                                loop {
-                                    let notified = arrived.1.notified();
-                                    if *arrived.0.lock().unwrap() >= expect {
-                                        return;
-                                    }
-                                    notified.await;
-                                }
-                            };
-                            let (status, body) =
-                                match tokio::time::timeout(patience, all_here).await {
-                                    Ok(()) => (200, format!("body of {path};")),
-                                    Err(_) => (504, "the other request never came".to_owned()),
-                                };
-                            Ok::<_, std::convert::Infallible>(
-                                http::Response::builder()
-                                    .status(status)
-                                    .body(http_body_util::Full::new(Bytes::from(body)))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
+            let (status, body) = match tokio::time::timeout(patience, all_here).await {
+                Ok(()) => (200, format!("body of {path};")),
+                Err(_) => (504, "the other request never came".to_owned()),
+            };
+            http::Response::builder()
+                .status(status)
+                .body(http_body_util::Full::new(Bytes::from(body)))
+                .unwrap()
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Both outbound requests are in flight at once inside one request (the upstream answers only

@@ -268,29 +268,14 @@ async fn traps_and_missing_responses_are_500_without_internals() {
 
 /// A local upstream for outbound tests: answers `upstream ok` to everything.
 async fn upstream() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async {
-                        // Read the request to its end like a real server before answering.
-                        let _ = req.into_body().collect().await;
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            http_body_util::Full::new(Bytes::from_static(b"upstream ok")),
-                        ))
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    http1_server(|req: http::Request<hyper::body::Incoming>| async {
+        // Read the request to its end like a real server before answering.
+        let _ = req.into_body().collect().await;
+        http::Response::new(http_body_util::Full::new(Bytes::from_static(
+            b"upstream ok",
+        )))
+    })
+    .await
 }
 
 #[tokio::test]
