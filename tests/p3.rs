@@ -298,10 +298,8 @@ files = [{ source = "static", destination = "/static" }]
 greeting = "hi from the manifest"
 "#,
         &["grants_p3"],
-    );
-    std::fs::create_dir(app.path().join("static")).unwrap();
-    std::fs::write(app.path().join("static/a.txt"), "file content\n").unwrap();
-    std::fs::write(app.path().join("secret.txt"), "outside the grant\n").unwrap();
+    )
+    .with_granted_files();
     let d = Daemon::serve_with_env(
         app.path().to_str().unwrap(),
         &[("OUTPOST_TEST_SECRET", "must-not-leak")],

@@ -71,6 +71,15 @@ impl AppDir {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The file-grant fixture: `static/a.txt` ("file content\n") for a grant of `static`, and
+    /// `secret.txt` ("outside the grant\n") beside it, which no guest may read.
+    pub fn with_granted_files(self) -> Self {
+        std::fs::create_dir(self.path().join("static")).unwrap();
+        std::fs::write(self.path().join("static/a.txt"), "file content\n").unwrap();
+        std::fs::write(self.path().join("secret.txt"), "outside the grant\n").unwrap();
+        self
+    }
 }
 
 /// An `outpost.toml` for app `name` at `version`: the header, then `components`.
