@@ -94,7 +94,7 @@ impl HandlerPre {
         }
     }
 
-    /// `"0.2"` or `"0.3"`: the WASI version of the handler, for logs and `outpost info`.
+    /// `"0.2"` or `"0.3"`: the WASI version of the handler, for the "component loaded" log line.
     pub fn wasi_version(&self) -> &'static str {
         match self {
             Self::P2(_) => "0.2",
