@@ -165,19 +165,6 @@ impl CodeCache {
         }
     }
 
-    /// Loads `path` (a `.wasm` component, or WAT text) for `engine`, from cache when possible.
-    pub fn load_file(
-        &self,
-        engine: &Engine,
-        path: &Path,
-    ) -> Result<(Component, LoadInfo), LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        self.load_bytes(engine, path, &bytes)
-    }
-
     /// Loads wasm `bytes`; `path` is only for error messages.
     pub fn load_bytes(
         &self,
