@@ -32,6 +32,12 @@ pub fn log_sizing(s: &crate::sizing::Sizing) {
         reason = %s.allocator.reason,
         "sized for this machine (details: outpost info)"
     );
+    tracing::info!(
+        allocator = ?s.wasi03.allocator.value,
+        memory_reservation = %human_bytes(s.wasi03.memory.memory_reservation.value),
+        reason = %s.wasi03.allocator.reason,
+        "WASI 0.3 engine sized"
+    );
 }
 
 /// Announces every tenant listener: `listening on http://…`, `https://…`, `h3://…`.

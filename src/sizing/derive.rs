@@ -22,6 +22,14 @@ pub fn derive(hw: &Hardware, ov: &Overrides) -> Result<Sizing, SizingError> {
     let slots = fit.slots.value;
     let (allocator, pooling) = derive_pooling(ov, &fit, max_memory.value);
     let growth = derive_growth(&fit, pooling.is_some());
+    let memory = MemoryLayout {
+        memory_reservation: fit.reservation.clone(),
+        memory_guard: fit.guard.clone(),
+        memory_reservation_for_growth: growth,
+        va_needed: fit.va_needed,
+        va_budget: fit.va_budget,
+    };
+    let wasi03 = derive_wasi03(hw, ov, &fit, &memory, pooling.as_ref(), max_memory.value);
     let default_max_concurrency = derive_default_max_concurrency(slots, ov)?;
     let max_connections = derive_max_connections(hw, worker_threads.value, ov)?;
     let quic = derive_quic(hw, ov, default_max_concurrency.value, max_connections.value)?;
@@ -40,15 +48,10 @@ pub fn derive(hw: &Hardware, ov: &Overrides) -> Result<Sizing, SizingError> {
         memory_budget,
         instance_slots: fit.slots,
         max_memory_per_instance: max_memory,
-        memory: MemoryLayout {
-            memory_reservation: fit.reservation,
-            memory_guard: fit.guard,
-            memory_reservation_for_growth: growth,
-            va_needed: fit.va_needed,
-            va_budget: fit.va_budget,
-        },
+        memory,
         allocator,
         pooling,
+        wasi03,
         default_memory_limit,
         default_timeout_ms,
         default_max_concurrency,
@@ -574,20 +577,11 @@ fn derive_pooling(
         return (Derived::pinned(Allocator::OnDemand, reason), None);
     }
     let slots = fit.slots.value;
-    let pool = PoolSizing {
-        instance_slots: slots,
-        total_memories: u32::try_from(total_memories(u64::from(slots))).unwrap_or(u32::MAX),
-        total_tables: slots.saturating_mul(TABLES_PER_INSTANCE),
-        total_core_instances: slots.saturating_mul(CORE_INSTANCES_PER_SLOT),
-        total_stacks: slots,
-        max_core_instances_per_component: MAX_CORE_INSTANCES_PER_COMPONENT,
-        max_memories_per_component: MEMORIES_PER_INSTANCE,
-        max_tables_per_component: TABLES_PER_INSTANCE,
-        table_elements: TABLE_ELEMENTS,
-        memory_reservation: fit.reservation.value,
-        memory_guard: fit.guard.value,
-        max_memory_per_instance: max_memory,
+    let layout = Layout {
+        reservation: fit.reservation.value,
+        guard: fit.guard.value,
     };
+    let pool = pool_sizing(slots, layout, max_memory);
     let reason = format!(
         "pooling allocator: {slots} slots reserve {} of address space up front ({} budget)",
         human_bytes(fit.va_needed),
@@ -602,6 +596,118 @@ fn derive_pooling(
         Derived::auto(Allocator::Pooling, reason)
     };
     (allocator, Some(pool))
+}
+
+/// The pooling allocator's numbers for `slots` instances with `layout`.
+fn pool_sizing(slots: u32, layout: Layout, max_memory: u64) -> PoolSizing {
+    PoolSizing {
+        instance_slots: slots,
+        total_memories: u32::try_from(total_memories(u64::from(slots))).unwrap_or(u32::MAX),
+        total_tables: slots.saturating_mul(TABLES_PER_INSTANCE),
+        total_core_instances: slots.saturating_mul(CORE_INSTANCES_PER_SLOT),
+        total_stacks: slots,
+        max_core_instances_per_component: MAX_CORE_INSTANCES_PER_COMPONENT,
+        max_memories_per_component: MEMORIES_PER_INSTANCE,
+        max_tables_per_component: TABLES_PER_INSTANCE,
+        table_elements: TABLE_ELEMENTS,
+        memory_reservation: layout.reservation,
+        memory_guard: layout.guard,
+        max_memory_per_instance: max_memory,
+    }
+}
+
+/// The WASI 0.3 engine's allocator: a pool of as many slots as the WASI 0.2 pool's, in the pool
+/// budget that one leaves — with the same layout when it fits twice, else with reservations
+/// shrunk to `max_memory_per_instance` (explicit bounds checks for WASI 0.3 guests only) — or
+/// on demand when even that does not fit (the instance slots still bound live instances).
+fn derive_wasi03(
+    hw: &Hardware,
+    ov: &Overrides,
+    fit: &Fit,
+    memory: &MemoryLayout,
+    wasi02_pool: Option<&PoolSizing>,
+    max_memory: u64,
+) -> Wasi03Sizing {
+    let on_demand = |why: String| Wasi03Sizing {
+        allocator: Derived {
+            value: Allocator::OnDemand,
+            reason: why,
+            overridden: ov.pooling == PoolingMode::Off,
+        },
+        memory: memory.clone(),
+        pooling: None,
+    };
+    if wasi02_pool.is_none() {
+        return on_demand("on demand, like WASI 0.2 instances".into());
+    }
+    let page = hw.page_size.value.max(1);
+    let slots = fit.slots.value;
+    let n = u64::from(slots);
+    let left = fit.va_budget.saturating_sub(fit.va_needed);
+    let same = Layout {
+        reservation: fit.reservation.value,
+        guard: fit.guard.value,
+    };
+    let shrunk = Layout {
+        reservation: round_up(max_memory, WASM_PAGE),
+        guard: SHRUNK_GUARD,
+    };
+    let pinned = ov.memory_reservation.is_some() || ov.memory_guard.is_some();
+    let fits = |l: Layout| l.va_needed(n, page) <= u128::from(left);
+    let chosen = if fits(same) {
+        Some((same, fit.reservation.clone(), fit.guard.clone()))
+    } else if !pinned && shrunk.reservation < same.reservation && fits(shrunk) {
+        Some((
+            shrunk,
+            Derived::auto(
+                shrunk.reservation,
+                format!(
+                    "= max_memory_per_instance, with explicit bounds checks: {} reservations \
+                     for a second {slots}-slot pool do not fit the {} the WASI 0.2 pool leaves",
+                    human_bytes(same.reservation),
+                    human_bytes(left)
+                ),
+            ),
+            Derived::auto(
+                SHRUNK_GUARD,
+                "64 KiB (one wasm page): with explicit bounds checks a large guard only costs \
+                 address space",
+            ),
+        ))
+    } else {
+        None
+    };
+    let Some((layout, reservation, guard)) = chosen else {
+        return on_demand(format!(
+            "on demand: a second pool of {slots} slots does not fit the {} of the pool budget \
+             the WASI 0.2 pool leaves (fewer instance_slots or a lower max_memory_per_instance \
+             make room); live instances are still bounded by instance_slots",
+            human_bytes(left)
+        ));
+    };
+    let needed = saturate(layout.va_needed(n, page));
+    Wasi03Sizing {
+        allocator: Derived::auto(
+            Allocator::Pooling,
+            format!(
+                "pooling allocator: {slots} slots (as many as WASI 0.2's, so admission never \
+                 outruns either pool) reserve {} of the {} the WASI 0.2 pool leaves",
+                human_bytes(needed),
+                human_bytes(left)
+            ),
+        ),
+        memory: MemoryLayout {
+            memory_reservation: reservation,
+            memory_guard: guard,
+            memory_reservation_for_growth: Derived::auto(
+                0,
+                "0: pooled memories never move; they grow inside their reservation",
+            ),
+            va_needed: needed,
+            va_budget: left,
+        },
+        pooling: Some(pool_sizing(slots, layout, max_memory)),
+    }
 }
 
 /// Only consulted when an on-demand memory outgrows its reservation and must move.
@@ -1101,6 +1207,12 @@ mod tests {
                     assert!(ov.worker_threads.is_some() || s.worker_threads.value <= 1024);
                     assert!(s.instance_slots.value >= 1);
                     assert!(s.default_max_concurrency.value >= 1);
+                    if let Some(p) = &s.wasi03.pooling {
+                        assert_eq!(p.instance_slots, s.instance_slots.value);
+                        assert!(
+                            s.memory.va_needed + s.wasi03.memory.va_needed <= s.memory.va_budget
+                        );
+                    }
                     let _ = s.render_text();
                 }
             }

@@ -384,6 +384,9 @@ pub struct Sizing {
     pub allocator: Derived<Allocator>,
     /// Pool sizes when `allocator` is [`Allocator::Pooling`], otherwise `None`.
     pub pooling: Option<PoolSizing>,
+    /// The WASI 0.3 engine's own allocator (`docs/wasi-p3.md`): it needs wasmtime's concurrency
+    /// support, so it cannot share the WASI 0.2 engine's pool.
+    pub wasi03: Wasi03Sizing,
     pub default_memory_limit: Derived<u64>,
     pub default_timeout_ms: Derived<u64>,
     pub default_max_concurrency: Derived<u32>,
@@ -418,6 +421,20 @@ pub struct MemoryLayout {
     /// Address space set aside for pools: a quarter of the usable address space (half from
     /// 47 bits up), bytes.
     pub va_budget: u64,
+}
+
+/// The WASI 0.3 engine's allocator and memory layout. Its pool (when it has one) holds as many
+/// slots as the WASI 0.2 pool, in the address space that pool leaves, so admission — one count
+/// of live instances for both engines — can never hand a request a slot its engine lacks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Wasi03Sizing {
+    /// Which allocator and why.
+    pub allocator: Derived<Allocator>,
+    /// Linear-memory layout of the WASI 0.3 engine (`va_needed` is this pool's alone, `va_budget`
+    /// what the WASI 0.2 pool left of the pool budget).
+    pub memory: MemoryLayout,
+    /// Pool sizes when `allocator` is [`Allocator::Pooling`], otherwise `None`.
+    pub pooling: Option<PoolSizing>,
 }
 
 /// How component instances are allocated.
@@ -730,6 +747,75 @@ mod tests {
         assert!(s.memory.va_needed <= s.memory.va_budget);
     }
 
+    /// WASI 0.3's engine pools as many slots as WASI 0.2's in what that pool leaves of the
+    /// budget, shrinking its reservations when two 4 GiB layouts do not fit, and allocates on
+    /// demand where even that does not fit (a Pi with the default ceiling) or pooling is off.
+    #[test]
+    fn the_wasi_03_pool_takes_what_the_wasi_02_pool_leaves() {
+        let t = Tree::basic();
+        let wide = derive_ok(&detect_at(t.root()), &Overrides::default());
+        let w = &wide.wasi03;
+        let pool = w
+            .pooling
+            .as_ref()
+            .expect("a WASI 0.3 pool on a 47-bit machine");
+        assert_eq!(pool.instance_slots, wide.instance_slots.value);
+        assert_eq!(w.allocator.value, Allocator::Pooling);
+        // 10,239 × 1.25 × 4 GiB twice is more than 64 TiB: 256 MiB reservations instead.
+        assert_eq!(w.memory.memory_reservation.value, 256 * MIB);
+        assert_eq!(pool.memory_reservation, 256 * MIB);
+        assert_eq!(w.memory.memory_guard.value, 64 * KIB);
+        assert_eq!(
+            w.memory.va_budget,
+            wide.memory.va_budget - wide.memory.va_needed
+        );
+        assert!(w.memory.va_needed <= w.memory.va_budget);
+        assert!(w.memory.memory_reservation.reason.contains("bounds checks"));
+
+        // Fewer slots: both pools keep the 4 GiB layout.
+        let few = derive_ok(
+            &detect_at(t.root()),
+            &Overrides {
+                instance_slots: Some(1_000),
+                ..Overrides::default()
+            },
+        );
+        assert_eq!(few.wasi03.memory.memory_reservation.value, 4 * GIB);
+        assert_eq!(few.wasi03.pooling.as_ref().unwrap().instance_slots, 1_000);
+
+        // A Pi: the WASI 0.2 pool fills the budget, WASI 0.3 instances are allocated on demand
+        // with the same layout, and the reason names the way out.
+        t.file("proc/self/maps", PI_MAPS);
+        let pi = derive_ok(&detect_at(t.root()), &Overrides::default());
+        assert!(pi.pooling.is_some());
+        assert!(pi.wasi03.pooling.is_none());
+        assert_eq!(pi.wasi03.allocator.value, Allocator::OnDemand);
+        assert_eq!(pi.wasi03.memory, pi.memory);
+        let why = &pi.wasi03.allocator.reason;
+        assert!(why.contains("instance_slots"), "{why}");
+        // ... and fewer slots make room for it.
+        let pi_few = derive_ok(
+            &detect_at(t.root()),
+            &Overrides {
+                instance_slots: Some(100),
+                ..Overrides::default()
+            },
+        );
+        let p = pi_few.wasi03.pooling.as_ref().expect("room for 100 slots");
+        assert_eq!(p.instance_slots, 100);
+        assert_eq!(p.memory_reservation, 256 * MIB);
+
+        let off = derive_ok(
+            &detect_at(t.root()),
+            &Overrides {
+                pooling: PoolingMode::Off,
+                ..Overrides::default()
+            },
+        );
+        assert!(off.wasi03.pooling.is_none());
+        assert!(off.wasi03.allocator.overridden);
+    }
+
     #[test]
     fn render_text_and_json_show_everything() {
         let t = Tree::basic();
@@ -749,6 +835,7 @@ mod tests {
             "daemon reserve",
             "minimum instance footprint",
             "max map count",
+            "WASI 0.3 engine",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

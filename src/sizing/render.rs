@@ -72,7 +72,7 @@ impl Sizing {
         out.push_str("\nDerived\n");
         let (m, q) = (&self.memory, &self.quic);
         let bytes = |d: &Derived<u64>| shown(d, human_bytes(d.value));
-        let allocator = match self.allocator.value {
+        let allocator = |a: Allocator| match a {
             Allocator::Pooling => "pooling",
             Allocator::OnDemand => "on-demand",
         };
@@ -104,55 +104,79 @@ impl Sizing {
                 bytes(&q.stream_receive_window),
             ),
             ("quic_receive_window", bytes(&q.receive_window)),
-            ("allocator", shown(&self.allocator, allocator.to_owned())),
+            (
+                "allocator",
+                shown(&self.allocator, allocator(self.allocator.value).to_owned()),
+            ),
         ];
         for (name, (value, note)) in &derived {
             row(&mut out, name, value, note);
         }
         if let Some(p) = &self.pooling {
-            let counts: [(&str, u32, &str); 9] = [
-                ("instance_slots", p.instance_slots, "one per slot"),
-                (
-                    "total_memories",
-                    p.total_memories,
-                    "1 per slot + 1 per fourth slot",
-                ),
-                ("total_tables", p.total_tables, "4 per slot"),
-                (
-                    "total_core_instances",
-                    p.total_core_instances,
-                    "16 per slot on average",
-                ),
-                ("total_stacks", p.total_stacks, "one async stack per slot"),
-                (
-                    "max_core_instances_per_component",
-                    p.max_core_instances_per_component,
-                    "room for componentize-py's many modules",
-                ),
-                (
-                    "max_memories_per_component",
-                    p.max_memories_per_component,
-                    "main module plus one more",
-                ),
-                (
-                    "max_tables_per_component",
-                    p.max_tables_per_component,
-                    "main table plus wit-component shims",
-                ),
-                ("table_elements", p.table_elements, "wasmtime default"),
-            ];
-            for (name, value, why) in counts {
-                row(&mut out, &format!("  {name}"), &value.to_string(), why);
-            }
-            row(
-                &mut out,
-                "  max_memory_per_instance",
-                &human_bytes(p.max_memory_per_instance),
-                "= max_memory_per_instance",
-            );
+            pool_rows(&mut out, p);
+        }
+        let w = &self.wasi03;
+        out.push_str("\nWASI 0.3 engine (concurrency support; docs/wasi-p3.md)\n");
+        let rows: [(&str, (String, String)); 3] = [
+            (
+                "allocator",
+                shown(&w.allocator, allocator(w.allocator.value).to_owned()),
+            ),
+            ("memory_reservation", bytes(&w.memory.memory_reservation)),
+            ("memory_guard", bytes(&w.memory.memory_guard)),
+        ];
+        for (name, (value, note)) in &rows {
+            row(&mut out, name, value, note);
+        }
+        if let Some(p) = &w.pooling {
+            pool_rows(&mut out, p);
         }
         out
     }
+}
+
+/// The pooling allocator's counts, indented under its `allocator` row.
+fn pool_rows(out: &mut String, p: &PoolSizing) {
+    let counts: [(&str, u32, &str); 9] = [
+        ("instance_slots", p.instance_slots, "one per slot"),
+        (
+            "total_memories",
+            p.total_memories,
+            "1 per slot + 1 per fourth slot",
+        ),
+        ("total_tables", p.total_tables, "4 per slot"),
+        (
+            "total_core_instances",
+            p.total_core_instances,
+            "16 per slot on average",
+        ),
+        ("total_stacks", p.total_stacks, "one async stack per slot"),
+        (
+            "max_core_instances_per_component",
+            p.max_core_instances_per_component,
+            "room for componentize-py's many modules",
+        ),
+        (
+            "max_memories_per_component",
+            p.max_memories_per_component,
+            "main module plus one more",
+        ),
+        (
+            "max_tables_per_component",
+            p.max_tables_per_component,
+            "main table plus wit-component shims",
+        ),
+        ("table_elements", p.table_elements, "wasmtime default"),
+    ];
+    for (name, value, why) in counts {
+        row(out, &format!("  {name}"), &value.to_string(), why);
+    }
+    row(
+        out,
+        "  max_memory_per_instance",
+        &human_bytes(p.max_memory_per_instance),
+        "= max_memory_per_instance",
+    );
 }
 
 fn row(out: &mut String, name: &str, value: &str, note: &str) {
