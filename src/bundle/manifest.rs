@@ -20,6 +20,12 @@ pub const MANIFEST_FILE_NAME: &str = "outpost.toml";
 pub const MANIFEST_VERSION: u32 = 1;
 /// Smallest `memory_limit`: below one MiB not even a minimal component's data segments fit.
 pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
+/// Most requests one instance may serve (`reuse`): high enough for any sane use, low enough
+/// that state a guest leaks per request cannot pile up unbounded.
+pub const MAX_REUSE: u32 = 1_000_000;
+/// `reuse_idle_timeout` bounds: an idle instance holds a pool slot and its memory.
+const REUSE_IDLE_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(3600));
 /// Longest app name or component id; 63 keeps them valid as DNS labels and metric label values.
 const MAX_NAME_LEN: usize = 63;
 
@@ -36,6 +42,8 @@ const COMPONENT_KEYS: &[&str] = &[
     "timeout",
     "max_concurrency",
     "max_request_body",
+    "reuse",
+    "reuse_idle_timeout",
 ];
 const FILE_KEYS: &[&str] = &["source", "destination"];
 
@@ -99,6 +107,11 @@ pub struct LimitSpec {
     pub max_concurrency: Option<u32>,
     /// Largest request body accepted, in bytes; 0 refuses any body.
     pub max_request_body: Option<u64>,
+    /// Requests one instance may serve, one after another, before it is dropped; `None` or 1:
+    /// a fresh instance for every request (`docs/reuse.md`).
+    pub reuse: Option<u32>,
+    /// How long an instance kept for reuse may wait for its next request.
+    pub reuse_idle_timeout: Option<Duration>,
 }
 
 /// Why a manifest was rejected: the shape every TOML document shares, `<origin>: <key path>:
@@ -452,6 +465,21 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
     if let Some(field) = t.take("max_request_body") {
         limits.max_request_body = Some(field.bytes()?);
     }
+    if let Some(field) = t.take("reuse") {
+        limits.reuse = Some(field.integer_in(1u32, MAX_REUSE)?);
+    }
+    if let Some(field) = t.take("reuse_idle_timeout") {
+        let key = field.key.clone();
+        limits.reuse_idle_timeout = Some(field.duration_in(REUSE_IDLE_RANGE, "\"10s\"")?);
+        if limits.reuse.unwrap_or(1) < 2 {
+            return Err(FieldError {
+                key,
+                problem: "only applies with reuse of 2 or more (reuse = 1, the default, \
+                          gives every request a fresh instance)"
+                    .to_owned(),
+            });
+        }
+    }
     t.finish_section(COMPONENT_KEYS, TOP_KEYS)?;
 
     Ok((
@@ -696,6 +724,8 @@ memory_limit = "64MiB"
 timeout = "5s"
 max_concurrency = 32
 max_request_body = "10MiB"
+reuse = 100
+reuse_idle_timeout = "30s"
 
 [component.hello.variables]
 greeting = "hi"
@@ -782,6 +812,8 @@ routes = ["/admin"]
                 timeout: Some(Duration::from_secs(5)),
                 max_concurrency: Some(32),
                 max_request_body: Some(10 << 20),
+                reuse: Some(100),
+                reuse_idle_timeout: Some(Duration::from_secs(30)),
             }
         );
     }
@@ -1306,6 +1338,21 @@ routes = ["/admin"]
             &minimal_with("max_concurrency = \"8\""),
             "component.hello.max_concurrency",
             "got \"8\"",
+        );
+        assert_rejects(
+            &minimal_with("reuse = 0"),
+            "component.hello.reuse",
+            "from 1 to 1000000, got 0",
+        );
+        assert_rejects(
+            &minimal_with("reuse_idle_timeout = \"5s\""),
+            "component.hello.reuse_idle_timeout",
+            "only applies with reuse of 2 or more",
+        );
+        assert_rejects(
+            &minimal_with("reuse = 10\nreuse_idle_timeout = \"2h\""),
+            "component.hello.reuse_idle_timeout",
+            "out of range",
         );
         assert_rejects(
             &minimal_with("max_request_body = \"1.5MiB\""),

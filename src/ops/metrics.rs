@@ -25,6 +25,11 @@ pub struct Metrics {
     pub instance_memory: HistogramVec,
     /// Failed requests by app and kind (`trap`, `timeout`, `memory_limit`, `saturated`, ...).
     pub request_errors: IntCounterVec,
+    /// Requests served by an instance kept from an earlier request (`reuse` > 1), by app.
+    pub reuse_hits: IntCounterVec,
+    /// Instances of `reuse` > 1 components not kept for another request, by app and reason
+    /// (`trap`, `timeout`, `memory_limit`, `error`, `max_requests`, `idle`, `pool_contended`).
+    pub reuse_discards: IntCounterVec,
     /// Requests the front door refused as the client's fault (4xx), by reason (`missing_host`,
     /// `duplicate_host`, `invalid_host`, `host_conflict`, `body_too_large`).
     pub client_errors: IntCounterVec,
@@ -116,6 +121,20 @@ impl Metrics {
                 "Requests that failed in the runtime, by cause.",
             ),
             &["app", "kind"],
+        )?;
+        let reuse_hits = IntCounterVec::new(
+            Opts::new(
+                "outpost_instance_reuse_hits_total",
+                "Requests served by an instance kept from an earlier request (reuse > 1).",
+            ),
+            &["app"],
+        )?;
+        let reuse_discards = IntCounterVec::new(
+            Opts::new(
+                "outpost_instance_reuse_discards_total",
+                "Instances of reuse > 1 components dropped instead of kept, by reason.",
+            ),
+            &["app", "reason"],
         )?;
         let client_errors = IntCounterVec::new(
             Opts::new(
@@ -210,6 +229,8 @@ impl Metrics {
         registry.register(Box::new(instantiate_duration.clone()))?;
         registry.register(Box::new(instance_memory.clone()))?;
         registry.register(Box::new(request_errors.clone()))?;
+        registry.register(Box::new(reuse_hits.clone()))?;
+        registry.register(Box::new(reuse_discards.clone()))?;
         registry.register(Box::new(client_errors.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(pool_slots_used.clone()))?;
@@ -282,6 +303,8 @@ impl Metrics {
             instantiate_duration,
             instance_memory,
             request_errors,
+            reuse_hits,
+            reuse_discards,
             client_errors,
             inflight,
             pool_slots_used,

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -42,6 +42,14 @@ pub enum Refused {
     Timeout(Duration),
 }
 
+/// Holds leases it can give back on demand: the idle instances components keep for reuse
+/// (`docs/reuse.md`). Kept instances are a convenience, never a claim: when a request finds no
+/// room, the pool asks every holder to drop its idle instances before anyone waits.
+pub trait Reclaim: Send + Sync {
+    /// Drops the idle instances (and so their leases); returns how many.
+    fn reclaim(&self) -> usize;
+}
+
 /// The pool's capacity and who holds it.
 ///
 /// Concurrency: what is held lives in atomics (here and in each [`Account`]), so admitting and
@@ -61,6 +69,8 @@ pub struct Pool {
     accounts: Arc<Accounts>,
     used_gauge: prometheus::IntGauge,
     bytes_gauge: prometheus::IntGauge,
+    /// Holders of idle leases, asked to give them back when a request finds no room.
+    reclaimers: Mutex<Vec<Weak<dyn Reclaim>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -119,7 +129,32 @@ impl Pool {
             accounts,
             used_gauge,
             bytes_gauge,
+            reclaimers: Mutex::default(),
         })
+    }
+
+    /// Registers a holder of idle leases (see [`Reclaim`]); forgotten once it is dropped.
+    pub fn register_reclaimer(&self, r: Weak<dyn Reclaim>) {
+        let mut v = self
+            .reclaimers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        v.retain(|w| w.strong_count() > 0);
+        v.push(r);
+    }
+
+    /// Asks every holder of idle leases to give them back; how many came back.
+    fn reclaim_idle(&self) -> usize {
+        let holders: Vec<_> = {
+            let mut v = self
+                .reclaimers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            v.retain(|w| w.strong_count() > 0);
+            v.iter().filter_map(Weak::upgrade).collect()
+        };
+        // Called with no lock held: the leases given back take the waiters' lock as they go.
+        holders.iter().map(|h| h.reclaim()).sum()
     }
 
     /// Admits a request of `account` that will hold about `bytes`, waiting up to `wait` when the
@@ -134,6 +169,13 @@ impl Pool {
         // rather than refuse an app whose estimate is simply above a tiny budget.
         let bytes = bytes.min(self.budget);
         if self.waiting.load(SeqCst) == 0 && self.try_take(account, bytes) {
+            return Ok(self.lease(account, bytes));
+        }
+        // No room: idle instances kept for reuse give theirs back before anyone waits.
+        if self.reclaim_idle() > 0
+            && self.waiting.load(SeqCst) == 0
+            && self.try_take(account, bytes)
+        {
             return Ok(self.lease(account, bytes));
         }
         let mut rx = {

@@ -284,6 +284,8 @@ fn settings_for(
         timeout: spec.limits.timeout,
         max_concurrency: spec.limits.max_concurrency,
         max_request_body: spec.limits.max_request_body,
+        reuse: spec.limits.reuse,
+        reuse_idle_timeout: spec.limits.reuse_idle_timeout,
     })
 }
 

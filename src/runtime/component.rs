@@ -10,8 +10,8 @@
 //! Must not: know about sockets, protocols or routing.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{IncomingRequest, ResponseOutparam, Scheme};
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
-use super::admission::{Lease, Pool, Refused};
+use super::admission::{Lease, Pool, Reclaim, Refused};
 use super::error::{RequestError, RequestErrorKind};
 use super::fair::{Account, Meter, Metered, TickMode};
 use super::host::{CtxPool, Grants, Host};
@@ -52,6 +52,10 @@ pub struct Limits {
     pub queue_timeout: Duration,
     /// Largest request body, bytes (413 beyond).
     pub max_request_body: u64,
+    /// Requests one instance may serve, one after another (1: a fresh instance per request).
+    pub reuse: u32,
+    /// How long an instance kept for reuse waits for its next request before it is dropped.
+    pub reuse_idle_timeout: Duration,
 }
 
 /// What one instance holds besides its linear memory's growth: the store, WASI and HTTP
@@ -118,6 +122,110 @@ impl HandlerPre {
     }
 }
 
+/// A live instance's handle into its store, for calling its handler again (`reuse` > 1).
+enum Instance {
+    P2(wasmtime_wasi_http::p2::bindings::Proxy),
+    P3(wasmtime_wasi_http::p3::bindings::Service),
+}
+
+/// An instance kept between requests, with the pool lease it still holds (so admission keeps
+/// counting it: a kept instance occupies its engine's pool slot).
+struct Kept {
+    // Dropped in this order: the store (which resets the slot) before the lease that counts it.
+    store: Store<Host>,
+    instance: Instance,
+    /// Requests it has served.
+    served: u32,
+    lease: Lease,
+    since: Instant,
+}
+
+/// The idle instances one component keeps for reuse (`docs/reuse.md`): the most recently used
+/// first, each dropped after the component's `reuse_idle_timeout`, or at once when the node's
+/// pool has no room for a request (see [`Reclaim`]). Never shared: each component has its own,
+/// so state a guest keeps in its memory never reaches another component or tenant.
+pub(crate) struct IdleInstances {
+    kept: Mutex<Vec<Kept>>,
+    idle_timeout: Duration,
+    discards: prometheus::IntCounterVec,
+    app: Arc<str>,
+}
+
+impl IdleInstances {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn discarded(&self, reason: &str, n: usize) {
+        if n > 0 {
+            self.discards
+                .with_label_values(&[&*self.app, reason])
+                .inc_by(n as u64);
+        }
+    }
+
+    /// The most recently used kept instance that has not idled too long; expired ones are
+    /// dropped on the way.
+    fn take(&self) -> Option<Kept> {
+        let (kept, expired) = {
+            let mut v = self.lock();
+            let expired = self.drain_expired(&mut v);
+            (v.pop(), expired)
+        };
+        self.discarded("idle", expired.len());
+        drop(expired);
+        kept
+    }
+
+    /// Moves the instances idle past the timeout out of `v` (to be dropped without the lock).
+    fn drain_expired(&self, v: &mut Vec<Kept>) -> Vec<Kept> {
+        let timeout = self.idle_timeout;
+        let first_fresh = v.partition_point(|k| k.since.elapsed() >= timeout);
+        v.drain(..first_fresh).collect()
+    }
+
+    /// Keeps `k` for the next request; starts the sweeper when it is the only one kept.
+    fn put(self: &Arc<Self>, k: Kept) {
+        let first = {
+            let mut v = self.lock();
+            v.push(k);
+            v.len() == 1
+        };
+        if first && let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(Arc::downgrade(self), self.idle_timeout));
+        }
+    }
+}
+
+/// Drops a component's instances as they pass their idle timeout; ends when none is kept (the
+/// next one kept starts it again) or the component is gone.
+async fn sweep(idle: Weak<IdleInstances>, every: Duration) {
+    loop {
+        tokio::time::sleep(every / 2).await;
+        let Some(idle) = idle.upgrade() else { return };
+        let (expired, empty) = {
+            let mut v = idle.lock();
+            let expired = idle.drain_expired(&mut v);
+            (expired, v.is_empty())
+        };
+        idle.discarded("idle", expired.len());
+        drop(expired);
+        if empty {
+            return;
+        }
+    }
+}
+
+impl Reclaim for IdleInstances {
+    fn reclaim(&self) -> usize {
+        let all = std::mem::take(&mut *self.lock());
+        self.discarded("pool_contended", all.len());
+        all.len()
+    }
+}
+
 /// What a guest answers: a response whose body streams from the guest, or the error code it
 /// returned instead (shown as text: the two WASI versions have different `error-code` types).
 type Answer = Result<http::Response<ResponseBody>, String>;
@@ -135,6 +243,7 @@ enum Call<B> {
     P3 {
         req: http::Request<B>,
         answer: tokio::sync::oneshot::Sender<Answer>,
+        ok: Arc<AtomicBool>,
     },
 }
 
@@ -181,6 +290,10 @@ pub struct AppComponent {
     memory_peak: prometheus::Histogram,
     /// Per-request counters and histograms, recorded by the front door.
     pub request_metrics: RequestMetrics,
+    /// Instances kept for reuse; `None` unless `reuse` > 1.
+    idle: Option<Arc<IdleInstances>>,
+    /// This app's `outpost_instance_reuse_hits_total` series, resolved once.
+    reuse_hits: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for AppComponent {
@@ -214,7 +327,21 @@ impl AppComponent {
         let memory_peak = metrics.instance_memory.with_label_values(&[app]);
         let request_metrics = RequestMetrics::new(&metrics, tenant, app, id);
         let label: Arc<str> = format!("{app}/{id}").into();
+        let idle = (limits.reuse > 1).then(|| {
+            let idle = Arc::new(IdleInstances {
+                kept: Mutex::default(),
+                idle_timeout: limits.reuse_idle_timeout,
+                discards: metrics.reuse_discards.clone(),
+                app: app.into(),
+            });
+            let weak: Weak<dyn Reclaim> = Arc::downgrade(&idle) as Weak<IdleInstances>;
+            pool.register_reclaimer(weak);
+            idle
+        });
+        let reuse_hits = metrics.reuse_hits.with_label_values(&[app]);
         Self {
+            idle,
+            reuse_hits,
             inflight,
             memory_peak,
             request_metrics,
@@ -283,7 +410,7 @@ impl AppComponent {
             ));
         }
 
-        let permits = self.admit().await?;
+        let own = self.admit_component().await?;
         let deadline = Instant::now() + self.limits.timeout;
 
         let too_large = Arc::new(AtomicBool::new(false));
@@ -296,10 +423,29 @@ impl AppComponent {
 
         let t0 = Instant::now();
         let meter = Meter::new(self.account.clone(), self.ticks.clone());
-        let mut store = self
-            .new_store(&meter)
-            .map_err(|e| internal(format!("creating store state: {e:#}")))?;
+        // An instance kept from an earlier request of this component (it still holds its pool
+        // lease), else room in the pool and a fresh store.
+        let (mut store, kept_instance, served, lease) =
+            match self.idle.as_ref().and_then(|i| i.take()) {
+                Some(k) => {
+                    self.reuse_hits.inc();
+                    let mut store = k.store;
+                    store.data_mut().limiter.begin_request();
+                    arm_store(&mut store, &meter);
+                    (store, Some(k.instance), k.served, k.lease)
+                }
+                None => {
+                    let lease = self.admit_pool().await?;
+                    let store = self
+                        .new_store(&meter)
+                        .map_err(|e| internal(format!("creating store state: {e:#}")))?;
+                    (store, None, 0, lease)
+                }
+            };
 
+        // Whether the guest answered with a response (not an error code): only then may its
+        // instance serve again.
+        let answered_ok = Arc::new(AtomicBool::new(false));
         let (tx, rx) = tokio::sync::oneshot::channel::<Answer>();
         let call = match &self.pre {
             HandlerPre::P2(_) => {
@@ -312,8 +458,10 @@ impl AppComponent {
                 let req = http
                     .new_incoming_request(scheme, req)
                     .map_err(|e| internal(format!("incoming request: {e:#}")))?;
+                let ok = answered_ok.clone();
                 let out = http
                     .new_response_outparam_from_callback(move |answer| {
+                        ok.store(answer.is_ok(), Ordering::Relaxed);
                         let _ = tx.send(answer.map_err(|code| format!("{code:?}")));
                     })
                     .map_err(|e| internal(format!("response outparam: {e:#}")))?;
@@ -322,6 +470,7 @@ impl AppComponent {
             HandlerPre::P3(_) => Call::P3 {
                 req: absolute_uri(req, ctx.https)?,
                 answer: tx,
+                ok: answered_ok.clone(),
             },
         };
 
@@ -331,7 +480,9 @@ impl AppComponent {
         let (turn, meter_done) = (meter.clone(), meter.clone());
         let guest = async move {
             let _gauges = gauges;
-            let mut initial = 0;
+            // The linear memory the instance had when this request began (a kept instance's
+            // memory stays as its earlier requests left it, and counts against the limit).
+            let mut initial = store.data().limiter.total;
             let run = async {
                 // Behind lighter apps' parked guests, if any (usually: straight through).
                 turn.turn_to_start().await;
@@ -342,21 +493,35 @@ impl AppComponent {
                         .instantiate_duration
                         .observe(t0.elapsed().as_secs_f64());
                 };
-                match (&this.pre, call) {
-                    (HandlerPre::P2(pre), Call::P2 { req, out }) => {
-                        let proxy = pre.instantiate_async(&mut store).await?;
-                        instantiated(&store);
+                match (&this.pre, call, kept_instance) {
+                    (HandlerPre::P2(pre), Call::P2 { req, out }, kept) => {
+                        let proxy = match kept {
+                            Some(Instance::P2(proxy)) => proxy,
+                            _ => {
+                                let proxy = pre.instantiate_async(&mut store).await?;
+                                instantiated(&store);
+                                proxy
+                            }
+                        };
                         proxy
                             .wasi_http_incoming_handler()
                             .call_handle(&mut store, req, out)
-                            .await
+                            .await?;
+                        Ok(Instance::P2(proxy))
                     }
-                    (HandlerPre::P3(pre), Call::P3 { req, answer }) => {
-                        let service = pre.instantiate_async(&mut store).await?;
-                        instantiated(&store);
+                    (HandlerPre::P3(pre), Call::P3 { req, answer, ok }, kept) => {
+                        let service = match kept {
+                            Some(Instance::P3(service)) => service,
+                            _ => {
+                                let service = pre.instantiate_async(&mut store).await?;
+                                instantiated(&store);
+                                service
+                            }
+                        };
                         store
                             .run_concurrent(async move |acc| {
-                                serve_p3(acc, &service, req, answer).await
+                                serve_p3(acc, &service, req, answer, &ok).await?;
+                                Ok(Instance::P3(service))
                             })
                             .await?
                     }
@@ -365,16 +530,44 @@ impl AppComponent {
                     )),
                 }
             };
-            let outcome = match LazyDeadline::new(std::pin::pin!(run), deadline).await {
-                Some(Ok(())) => GuestOutcome::Returned,
-                Some(Err(e)) => GuestOutcome::Failed(e),
-                None => GuestOutcome::TimedOut,
+            let (outcome, instance) = match LazyDeadline::new(std::pin::pin!(run), deadline).await {
+                Some(Ok(instance)) => (GuestOutcome::Returned, Some(instance)),
+                Some(Err(e)) => (GuestOutcome::Failed(e), None),
+                None => (GuestOutcome::TimedOut, None),
             };
             let hit_memory_limit = store.data().limiter.hit;
             let peak = store.data().limiter.peak;
             this.memory_peak.observe(peak as f64);
             this.observe_growth(peak.saturating_sub(initial) as u64);
             let returned = matches!(outcome, GuestOutcome::Returned);
+            // An instance that trapped, timed out, hit its memory limit or answered with an
+            // error is never kept; one that served `reuse` requests has done its share.
+            if let Some(idle) = &this.idle {
+                let why_not = match &outcome {
+                    _ if hit_memory_limit => Some("memory_limit"),
+                    GuestOutcome::TimedOut => Some("timeout"),
+                    GuestOutcome::Failed(_) => Some("trap"),
+                    GuestOutcome::Returned if !answered_ok.load(Ordering::Relaxed) => Some("error"),
+                    GuestOutcome::Returned if served + 1 >= this.limits.reuse => {
+                        Some("max_requests")
+                    }
+                    GuestOutcome::Returned => None,
+                };
+                match (why_not, instance) {
+                    (None, Some(instance)) => {
+                        idle.put(Kept {
+                            store,
+                            instance,
+                            served: served + 1,
+                            lease,
+                            since: Instant::now(),
+                        });
+                        drop(own);
+                        return (outcome, hit_memory_limit);
+                    }
+                    (why_not, _) => idle.discarded(why_not.unwrap_or("trap"), 1),
+                }
+            }
             let owner = this.clone();
             // Dropping the store resets its pool slot; for an instance that grew its memory
             // that is an madvise of the grown pages, kernel work of milliseconds that would
@@ -389,7 +582,8 @@ impl AppComponent {
                 } else {
                     drop(store);
                 }
-                drop(permits);
+                drop(lease);
+                drop(own);
             };
             let big = peak.saturating_sub(initial) as u64 > OFFLOAD_RELEASE_ABOVE;
             if big && !on_guest_thread() && tokio::runtime::Handle::try_current().is_ok() {
@@ -528,20 +722,13 @@ impl AppComponent {
         )?;
         let mut store = Store::new(self.pre.engine(), host);
         store.limiter(|h| &mut h.limiter);
-        // At every epoch tick the meter decides: a guest that has run its minimum slice parks
-        // in the thread's fair lane (so other apps and the network get the thread, and the
-        // wall-clock timeout can cancel it); one that has not goes on. The first deadline must
-        // be set too: a new store's is epoch 0, long past, so without it every instance would
-        // stop at its first epoch check — a needless callback on every request.
-        store.set_epoch_deadline(1);
-        let meter = meter.clone();
-        store.epoch_deadline_callback(move |_| Ok(meter.on_epoch()));
+        arm_store(&mut store, meter);
         Ok(store)
     }
 
-    /// Admission control: a permit of this component (bounded queue), then room in the node's
-    /// pool for this component's footprint, within the app's fair share when it is contended.
-    async fn admit(&self) -> Result<(OwnedSemaphorePermit, Lease), RequestError> {
+    /// Admission control, first half: a permit of this component (bounded queue). The second
+    /// half is [`Self::admit_pool`], unless a kept instance (which holds its lease) serves.
+    async fn admit_component(&self) -> Result<OwnedSemaphorePermit, RequestError> {
         let own = match self.concurrency.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -567,16 +754,31 @@ impl AppComponent {
                 .map_err(|_| internal("component semaphore closed"))?
             }
         };
-        let slot = self
-            .pool
+        Ok(own)
+    }
+
+    /// Admission control, second half: room in the node's pool for this component's
+    /// footprint, within the app's fair share when it is contended.
+    async fn admit_pool(&self) -> Result<Lease, RequestError> {
+        self.pool
             .admit(&self.account, self.footprint(), self.limits.queue_timeout)
             .await
             .map_err(|e| match e {
                 Refused::Timeout(_) => saturated(format!("instance pool exhausted: {e}")),
                 _ => saturated(e.to_string()),
-            })?;
-        Ok((own, slot))
+            })
     }
+}
+
+/// Points a store's epoch callback at this request's `meter`: at every epoch tick the meter
+/// decides whether a guest that has run its minimum slice parks in the thread's fair lane (so
+/// other apps and the network get the thread, and the wall-clock timeout can cancel it); one that
+/// has not goes on. The deadline must be set too: a new store's is epoch 0, long past, so without
+/// it every instance would stop at its first epoch check — a needless callback on every request.
+fn arm_store(store: &mut Store<Host>, meter: &Arc<Meter>) {
+    store.set_epoch_deadline(1);
+    let meter = meter.clone();
+    store.epoch_deadline_callback(move |_| Ok(meter.on_epoch()));
 }
 
 /// One WASI 0.3 request, inside the store's event loop: hand the request to the guest's
@@ -589,6 +791,7 @@ async fn serve_p3<B>(
     service: &wasmtime_wasi_http::p3::bindings::Service,
     req: http::Request<B>,
     answer: tokio::sync::oneshot::Sender<Answer>,
+    answered_ok: &AtomicBool,
 ) -> wasmtime::Result<()>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -607,6 +810,7 @@ where
         }
     };
     let response = acc.with(|mut s| response.into_http(&mut s, request_io))?;
+    answered_ok.store(true, Ordering::Relaxed);
     let (done, body_done) = tokio::sync::oneshot::channel::<()>();
     let response = response.map(|body| {
         DoneBody {

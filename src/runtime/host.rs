@@ -397,6 +397,15 @@ pub(crate) struct MemoryLimiter {
     pub(crate) peak: usize,
 }
 
+impl MemoryLimiter {
+    /// Starts a new request on a kept instance: the memory it holds stays counted (and limited),
+    /// the peak and the limit flag are this request's own.
+    pub(crate) fn begin_request(&mut self) {
+        self.hit = false;
+        self.peak = self.total;
+    }
+}
+
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,

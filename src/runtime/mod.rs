@@ -51,6 +51,9 @@ pub struct RuntimeSettings {
     pub pool: Option<sizing::PoolSizing>,
     /// The linear-memory layout (with either allocator).
     pub memory: sizing::MemoryLayout,
+    /// The WASI 0.3 engine's pool (`None`: on demand) and memory layout.
+    pub wasi03_pool: Option<sizing::PoolSizing>,
+    pub wasi03_memory: sizing::MemoryLayout,
     /// Instances that may execute at once; equals the pool's slots when pooling.
     pub instance_slots: u32,
     /// Ceiling for any component's `memory_limit`.
@@ -73,6 +76,8 @@ impl RuntimeSettings {
             memory_budget: s.memory_budget.value,
             guest_threads: s.worker_threads.value,
             pool: s.pooling.clone(),
+            wasi03_pool: s.wasi03.pooling.clone(),
+            wasi03_memory: s.wasi03.memory.clone(),
             defaults: Defaults {
                 memory_limit: s.default_memory_limit.value,
                 timeout: Duration::from_millis(s.default_timeout_ms.value),
@@ -96,7 +101,13 @@ pub struct ComponentSettings {
     pub timeout: Option<Duration>,
     pub max_concurrency: Option<u32>,
     pub max_request_body: Option<u64>,
+    /// Requests one instance may serve (`None`/1: fresh instance per request).
+    pub reuse: Option<u32>,
+    pub reuse_idle_timeout: Option<Duration>,
 }
+
+/// How long an instance kept for reuse waits for its next request unless the manifest says.
+pub const DEFAULT_REUSE_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An engine with its linker and compiled-code cache. There is one for each WASI HTTP version
 /// (`docs/wasi-p3.md`): WASI 0.3 needs wasmtime's concurrency support, which would slow every
@@ -125,8 +136,8 @@ impl Flavor {
 pub struct Runtime {
     /// WASI 0.2 components: the pooling allocator sized for this machine, no concurrency support.
     wasi02: Flavor,
-    /// WASI 0.3 components: concurrency support, instances allocated on demand (the pool's
-    /// address space belongs to the WASI 0.2 engine); admission is shared.
+    /// WASI 0.3 components: concurrency support, a pool of its own as large as WASI 0.2's when
+    /// the address space holds both (else on demand); admission is shared.
     wasi03: Flavor,
     pool: Arc<admission::Pool>,
     accounts: Arc<fair::Accounts>,
@@ -158,8 +169,9 @@ impl Runtime {
                     }
                 )
             })?;
-        let wasi03_engine = engine::build_engine(None, &settings.memory, true)
-            .map_err(|e| anyhow::anyhow!("cannot create the WASI 0.3 engine: {e:#}"))?;
+        let wasi03_engine =
+            engine::build_engine(settings.wasi03_pool.as_ref(), &settings.wasi03_memory, true)
+                .map_err(|e| anyhow::anyhow!("cannot create the WASI 0.3 engine: {e:#}"))?;
         let wasi02 = Flavor::new(engine, false, settings.cache_dir.clone())?;
         let wasi03 = Flavor::new(wasi03_engine, true, settings.cache_dir.clone())?;
         let ticks = Arc::new(fair::TickMode::default());
@@ -312,6 +324,8 @@ impl Runtime {
             max_queue: max_concurrency,
             queue_timeout: d.queue_timeout,
             max_request_body: cfg.max_request_body.unwrap_or(d.max_request_body),
+            reuse: cfg.reuse.unwrap_or(1).max(1),
+            reuse_idle_timeout: cfg.reuse_idle_timeout.unwrap_or(DEFAULT_REUSE_IDLE_TIMEOUT),
         })
     }
 }

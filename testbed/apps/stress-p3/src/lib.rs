@@ -5,6 +5,9 @@
 //! - `/spin-after`: answers 200 at once, then busy-loops in the task that writes the body;
 //! - `/alloc?mib=N`: allocates N MiB (beyond `memory_limit` the allocation fails and the guest
 //!   traps);
+//! - `/keep?mib=N`: the same, never freed: it stays for the instance's next request;
+//! - `/count`: how many `/count` requests this instance has served, itself included (1 on a
+//!   fresh instance; more only when the instance is reused);
 //! - `/trap`: panics (a trap);
 //! - `/error`: returns an `ErrorCode` instead of a response;
 //! - anything else: 200 `ok PATH`.
@@ -16,6 +19,9 @@ use wasip3::http::types::{ErrorCode, Fields, Request, Response};
 use wasip3::{wit_future, wit_stream};
 
 struct Stress;
+
+/// `/count` requests this instance has served.
+static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 wasip3::http::service::export!(Stress);
 
@@ -39,15 +45,25 @@ impl wasip3::exports::http::handler::Guest for Stress {
                 spin();
             }
             "/trap" => panic!("asked to trap"),
+            "/count" => {
+                let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                body = format!("{n}\n").into_bytes();
+            }
             "/error" => {
                 return Err(ErrorCode::InternalError(Some("asked to fail".into())));
             }
             _ => {
-                if let Some(n) = pq.strip_prefix("/alloc?mib=") {
+                let (alloc, keep) = (
+                    pq.strip_prefix("/alloc?mib="),
+                    pq.strip_prefix("/keep?mib="),
+                );
+                if let Some(n) = alloc.or(keep) {
                     let n: usize = n.parse().unwrap_or(1);
-                    let v = vec![1u8; n << 20];
-                    body = format!("allocated {} MiB\n", std::hint::black_box(v).len() >> 20)
-                        .into_bytes();
+                    let v = std::hint::black_box(vec![1u8; n << 20]);
+                    body = format!("allocated {} MiB\n", v.len() >> 20).into_bytes();
+                    if keep.is_some() {
+                        v.leak();
+                    }
                 }
             }
         }

@@ -1,0 +1,314 @@
+//! Instance reuse (`reuse` in the manifest), through the real binary, for WASI 0.2 (`memhog`) and
+//! WASI 0.3 (`stress_p3`) guests: state carries from one request to the next of the same
+//! component and never to another component or app; a trapped, timed-out, over-limit or
+//! error-answering instance is never served again; an instance serves at most `reuse` requests
+//! and is dropped after `reuse_idle_timeout`; memory it keeps counts against its limit; the
+//! metrics count hits and discards. `/count` answers how many `/count` requests the instance
+//! serving it has seen: always 1 on a fresh instance.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+/// A test guest and its paths.
+struct Guest {
+    wasm: &'static str,
+    /// The path that traps.
+    trap: &'static str,
+    /// The path that allocates N MiB and keeps it, given N.
+    keep: fn(u32) -> String,
+}
+
+/// The two guests, by WASI version.
+const GUESTS: [Guest; 2] = [
+    Guest {
+        wasm: "memhog",
+        trap: "/panic",
+        keep: |mib| format!("/keep/{mib}"),
+    },
+    Guest {
+        wasm: "stress_p3",
+        trap: "/trap",
+        keep: |mib| format!("/keep?mib={mib}"),
+    },
+];
+
+/// `outpost run` with one app per entry of `apps` — (name, host, `[component.*]` tables) — each
+/// made of `wasm`, and an admin listener.
+fn run_apps(
+    dir: &std::path::Path,
+    wasm: &str,
+    apps: &[(&str, &str, &str)],
+) -> (Daemon, Vec<AppDir>) {
+    run_apps_with(dir, "", wasm, apps)
+}
+
+/// [`run_apps`] with `runtime` lines in the node config's `[runtime]` table.
+fn run_apps_with(
+    dir: &std::path::Path,
+    runtime: &str,
+    wasm: &str,
+    apps: &[(&str, &str, &str)],
+) -> (Daemon, Vec<AppDir>) {
+    let mut tables = format!("[runtime]\n{runtime}\n");
+    let mut dirs = Vec::new();
+    for (name, host, components) in apps {
+        let app = AppDir::app(name, "1.0.0", components, &[wasm]);
+        tables.push_str(&format!(
+            "[[app]]\nsource = \"{}\"\nhosts = [\"{host}\"]\n",
+            app.path().display()
+        ));
+        dirs.push(app);
+    }
+    let d = Daemon::run_config(&write_node_config(dir, "outpost.toml", "", &tables));
+    (d, dirs)
+}
+
+async fn get_at(d: &Daemon, host: &str, path: &str) -> Resp {
+    request_with(d.addr(), "GET", path, b"", &[("host", host)]).await
+}
+
+async fn count(d: &Daemon, host: &str) -> String {
+    let r = get_at(d, host, "/count").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body.trim().to_owned()
+}
+
+async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let body = get(admin, "/metrics").await.body;
+    body.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// `outpost_instance_reuse_discards_total` of app `app` for `reason`.
+async fn discards(admin: SocketAddr, reason: &str) -> f64 {
+    let series =
+        format!("outpost_instance_reuse_discards_total{{app=\"app\",reason=\"{reason}\"}}");
+    metric(admin, &series).await
+}
+
+/// One component, one instance at a time (`max_concurrency = 1`), so the order of instances is
+/// the order of requests.
+fn component(wasm: &str, extra: &str) -> String {
+    format!(
+        "[component.main]\nsource = \"{wasm}.wasm\"\nroutes = [\"/\"]\nmax_concurrency = 1\n{extra}\n"
+    )
+}
+
+#[tokio::test]
+async fn state_carries_within_a_component_up_to_reuse_requests_and_never_to_another_app() {
+    for Guest { wasm, .. } in GUESTS {
+        let tmp = tempfile::tempdir().unwrap();
+        let reused = component(wasm, "reuse = 3");
+        let (d, _apps) = run_apps(
+            tmp.path(),
+            wasm,
+            &[
+                ("fresh", "fresh.test", &component(wasm, "")),
+                ("one", "one.test", &reused),
+                ("two", "two.test", &reused),
+            ],
+        );
+        // Default: a fresh instance for every request.
+        for _ in 0..3 {
+            assert_eq!(count(&d, "fresh.test").await, "1", "{wasm}");
+        }
+        // reuse = 3: one instance serves three requests, then a fresh one takes over.
+        let mut seen = Vec::new();
+        for _ in 0..7 {
+            seen.push(count(&d, "one.test").await);
+        }
+        assert_eq!(seen, ["1", "2", "3", "1", "2", "3", "1"], "{wasm}");
+        // Another app running the very same component never sees the first app's instance.
+        assert_eq!(count(&d, "two.test").await, "1", "{wasm}");
+        assert_eq!(count(&d, "two.test").await, "2", "{wasm}");
+        assert_eq!(count(&d, "one.test").await, "2", "{wasm}");
+
+        let admin = d.admin.unwrap();
+        // A hit is every answer above 1: one had five (2, 3, 2, 3, 2), two had one; one's
+        // instances were dropped twice for having served their three requests.
+        assert_eq!(
+            metric(admin, "outpost_instance_reuse_hits_total{app=\"one\"}").await,
+            5.0,
+            "{wasm}"
+        );
+        assert_eq!(
+            metric(admin, "outpost_instance_reuse_hits_total{app=\"two\"}").await,
+            1.0,
+            "{wasm}"
+        );
+        assert_eq!(
+            metric(
+                admin,
+                "outpost_instance_reuse_discards_total{app=\"one\",reason=\"max_requests\"}"
+            )
+            .await,
+            2.0,
+            "{wasm}"
+        );
+        assert_eq!(
+            metric(admin, "outpost_instance_reuse_hits_total{app=\"fresh\"}").await,
+            0.0,
+            "{wasm}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_trapped_timed_out_or_failed_instance_is_never_reused() {
+    for Guest { wasm, trap, .. } in GUESTS {
+        let tmp = tempfile::tempdir().unwrap();
+        let (d, _apps) = run_apps(
+            tmp.path(),
+            wasm,
+            &[(
+                "app",
+                "*",
+                &component(wasm, "reuse = 100\ntimeout = \"300ms\""),
+            )],
+        );
+        assert_eq!(count(&d, "a.test").await, "1");
+        assert_eq!(count(&d, "a.test").await, "2");
+        // The trap takes the kept instance (the only one) and ends it.
+        assert_eq!(get_at(&d, "a.test", trap).await.status, 500, "{wasm}");
+        assert_eq!(
+            count(&d, "a.test").await,
+            "1",
+            "{wasm}: a trapped instance served again"
+        );
+        assert_eq!(count(&d, "a.test").await, "2", "{wasm}");
+        let admin = d.admin.unwrap();
+        assert_eq!(discards(admin, "trap").await, 1.0, "{wasm}");
+
+        if wasm == "stress_p3" {
+            // A request cut at its timeout, and one answered with an error code.
+            assert_eq!(get_at(&d, "a.test", "/spin").await.status, 504);
+            assert_eq!(
+                count(&d, "a.test").await,
+                "1",
+                "a timed-out instance served again"
+            );
+            assert_eq!(get_at(&d, "a.test", "/error").await.status, 500);
+            assert_eq!(
+                count(&d, "a.test").await,
+                "1",
+                "an instance that failed served again"
+            );
+            assert_eq!(discards(admin, "timeout").await, 1.0);
+            assert_eq!(discards(admin, "error").await, 1.0);
+        }
+    }
+}
+
+/// Memory an instance keeps across requests counts against its `memory_limit`: requests that
+/// each keep 4 MiB fail once the instance holds the limit, that instance is dropped, and the
+/// next request gets a fresh one.
+#[tokio::test]
+async fn memory_kept_across_reuses_counts_against_the_limit() {
+    for Guest { wasm, keep, .. } in GUESTS {
+        let tmp = tempfile::tempdir().unwrap();
+        let (d, _apps) = run_apps(
+            tmp.path(),
+            wasm,
+            &[(
+                "app",
+                "*",
+                &component(wasm, "reuse = 100\nmemory_limit = \"24MiB\""),
+            )],
+        );
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            statuses.push(get_at(&d, "a.test", &keep(4)).await.status);
+        }
+        // A fresh instance holds its image plus 4 MiB per request: within 24 MiB only a few fit.
+        let first_fail = statuses.iter().position(|&s| s == 500);
+        assert!(
+            matches!(first_fail, Some(n) if n >= 2),
+            "{wasm}: {statuses:?}"
+        );
+        assert!(statuses[..first_fail.unwrap()].iter().all(|&s| s == 200));
+        // The over-limit instance is gone: the next request starts from a fresh one.
+        assert_eq!(count(&d, "a.test").await, "1", "{wasm}");
+        let admin = d.admin.unwrap();
+        assert!(discards(admin, "memory_limit").await >= 1.0, "{wasm}");
+        assert!(
+            metric(
+                admin,
+                "outpost_request_errors_total{app=\"app\",kind=\"memory_limit\"}"
+            )
+            .await
+                >= 1.0,
+            "{wasm}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_idle_instance_is_dropped_after_its_idle_timeout() {
+    for Guest { wasm, .. } in GUESTS {
+        let tmp = tempfile::tempdir().unwrap();
+        let (d, _apps) = run_apps(
+            tmp.path(),
+            wasm,
+            &[(
+                "app",
+                "*",
+                &component(wasm, "reuse = 100\nreuse_idle_timeout = \"200ms\""),
+            )],
+        );
+        assert_eq!(count(&d, "a.test").await, "1");
+        assert_eq!(count(&d, "a.test").await, "2");
+        let admin = d.admin.unwrap();
+        // The sweeper drops it (and gives its pool slot back) without another request.
+        wait_until(
+            "the idle instance dropped",
+            Duration::from_secs(10),
+            async || match discards(admin, "idle").await {
+                n if n >= 1.0 => Ok(()),
+                n => Err(format!("{n} idle discards")),
+            },
+        )
+        .await;
+        assert_eq!(
+            metric(admin, "outpost_pool_slots_used").await,
+            0.0,
+            "{wasm}"
+        );
+        assert_eq!(count(&d, "a.test").await, "1", "{wasm}");
+    }
+}
+
+/// Kept instances hold pool slots only while nobody else needs them: with a single slot, an
+/// idle instance kept by one app gives it up at once to another app's request (no wait for the
+/// idle timeout, no 503).
+#[tokio::test]
+async fn a_kept_instance_gives_its_slot_back_when_the_pool_is_full() {
+    for Guest { wasm, .. } in GUESTS {
+        let tmp = tempfile::tempdir().unwrap();
+        let (d, _apps) = run_apps_with(
+            tmp.path(),
+            "instance_slots = 1",
+            wasm,
+            &[
+                ("keeper", "keeper.test", &component(wasm, "reuse = 100")),
+                ("other", "other.test", &component(wasm, "")),
+            ],
+        );
+        assert_eq!(count(&d, "keeper.test").await, "1");
+        assert_eq!(count(&d, "keeper.test").await, "2");
+        // Without the kept instance giving its slot back this would wait out the 2 s queue
+        // timeout and get a 503: the kept instance idles for 10 s.
+        assert_eq!(count(&d, "other.test").await, "1", "{wasm}");
+        let admin = d.admin.unwrap();
+        let series =
+            "outpost_instance_reuse_discards_total{app=\"keeper\",reason=\"pool_contended\"}";
+        assert_eq!(metric(admin, series).await, 1.0, "{wasm}");
+        assert_eq!(count(&d, "keeper.test").await, "1", "{wasm}");
+    }
+}
