@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 pub mod clients;
+pub mod polyglot;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
