@@ -201,3 +201,29 @@ async fn javascript_fetch_reaches_granted_hosts_only() {
     )
     .await;
 }
+
+/// `reuse` on the language runtimes: a componentize-py instance serves request after request; a
+/// ComponentizeJS (StarlingMonkey) instance cannot serve a second request
+/// (bytecodealliance/StarlingMonkey#247: it returns without answering), so the first reuse fails
+/// that one request, Outpost says why, and the component goes back to a fresh instance per
+/// request.
+#[tokio::test]
+async fn reuse_keeps_python_instances_and_turns_itself_off_for_javascript() {
+    let (_py, d) = serve("py-hello", "py-hello", "reuse = 100");
+    for i in 0..6 {
+        let r = get(d.addr(), "/").await;
+        assert_eq!(r.status, 200, "python request {i}: {}", r.body);
+    }
+    assert!(!d.stderr().contains("reuse turned off"), "{}", d.stderr());
+
+    let (_js, d) = serve("js-hello", "js-hello", "reuse = 100");
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get(d.addr(), "/").await.status);
+    }
+    assert_eq!(statuses, [200, 500, 200, 200, 200, 200]);
+    d.expect_log(&[
+        "cannot serve more than one request per instance",
+        "reuse turned off",
+    ]);
+}

@@ -28,7 +28,8 @@ pub struct Metrics {
     /// Requests served by an instance kept from an earlier request (`reuse` > 1), by app.
     pub reuse_hits: IntCounterVec,
     /// Instances of `reuse` > 1 components not kept for another request, by app and reason
-    /// (`trap`, `timeout`, `memory_limit`, `error`, `max_requests`, `idle`, `pool_contended`).
+    /// (`trap`, `timeout`, `memory_limit`, `error`, `max_requests`, `idle`, `pool_contended`,
+    /// `unsupported`).
     pub reuse_discards: IntCounterVec,
     /// Requests the front door refused as the client's fault (4xx), by reason (`missing_host`,
     /// `duplicate_host`, `invalid_host`, `host_conflict`, `body_too_large`).

@@ -122,6 +122,34 @@ impl HandlerPre {
     }
 }
 
+/// How a guest answered its request, set by whoever sees the answer (the WASI 0.2 outparam's
+/// callback, [`serve_p3`]).
+#[derive(Default)]
+struct AnswerSeen(std::sync::atomic::AtomicU8);
+
+impl AnswerSeen {
+    const NONE: u8 = 0;
+    const ERROR: u8 = 1;
+    const RESPONSE: u8 = 2;
+
+    fn set(&self, response: bool) {
+        let v = if response {
+            Self::RESPONSE
+        } else {
+            Self::ERROR
+        };
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// `None`: no answer at all; `Some(true)`: a response; `Some(false)`: an error code.
+    fn get(&self) -> Option<bool> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::NONE => None,
+            v => Some(v == Self::RESPONSE),
+        }
+    }
+}
+
 /// A live instance's handle into its store, for calling its handler again (`reuse` > 1).
 enum Instance {
     P2(wasmtime_wasi_http::p2::bindings::Proxy),
@@ -243,7 +271,7 @@ enum Call<B> {
     P3 {
         req: http::Request<B>,
         answer: tokio::sync::oneshot::Sender<Answer>,
-        ok: Arc<AtomicBool>,
+        ok: Arc<AnswerSeen>,
     },
 }
 
@@ -294,6 +322,8 @@ pub struct AppComponent {
     idle: Option<Arc<IdleInstances>>,
     /// This app's `outpost_instance_reuse_hits_total` series, resolved once.
     reuse_hits: prometheus::IntCounter,
+    /// Set when a kept instance showed that this component cannot serve twice: reuse stops.
+    reuse_unsupported: AtomicBool,
 }
 
 impl std::fmt::Debug for AppComponent {
@@ -342,6 +372,7 @@ impl AppComponent {
         Self {
             idle,
             reuse_hits,
+            reuse_unsupported: AtomicBool::new(false),
             inflight,
             memory_peak,
             request_metrics,
@@ -425,27 +456,31 @@ impl AppComponent {
         let meter = Meter::new(self.account.clone(), self.ticks.clone());
         // An instance kept from an earlier request of this component (it still holds its pool
         // lease), else room in the pool and a fresh store.
-        let (mut store, kept_instance, served, lease) =
-            match self.idle.as_ref().and_then(|i| i.take()) {
-                Some(k) => {
-                    self.reuse_hits.inc();
-                    let mut store = k.store;
-                    store.data_mut().limiter.begin_request();
-                    arm_store(&mut store, &meter);
-                    (store, Some(k.instance), k.served, k.lease)
-                }
-                None => {
-                    let lease = self.admit_pool().await?;
-                    let store = self
-                        .new_store(&meter)
-                        .map_err(|e| internal(format!("creating store state: {e:#}")))?;
-                    (store, None, 0, lease)
-                }
-            };
+        let (mut store, kept_instance, served, lease) = match self
+            .idle
+            .as_ref()
+            .filter(|_| !self.reuse_unsupported.load(Ordering::Relaxed))
+            .and_then(|i| i.take())
+        {
+            Some(k) => {
+                self.reuse_hits.inc();
+                let mut store = k.store;
+                store.data_mut().limiter.begin_request();
+                arm_store(&mut store, &meter);
+                (store, Some(k.instance), k.served, k.lease)
+            }
+            None => {
+                let lease = self.admit_pool().await?;
+                let store = self
+                    .new_store(&meter)
+                    .map_err(|e| internal(format!("creating store state: {e:#}")))?;
+                (store, None, 0, lease)
+            }
+        };
 
-        // Whether the guest answered with a response (not an error code): only then may its
-        // instance serve again.
-        let answered_ok = Arc::new(AtomicBool::new(false));
+        // How the guest answered (a response, an error code, or not at all): only an instance
+        // that answered with a response may serve again.
+        let answered = Arc::new(AnswerSeen::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<Answer>();
         let call = match &self.pre {
             HandlerPre::P2(_) => {
@@ -458,10 +493,10 @@ impl AppComponent {
                 let req = http
                     .new_incoming_request(scheme, req)
                     .map_err(|e| internal(format!("incoming request: {e:#}")))?;
-                let ok = answered_ok.clone();
+                let ok = answered.clone();
                 let out = http
                     .new_response_outparam_from_callback(move |answer| {
-                        ok.store(answer.is_ok(), Ordering::Relaxed);
+                        ok.set(answer.is_ok());
                         let _ = tx.send(answer.map_err(|code| format!("{code:?}")));
                     })
                     .map_err(|e| internal(format!("response outparam: {e:#}")))?;
@@ -470,7 +505,7 @@ impl AppComponent {
             HandlerPre::P3(_) => Call::P3 {
                 req: absolute_uri(req, ctx.https)?,
                 answer: tx,
-                ok: answered_ok.clone(),
+                ok: answered.clone(),
             },
         };
 
@@ -547,14 +582,23 @@ impl AppComponent {
                     _ if hit_memory_limit => Some("memory_limit"),
                     GuestOutcome::TimedOut => Some("timeout"),
                     GuestOutcome::Failed(_) => Some("trap"),
-                    GuestOutcome::Returned if !answered_ok.load(Ordering::Relaxed) => Some("error"),
+                    // Returned without answering on its first reuse: a guest that cannot serve
+                    // twice (StarlingMonkey, bytecodealliance/StarlingMonkey#247). Stop reusing
+                    // this component's instances; this one request is the only one it costs.
+                    GuestOutcome::Returned if served == 1 && answered.get().is_none() => {
+                        if !this.reuse_unsupported.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(component = %this.label, "a kept instance returned without answering its second request: this component cannot serve more than one request per instance; reuse turned off for it");
+                        }
+                        Some("unsupported")
+                    }
+                    GuestOutcome::Returned if answered.get() != Some(true) => Some("error"),
                     GuestOutcome::Returned if served + 1 >= this.limits.reuse => {
                         Some("max_requests")
                     }
                     GuestOutcome::Returned => None,
                 };
                 match (why_not, instance) {
-                    (None, Some(instance)) => {
+                    (None, Some(instance)) if !this.reuse_unsupported.load(Ordering::Relaxed) => {
                         idle.put(Kept {
                             store,
                             instance,
@@ -565,7 +609,7 @@ impl AppComponent {
                         drop(own);
                         return (outcome, hit_memory_limit);
                     }
-                    (why_not, _) => idle.discarded(why_not.unwrap_or("trap"), 1),
+                    (why_not, _) => idle.discarded(why_not.unwrap_or("unsupported"), 1),
                 }
             }
             let owner = this.clone();
@@ -791,7 +835,7 @@ async fn serve_p3<B>(
     service: &wasmtime_wasi_http::p3::bindings::Service,
     req: http::Request<B>,
     answer: tokio::sync::oneshot::Sender<Answer>,
-    answered_ok: &AtomicBool,
+    answered: &AnswerSeen,
 ) -> wasmtime::Result<()>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -805,12 +849,13 @@ where
     let response = match service.handle(acc, req).await? {
         Ok(response) => response,
         Err(code) => {
+            answered.set(false);
             let _ = answer.send(Err(format!("{code:?}")));
             return Ok(());
         }
     };
     let response = acc.with(|mut s| response.into_http(&mut s, request_io))?;
-    answered_ok.store(true, Ordering::Relaxed);
+    answered.set(true);
     let (done, body_done) = tokio::sync::oneshot::channel::<()>();
     let response = response.map(|body| {
         DoneBody {
