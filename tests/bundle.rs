@@ -482,6 +482,12 @@ async fn rollback_is_refused_and_the_store_serves_offline_after_restart() {
     let (code, out, err) = lab.install("v2.bundle", &cfg);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("installed greeter 2.0.0"), "{out}");
+    // Each component's compile is shown on stderr, with how long it took.
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("  greeter/") && l.contains(": compiled in ")),
+        "{err}"
+    );
     let (code, _, err) = lab.install("v1.bundle", &cfg);
     assert_eq!(code, 65, "{err}");
     assert!(err.contains("rollback"), "{err}");

@@ -476,10 +476,38 @@ fn install_cmd(bundle: &Path, config: Option<PathBuf>, sig: Option<PathBuf>) -> 
         None => crate::ops::config::Config::embedded_default(),
     };
     let pb = progress(&format!("installing {}", bundle.display()));
-    let installed =
-        crate::node::install::install_bundle(&cfg, bundle, &sig_path(bundle, sig), |r| {
-            pb.set_message(format!("compiling {} {}", r.app, r.version));
-        });
+    // Each component's compile on a line of its own: a Python or JavaScript component takes
+    // seconds, once per node (the code cache makes every later start and request skip it).
+    let shown = pb.clone();
+    let on_component: crate::runtime::LoadObserver = std::sync::Arc::new(move |e| match e {
+        crate::runtime::LoadEvent::Start {
+            app,
+            component,
+            bytes,
+        } => shown.set_message(format!(
+            "compiling {app}/{component} ({})",
+            crate::sizing::human_bytes(bytes as u64)
+        )),
+        crate::runtime::LoadEvent::Done {
+            app,
+            component,
+            info,
+        } => shown.suspend(|| {
+            let how = if info.cache_hit {
+                "read from the code cache"
+            } else {
+                "compiled"
+            };
+            eprintln!("  {app}/{component}: {how} in {:.2?}", info.elapsed);
+        }),
+    });
+    let installed = crate::node::install::install_bundle(
+        &cfg,
+        bundle,
+        &sig_path(bundle, sig),
+        |r| pb.set_message(format!("compiling {} {}", r.app, r.version)),
+        Some(on_component),
+    );
     pb.finish_and_clear();
     let installed = installed?;
     let r = &installed.release;

@@ -25,12 +25,14 @@ use crate::sync::pipeline::{Mode, Pipeline};
 /// Verifies `bundle` against its signature file `sig_path` under the node's `[trust]`, writes
 /// it to the store in the node's state directory, loads every component with the node's engine
 /// settings (which fills the code cache the next start reads), and activates it. `on_loading`
-/// is called once the release is verified and written, before its components compile.
+/// is called once the release is verified and written, before its components compile;
+/// `on_component` sees each component start and finish compiling.
 pub fn install_bundle(
     cfg: &Config,
     bundle: &Path,
     sig_path: &Path,
     on_loading: impl FnOnce(&Release),
+    on_component: Option<crate::runtime::LoadObserver>,
 ) -> Result<Installed, ExitError> {
     let policy = super::trust::node_trust_policy(cfg)?;
     let limits = Limits {
@@ -42,6 +44,9 @@ pub fn install_bundle(
     // The engine is set up before anything is written, so a config problem is reported as one
     // (64) and the load check measures only the release.
     let (rt, runtime) = node_runtime(cfg)?;
+    if let Some(o) = on_component {
+        runtime.observe_loads(o);
+    }
     let store_dir = cfg.state_dir().join("store");
     let (store, _) = Store::open(&store_dir)
         .with_context(|| format!("opening the store in {}", store_dir.display()))

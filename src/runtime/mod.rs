@@ -106,6 +106,27 @@ pub struct ComponentSettings {
     pub reuse_idle_timeout: Option<Duration>,
 }
 
+/// One step of loading a component, for a progress display (`bundle install` shows which
+/// component compiles and how long it took: a Python or JavaScript component takes seconds).
+#[derive(Debug)]
+pub enum LoadEvent<'a> {
+    /// About to compile (or read from the code cache) `bytes` of wasm.
+    Start {
+        app: &'a str,
+        component: &'a str,
+        bytes: usize,
+    },
+    /// Compiled or read from the cache.
+    Done {
+        app: &'a str,
+        component: &'a str,
+        info: &'a LoadInfo,
+    },
+}
+
+/// Receives the [`LoadEvent`]s of every component this runtime loads.
+pub type LoadObserver = Arc<dyn Fn(LoadEvent<'_>) + Send + Sync>;
+
 /// How long an instance kept for reuse waits for its next request unless the manifest says.
 pub const DEFAULT_REUSE_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -144,6 +165,7 @@ pub struct Runtime {
     guests: Arc<offload::GuestThreads>,
     settings: RuntimeSettings,
     metrics: Metrics,
+    observer: std::sync::OnceLock<LoadObserver>,
     _ticker: engine::EpochTicker,
 }
 
@@ -208,6 +230,7 @@ impl Runtime {
             wasi03,
             settings,
             metrics,
+            observer: std::sync::OnceLock::new(),
             _ticker: ticker,
         })
     }
@@ -221,6 +244,12 @@ impl Runtime {
     /// [`fair::DEFAULT_WEIGHT`]. Applies to requests from now on.
     pub fn set_cpu_weights(&self, weights: std::collections::HashMap<String, u32>) {
         self.accounts.set_weights(weights);
+    }
+
+    /// Sends the [`LoadEvent`]s of every component loaded from now on to `observer` (once per
+    /// runtime; a second observer is ignored).
+    pub fn observe_loads(&self, observer: LoadObserver) {
+        let _ = self.observer.set(observer);
     }
 
     /// Loads, links and pre-instantiates a component from `wasm` bytes (`path` names it in
@@ -264,7 +293,22 @@ impl Runtime {
             Some(crate::bundle::wasm::HttpHandler::Wasi02) => &self.wasi02,
             _ => &self.wasi03,
         };
+        let observer = self.observer.get();
+        if let Some(o) = observer {
+            o(LoadEvent::Start {
+                app,
+                component: id,
+                bytes: bytes.len(),
+            });
+        }
         let (component, info) = flavor.cache.load_bytes(&flavor.engine, path, bytes)?;
+        if let Some(o) = observer {
+            o(LoadEvent::Done {
+                app,
+                component: id,
+                info: &info,
+            });
+        }
         let pre = flavor
             .linker
             .instantiate_pre(&component)

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Outpost beside `wasmtime serve` on the same components, in one run: the Rust WASI 0.2 and
+# WASI 0.3 hellos and the Python and JavaScript hellos of the test bed, each served by
+#   A: `wasmtime serve -Scli` (the wasmtime CLI, same wasmtime release as Outpost embeds),
+#   B: `outpost serve` with the defaults (a fresh instance per request),
+# then again with B serving it with `reuse = 1000` (docs/reuse.md).
+#
+#   bash benches/vs-wasmtime.sh WASMTIME [BINARY] [DURATION_SECONDS] [ROUNDS]
+#       (defaults: target/release/outpost, 10 s, 5 rounds)
+#
+# The wasmtime CLI is not built here: `cargo install wasmtime-cli --version 48.0.8 --locked
+# --root DIR` (about 20 minutes on 2 cores) and pass DIR/bin/wasmtime. The Python and JavaScript
+# hellos come from `bash testbed/polyglot/build.sh target/testbed-polyglot` (the tests build them
+# there too). `compare` (benches/lib.sh) alternates `wrk -t1 -c32` rounds between A and B and
+# reports the median B/A ratio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WASMTIME=${1:?usage: bash benches/vs-wasmtime.sh WASMTIME [BINARY] [DURATION] [ROUNDS]}
+BIN=${2:-target/release/outpost}
+DURATION=${3:-10}
+ROUNDS=${4:-5}
+CONNS=32
+[ -x "$WASMTIME" ] || { echo "not an executable: $WASMTIME" >&2; exit 64; }
+[ -x "$BIN" ] || { echo "not an executable: $BIN (cargo build --release first)" >&2; exit 64; }
+command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk" >&2; exit 1; }
+APPS="${OUTPOST_APPS_TARGET_DIR:-${CARGO_TARGET_DIR:-target}/testbed-apps}/wasm32-wasip2/release"
+POLY="${CARGO_TARGET_DIR:-target}/testbed-polyglot"
+GUESTS=("$APPS/hello.wasm" "$APPS/hello_p3.wasm" "$POLY/py-hello.wasm" "$POLY/js-hello.wasm")
+for w in "${GUESTS[@]}"; do [ -f "$w" ] || { echo "not built: $w" >&2; exit 1; }; done
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+echo "wasmtime: $("$WASMTIME" --version)" >&2
+
+app_dir() {
+  mkdir -p "$1"
+  cp "$2" "$1/app.wasm"
+  printf 'manifest_version = 1\n[application]\nname = "bench"\nversion = "1.0.0"\n[component.main]\nsource = "app.wasm"\nroutes = ["/"]\n%s\n' "$3" >"$1/outpost.toml"
+}
+
+port=18300
+for w in "${GUESTS[@]}"; do
+  name=$(basename "$w" .wasm)
+  app_dir "$WORK/$name-fresh" "$w" ""
+  app_dir "$WORK/$name-reuse" "$w" "reuse = 1000"
+  for mode in fresh reuse; do
+    port=$((port + 1))
+    start a "$WASMTIME" serve -Scli --addr "127.0.0.1:$port" "$w"
+    start b "$BIN" --log-level warn serve --cache-dir "$WORK/cache" --listen 127.0.0.1:0 "$WORK/$name-$mode"
+    for u in "$URL_a" "$URL_b"; do
+      curl -fsS -o /dev/null "$u" || { echo "$name: $u does not answer 200" >&2; exit 1; }
+      wrk -t1 -c$CONNS -d2s "$u" >/dev/null  # warm-up
+    done
+    echo
+    echo "### $name ($(du -h "$w" | cut -f1)), Outpost $mode"
+    compare "A wasmtime serve -Scli" "B outpost serve ($mode)"
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    PIDS=()
+  done
+done
