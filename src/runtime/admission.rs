@@ -143,6 +143,13 @@ impl Pool {
         v.push(r);
     }
 
+    /// Whether requests wait for room: a holder of idle leases must not keep one now (see
+    /// [`Reclaim`]; it checks after keeping, and a waiter reclaims after announcing itself, so
+    /// one of the two always sees the other).
+    pub fn contended(&self) -> bool {
+        self.waiting.load(SeqCst) > 0
+    }
+
     /// Asks every holder of idle leases to give them back; how many came back.
     fn reclaim_idle(&self) -> usize {
         let holders: Vec<_> = {
@@ -204,6 +211,10 @@ impl Pool {
             self.settle(&q);
             rx
         };
+        // An instance kept for reuse after the look above holds what this request waits for:
+        // now that the wait is announced, its holder either sees it (and keeps nothing) or is
+        // asked here. The leases given back grant the waiters, this one included.
+        self.reclaim_idle();
         match tokio::time::timeout(wait, &mut rx).await {
             Ok(Ok(Ok(()))) => Ok(self.lease(account, bytes)),
             Ok(Ok(Err(refused))) => Err(refused),

@@ -174,6 +174,9 @@ struct Kept {
 /// so state a guest keeps in its memory never reaches another component or tenant.
 pub(crate) struct IdleInstances {
     kept: Mutex<Vec<Kept>>,
+    /// A sweeper task is running (at most one per component: sequential traffic empties and
+    /// refills the list on every request, and must not spawn a task each time).
+    sweeping: AtomicBool,
     idle_timeout: Duration,
     discards: prometheus::IntCounterVec,
     app: Arc<str>,
@@ -214,15 +217,15 @@ impl IdleInstances {
         v.drain(..first_fresh).collect()
     }
 
-    /// Keeps `k` for the next request; starts the sweeper when it is the only one kept.
+    /// Keeps `k` for the next request; starts the sweeper unless one runs.
     fn put(self: &Arc<Self>, k: Kept) {
-        let first = {
-            let mut v = self.lock();
-            v.push(k);
-            v.len() == 1
-        };
-        if first && let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(sweep(Arc::downgrade(self), self.idle_timeout));
+        self.lock().push(k);
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(sweep(Arc::downgrade(self), self.idle_timeout))),
+                // No runtime to sweep on: expired instances go at the next `take`.
+                Err(_) => self.sweeping.store(false, Ordering::Release),
+            }
         }
     }
 }
@@ -241,7 +244,12 @@ async fn sweep(idle: Weak<IdleInstances>, every: Duration) {
         idle.discarded("idle", expired.len());
         drop(expired);
         if empty {
-            return;
+            idle.sweeping.store(false, Ordering::Release);
+            // One kept after the look above but before the flag cleared would have no sweeper:
+            // take the job back if so.
+            if idle.lock().is_empty() || idle.sweeping.swap(true, Ordering::AcqRel) {
+                return;
+            }
         }
     }
 }
@@ -360,6 +368,7 @@ impl AppComponent {
         let idle = (limits.reuse > 1).then(|| {
             let idle = Arc::new(IdleInstances {
                 kept: Mutex::default(),
+                sweeping: AtomicBool::new(false),
                 idle_timeout: limits.reuse_idle_timeout,
                 discards: metrics.reuse_discards.clone(),
                 app: app.into(),
@@ -606,6 +615,10 @@ impl AppComponent {
                             lease,
                             since: Instant::now(),
                         });
+                        // Requests waiting for room come first (see `Pool::contended`).
+                        if this.pool.contended() {
+                            idle.reclaim();
+                        }
                         drop(own);
                         return (outcome, hit_memory_limit);
                     }
