@@ -202,6 +202,24 @@ async fn a_trapped_timed_out_or_failed_instance_is_never_reused() {
             );
             assert_eq!(discards(admin, "timeout").await, 1.0);
             assert_eq!(discards(admin, "error").await, 1.0);
+            // A guest still working after its response (it answers, then loops in a task of
+            // its own) is not kept until it is done: it never is, so the deadline ends it.
+            let r = get_at(&d, "a.test", "/spin-after").await;
+            assert_eq!(r.status, 200);
+            wait_until(
+                "the busy instance dropped",
+                Duration::from_secs(10),
+                async || match discards(admin, "timeout").await {
+                    n if n >= 2.0 => Ok(()),
+                    n => Err(format!("{n} timeout discards")),
+                },
+            )
+            .await;
+            assert_eq!(
+                count(&d, "a.test").await,
+                "1",
+                "a busy instance served again"
+            );
         }
     }
 }

@@ -562,9 +562,18 @@ impl AppComponent {
                                 service
                             }
                         };
+                        let keeping = this.idle.is_some();
                         store
                             .run_concurrent(async move |acc| {
                                 serve_p3(acc, &service, req, answer, &ok).await?;
+                                // A WASI 0.3 guest may go on working after its response (tasks
+                                // it spawned). An instance to be kept must finish that first,
+                                // within this request's deadline: the next request must not
+                                // find it still running (nor run beside it).
+                                if keeping {
+                                    std::future::poll_fn(|cx| acc.poll_no_interesting_tasks(cx))
+                                        .await;
+                                }
                                 Ok(Instance::P3(service))
                             })
                             .await?
