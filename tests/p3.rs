@@ -76,8 +76,10 @@ routes = ["/new"]
         &["hello", "hello_p3"],
     );
     let d = Daemon::serve(&[app.path().to_str().unwrap()]);
-    let log = d.expect_log(&["component=new", "wasi=\"0.3\""]);
-    assert!(log.contains("wasi=\"0.2\""), "{log}");
+    // Both lines, each awaited: stderr is read by a thread of its own, so a line can trail the
+    // `listening on` line (stdout) that `serve` waited for.
+    d.expect_log(&["component=new", "wasi=\"0.3\""]);
+    d.expect_log(&["component=old", "wasi=\"0.2\""]);
     let old = get(d.addr(), "/old").await;
     assert_eq!(old.status, 200);
     assert!(old.body.starts_with("hello from outpost\n"), "{}", old.body);
