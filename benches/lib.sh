@@ -21,6 +21,14 @@ start() {
   echo "$name did not start:" >&2; cat "$WORK/$name.err" >&2; exit 1
 }
 
+# bench_app_dir DIR WASM EXTRA: an app directory serving WASM at / (as app "bench", component "main")
+# with EXTRA manifest lines for the component, e.g. "reuse = 1000".
+bench_app_dir() {
+  mkdir -p "$1"
+  cp "$2" "$1/app.wasm"
+  printf 'manifest_version = 1\n[application]\nname = "bench"\nversion = "1.0.0"\n[component.main]\nsource = "app.wasm"\nroutes = ["/"]\n%s\n' "$3" >"$1/outpost.toml"
+}
+
 # to_us: wrk's latency ("1.23ms", "850.00us", "1.02s") in microseconds.
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} }'; }
 

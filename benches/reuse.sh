@@ -25,17 +25,11 @@ for w in "$@"; do [ -f "$w" ] || { echo "no such component: $w" >&2; exit 1; }; 
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 
-# app_dir DIR WASM EXTRA: an app directory serving WASM at / with EXTRA manifest lines.
-app_dir() {
-  mkdir -p "$1"
-  cp "$2" "$1/app.wasm"
-  printf 'manifest_version = 1\n[application]\nname = "bench"\nversion = "1.0.0"\n[component.main]\nsource = "app.wasm"\nroutes = ["/"]\n%s\n' "$3" >"$1/outpost.toml"
-}
 
 for w in "$@"; do
   name=$(basename "$w" .wasm)
-  app_dir "$WORK/$name-fresh" "$w" ""
-  app_dir "$WORK/$name-reuse" "$w" "reuse = 1000"
+  bench_app_dir "$WORK/$name-fresh" "$w" ""
+  bench_app_dir "$WORK/$name-reuse" "$w" "reuse = 1000"
   echo "== $name ($(du -h "$w" | cut -f1))" >&2
   start a "$BIN" --log-level warn serve --cache-dir "$WORK/cache" --listen 127.0.0.1:0 "$WORK/$name-fresh"
   start b "$BIN" --log-level warn serve --cache-dir "$WORK/cache" --listen 127.0.0.1:0 "$WORK/$name-reuse"

@@ -31,17 +31,12 @@ for w in "${GUESTS[@]}"; do [ -f "$w" ] || { echo "not built: $w" >&2; exit 1; }
 source benches/lib.sh
 echo "wasmtime: $("$WASMTIME" --version)" >&2
 
-app_dir() {
-  mkdir -p "$1"
-  cp "$2" "$1/app.wasm"
-  printf 'manifest_version = 1\n[application]\nname = "bench"\nversion = "1.0.0"\n[component.main]\nsource = "app.wasm"\nroutes = ["/"]\n%s\n' "$3" >"$1/outpost.toml"
-}
 
 port=18300
 for w in "${GUESTS[@]}"; do
   name=$(basename "$w" .wasm)
-  app_dir "$WORK/$name-fresh" "$w" ""
-  app_dir "$WORK/$name-reuse" "$w" "reuse = 1000"
+  bench_app_dir "$WORK/$name-fresh" "$w" ""
+  bench_app_dir "$WORK/$name-reuse" "$w" "reuse = 1000"
   for mode in fresh reuse; do
     port=$((port + 1))
     start a "$WASMTIME" serve -Scli --addr "127.0.0.1:$port" "$w"

@@ -63,14 +63,6 @@ fn status_of(raw: &str) -> u16 {
         .unwrap_or(0)
 }
 
-async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let body = get(admin, "/metrics").await.body;
-    body.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 /// The headers a `HEAD` must share with the `GET` of the same resource.
 fn assert_same_head(get: &Full2, head: &Full2, what: &str) {
     assert_eq!(head.status, get.status, "{what}: status");

@@ -27,14 +27,6 @@ fn run_app(dir: &std::path::Path, app: &AppDir) -> Daemon {
     Daemon::run_config(&write_node_config(dir, "outpost.toml", "", &app))
 }
 
-async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let body = get(admin, "/metrics").await.body;
-    body.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn a_wasi_03_handler_answers_on_every_protocol() {
     let hello = wasm("hello_p3");

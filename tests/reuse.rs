@@ -78,14 +78,6 @@ async fn count(d: &Daemon, host: &str) -> String {
     r.body.trim().to_owned()
 }
 
-async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let body = get(admin, "/metrics").await.body;
-    body.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 /// `outpost_instance_reuse_discards_total` of app `app` for `reason`.
 async fn discards(admin: SocketAddr, reason: &str) -> f64 {
     let series =

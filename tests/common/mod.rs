@@ -433,6 +433,16 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) ->
     request_with(addr, method, path, body, &[]).await
 }
 
+/// The sum of the `/metrics` samples on the admin listener `admin` whose line starts with
+/// `series` (a name, or a name with some of its labels: `name{app="a"`).
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let body = get(admin, "/metrics").await.body;
+    body.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 pub async fn get(addr: SocketAddr, path: &str) -> Resp {
     request(addr, "GET", path, b"").await
 }
