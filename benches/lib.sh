@@ -29,6 +29,24 @@ bench_app_dir() {
   printf 'manifest_version = 1\n[application]\nname = "bench"\nversion = "1.0.0"\n[component.main]\nsource = "app.wasm"\nroutes = ["/"]\n%s\n' "$3" >"$1/outpost.toml"
 }
 
+# warm_up NAME: checks URL_a and URL_b answer 200, then sends each 2 s of load (caches, pools,
+# lazily compiled paths), naming NAME if one does not answer.
+warm_up() {
+  local u
+  for u in "$URL_a" "$URL_b"; do
+    curl -fsS -o /dev/null "$u" || { echo "$1: $u does not answer 200" >&2; exit 1; }
+    wrk -t1 -c"$CONNS" -d2s "$u" >/dev/null
+  done
+}
+
+# stop_servers: kills the servers started so far, for a script that starts pairs in a loop.
+stop_servers() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  PIDS=()
+}
+
 # to_us: wrk's latency ("1.23ms", "850.00us", "1.02s") in microseconds.
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} }'; }
 

@@ -33,13 +33,9 @@ for w in "$@"; do
   echo "== $name ($(du -h "$w" | cut -f1))" >&2
   start a "$BIN" --log-level warn serve --cache-dir "$WORK/cache" --listen 127.0.0.1:0 "$WORK/$name-fresh"
   start b "$BIN" --log-level warn serve --cache-dir "$WORK/cache" --listen 127.0.0.1:0 "$WORK/$name-reuse"
-  for u in "$URL_a" "$URL_b"; do
-    curl -fsS -o /dev/null "$u" || { echo "$name: $u does not answer 200" >&2; exit 1; }
-    wrk -t1 -c$CONNS -d2s "$u" >/dev/null  # warm-up
-  done
+  warm_up "$name"
   echo
   echo "### $name"
   compare "A $name, fresh instance per request" "B $name, reuse = 1000"
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  PIDS=()
+  stop_servers
 done

@@ -41,15 +41,10 @@ for w in "${GUESTS[@]}"; do
     port=$((port + 1))
     start a "$WASMTIME" serve -Scli --addr "127.0.0.1:$port" "$w"
     start b "$BIN" --log-level warn serve --cache-dir "$WORK/cache" --listen 127.0.0.1:0 "$WORK/$name-$mode"
-    for u in "$URL_a" "$URL_b"; do
-      curl -fsS -o /dev/null "$u" || { echo "$name: $u does not answer 200" >&2; exit 1; }
-      wrk -t1 -c$CONNS -d2s "$u" >/dev/null  # warm-up
-    done
+    warm_up "$name"
     echo
     echo "### $name ($(du -h "$w" | cut -f1)), Outpost $mode"
     compare "A wasmtime serve -Scli" "B outpost serve ($mode)"
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    PIDS=()
+    stop_servers
   done
 done

@@ -68,6 +68,14 @@ fn run_apps_with(
     (d, dirs)
 }
 
+/// One app "app" serving `wasm` for any host, its component with the `extra` manifest lines:
+/// the daemon, with the directories it serves from (kept alive with it).
+fn run_one(wasm: &str, extra: &str) -> (Daemon, tempfile::TempDir, Vec<AppDir>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (d, apps) = run_apps(tmp.path(), wasm, &[("app", "*", &component(wasm, extra))]);
+    (d, tmp, apps)
+}
+
 async fn get_at(d: &Daemon, host: &str, path: &str) -> Resp {
     request_with(d.addr(), "GET", path, b"", &[("host", host)]).await
 }
@@ -155,16 +163,7 @@ async fn state_carries_within_a_component_up_to_reuse_requests_and_never_to_anot
 #[tokio::test]
 async fn a_trapped_timed_out_or_failed_instance_is_never_reused() {
     for Guest { wasm, trap, .. } in GUESTS {
-        let tmp = tempfile::tempdir().unwrap();
-        let (d, _apps) = run_apps(
-            tmp.path(),
-            wasm,
-            &[(
-                "app",
-                "*",
-                &component(wasm, "reuse = 100\ntimeout = \"300ms\""),
-            )],
-        );
+        let (d, _tmp, _apps) = run_one(wasm, "reuse = 100\ntimeout = \"300ms\"");
         assert_eq!(count(&d, "a.test").await, "1");
         assert_eq!(count(&d, "a.test").await, "2");
         // The trap takes the kept instance (the only one) and ends it.
@@ -222,16 +221,7 @@ async fn a_trapped_timed_out_or_failed_instance_is_never_reused() {
 #[tokio::test]
 async fn memory_kept_across_reuses_counts_against_the_limit() {
     for Guest { wasm, keep, .. } in GUESTS {
-        let tmp = tempfile::tempdir().unwrap();
-        let (d, _apps) = run_apps(
-            tmp.path(),
-            wasm,
-            &[(
-                "app",
-                "*",
-                &component(wasm, "reuse = 100\nmemory_limit = \"24MiB\""),
-            )],
-        );
+        let (d, _tmp, _apps) = run_one(wasm, "reuse = 100\nmemory_limit = \"24MiB\"");
         let mut statuses = Vec::new();
         for _ in 0..8 {
             statuses.push(get_at(&d, "a.test", &keep(4)).await.status);
@@ -262,16 +252,7 @@ async fn memory_kept_across_reuses_counts_against_the_limit() {
 #[tokio::test]
 async fn an_idle_instance_is_dropped_after_its_idle_timeout() {
     for Guest { wasm, .. } in GUESTS {
-        let tmp = tempfile::tempdir().unwrap();
-        let (d, _apps) = run_apps(
-            tmp.path(),
-            wasm,
-            &[(
-                "app",
-                "*",
-                &component(wasm, "reuse = 100\nreuse_idle_timeout = \"200ms\""),
-            )],
-        );
+        let (d, _tmp, _apps) = run_one(wasm, "reuse = 100\nreuse_idle_timeout = \"200ms\"");
         assert_eq!(count(&d, "a.test").await, "1");
         assert_eq!(count(&d, "a.test").await, "2");
         let admin = d.admin.unwrap();
