@@ -50,6 +50,28 @@ pub enum UnitError {
 
 // === sizes ===
 
+/// Longest key-value store label: keeps labels usable as metric label values and in backend key
+/// prefixes.
+pub const MAX_STORE_LABEL: usize = 63;
+
+/// A key-value store label (`key_value_stores` in a manifest, `[key_value.stores.NAME]` in node
+/// config): Spin's rule, a component-model label in snake_case — non-empty `_`-separated words,
+/// each starting with an ASCII letter and either all lowercase or all uppercase (digits allowed)
+/// — plus a cap of [`MAX_STORE_LABEL`] bytes.
+pub fn is_store_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_STORE_LABEL
+        && s.split('_').all(|word| {
+            word.bytes().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && (word
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    || word
+                        .bytes()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+        })
+}
+
 /// Parses a byte size: a bare number of bytes (`"512"`), or a number with a decimal
 /// (`KB` = 1000, `MB`, `GB`, `TB`) or binary (`KiB` = 1024, `MiB`, `GiB`, `TiB`) unit, optionally
 /// separated by spaces. Units are case-insensitive; a bare `K`/`M`/`G` is rejected because it is

@@ -38,6 +38,7 @@ const COMPONENT_KEYS: &[&str] = &[
     "allow_private_outbound",
     "files",
     "variables",
+    "key_value_stores",
     "memory_limit",
     "timeout",
     "max_concurrency",
@@ -82,8 +83,12 @@ pub struct ComponentSpec {
     pub allow_private_outbound: bool,
     /// Read-only preopened directories.
     pub files: Vec<FileMount>,
-    /// Exposed through `wasi:config/store`.
+    /// Exposed through `wasi:config/store` and `fermyon:spin/variables`.
     pub variables: BTreeMap<String, String>,
+    /// Key-value store labels the component may open (`wasi:keyvalue`, `fermyon:spin/key-value`),
+    /// each valid by [`crate::base::units::is_store_label`], no two alike. Scoped to the app: two apps' `default`
+    /// stores are different stores.
+    pub key_value_stores: Vec<String>,
     pub limits: LimitSpec,
 }
 
@@ -150,6 +155,7 @@ impl Manifest {
                 allow_private_outbound: false,
                 files: Vec::new(),
                 variables: BTreeMap::new(),
+                key_value_stores: Vec::new(),
                 limits: LimitSpec::default(),
             }],
         }
@@ -443,6 +449,11 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
         }
     }
 
+    let key_value_stores = match t.take("key_value_stores") {
+        Some(field) => parse_store_labels(field)?,
+        None => Vec::new(),
+    };
+
     let mut limits = LimitSpec::default();
     if let Some(field) = t.take("memory_limit") {
         let bytes = field_bytes_at_least(field, MIN_MEMORY_LIMIT, "1MiB")?;
@@ -491,6 +502,7 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
             allow_private_outbound,
             files,
             variables,
+            key_value_stores,
             limits,
         },
         route_keys,
@@ -507,6 +519,33 @@ fn field_bytes_at_least(field: Field, min: u64, min_text: &str) -> Result<u64, F
         });
     }
     Ok(bytes)
+}
+
+/// `key_value_stores`: a list of distinct store labels (an empty list grants nothing).
+fn parse_store_labels(field: Field) -> Result<Vec<String>, FieldError> {
+    let mut labels: Vec<String> = Vec::new();
+    for (key, label) in field.strings()? {
+        if !crate::base::units::is_store_label(&label) {
+            return Err(FieldError {
+                key,
+                problem: format!(
+                    "invalid store label {:?}; expected words of letters and digits joined by '_', \
+                     each starting with a letter and all lowercase or all uppercase, at most {} \
+                     bytes (like \"default\" or \"user_sessions\")",
+                    quote(&label),
+                    crate::base::units::MAX_STORE_LABEL
+                ),
+            });
+        }
+        if labels.contains(&label) {
+            return Err(FieldError {
+                key,
+                problem: format!("store {:?} is already listed", quote(&label)),
+            });
+        }
+        labels.push(label);
+    }
+    Ok(labels)
 }
 
 fn is_variable_name(s: &str) -> bool {
@@ -1040,10 +1079,45 @@ routes = ["/admin"]
             "component.hello.files[0].mode",
             "unknown key in component.hello.files[0]; expected one of source, destination",
         );
+    }
+
+    #[test]
+    fn key_value_stores_are_granted_by_label() {
+        let m = parse(&minimal_with(
+            "key_value_stores = [\"default\", \"user_sessions\", \"CACHE2\"]",
+        ))
+        .expect("labels");
+        assert_eq!(
+            m.components[0].key_value_stores,
+            ["default", "user_sessions", "CACHE2"]
+        );
+        assert!(
+            parse(&minimal_with("")).expect("none").components[0]
+                .key_value_stores
+                .is_empty(),
+            "deny by default"
+        );
+        for bad in ["", "Default", "a-b", "_a", "a__b", "a_", "9a", "a b", "ä"] {
+            assert_rejects(
+                &minimal_with(&format!("key_value_stores = [{bad:?}]")),
+                "component.hello.key_value_stores[0]",
+                "invalid store label",
+            );
+        }
         assert_rejects(
-            &minimal_with("key_value_stores = [\"default\"]"),
+            &minimal_with(&format!("key_value_stores = [\"{}\"]", "a".repeat(64))),
+            "component.hello.key_value_stores[0]",
+            "invalid store label",
+        );
+        assert_rejects(
+            &minimal_with("key_value_stores = [\"a\", \"a\"]"),
+            "component.hello.key_value_stores[1]",
+            "already listed",
+        );
+        assert_rejects(
+            &minimal_with("key_value_stores = \"default\""),
             "component.hello.key_value_stores",
-            "unknown key",
+            "expected",
         );
     }
 
