@@ -5,8 +5,8 @@
 //! Owns: putting that small server together — sizing, verified bundles unpacked into a
 //! temporary directory, the TLS setup, the engine — and running it until SIGTERM or SIGINT.
 //! Must not: parse arguments (`cli::serve` does) or write anything but the compile cache, the
-//! generated localhost certificate it is given a path for, and the unpacked bundles (removed on
-//! exit).
+//! generated localhost certificate it is given a path for, the unpacked bundles and a temporary
+//! key-value database (both removed on exit).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -87,6 +87,17 @@ pub fn run(dev: DevServer) -> Result<(), ExitError> {
         let runtime = Runtime::new(RuntimeSettings::from_sizing(sizing, dev.cache), metrics.clone())
             .map(Arc::new)
             .map_err(ExitError::runtime)?;
+        // Development keeps no state: key-value stores live in a temporary database, gone on
+        // exit (`outpost run` keeps them in its state directory).
+        let kv_db = crate::store::kv::KvDb::temporary()
+            .map_err(|e| ExitError::runtime(anyhow::anyhow!("key-value stores: {e}")))?;
+        let kv = crate::runtime::kv::KeyValue::new(
+            &crate::ops::config::KeyValueConfig::default(),
+            kv_db,
+            metrics.clone(),
+        )
+        .map_err(|e| ExitError::runtime(anyhow::anyhow!("key-value stores: {e}")))?;
+        runtime.set_key_value(Arc::new(kv));
         let mut apps = Vec::with_capacity(sources.len());
         for src in &sources {
             let app = load_app(&runtime, src).await.map_err(ExitError::app)?;

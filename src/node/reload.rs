@@ -304,6 +304,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.store != new.store {
         out.push("store");
     }
+    if old.key_value != new.key_value {
+        out.push("key_value");
+    }
     if old.tls != new.tls {
         out.push("tls (certificate files are re-read; which files are used is fixed at start)");
     }

@@ -71,6 +71,26 @@ pub struct Node {
 }
 
 impl Node {
+    /// The node's key-value stores: the embedded ones in `<state_dir>/kv` (a temporary database
+    /// for `--check`, which must not take the lock of a running daemon's), the rest as
+    /// `[key_value.stores]` says.
+    fn open_key_value(
+        cfg: &Config,
+        state_dir: &std::path::Path,
+        check: bool,
+        metrics: &Metrics,
+    ) -> Result<Arc<crate::runtime::kv::KeyValue>, ExitError> {
+        let db = if check {
+            crate::store::kv::KvDb::temporary()
+        } else {
+            crate::store::kv::KvDb::open(&state_dir.join("kv"))
+        }
+        .map_err(|e| ExitError::runtime(anyhow::anyhow!("key-value stores: {e}")))?;
+        crate::runtime::kv::KeyValue::new(&cfg.key_value, db, metrics.clone())
+            .map(Arc::new)
+            .map_err(|e| ExitError::config(anyhow::anyhow!("key_value: {e}")))
+    }
+
     /// Validates `cfg` into a node that [`Node::run`] starts. Applies the config's log level.
     pub fn from_config(cfg: Config, opts: RunOptions) -> Result<Self, ExitError> {
         crate::ops::logging::apply_config_level_logged(cfg.log.level.as_deref(), false);
@@ -164,6 +184,7 @@ impl Node {
             )
             .map_err(ExitError::runtime)?,
         );
+        runtime.set_key_value(Self::open_key_value(&cfg, &state_dir, check, &metrics)?);
         runtime.set_cpu_weights(
             cfg.fairness
                 .cpu_weight

@@ -66,7 +66,16 @@ const TOP_KEYS: &[&str] = &[
     "control_plane",
     "fairness",
     "log",
+    "key_value",
 ];
+const KEY_VALUE_KEYS: &[&str] = &[
+    "max_key_size",
+    "max_value_size",
+    "max_keys_per_app",
+    "max_bytes_per_app",
+    "stores",
+];
+const KV_STORE_KEYS: &[&str] = &["backend", "url"];
 const LOG_KEYS: &[&str] = &["level"];
 const FAIRNESS_KEYS: &[&str] = &["cpu_weight"];
 /// Largest `[fairness] cpu_weight` (the smallest is 1; an app not named gets 100).
@@ -75,6 +84,13 @@ const TRUST_KEYS: &[&str] = &["keys", "threshold", "tenants"];
 const STORE_KEYS: &[&str] = &["disk_budget", "max_bundle_size"];
 /// Default `[store] disk_budget`.
 pub const DEFAULT_DISK_BUDGET: u64 = 1 << 30;
+/// Longest key-value key and value a guest may write: Spin's figures (256 bytes, 1 MiB).
+pub const DEFAULT_KV_MAX_KEY_SIZE: u64 = 256;
+pub const DEFAULT_KV_MAX_VALUE_SIZE: u64 = 1 << 20;
+/// What one app may hold in all its key-value stores together: enough for sessions, counters
+/// and a cache on a gateway, small next to the disk budget.
+pub const DEFAULT_KV_MAX_KEYS_PER_APP: u64 = 100_000;
+pub const DEFAULT_KV_MAX_BYTES_PER_APP: u64 = 64 << 20;
 const NODE_KEYS: &[&str] = &["state_dir", "name"];
 const LISTEN_KEYS: &[&str] = &[
     "http",
@@ -125,6 +141,8 @@ pub struct Config {
     pub fairness: FairnessConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[key_value]`: limits and which backend holds each store.
+    pub key_value: KeyValueConfig,
     /// `[runtime]` with sizes and `default_timeout` already normalised to numbers.
     runtime: toml::Table,
     /// Where the config came from (file path or [`EMBEDDED_ORIGIN`]), for later errors.
@@ -137,6 +155,44 @@ pub struct LogConfig {
     /// Level directives (checked by [`crate::ops::logging::check_directives`]); `None`: info.
     /// Applied at start and on every SIGHUP reload unless `OUTPOST_LOG` / `--log-level` set it.
     pub level: Option<String>,
+}
+
+/// `[key_value]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValueConfig {
+    /// Longest key, in bytes (UTF-8).
+    pub max_key_size: u64,
+    /// Longest value, in bytes.
+    pub max_value_size: u64,
+    /// Keys one app may hold, all its stores together.
+    pub max_keys_per_app: u64,
+    /// Bytes (keys + values) one app may hold, all its stores together.
+    pub max_bytes_per_app: u64,
+    /// `[key_value.stores.LABEL]`: the backend of each store label; labels not named here are
+    /// kept in the embedded (sled) backend.
+    pub stores: std::collections::BTreeMap<String, KvBackendConfig>,
+}
+
+impl Default for KeyValueConfig {
+    fn default() -> Self {
+        Self {
+            max_key_size: DEFAULT_KV_MAX_KEY_SIZE,
+            max_value_size: DEFAULT_KV_MAX_VALUE_SIZE,
+            max_keys_per_app: DEFAULT_KV_MAX_KEYS_PER_APP,
+            max_bytes_per_app: DEFAULT_KV_MAX_BYTES_PER_APP,
+            stores: Default::default(),
+        }
+    }
+}
+
+/// Where one key-value store label lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvBackendConfig {
+    /// `backend = "sled"` (the default): a sled tree per app and store in the state directory.
+    Sled,
+    /// `backend = "redis"`: a Redis server shared by the gateways of a site; `url` like
+    /// `redis://127.0.0.1:6379` or `redis+unix:///run/redis.sock` (no TLS).
+    Redis { url: String },
 }
 
 /// `[fairness]`
@@ -426,6 +482,7 @@ fn builtin_default() -> Config {
         }],
         trust: TrustConfig::default(),
         store: StoreConfig::default(),
+        key_value: KeyValueConfig::default(),
         tls: TlsConfig {
             self_signed: true,
             ..TlsConfig::default()
@@ -620,11 +677,16 @@ fn parse_table(table: toml::Table) -> Result<(Config, toml::Table), FieldError> 
         Some(f) => parse_log(f.table()?)?,
         None => LogConfig::default(),
     };
+    let key_value = match top.take("key_value") {
+        Some(f) => parse_key_value(f.table()?)?,
+        None => KeyValueConfig::default(),
+    };
     top.finish(TOP_KEYS)?;
     Ok((
         Config {
             fairness,
             log,
+            key_value,
             node,
             listen,
             apps,
@@ -685,6 +747,109 @@ fn parse_fairness(mut t: Fields) -> Result<FairnessConfig, FieldError> {
     }
     t.finish_section(FAIRNESS_KEYS, TOP_KEYS)?;
     Ok(out)
+}
+
+fn parse_key_value(mut t: Fields) -> Result<KeyValueConfig, FieldError> {
+    let mut out = KeyValueConfig::default();
+    let at_least_one = |f: Field| -> Result<u64, FieldError> {
+        let key = f.key.clone();
+        let n = f.bytes()?;
+        if n == 0 {
+            return Err(FieldError {
+                key,
+                problem: "must be greater than zero".into(),
+            });
+        }
+        Ok(n)
+    };
+    if let Some(f) = t.take("max_key_size") {
+        out.max_key_size = at_least_one(f)?;
+    }
+    if let Some(f) = t.take("max_value_size") {
+        out.max_value_size = at_least_one(f)?;
+    }
+    if let Some(f) = t.take("max_keys_per_app") {
+        out.max_keys_per_app = u64::from(f.integer_in(1u32, u32::MAX)?);
+    }
+    if let Some(f) = t.take("max_bytes_per_app") {
+        out.max_bytes_per_app = at_least_one(f)?;
+    }
+    if let Some(f) = t.take("stores") {
+        for (label, store) in f.table()?.drain() {
+            if !crate::base::units::is_store_label(&label) {
+                return Err(store.error(format_args!(
+                    "invalid store label; expected words of letters and digits joined by '_', \
+                     each starting with a letter (like \"default\" or \"user_sessions\")"
+                )));
+            }
+            let store_key = store.key.clone();
+            let mut st = store.table()?;
+            let backend = match st.take("backend") {
+                Some(b) => {
+                    let key = b.key.clone();
+                    let name = b.string()?;
+                    match name.as_str() {
+                        "sled" | "redis" => name,
+                        _ => {
+                            return Err(FieldError {
+                                key,
+                                problem: format!(
+                                    "unknown backend {:?}; expected \"sled\" or \"redis\"",
+                                    crate::base::units::quote(&name)
+                                ),
+                            });
+                        }
+                    }
+                }
+                None => "sled".to_owned(),
+            };
+            let url = st.take("url");
+            st.finish_section(KV_STORE_KEYS, TOP_KEYS)?;
+            let cfg = match (backend.as_str(), url) {
+                ("redis", Some(u)) => {
+                    let key = u.key.clone();
+                    let url = u.string()?;
+                    check_redis_url(&url).map_err(|problem| FieldError { key, problem })?;
+                    KvBackendConfig::Redis { url }
+                }
+                ("redis", None) => {
+                    return Err(FieldError {
+                        key: format!("{store_key}.url"),
+                        problem: "missing; the redis backend needs a url like \
+                                  \"redis://127.0.0.1:6379\""
+                            .into(),
+                    });
+                }
+                (_, Some(u)) => {
+                    return Err(u.error("only applies with backend = \"redis\""));
+                }
+                (_, None) => KvBackendConfig::Sled,
+            };
+            out.stores.insert(label, cfg);
+        }
+    }
+    t.finish_section(KEY_VALUE_KEYS, TOP_KEYS)?;
+    Ok(out)
+}
+
+/// A Redis URL the backend can use: `redis://` or `redis+unix://`/`unix://` (no TLS: one TLS
+/// stack, and a site's Redis is on the local network).
+fn check_redis_url(url: &str) -> Result<(), String> {
+    if url.starts_with("rediss://") {
+        return Err("TLS (rediss://) is not supported; use redis:// on a trusted network".into());
+    }
+    if !["redis://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|p| url.starts_with(p))
+    {
+        return Err(format!(
+            "{:?} is not a Redis URL; expected redis://HOST:PORT or redis+unix:///PATH",
+            crate::base::units::quote(url)
+        ));
+    }
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| format!("invalid Redis URL: {e}"))
 }
 
 fn parse_log(mut t: Fields) -> Result<LogConfig, FieldError> {
@@ -945,6 +1110,71 @@ mod tests {
     }
 
     #[test]
+    fn key_value_stores_and_limits() {
+        let c = parse(&format!(
+            "{LISTEN}[key_value]\nmax_keys_per_app = 10\nmax_value_size = \"2MiB\"\n\
+             [key_value.stores.default]\n[key_value.stores.shared]\nbackend = \"redis\"\n\
+             url = \"redis://127.0.0.1:6379\"\n"
+        ))
+        .expect("valid");
+        let kv = &c.key_value;
+        assert_eq!((kv.max_keys_per_app, kv.max_value_size), (10, 2 << 20));
+        assert_eq!(kv.max_key_size, DEFAULT_KV_MAX_KEY_SIZE);
+        assert_eq!(kv.stores["default"], KvBackendConfig::Sled);
+        assert_eq!(
+            kv.stores["shared"],
+            KvBackendConfig::Redis {
+                url: "redis://127.0.0.1:6379".into()
+            }
+        );
+        assert_eq!(
+            parse(LISTEN).expect("none").key_value,
+            KeyValueConfig::default()
+        );
+        let kv_with = |t: &str| format!("{LISTEN}{t}");
+        assert_rejects(
+            &kv_with("[key_value.stores.a]\nbackend = \"redis\"\n"),
+            "key_value.stores.a.url",
+            "missing",
+        );
+        assert_rejects(
+            &kv_with("[key_value.stores.a]\nurl = \"redis://h:1\"\n"),
+            "key_value.stores.a.url",
+            "only applies with backend = \"redis\"",
+        );
+        assert_rejects(
+            &kv_with("[key_value.stores.a]\nbackend = \"redis\"\nurl = \"http://h\"\n"),
+            "key_value.stores.a.url",
+            "not a Redis URL",
+        );
+        assert_rejects(
+            &kv_with("[key_value.stores.a]\nbackend = \"mem\"\n"),
+            "key_value.stores.a.backend",
+            "unknown backend",
+        );
+        assert_rejects(
+            &kv_with("[key_value.stores.a-b]\n"),
+            "key_value.stores.a-b",
+            "invalid store label",
+        );
+        assert_rejects(
+            &kv_with("[key_value.stores.a]\nport = 1\n"),
+            "key_value.stores.a.port",
+            "unknown key",
+        );
+        assert_rejects(
+            &kv_with("[key_value]\nmax_key_size = 0\n"),
+            "key_value.max_key_size",
+            "greater than zero",
+        );
+        assert_rejects(
+            &kv_with("[key_value]\nmax_keys_per_app = 0\n"),
+            "key_value.max_keys_per_app",
+            "",
+        );
+    }
+
+    #[test]
     fn embedded_default_parses_to_the_documented_values() {
         let parsed = Config::parse(DEFAULT_CONFIG, EMBEDDED_ORIGIN).expect("default.toml parses");
         assert_eq!(parsed, builtin_default());
@@ -1086,7 +1316,7 @@ source = "/srv/x.wasm"
         assert_rejects(
             &format!("apps = []\n{LISTEN}"),
             "apps",
-            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls, control_plane, fairness, log (did you mean \"app\"?)",
+            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls, control_plane, fairness, log, key_value (did you mean \"app\"?)",
         );
         assert_rejects(
             &format!("node = 1\n{LISTEN}"),

@@ -73,6 +73,14 @@ pub struct Metrics {
     /// Releases from the store that failed to load at start, by app (the daemon then serves the
     /// app's previous release, or skips the app).
     pub app_load_failures: IntCounterVec,
+    /// Key-value operations guests made, by app, store, op (`open`, `get`, `set`, `delete`,
+    /// `exists`, `list`, `increment`, `set_many`, `delete_many`; batches count once per key) and
+    /// outcome (`ok`, `denied`, `too_large`, `quota`, `invalid`, `error`).
+    pub kv_operations: IntCounterVec,
+    /// Keys and bytes (keys + values) each app holds in its key-value stores, as this node last
+    /// counted them (the Redis backend counts across the nodes that share it).
+    pub kv_keys: IntGaugeVec,
+    pub kv_bytes: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -284,6 +292,30 @@ impl Metrics {
             &["app"],
         )?;
         registry.register(Box::new(app_load_failures.clone()))?;
+        let kv_operations = IntCounterVec::new(
+            Opts::new(
+                "outpost_kv_operations_total",
+                "Key-value operations guests made, by app, store, operation and outcome.",
+            ),
+            &["app", "store", "op", "outcome"],
+        )?;
+        let kv_keys = IntGaugeVec::new(
+            Opts::new(
+                "outpost_kv_keys",
+                "Keys an app holds in its key-value stores (all stores together).",
+            ),
+            &["app"],
+        )?;
+        let kv_bytes = IntGaugeVec::new(
+            Opts::new(
+                "outpost_kv_stored_bytes",
+                "Bytes (keys and values) an app holds in its key-value stores.",
+            ),
+            &["app"],
+        )?;
+        registry.register(Box::new(kv_operations.clone()))?;
+        registry.register(Box::new(kv_keys.clone()))?;
+        registry.register(Box::new(kv_bytes.clone()))?;
 
         let build = IntGaugeVec::new(
             Opts::new("outpost_build_info", "Build information; always 1."),
@@ -324,6 +356,9 @@ impl Metrics {
             desired_sequence,
             app_release_info,
             app_load_failures,
+            kv_operations,
+            kv_keys,
+            kv_bytes,
         })
     }
 

@@ -280,6 +280,7 @@ fn settings_for(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        key_value_stores: spec.key_value_stores.clone(),
         memory_limit: spec.limits.memory_limit,
         timeout: spec.limits.timeout,
         max_concurrency: spec.limits.max_concurrency,

@@ -1,8 +1,8 @@
 //! Per-request host state (`Store` data) and the capability hooks guests reach through it.
 //!
 //! Owns: what one instance may touch — its resource table, a WASI context with nothing granted but
-//! the component's read-only `files` preopens, `wasi:config/store` variables, the outbound-HTTP
-//! filter, and the memory limiter. Deny by default: no environment, no args, no sockets, no
+//! the component's read-only `files` preopens, `wasi:config/store` variables, the key-value
+//! stores it may open (`super::kv`), the outbound-HTTP filter, and the memory limiter. Deny by default: no environment, no args, no sockets, no
 //! inherited stdin. A guest's stdout/stderr become log events, line by line, under a budget per
 //! component ([`GuestOutput`]).
 //! Must not: know about listeners, routing or the control plane.
@@ -30,6 +30,10 @@ pub struct Grants {
     /// (host directory, absolute guest path), mounted read-only.
     pub files: Vec<(PathBuf, String)>,
     pub variables: WasiConfigVariables,
+    /// The same variables, for `fermyon:spin/variables`.
+    pub spin_variables: std::collections::HashMap<String, String>,
+    /// The key-value stores the component may open.
+    pub kv: super::kv::KvAccess,
 }
 
 impl std::fmt::Debug for Grants {
@@ -37,6 +41,7 @@ impl std::fmt::Debug for Grants {
         f.debug_struct("Grants")
             .field("outbound", &self.outbound)
             .field("files", &self.files)
+            .field("kv", &self.kv.labels)
             .finish_non_exhaustive()
     }
 }
@@ -240,6 +245,8 @@ pub struct Host {
     http: WasiHttpCtx,
     hooks: OutboundHooks,
     grants: Arc<Grants>,
+    /// Key-value stores this instance holds open.
+    kv_open: usize,
     pub(crate) limiter: MemoryLimiter,
 }
 
@@ -261,6 +268,7 @@ impl Host {
                 label: pool.label.clone(),
             },
             grants,
+            kv_open: 0,
             limiter: MemoryLimiter {
                 limit: usize::try_from(memory_limit).unwrap_or(usize::MAX),
                 hit: false,
@@ -310,7 +318,8 @@ impl WasiHttpView for Host {
 }
 
 /// Adds every interface Outpost provides to `linker`: WASI 0.2 (capabilities denied unless
-/// granted), `wasi:http` 0.2 and `wasi:config/store`, and with `wasi03` (a linker of the engine
+/// granted), `wasi:http` 0.2, `wasi:config/store`, `wasi:keyvalue` and Spin's key-value and
+/// variables ([`super::kv::guest`]), and with `wasi03` (a linker of the engine
 /// with concurrency support) WASI 0.3 and `wasi:http` 0.3 too — both versions read the same
 /// `WasiCtx`, so a grant means the same to both. A component importing anything else fails at
 /// load (`InstancePre` creation), never at its first request. WASI 0.3 guests need the 0.2 set
@@ -325,6 +334,12 @@ pub fn add_to_linker(linker: &mut Linker<Host>, wasi03: bool) -> wasmtime::Resul
     }
     wasmtime_wasi_config::add_to_linker(linker, |h: &mut Host| {
         WasiConfig::from(&h.grants.variables)
+    })?;
+    super::kv::guest::add_to_linker(linker, |h: &mut Host| super::kv::guest::KvView {
+        table: &mut h.table,
+        access: &h.grants.kv,
+        variables: &h.grants.spin_variables,
+        open: &mut h.kv_open,
     })?;
     Ok(())
 }

@@ -18,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod fair;
 pub mod host;
+pub mod kv;
 pub mod offload;
 
 use std::path::{Path, PathBuf};
@@ -97,6 +98,8 @@ pub struct ComponentSettings {
     /// (absolute host directory, absolute guest path)
     pub files: Vec<(PathBuf, String)>,
     pub variables: Vec<(String, String)>,
+    /// Key-value store labels the component may open (of its app's stores).
+    pub key_value_stores: Vec<String>,
     pub memory_limit: Option<u64>,
     pub timeout: Option<Duration>,
     pub max_concurrency: Option<u32>,
@@ -166,6 +169,9 @@ pub struct Runtime {
     settings: RuntimeSettings,
     metrics: Metrics,
     observer: std::sync::OnceLock<LoadObserver>,
+    /// The node's key-value stores ([`Runtime::set_key_value`]); without them a component's
+    /// open of any store fails with `other`.
+    kv: std::sync::OnceLock<Arc<kv::KeyValue>>,
     _ticker: engine::EpochTicker,
 }
 
@@ -231,6 +237,7 @@ impl Runtime {
             settings,
             metrics,
             observer: std::sync::OnceLock::new(),
+            kv: std::sync::OnceLock::new(),
             _ticker: ticker,
         })
     }
@@ -250,6 +257,12 @@ impl Runtime {
     /// runtime; a second observer is ignored).
     pub fn observe_loads(&self, observer: LoadObserver) {
         let _ = self.observer.set(observer);
+    }
+
+    /// Gives components loaded from now on the node's key-value stores (once per runtime; a
+    /// second set is ignored).
+    pub fn set_key_value(&self, kv: Arc<kv::KeyValue>) {
+        let _ = self.kv.set(kv);
     }
 
     /// Loads, links and pre-instantiates a component from `wasm` bytes (`path` names it in
@@ -323,7 +336,13 @@ impl Runtime {
         let grants = Grants {
             outbound: cfg.outbound,
             files: cfg.files,
-            variables: cfg.variables.into_iter().collect(),
+            variables: cfg.variables.iter().cloned().collect(),
+            spin_variables: cfg.variables.into_iter().collect(),
+            kv: kv::KvAccess {
+                kv: self.kv.get().cloned(),
+                app: app.into(),
+                labels: cfg.key_value_stores,
+            },
         };
         let c = AppComponent::new(
             app,

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod install;
+pub mod kv;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
