@@ -1,0 +1,405 @@
+//! Key-value stores and Spin variables through the real binary: a Spin SDK (spin-sdk 5) app and a
+//! `wasi:keyvalue` app on the embedded (sled) backend and on a real `redis-server`, with the
+//! grants, scoping, limits, quotas and durability of docs/key-value.md.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A Spin SDK key-value app (`spin_kv`) named `name`, granted `stores`.
+fn spin_kv_app(name: &str, stores: &str) -> AppDir {
+    AppDir::app(
+        name,
+        "1.0.0",
+        &format!(
+            "[component.kv]\nsource = \"spin_kv.wasm\"\nroutes = [\"/\"]\nkey_value_stores = {stores}\n"
+        ),
+        &["spin_kv"],
+    )
+}
+
+/// A `wasi:keyvalue` app (`kv_counter`) named `name`, granted `default`.
+fn wasi_kv_app(name: &str) -> AppDir {
+    AppDir::app(
+        name,
+        "1.0.0",
+        "[component.counter]\nsource = \"kv_counter.wasm\"\nroutes = [\"/\"]\nkey_value_stores = [\"default\"]\n",
+        &["kv_counter"],
+    )
+}
+
+/// `[[app]]` tables serving each `(dir, host)`.
+fn app_tables(apps: &[(&AppDir, &str)]) -> String {
+    apps.iter()
+        .map(|(a, host)| {
+            format!(
+                "[[app]]\nsource = \"{}\"\nhosts = [\"{host}\"]\n",
+                a.path().display()
+            )
+        })
+        .collect()
+}
+
+async fn call(addr: SocketAddr, host: &str, method: &str, path: &str, body: &[u8]) -> Resp {
+    request_with(addr, method, path, body, &[("host", host)]).await
+}
+
+async fn expect(addr: SocketAddr, host: &str, method: &str, path: &str, body: &[u8]) -> String {
+    let r = call(addr, host, method, path, body).await;
+    assert_eq!(r.status, 200, "{method} {host}{path}: {}", r.body);
+    r.body
+}
+
+#[tokio::test]
+async fn spin_and_wasi_key_value_on_sled_are_scoped_limited_and_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spin_kv_app("kv-a", "[\"default\"]");
+    let b = spin_kv_app("kv-b", "[\"default\"]");
+    let c = wasi_kv_app("kv-c");
+    let cfg = write_node_config(
+        dir.path(),
+        "kv.toml",
+        "",
+        &format!(
+            "[key_value]\nmax_keys_per_app = 4\n{}",
+            app_tables(&[(&a, "a.test"), (&b, "b.test"), (&c, "c.test")])
+        ),
+    );
+    let d = Daemon::run_config(&cfg);
+    let addr = d.addr();
+
+    // set, get, exists, list, delete.
+    assert_eq!(
+        expect(addr, "a.test", "POST", "/set/default/greeting", b"hello").await,
+        "ok"
+    );
+    assert_eq!(
+        expect(addr, "a.test", "GET", "/get/default/greeting", b"").await,
+        "hello"
+    );
+    assert_eq!(
+        expect(addr, "a.test", "GET", "/exists/default/greeting", b"").await,
+        "true"
+    );
+    expect(addr, "a.test", "POST", "/set/default/k2", b"v2").await;
+    assert_eq!(
+        expect(addr, "a.test", "GET", "/keys/default", b"").await,
+        "greeting\nk2\n"
+    );
+    expect(addr, "a.test", "POST", "/delete/default/k2", b"").await;
+    assert_eq!(
+        expect(addr, "a.test", "GET", "/exists/default/k2", b"").await,
+        "false"
+    );
+    let r = call(addr, "a.test", "GET", "/get/default/k2", b"").await;
+    assert_eq!((r.status, r.body.as_str()), (404, "not found"));
+
+    // Two apps' `default` stores never share data.
+    let r = call(addr, "b.test", "GET", "/get/default/greeting", b"").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(
+        expect(addr, "b.test", "GET", "/keys/default", b"").await,
+        ""
+    );
+
+    // A store the component was not granted: the interface's access-denied, not a trap.
+    let r = call(addr, "a.test", "GET", "/get/other/x", b"").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "error: Error::AccessDenied")
+    );
+
+    // Limits and quotas are errors the guest sees.
+    let long_key = "k".repeat(257);
+    let r = call(
+        addr,
+        "a.test",
+        "POST",
+        &format!("/set/default/{long_key}"),
+        b"x",
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("key is 257 bytes"), "{}", r.body);
+    let big = vec![b'v'; (1 << 20) + 1];
+    let r = call(addr, "a.test", "POST", "/set/default/big", &big).await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("value is 1048577 bytes"), "{}", r.body);
+    expect(addr, "a.test", "POST", "/set/default/max", &big[1..]).await;
+    for k in ["q1", "q2"] {
+        expect(addr, "a.test", "POST", &format!("/set/default/{k}"), b"1").await;
+    }
+    let r = call(addr, "a.test", "POST", "/set/default/q3", b"1").await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("quota exceeded"), "{}", r.body);
+    // An overwrite adds no key: still allowed at the quota.
+    expect(addr, "a.test", "POST", "/set/default/q1", b"2").await;
+    // kv-b has a quota of its own.
+    expect(addr, "b.test", "POST", "/set/default/mine", b"b").await;
+
+    // wasi:keyvalue: atomics and batch, over the same kind of store.
+    assert_eq!(
+        expect(addr, "c.test", "POST", "/incr/default/n", b"").await,
+        "1"
+    );
+    assert_eq!(
+        expect(addr, "c.test", "POST", "/incr/default/n", b"").await,
+        "2"
+    );
+    assert_eq!(
+        expect(addr, "c.test", "POST", "/batch/default", b"").await,
+        "a=1\nb=2\nc=-\nkeys=a,b,n\n"
+    );
+    let r = call(addr, "c.test", "GET", "/get/secret/x", b"").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "error: Error::AccessDenied")
+    );
+
+    let admin = d.admin.unwrap();
+    let ops = |app: &str, op: &str, outcome: &str| {
+        format!("outpost_kv_operations_total{{app=\"{app}\",op=\"{op}\",outcome=\"{outcome}\"")
+    };
+    assert_eq!(metric(admin, &ops("kv-a", "set", "quota")).await, 1.0);
+    assert_eq!(metric(admin, &ops("kv-a", "set", "too_large")).await, 2.0);
+    assert_eq!(metric(admin, &ops("kv-a", "open", "denied")).await, 1.0);
+    assert_eq!(metric(admin, &ops("kv-c", "increment", "ok")).await, 2.0);
+    assert_eq!(metric(admin, "outpost_kv_keys{app=\"kv-a\"}").await, 4.0);
+    let bytes = metric(admin, "outpost_kv_stored_bytes{app=\"kv-a\"}").await;
+    assert_eq!(bytes, (8 + 5 + 3 + (1 << 20) + 2 + 1 + 2 + 1) as f64);
+
+    // Every write above returned: kill -9 (dropping the daemon) must lose none of them.
+    drop(d);
+    let d = Daemon::run_config(&cfg);
+    let addr = d.addr();
+    assert_eq!(
+        expect(addr, "a.test", "GET", "/get/default/greeting", b"").await,
+        "hello"
+    );
+    assert_eq!(
+        expect(addr, "a.test", "GET", "/get/default/q1", b"").await,
+        "2"
+    );
+    assert_eq!(
+        expect(addr, "a.test", "GET", "/keys/default", b"").await,
+        "greeting\nmax\nq1\nq2\n"
+    );
+    assert_eq!(
+        expect(addr, "c.test", "GET", "/get/default/n", b"").await,
+        "2"
+    );
+    // The quota is counted from disk after the restart.
+    let r = call(addr, "a.test", "POST", "/set/default/q3", b"1").await;
+    assert!(r.body.contains("quota exceeded"), "{}", r.body);
+}
+
+/// A `redis-server` on 127.0.0.1, killed on drop.
+struct Redis {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `redis-server` on a free port (Redis cannot bind port 0: a port is picked by binding
+/// one and releasing it); `None` when redis-server is not installed.
+fn start_redis() -> Option<Redis> {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = match Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => panic!("redis-server: {e}"),
+        };
+        let mut redis = Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = redis.child.try_wait() {
+                break; // the port was taken after all: try another
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(redis);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("redis-server did not start");
+}
+
+fn redis_config(dir: &Path, name: &str, url: &str, apps: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    write_node_config(
+        dir,
+        name,
+        "",
+        &format!("[key_value.stores.default]\nbackend = \"redis\"\nurl = \"{url}\"\n{apps}"),
+    )
+}
+
+#[tokio::test]
+async fn the_same_bundle_moves_from_sled_to_redis_shared_by_two_nodes() {
+    let Some(redis) = start_redis() else {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    };
+    let a = spin_kv_app("kv-a", "[\"default\"]");
+    let b = spin_kv_app("kv-b", "[\"default\"]");
+    let apps = app_tables(&[(&a, "a.test"), (&b, "b.test")]);
+
+    // On the embedded backend first.
+    let sled_dir = tempfile::tempdir().unwrap();
+    let cfg = write_node_config(sled_dir.path(), "sled.toml", "", &apps);
+    let d = Daemon::run_config(&cfg);
+    expect(d.addr(), "a.test", "POST", "/set/default/where", b"sled").await;
+    drop(d);
+
+    // The same app directories, only the node config changed: the stores are now Redis's, shared
+    // by two nodes with state directories of their own.
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = Daemon::run_config(&redis_config(
+        &dir.path().join("n1"),
+        "n1.toml",
+        &redis.url,
+        &apps,
+    ));
+    let n2 = Daemon::run_config(&redis_config(
+        &dir.path().join("n2"),
+        "n2.toml",
+        &redis.url,
+        &apps,
+    ));
+    let r = call(n1.addr(), "a.test", "GET", "/get/default/where", b"").await;
+    assert_eq!(r.status, 404, "a new backend starts empty: {}", r.body);
+    expect(n1.addr(), "a.test", "POST", "/set/default/where", b"redis").await;
+    expect(n1.addr(), "a.test", "POST", "/set/default/other", b"x").await;
+    assert_eq!(
+        expect(n2.addr(), "a.test", "GET", "/get/default/where", b"").await,
+        "redis"
+    );
+    assert_eq!(
+        expect(n2.addr(), "a.test", "GET", "/keys/default", b"").await,
+        "other\nwhere\n"
+    );
+    expect(n2.addr(), "a.test", "POST", "/delete/default/other", b"").await;
+    assert_eq!(
+        expect(n1.addr(), "a.test", "GET", "/exists/default/other", b"").await,
+        "false"
+    );
+    // Scoped by app on Redis too, and still deny by default.
+    let r = call(n1.addr(), "b.test", "GET", "/get/default/where", b"").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = call(n1.addr(), "a.test", "GET", "/get/other/x", b"").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "error: Error::AccessDenied")
+    );
+    let r = call(
+        n1.addr(),
+        "a.test",
+        "POST",
+        &format!("/set/default/{}", "k".repeat(257)),
+        b"x",
+    )
+    .await;
+    assert!(r.body.contains("key is 257 bytes"), "{}", r.body);
+    // Each node's gauge is the shared count as of its own last write.
+    let admin = n1.admin.unwrap();
+    assert_eq!(metric(admin, "outpost_kv_keys{app=\"kv-a\"}").await, 2.0);
+    let n2_admin = n2.admin.unwrap();
+    assert_eq!(metric(n2_admin, "outpost_kv_keys{app=\"kv-a\"}").await, 1.0);
+
+    // Redis gone: the guest gets an error, the node keeps serving.
+    drop(redis);
+    let r = call(n1.addr(), "a.test", "GET", "/get/default/where", b"").await;
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("backend unavailable"), "{}", r.body);
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_bad_key_value_config_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (rest, needle) in [
+        (
+            "[key_value.stores.default]\nbackend = \"redis\"\n",
+            "key_value.stores.default.url: missing",
+        ),
+        (
+            "[key_value.stores.default]\nbackend = \"etcd\"\n",
+            "key_value.stores.default.backend: unknown backend",
+        ),
+        (
+            "[key_value.stores.default]\nbackend = \"redis\"\nurl = \"rediss://h:6379\"\n",
+            "TLS (rediss://) is not supported",
+        ),
+        (
+            "[key_value.stores.Bad-Label]\n",
+            "key_value.stores.Bad-Label: invalid store label",
+        ),
+        (
+            "[key_value]\nmax_value_size = 0\n",
+            "key_value.max_value_size",
+        ),
+    ] {
+        let cfg = write_node_config(dir.path(), "bad.toml", "", rest);
+        let (code, _, stderr) = run_to_end(&["run", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(code, 64, "{rest}: {stderr}");
+        assert!(stderr.contains(needle), "{rest}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_spin_sdk_app_reads_its_variables() {
+    let app = AppDir::app(
+        "vars",
+        "1.0.0",
+        "[component.vars]\nsource = \"spin_vars.wasm\"\nroutes = [\"/\"]\n\
+         [component.vars.variables]\ngreeting = \"hello from a variable\"\n",
+        &["spin_vars"],
+    );
+    let d = Daemon::serve(&[app.path().to_str().unwrap()]);
+    let r = get(d.addr(), "/greeting").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hello from a variable"));
+    let r = get(d.addr(), "/missing").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (404, "error: Error::Undefined(\"missing\")")
+    );
+    let r = get(d.addr(), "/Bad").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.starts_with("error: Error::InvalidName("),
+        "{}",
+        r.body
+    );
+}
