@@ -162,6 +162,20 @@ async fn spin_and_wasi_key_value_on_sled_are_scoped_limited_and_survive_kill_9()
         (403, "error: Error::AccessDenied")
     );
 
+    // Concurrent read-modify-writes: none lost, none left waiting for its flush (sled's own
+    // `flush_async` once left requests waiting forever under this load).
+    let incrs = (0..48).map(|_| {
+        tokio::spawn(async move { call(addr, "c.test", "POST", "/incr/default/par", b"").await })
+    });
+    let all = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(incrs))
+        .await
+        .expect("concurrent increments finish");
+    assert!(all.iter().all(|r| r.as_ref().unwrap().status == 200));
+    assert_eq!(
+        expect(addr, "c.test", "GET", "/get/default/par", b"").await,
+        "48"
+    );
+
     let admin = d.admin.unwrap();
     let ops = |app: &str, op: &str, outcome: &str| {
         format!("outpost_kv_operations_total{{app=\"{app}\",op=\"{op}\",outcome=\"{outcome}\"")
@@ -169,7 +183,7 @@ async fn spin_and_wasi_key_value_on_sled_are_scoped_limited_and_survive_kill_9()
     assert_eq!(metric(admin, &ops("kv-a", "set", "quota")).await, 1.0);
     assert_eq!(metric(admin, &ops("kv-a", "set", "too_large")).await, 2.0);
     assert_eq!(metric(admin, &ops("kv-a", "open", "denied")).await, 1.0);
-    assert_eq!(metric(admin, &ops("kv-c", "increment", "ok")).await, 2.0);
+    assert_eq!(metric(admin, &ops("kv-c", "increment", "ok")).await, 50.0);
     assert_eq!(metric(admin, "outpost_kv_keys{app=\"kv-a\"}").await, 4.0);
     let bytes = metric(admin, "outpost_kv_stored_bytes{app=\"kv-a\"}").await;
     assert_eq!(bytes, (8 + 5 + 3 + (1 << 20) + 2 + 1 + 2 + 1) as f64);

@@ -97,14 +97,21 @@ impl KvDb {
         Ok(usage)
     }
 
-    /// Writes every change so far to disk and fsyncs it. Concurrent callers share the work of
-    /// one flush where sled can.
+    /// Writes every change so far to disk and fsyncs it, on tokio's blocking pool. Concurrent
+    /// callers share the work of one flush where sled can. Not sled's own `flush_async`: its
+    /// completion wakes the waiting task while holding its lock and before marking itself done,
+    /// and under load a request awaiting it was never woken again.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db
-            .flush_async()
-            .await
-            .map(drop)
-            .map_err(|e| self.err(e))
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return self.db.flush().map(drop).map_err(|e| self.err(e));
+        };
+        let db = self.db.clone();
+        match rt.spawn_blocking(move || db.flush()).await {
+            Ok(r) => r.map(drop).map_err(|e| self.err(e)),
+            Err(e) => Err(self.err(sled::Error::ReportableBug(format!(
+                "key-value flush task: {e}"
+            )))),
+        }
     }
 }
 
