@@ -85,7 +85,7 @@ impl Node {
         } else {
             crate::store::kv::KvDb::open(&state_dir.join("kv"))
         }
-        .map_err(|e| ExitError::runtime(anyhow::anyhow!("key-value stores: {e}")))?;
+        .map_err(ExitError::runtime)?;
         crate::runtime::kv::KeyValue::new(&cfg.key_value, db, metrics.clone())
             .map(Arc::new)
             .map_err(|e| ExitError::config(anyhow::anyhow!("key_value: {e}")))

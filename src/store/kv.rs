@@ -34,7 +34,7 @@ impl KvDb {
     /// Opens (creating if needed) the database at `dir`. A database sled reports as corrupt is
     /// an error, never moved aside: it is the apps' data, and an operator decides.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir).map_err(|source| StoreError::Index {
+        let db = sled::open(dir).map_err(|source| StoreError::KeyValue {
             path: dir.to_owned(),
             source,
         })?;
@@ -50,7 +50,7 @@ impl KvDb {
         let db = sled::Config::new()
             .temporary(true)
             .open()
-            .map_err(|source| StoreError::Index {
+            .map_err(|source| StoreError::KeyValue {
                 path: PathBuf::from("(temporary key-value database)"),
                 source,
             })?;
@@ -58,7 +58,7 @@ impl KvDb {
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
-        StoreError::Index {
+        StoreError::KeyValue {
             path: self
                 .path
                 .clone()

@@ -47,6 +47,13 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    /// The key-value database (`kv.rs`).
+    #[error("key-value database {path}: {source}")]
+    KeyValue {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
     #[error("store index record {key}: {problem}")]
     Record { key: String, problem: String },
     #[error("blob {digest}: {problem}")]
