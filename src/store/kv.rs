@@ -12,6 +12,8 @@
 //! flushes off the index's commits.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::StoreError;
 
@@ -21,6 +23,21 @@ pub struct KvDb {
     db: sled::Db,
     /// Where it lives, for errors (`None`: temporary, `outpost serve`).
     path: Option<PathBuf>,
+    /// Group commit: see [`KvDb::flush`].
+    commit: Arc<GroupCommit>,
+}
+
+/// Writers that want their writes durable take a ticket; one flush at a time runs, and covers
+/// every ticket taken before it started, so writers that wait while a flush runs share the
+/// next one instead of each paying an fsync.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    /// Tickets taken (each after its writer's write).
+    taken: AtomicU64,
+    /// Every ticket up to this one is durable.
+    durable: AtomicU64,
+    /// Held while a flush runs.
+    gate: tokio::sync::Mutex<()>,
 }
 
 /// What an app holds in its stores: keys, and bytes counted as key length + value length.
@@ -41,6 +58,7 @@ impl KvDb {
         Ok(Self {
             db,
             path: Some(dir.to_owned()),
+            commit: Arc::default(),
         })
     }
 
@@ -54,7 +72,11 @@ impl KvDb {
                 path: PathBuf::from("(temporary key-value database)"),
                 source,
             })?;
-        Ok(Self { db, path: None })
+        Ok(Self {
+            db,
+            path: None,
+            commit: Arc::default(),
+        })
     }
 
     fn err(&self, source: sled::Error) -> StoreError {
@@ -97,11 +119,26 @@ impl KvDb {
         Ok(usage)
     }
 
-    /// Writes every change so far to disk and fsyncs it, on tokio's blocking pool. Concurrent
-    /// callers share the work of one flush where sled can. Not sled's own `flush_async`: its
-    /// completion wakes the waiting task while holding its lock and before marking itself done,
-    /// and under load a request awaiting it was never woken again.
+    /// Makes every write made before this call durable: sled's log written and fsynced (on
+    /// tokio's blocking pool). Group commit: a caller whose writes a flush started after them
+    /// already covered returns without one, so concurrent writers share fsyncs. Not sled's own
+    /// `flush_async`: its completion wakes the waiting task while holding its lock and before
+    /// marking itself done, and under load a request awaiting it was never woken again.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let c = &self.commit;
+        let ticket = c.taken.fetch_add(1, Ordering::SeqCst) + 1;
+        let _gate = c.gate.lock().await;
+        if c.durable.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to `upto` was taken after its write, so this flush covers them all.
+        let upto = c.taken.load(Ordering::SeqCst);
+        self.flush_now().await?;
+        c.durable.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn flush_now(&self) -> Result<(), StoreError> {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return self.db.flush().map(drop).map_err(|e| self.err(e));
         };
