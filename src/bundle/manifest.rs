@@ -23,6 +23,8 @@ pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
 /// Most requests one instance may serve (`reuse`): high enough for any sane use, low enough
 /// that state a guest leaks per request cannot pile up unbounded.
 pub const MAX_REUSE: u32 = 1_000_000;
+/// Most requests one WASI 0.3 instance may serve at once (`reuse_concurrency`).
+pub const MAX_REUSE_CONCURRENCY: u32 = 1000;
 /// `reuse_idle_timeout` bounds: an idle instance holds a pool slot and its memory.
 const REUSE_IDLE_RANGE: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(3600));
@@ -44,6 +46,7 @@ const COMPONENT_KEYS: &[&str] = &[
     "max_request_body",
     "reuse",
     "reuse_idle_timeout",
+    "reuse_concurrency",
 ];
 const FILE_KEYS: &[&str] = &["source", "destination"];
 
@@ -112,6 +115,8 @@ pub struct LimitSpec {
     pub reuse: Option<u32>,
     /// How long an instance kept for reuse may wait for its next request.
     pub reuse_idle_timeout: Option<Duration>,
+    /// Requests one WASI 0.3 instance may serve at once; `None` or 1: one after another.
+    pub reuse_concurrency: Option<u32>,
 }
 
 /// Why a manifest was rejected: the shape every TOML document shares, `<origin>: <key path>:
@@ -480,6 +485,18 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
             });
         }
     }
+    if let Some(field) = t.take("reuse_concurrency") {
+        let key = field.key.clone();
+        limits.reuse_concurrency = Some(field.integer_in(1u32, MAX_REUSE_CONCURRENCY)?);
+        if limits.reuse.unwrap_or(1) < 2 {
+            return Err(FieldError {
+                key,
+                problem: "only applies with reuse of 2 or more (the requests served at once \
+                          count towards reuse)"
+                    .to_owned(),
+            });
+        }
+    }
     t.finish_section(COMPONENT_KEYS, TOP_KEYS)?;
 
     Ok((
@@ -726,6 +743,7 @@ max_concurrency = 32
 max_request_body = "10MiB"
 reuse = 100
 reuse_idle_timeout = "30s"
+reuse_concurrency = 8
 
 [component.hello.variables]
 greeting = "hi"
@@ -814,6 +832,7 @@ routes = ["/admin"]
                 max_request_body: Some(10 << 20),
                 reuse: Some(100),
                 reuse_idle_timeout: Some(Duration::from_secs(30)),
+                reuse_concurrency: Some(8),
             }
         );
     }
@@ -1348,6 +1367,16 @@ routes = ["/admin"]
             &minimal_with("reuse_idle_timeout = \"5s\""),
             "component.hello.reuse_idle_timeout",
             "only applies with reuse of 2 or more",
+        );
+        assert_rejects(
+            &minimal_with("reuse_concurrency = 4"),
+            "component.hello.reuse_concurrency",
+            "only applies with reuse of 2 or more",
+        );
+        assert_rejects(
+            &minimal_with("reuse = 10\nreuse_concurrency = 0"),
+            "component.hello.reuse_concurrency",
+            "from 1 to 1000, got 0",
         );
         assert_rejects(
             &minimal_with("reuse = 10\nreuse_idle_timeout = \"2h\""),

@@ -286,6 +286,7 @@ fn settings_for(
         max_request_body: spec.limits.max_request_body,
         reuse: spec.limits.reuse,
         reuse_idle_timeout: spec.limits.reuse_idle_timeout,
+        reuse_concurrency: spec.limits.reuse_concurrency,
     })
 }
 
