@@ -76,7 +76,23 @@ struct Job {
     hold: (OwnedSemaphorePermit, InflightGauge),
     /// What happened to it if no answer comes.
     fate: Arc<Fate>,
+    /// Gives the job back to its request if its worker ends before taking it (the request then
+    /// tries another worker).
+    bounce: Option<oneshot::Sender<Job>>,
 }
+
+impl Job {
+    /// Back to its request, untouched; dropped (the request sees no answer) if it is gone.
+    fn send_back(mut self) {
+        if let Some(back) = self.bounce.take() {
+            let _ = back.send(self);
+        }
+    }
+}
+
+/// How many workers a request tries before it starts one of its own, or gives up with a 503
+/// (a worker killed with requests still in its channel gives them back).
+const MAX_DISPATCHES: usize = 3;
 
 /// Why a request's answer never came, told by the worker. The answer may be dropped before the
 /// worker knows why (a trap ends the event loop, and the requests in it, first), so the request
@@ -218,18 +234,39 @@ impl AppComponent {
         turn_to_start(&self.account).await;
         let (answer, rx) = oneshot::channel::<Answer>();
         let (fate, fate_rx) = Fate::new();
-        let job = Job {
+        let mut job = Job {
             req,
             answer,
             deadline,
             hold: (own, InflightGauge::new(self.inflight.clone())),
             fate,
+            bounce: None,
         };
-        if let Some(job) = workers.dispatch(job) {
-            let lease = self.admit_pool().await?;
-            self.start_worker(workers, lease, job)?;
-        } else {
-            self.reuse_hits.inc();
+        for tries in 1.. {
+            if tries > MAX_DISPATCHES {
+                return Err(saturated(format!(
+                    "{MAX_DISPATCHES} instances ended before taking the request"
+                )));
+            }
+            let (back, mut bounced) = oneshot::channel::<Job>();
+            job.bounce = Some(back);
+            match workers.dispatch(job) {
+                Some(mine) => {
+                    let lease = self.admit_pool().await?;
+                    self.start_worker(workers, lease, mine)?;
+                }
+                None => self.reuse_hits.inc(),
+            }
+            // Taken by the worker (the bounce sender goes with the rest of the job), or given
+            // back because the worker ended first.
+            tokio::select! {
+                biased;
+                back = &mut bounced => match back {
+                    Ok(back) => job = back,
+                    Err(_) => break,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => break,
+            }
         }
         let limit = self.limits.max_request_body;
         let body_too_large = || {
@@ -325,7 +362,7 @@ impl AppComponent {
                 drop(first);
                 rx.close();
                 while let Ok(job) = rx.try_recv() {
-                    job.fate.set(err.clone());
+                    job.send_back();
                 }
                 self.metrics
                     .reuse_discards
@@ -557,9 +594,7 @@ impl AppComponent {
         }
         rx.close();
         while let Ok(job) = rx.try_recv() {
-            job.fate.set(saturated(
-                "the instance it was handed to ended before taking it".to_owned(),
-            ));
+            job.send_back();
         }
         if let Some(why) = reason.or(closed_because) {
             self.metrics

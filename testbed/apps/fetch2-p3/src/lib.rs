@@ -10,10 +10,8 @@
 //!
 //! Must not: send the two requests one after the other (the test's upstream answers only once
 //! both have arrived).
-use wasip3::http::client;
-use guest_kit_p3::{query_param, respond, text};
-use wasip3::http::types::{ErrorCode, Fields, Method, Request, Response, Scheme};
-use wasip3::wit_future;
+use guest_kit_p3::{get, query_param, respond, text};
+use wasip3::http::types::{ErrorCode, Request, Response};
 
 struct Fetch2;
 
@@ -39,37 +37,4 @@ impl wasip3::exports::http::handler::Guest for Fetch2 {
         out.extend_from_slice(&rb?);
         respond(200, "text/plain", out)
     }
-}
-
-/// Sends `GET url` and reads the whole response body.
-async fn get(url: &str) -> Result<Vec<u8>, ErrorCode> {
-    let bad = || ErrorCode::InternalError(Some(format!("bad url {url:?}")));
-    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
-    let scheme = match scheme {
-        "http" => Scheme::Http,
-        "https" => Scheme::Https,
-        _ => return Err(bad()),
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
-    drop(trailers_tx);
-    let (req, _transmit) = Request::new(Fields::new(), None, trailers_rx, None);
-    req.set_method(&Method::Get).map_err(|()| bad())?;
-    req.set_scheme(Some(&scheme)).map_err(|()| bad())?;
-    req.set_authority(Some(authority)).map_err(|()| bad())?;
-    req.set_path_with_query(Some(path)).map_err(|()| bad())?;
-
-    let resp = client::send(req).await?;
-    let status = resp.get_status_code();
-    let (res_tx, res_rx) = wit_future::new(|| Ok(()));
-    drop(res_tx);
-    let (body, _trailers) = Response::consume_body(resp, res_rx);
-    let body = body.collect().await;
-    if status != 200 {
-        return Err(ErrorCode::InternalError(Some(format!("{url}: status {status}"))));
-    }
-    Ok(body)
 }
