@@ -504,3 +504,38 @@ async fn a_wasi_03_instance_is_not_reused_while_its_post_response_work_waits_on_
     );
     held_tx.send(true).unwrap();
 }
+
+/// When a component is unloaded (here its app leaves the config, on SIGHUP), the instances it
+/// kept for reuse go with it and give their pool slots back at once — not after
+/// `reuse_idle_timeout` (an hour here). For shared WASI 0.3 instances that means their tasks end
+/// on their own: they hold no reference that would keep the component loaded.
+#[tokio::test]
+async fn an_unloaded_components_kept_instances_give_their_slots_back_at_once() {
+    for Guest {
+        wasm, with_reuse, ..
+    } in GUESTS
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let reused = component(
+            wasm,
+            &format!("reuse = 100\nreuse_idle_timeout = \"1h\"\n{with_reuse}"),
+        );
+        let (d, _apps) = run_apps(tmp.path(), wasm, &[("app", "*", &reused)]);
+        assert_eq!(count(&d, "a.test").await, "1");
+        assert_eq!(count(&d, "a.test").await, "2");
+        let admin = d.admin.unwrap();
+        assert_eq!(metric(admin, "outpost_pool_slots_used").await, 1.0);
+        write_node_config(tmp.path(), "outpost.toml", "", "[runtime]\n");
+        d.signal("HUP");
+        d.wait_log(&["configuration reloaded"]);
+        wait_until(
+            "the unloaded component's instance gone",
+            Duration::from_secs(10),
+            async || match metric(admin, "outpost_pool_slots_used").await {
+                0.0 => Ok(()),
+                n => Err(format!("{wasm} {with_reuse}: {n} slots used")),
+            },
+        )
+        .await;
+    }
+}

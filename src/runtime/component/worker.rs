@@ -154,6 +154,20 @@ impl Workers {
     }
 }
 
+impl Drop for Workers {
+    /// The component is unloaded: its workers take no more requests and end once those they
+    /// have are done (not counted as discards, like the idle instances of an unloaded
+    /// component without `reuse_concurrency`).
+    fn drop(&mut self) {
+        for w in self.lock().iter() {
+            if w.close() {
+                w.stop.store(true, Ordering::Release);
+                w.wake.wake();
+            }
+        }
+    }
+}
+
 impl Reclaim for Workers {
     /// Asks the idle workers to stop. They give their leases back as their tasks end, which
     /// grants the pool's waiters; nothing is free yet when this returns.
@@ -322,9 +336,23 @@ impl AppComponent {
             wake: AtomicWaker::new(),
         });
         workers.lock().push(worker.clone());
-        let life = self
-            .clone()
-            .run_worker(worker, store, lease, rx, first, meter.clone());
+        let HandlerPre::P3(pre) = &self.pre else {
+            return Err(internal(
+                "a WASI 0.2 component cannot serve requests concurrently",
+            ));
+        };
+        let life = Life {
+            pre: pre.clone(),
+            limits: self.limits.clone(),
+            metrics: self.metrics.clone(),
+            app: self.app.clone(),
+            label: self.label.clone(),
+            pool: self.pool.clone(),
+            guests: self.guests.clone(),
+            memory_peak: self.memory_peak.clone(),
+            component: Arc::downgrade(self),
+        }
+        .run(worker, store, lease, rx, first, meter.clone());
         Running::start(
             Metered::new(Box::pin(life), meter.clone()),
             self.account.is_heavy(),
@@ -334,10 +362,28 @@ impl AppComponent {
         .detach();
         Ok(())
     }
+}
 
+/// What a worker needs of its component. It holds no strong reference to the component: when
+/// the component is unloaded (an upgrade, a removed app), its [`Workers`] are dropped and every
+/// worker ends as soon as the requests it has are done, instead of idling on with a pool slot.
+struct Life {
+    pre: wasmtime_wasi_http::p3::bindings::ServicePre<Host>,
+    limits: super::Limits,
+    metrics: crate::ops::metrics::Metrics,
+    app: Arc<str>,
+    label: Arc<str>,
+    pool: Arc<crate::runtime::admission::Pool>,
+    guests: Arc<crate::runtime::offload::GuestThreads>,
+    memory_peak: prometheus::Histogram,
+    /// For its footprint estimate, while it is loaded.
+    component: std::sync::Weak<AppComponent>,
+}
+
+impl Life {
     /// A worker's whole life: instantiate, serve until closed or killed, release.
-    async fn run_worker(
-        self: Arc<Self>,
+    async fn run(
+        self,
         worker: Arc<Worker>,
         mut store: Store<Host>,
         lease: Lease,
@@ -346,13 +392,7 @@ impl AppComponent {
         meter: Arc<Meter>,
     ) {
         let t0 = Instant::now();
-        let instance = match &self.pre {
-            HandlerPre::P3(pre) => pre.instantiate_async(&mut store).await,
-            HandlerPre::P2(_) => Err(wasmtime::format_err!(
-                "a WASI 0.2 component cannot serve requests concurrently"
-            )),
-        };
-        let service = match instance {
+        let service = match self.pre.instantiate_async(&mut store).await {
             Ok(s) => s,
             Err(e) => {
                 worker.close();
@@ -609,7 +649,9 @@ impl AppComponent {
         let peak = store.data().limiter.peak;
         self.memory_peak.observe(peak as f64);
         let grown = peak.saturating_sub(initial) as u64;
-        self.observe_growth(grown);
+        if let Some(component) = self.component.upgrade() {
+            component.observe_growth(grown);
+        }
         // As in the parent's release: a big reset is kernel work that must not stall a serving
         // thread.
         let release = move || {
