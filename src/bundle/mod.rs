@@ -16,6 +16,7 @@ pub mod desired;
 pub mod manifest;
 pub mod request_auth;
 pub mod sign;
+pub mod spin;
 pub mod wasm;
 
 use std::fmt;

@@ -10,7 +10,8 @@ use crate::serve::certs::CertPaths;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// App directories (containing outpost.toml), bare .wasm components, or signed bundles
+    /// App directories (containing outpost.toml, or a Spin app's spin.toml), bare .wasm
+    /// components, or signed bundles
     /// (APP.bundle with APP.bundle.sig next to it; needs --trust). Several apps may be served at
     /// once as long as their routes do not collide.
     #[arg(required = true, value_name = "PATH")]
@@ -52,6 +53,25 @@ pub struct ServeArgs {
     /// Serve --https without HTTP/3.
     #[arg(long, requires = "https")]
     pub no_h3: bool,
+    /// A value for an app variable (the manifest's [variables], which component variables
+    /// reference as {{ name }}), given to every app served (repeatable). Overrides the
+    /// variable's default; a required variable without one is an error.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+}
+
+/// `NAME=VALUE`, NAME a variable name (`[a-z][a-z0-9_]*`).
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    if !crate::bundle::manifest::is_variable_name(name) {
+        return Err(format!(
+            "invalid variable name {name:?}; expected lowercase letters, digits and '_', \
+             starting with a letter"
+        ));
+    }
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 pub fn run(args: ServeArgs) -> CliResult {
@@ -83,5 +103,6 @@ pub fn run(args: ServeArgs) -> CliResult {
         h3: !args.no_h3,
         cache,
         drain: args.drain_timeout,
+        variables: args.vars.into_iter().collect(),
     })
 }
