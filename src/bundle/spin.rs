@@ -912,26 +912,42 @@ fn glob_match(pattern: &str, path: &str) -> bool {
     match_segments(&pat, &segs)
 }
 
+/// Whether `pat` (segments, `**` for any number of them) matches `segs`. Dynamic programming
+/// over (pattern, path) positions, so no pattern makes it backtrack exponentially.
 fn match_segments(pat: &[&str], segs: &[&str]) -> bool {
-    match pat.split_first() {
-        None => segs.is_empty(),
-        Some((&"**", rest)) => (0..=segs.len()).any(|i| match_segments(rest, &segs[i..])),
-        Some((p, rest)) => match segs.split_first() {
-            Some((s, srest)) => {
-                match_segment(p.as_bytes(), s.as_bytes()) && match_segments(rest, srest)
-            }
-            None => false,
-        },
+    let (p, n) = (pat.len(), segs.len());
+    // dp[i][j]: pat[i..] matches segs[j..].
+    let mut dp = vec![vec![false; n + 1]; p + 1];
+    dp[p][n] = true;
+    for i in (0..p).rev() {
+        for j in (0..=n).rev() {
+            dp[i][j] = if pat[i] == "**" {
+                dp[i + 1][j] || (j < n && dp[i][j + 1])
+            } else {
+                j < n && match_segment(pat[i], segs[j]) && dp[i + 1][j + 1]
+            };
+        }
     }
+    dp[0][0]
 }
 
-fn match_segment(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| match_segment(rest, &s[i..])),
-        Some((b'?', rest)) => !s.is_empty() && match_segment(rest, &s[1..]),
-        Some((c, rest)) => s.first() == Some(c) && match_segment(rest, &s[1..]),
+/// Whether one pattern segment (`*` any run of characters, `?` one) matches one path segment;
+/// the same dynamic programming as [`match_segments`].
+fn match_segment(pat: &str, seg: &str) -> bool {
+    let (pat, seg): (Vec<char>, Vec<char>) = (pat.chars().collect(), seg.chars().collect());
+    let (p, n) = (pat.len(), seg.len());
+    let mut dp = vec![vec![false; n + 1]; p + 1];
+    dp[p][n] = true;
+    for i in (0..p).rev() {
+        for j in (0..=n).rev() {
+            dp[i][j] = match pat[i] {
+                '*' => dp[i + 1][j] || (j < n && dp[i][j + 1]),
+                '?' => j < n && dp[i + 1][j + 1],
+                c => j < n && seg[j] == c && dp[i + 1][j + 1],
+            };
+        }
     }
+    dp[0][0]
 }
 
 /// The app directory's files, with a cache of which directories a selection covers whole.
@@ -1695,6 +1711,14 @@ source = "./target/echo.wasm"
         assert!(glob_match("d/?.txt", "d/a.txt"));
         assert!(!glob_match("d/?.txt", "d/ab.txt"));
         assert!(glob_match("./d/*", "d/x"));
+        assert!(glob_match("**/**/x", "x"));
+        assert!(glob_match("a/**/b/**/c", "a/1/b/2/3/c"));
+        assert!(!glob_match("a/**/b/**/c", "a/1/c"));
+        assert!(glob_match("*é?", "aéb"));
+        // Many stars against a long name that does not match: answered at once, not by
+        // exponential backtracking.
+        let long = "a".repeat(200);
+        assert!(!glob_match(&format!("{}b", "*a".repeat(30)), &long));
     }
 
     #[test]
