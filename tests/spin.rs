@@ -353,3 +353,38 @@ async fn a_packed_spin_directory_is_an_ordinary_bundle() {
     let r = get(d.addr(), "/hello/x").await;
     assert_eq!(r.headers["x-echo-path"], "/hello/x");
 }
+
+/// Spin's file globs reach the guest as the directories they select whole: `static/**/*` is
+/// `static` at `/static`, `{ source, destination }` is that directory there, and nothing else
+/// of the app directory is visible.
+#[tokio::test]
+async fn spin_file_grants_reach_the_guest() {
+    let dir = spin_dir(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "files"
+version = "1.0.0"
+[[trigger.http]]
+route = "/..."
+component = "files"
+[component.files]
+source = "files.wasm"
+files = ["static/**/*", { source = "assets", destination = "/data" }]
+exclude_files = ["*.txt"]
+"#,
+        &["files"],
+    );
+    std::fs::create_dir_all(dir.path().join("static/css")).unwrap();
+    std::fs::write(dir.path().join("static/css/a.css"), "a{}").unwrap();
+    std::fs::create_dir(dir.path().join("assets")).unwrap();
+    std::fs::write(dir.path().join("assets/b.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "outside the grant\n").unwrap();
+    let d = Daemon::serve(&[path_str(dir.path())]);
+    let r = get(d.addr(), "/static/css/a.css").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "a{}"));
+    let r = get(d.addr(), "/data/b.json").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "{}"));
+    assert_eq!(get(d.addr(), "/secret.txt").await.status, 404);
+    assert_eq!(get(d.addr(), "/spin.toml").await.status, 404);
+}

@@ -204,7 +204,8 @@ pub fn compile_app(
     tenant: Option<&str>,
     variables: &BTreeMap<String, String>,
 ) -> Result<(LoadedApp, Vec<CompiledComponent>), AppError> {
-    let (manifest, base, demo) = match src {
+    // `mpath`: the manifest file errors name (`outpost.toml`, or the Spin app's `spin.toml`).
+    let (manifest, base, demo, mpath) = match src {
         AppSource::Dir(dir) => {
             let m = read_dir_manifest(dir)?;
             for note in &m.notes {
@@ -213,7 +214,7 @@ pub fn compile_app(
             let manifest = m
                 .manifest
                 .resolve_variables(variables, &m.path.display().to_string())?;
-            (manifest, dir.clone(), false)
+            (manifest, dir.clone(), false, m.path)
         }
         AppSource::Wasm(file) => {
             let name = file
@@ -225,18 +226,15 @@ pub fn compile_app(
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."))
                 .to_owned();
-            (Manifest::for_bare_wasm(&name), base, false)
+            let mpath = base.join(MANIFEST_FILE_NAME);
+            (Manifest::for_bare_wasm(&name), base, false, mpath)
         }
         AppSource::Demo => (
             Manifest::for_bare_wasm("demo.wasm"),
             PathBuf::from("."),
             true,
+            PathBuf::from(MANIFEST_FILE_NAME),
         ),
-    };
-    let mpath = if base.join(MANIFEST_FILE_NAME).is_file() || demo {
-        base.join(MANIFEST_FILE_NAME)
-    } else {
-        base.join(SPIN_MANIFEST_FILE_NAME)
     };
 
     let mut components = Vec::with_capacity(manifest.components.len());
