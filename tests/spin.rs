@@ -183,9 +183,16 @@ fn a_missing_required_variable_is_a_load_error_naming_it() {
         )),
         "{stderr}"
     );
-    let (code, _, stderr) = run_to_end(&["serve", "--var", "Bad=1", path_str(dir.path())]);
-    assert_eq!(code, 2, "clap refuses it: {stderr}");
-    assert!(stderr.contains("invalid variable name \"Bad\""), "{stderr}");
+    let (code, _, stderr) = run_to_end(&["serve", "--var", "Bad=s3cret", path_str(dir.path())]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("--var: invalid variable name \"Bad\""),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cret"),
+        "the value is never echoed: {stderr}"
+    );
 }
 
 #[tokio::test]

@@ -56,18 +56,20 @@ pub struct ServeArgs {
     /// A value for an app variable (the manifest's [variables], which component variables
     /// reference as {{ name }}), given to every app served (repeatable). Overrides the
     /// variable's default; a required variable without one is an error.
-    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
-    pub vars: Vec<(String, String)>,
+    // Checked in `run`, not by a clap value parser: clap's error would echo the whole
+    // argument, and the value may be a secret.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
 }
 
-/// `NAME=VALUE`, NAME a variable name (`[a-z][a-z0-9_]*`).
+/// `--var NAME=VALUE`, NAME a variable name (`[a-z][a-z0-9_]*`); errors never show the value.
 fn parse_var(s: &str) -> Result<(String, String), String> {
     let (name, value) = s
         .split_once('=')
-        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+        .ok_or_else(|| "--var: expected NAME=VALUE (the argument has no '=')".to_owned())?;
     if !crate::bundle::manifest::is_variable_name(name) {
         return Err(format!(
-            "invalid variable name {name:?}; expected lowercase letters, digits and '_', \
+            "--var: invalid variable name {name:?}; expected lowercase letters, digits and '_', \
              starting with a letter"
         ));
     }
@@ -75,6 +77,12 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
 }
 
 pub fn run(args: ServeArgs) -> CliResult {
+    let variables = args
+        .vars
+        .iter()
+        .map(|v| parse_var(v))
+        .collect::<Result<_, _>>()
+        .map_err(|e| super::CliError::config(anyhow::anyhow!(e)))?;
     let cache = if args.no_cache {
         None
     } else {
@@ -103,6 +111,6 @@ pub fn run(args: ServeArgs) -> CliResult {
         h3: !args.no_h3,
         cache,
         drain: args.drain_timeout,
-        variables: args.vars.into_iter().collect(),
+        variables,
     })
 }

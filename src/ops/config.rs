@@ -886,7 +886,15 @@ fn parse_app(mut t: Fields) -> Result<AppConfig, FieldError> {
                     quote(&name)
                 )));
             }
-            variables.insert(name, value.string()?);
+            // The value may be a secret: the error says what is wrong, never what it was.
+            let key = value.key.clone();
+            let toml::Value::String(text) = value.value else {
+                return Err(FieldError {
+                    key,
+                    problem: "expected a string (quote it; the value is not shown)".to_owned(),
+                });
+            };
+            variables.insert(name, text);
         }
     }
     t.finish_section(APP_KEYS, TOP_KEYS)?;
@@ -1405,7 +1413,7 @@ source = "/srv/x.wasm"
         assert_rejects(
             &app("source = \"x\"\nvariables = { port = 80 }"),
             "app[0].variables.port",
-            "expected a string, got 80",
+            "expected a string (quote it; the value is not shown)",
         );
         assert_rejects(
             &app("source = \"x.bundle\"\nvariables = { a = \"1\" }"),
