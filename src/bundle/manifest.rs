@@ -1,8 +1,10 @@
 //! The app manifest, `outpost.toml`: names an app, its components, their routes, capability
 //! grants and limits. Close to Spin 2's `spin.toml` so Spin users feel at home.
 //!
-//! Owns: parsing and validating manifest text into [`Manifest`], the route-prefix rule
-//! ([`route_matches`]) and the implicit manifest of a bare `.wasm` ([`Manifest::for_bare_wasm`]).
+//! Owns: parsing and validating manifest text into [`Manifest`], the route rules ([`Route`],
+//! [`route_matches`]), app variables and their `{{ name }}` templates
+//! ([`Manifest::resolve_variables`]) and the implicit manifest of a bare `.wasm`
+//! ([`Manifest::for_bare_wasm`]).
 //! Must not: do I/O — the caller reads the file and passes its text plus a display name for
 //! errors; paths stay relative to the app directory and are resolved (and checked against
 //! symlink escapes) by whoever opens them.
@@ -31,7 +33,7 @@ const REUSE_IDLE_RANGE: (Duration, Duration) =
 /// Longest app name or component id; 63 keeps them valid as DNS labels and metric label values.
 const MAX_NAME_LEN: usize = 63;
 
-const TOP_KEYS: &[&str] = &["manifest_version", "application", "component"];
+const TOP_KEYS: &[&str] = &["manifest_version", "application", "variables", "component"];
 const APPLICATION_KEYS: &[&str] = &["name", "version", "description"];
 const COMPONENT_KEYS: &[&str] = &[
     "source",
@@ -49,14 +51,38 @@ const COMPONENT_KEYS: &[&str] = &[
     "reuse_concurrency",
 ];
 const FILE_KEYS: &[&str] = &["source", "destination"];
+const ROUTE_KEYS: &[&str] = &["exact"];
+const VARIABLE_KEYS: &[&str] = &["default", "required", "secret"];
 
 /// A parsed and validated `outpost.toml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     pub manifest_version: u32,
     pub application: Application,
+    /// The app's variables (`[variables]`), by name; component variables are templates over
+    /// them, filled in by [`Manifest::resolve_variables`] when the app is loaded.
+    pub variables: BTreeMap<String, VariableDecl>,
     /// At least one, ordered by id.
     pub components: Vec<ComponentSpec>,
+}
+
+/// One entry of the app-level `[variables]` table: a value the operator supplies when the app
+/// is loaded (node config `[[app]] variables`, `outpost serve --var`), or its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariableDecl {
+    /// Used when no value is supplied; `None` means the variable is required.
+    pub default: Option<String>,
+    /// Its value is kept out of errors and logs.
+    pub secret: bool,
+}
+
+/// A route: a path prefix (the default) or, written `{ exact = "/path" }`, one exact path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// Starts with `/`, no trailing `/` (except `/` itself), Spin's `/...` suffix removed.
+    pub path: String,
+    /// Matches only `path` itself (and `path/`), never the paths below it.
+    pub exact: bool,
 }
 
 /// The `[application]` table.
@@ -76,16 +102,16 @@ pub struct ComponentSpec {
     pub id: String,
     /// The `.wasm` file, relative to the app directory, without `..` or `.` components.
     pub source: PathBuf,
-    /// Normalised path prefixes: start with `/`, no trailing `/` (except `/` itself), Spin's
-    /// `/...` wildcard suffix removed. See [`route_matches`].
-    pub routes: Vec<String>,
+    /// Normalised routes: prefixes, and exact paths. See [`Route::matches`].
+    pub routes: Vec<Route>,
     pub allowed_outbound_hosts: Vec<OutboundPattern>,
     /// Granted host names may connect to loopback, link-local, private and unique-local
     /// addresses (without it, only grants that name such an address reach it).
     pub allow_private_outbound: bool,
     /// Read-only preopened directories.
     pub files: Vec<FileMount>,
-    /// Exposed through `wasi:config/store`.
+    /// Exposed through `wasi:config/store`. As parsed: `{{ name }}` templates over the app's
+    /// [`Manifest::variables`]; after [`Manifest::resolve_variables`]: plain values.
     pub variables: BTreeMap<String, String>,
     pub limits: LimitSpec,
 }
@@ -147,10 +173,11 @@ impl Manifest {
                 version: "0.0.0".to_owned(),
                 description: None,
             },
+            variables: BTreeMap::new(),
             components: vec![ComponentSpec {
                 id: name,
                 source,
-                routes: vec!["/".to_owned()],
+                routes: vec![Route::prefix("/")],
                 allowed_outbound_hosts: Vec::new(),
                 allow_private_outbound: false,
                 files: Vec::new(),
@@ -162,6 +189,102 @@ impl Manifest {
 
     pub fn component(&self, id: &str) -> Option<&ComponentSpec> {
         self.components.iter().find(|c| c.id == id)
+    }
+
+    /// Fills every component variable's `{{ name }}` templates in from `values` (supplied by
+    /// the operator), else the variable's default. A required variable without a value is an
+    /// error naming it (`<origin>: variables.<name>: ...`); values for variables the app does
+    /// not declare are ignored, as Spin's providers do. Values never appear in errors.
+    pub fn resolve_variables(
+        mut self,
+        values: &BTreeMap<String, String>,
+        origin: &str,
+    ) -> Result<Self, ManifestError> {
+        let mut resolved: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, decl) in &self.variables {
+            match values.get(name).or(decl.default.as_ref()) {
+                Some(v) => {
+                    resolved.insert(name, v);
+                }
+                None => {
+                    return Err(ManifestError::invalid(
+                        origin,
+                        FieldError {
+                            key: format!("variables.{name}"),
+                            problem: format!(
+                                "required, but no value was supplied; set it with `outpost serve \
+                                 --var {name}=VALUE` or `variables = {{ {name} = \"...\" }}` in \
+                                 the node config's [[app]]"
+                            ),
+                        },
+                    ));
+                }
+            }
+        }
+        for c in &mut self.components {
+            for template in c.variables.values_mut() {
+                // Parsing checked every template and every name it uses.
+                let parts = parse_template(template).unwrap_or_default();
+                let mut out = String::with_capacity(template.len());
+                for part in parts {
+                    match part {
+                        TemplatePart::Text(t) => out.push_str(t),
+                        TemplatePart::Variable(n) => out.push_str(resolved.get(n).unwrap_or(&"")),
+                    }
+                }
+                *template = out;
+            }
+        }
+        Ok(self)
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    /// A path prefix (already normalised).
+    pub fn prefix(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            exact: false,
+        }
+    }
+
+    /// One exact path (already normalised).
+    pub fn exact(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            exact: true,
+        }
+    }
+
+    /// Whether request `path` is this route's: an exact route matches its path with or without
+    /// a trailing `/` (as Spin's router does); a prefix, see [`route_matches`].
+    pub fn matches(&self, path: &str) -> bool {
+        if self.exact {
+            path == self.path
+                || (self.path != "/" && path.strip_suffix('/') == Some(self.path.as_str()))
+        } else {
+            route_matches(&self.path, path)
+        }
+    }
+}
+
+/// A plain route string is a path prefix (for tables built by hand: tests, the fuzz target).
+impl From<String> for Route {
+    fn from(path: String) -> Self {
+        Self::prefix(path)
+    }
+}
+
+impl std::fmt::Display for Route {
+    /// As written in `outpost.toml`: `"/api"` for a prefix, `{ exact = "/health" }`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.exact {
+            write!(f, "{{ exact = {:?} }}", self.path)
+        } else {
+            write!(f, "{:?}", self.path)
+        }
     }
 }
 
@@ -198,7 +321,7 @@ pub fn is_valid_name(s: &str) -> bool {
 }
 
 /// Turns any file stem into a valid name: lowercase, runs of other characters become one `-`.
-fn sanitise_name(stem: &str) -> String {
+pub(crate) fn sanitise_name(stem: &str) -> String {
     let mut name = String::with_capacity(stem.len());
     for c in stem.chars() {
         let c = c.to_ascii_lowercase();
@@ -221,6 +344,8 @@ fn sanitise_name(stem: &str) -> String {
 
 const NAME_RULE: &str =
     "lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters";
+const VARIABLE_NAME_RULE: &str =
+    "expected lowercase letters, digits and '_', starting with a letter";
 
 fn parse_table(table: toml::Table) -> Result<Manifest, FieldError> {
     let mut top = Fields::new("", table);
@@ -235,7 +360,9 @@ fn parse_table(table: toml::Table) -> Result<Manifest, FieldError> {
         return Err(FieldError {
             key: key.to_owned(),
             problem: "this looks like a spin.toml; outpost.toml uses manifest_version = 1 and \
-                      sets routes per component (component.<id>.routes) instead of [[trigger.http]]"
+                      sets routes per component (component.<id>.routes) instead of \
+                      [[trigger.http]]. Name the file spin.toml (an app directory without \
+                      outpost.toml is read as a Spin app), or see `outpost spin convert`"
                 .to_owned(),
         });
     }
@@ -253,6 +380,10 @@ fn parse_table(table: toml::Table) -> Result<Manifest, FieldError> {
         "at least one [component.<id>] table with source and routes",
     )?;
     let component_key = components_field.key.clone();
+    let variables = match top.take("variables") {
+        Some(field) => parse_app_variables(field.table()?)?,
+        None => BTreeMap::new(),
+    };
     let mut tables = components_field.table()?;
     let entries = tables.drain();
     if entries.is_empty() {
@@ -266,7 +397,7 @@ fn parse_table(table: toml::Table) -> Result<Manifest, FieldError> {
     top.finish(TOP_KEYS)?;
 
     let mut components = Vec::with_capacity(entries.len());
-    let mut route_owner: HashMap<String, String> = HashMap::new();
+    let mut route_owner: HashMap<Route, String> = HashMap::new();
     for (id, field) in entries {
         if !is_valid_name(&id) {
             return Err(field.error(format_args!(
@@ -274,14 +405,14 @@ fn parse_table(table: toml::Table) -> Result<Manifest, FieldError> {
                 quote(&id)
             )));
         }
-        let (spec, route_keys) = parse_component(id, field.table()?)?;
+        let (spec, route_keys) = parse_component(id, field.table()?, &variables)?;
         for (route, key) in spec.routes.iter().zip(route_keys) {
             if let Some(owner) = route_owner.insert(route.clone(), spec.id.clone()) {
                 return Err(FieldError {
                     key,
                     problem: format!(
-                        "route {route:?} is already claimed by component {owner:?}; each route \
-                         prefix belongs to one component"
+                        "route {route} is already claimed by component {owner:?}; each route \
+                         belongs to one component"
                     ),
                 });
             }
@@ -291,8 +422,96 @@ fn parse_table(table: toml::Table) -> Result<Manifest, FieldError> {
     Ok(Manifest {
         manifest_version,
         application,
+        variables,
         components,
     })
+}
+
+/// The app-level `[variables]`: `name = { default = "..." }` or `name = { required = true }`,
+/// either with `secret = true`.
+fn parse_app_variables(mut t: Fields) -> Result<BTreeMap<String, VariableDecl>, FieldError> {
+    let mut out = BTreeMap::new();
+    for (name, field) in t.drain() {
+        if !is_variable_name(&name) {
+            return Err(field.error(format_args!(
+                "invalid variable name {:?}; {VARIABLE_NAME_RULE}",
+                quote(&name)
+            )));
+        }
+        let key = field.key.clone();
+        let mut d = field.table().map_err(|e| FieldError {
+            problem: format!(
+                "{}; expected a table like {{ default = \"...\" }} or {{ required = true }}",
+                e.problem
+            ),
+            ..e
+        })?;
+        let default = d.take("default").map(Field::string).transpose()?;
+        let required = d.take("required").map(Field::boolean).transpose()?;
+        let secret = d.take("secret").map(Field::boolean).transpose()?;
+        d.finish(VARIABLE_KEYS)?;
+        let problem = match (&default, required) {
+            (Some(_), Some(true)) => Some(
+                "has both a default and required = true; a variable \
+                                           with a default is never missing, so drop one",
+            ),
+            (None, None | Some(false)) => Some(
+                "has neither a default nor required = true; give \
+                                                it one of them",
+            ),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(FieldError {
+                key,
+                problem: problem.to_owned(),
+            });
+        }
+        out.insert(
+            name,
+            VariableDecl {
+                default,
+                secret: secret.unwrap_or(false),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// A piece of a component variable's value: text, or a `{{ name }}` reference.
+#[derive(Debug, PartialEq, Eq)]
+enum TemplatePart<'a> {
+    Text(&'a str),
+    Variable(&'a str),
+}
+
+/// Splits `{{ name }}` references (spaces inside the braces optional) out of a value. `{{`
+/// always opens a reference; there is no escape (as in Spin).
+fn parse_template(s: &str) -> Result<Vec<TemplatePart<'_>>, String> {
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            parts.push(TemplatePart::Text(&rest[..open]));
+        }
+        let after = &rest[open + 2..];
+        let close = after.find("}}").ok_or_else(|| {
+            "has a '{{' without a closing '}}'; expected a template like \"{{ name }}\"".to_owned()
+        })?;
+        let name = after[..close].trim();
+        if !is_variable_name(name) {
+            return Err(format!(
+                "refers to {:?}, which is not a variable name; {VARIABLE_NAME_RULE}",
+                quote(name)
+            ));
+        }
+        parts.push(TemplatePart::Variable(name));
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Text(rest));
+    }
+    Ok(parts)
 }
 
 fn parse_version_number(field: Field) -> Result<u32, FieldError> {
@@ -342,7 +561,7 @@ fn parse_application(mut t: Fields) -> Result<Application, FieldError> {
 
 /// `MAJOR.MINOR.PATCH[-pre][+build]` as in semver 2.0: numbers without leading zeros,
 /// dot-separated non-empty identifiers of `[0-9A-Za-z-]`.
-fn is_semver(s: &str) -> bool {
+pub(crate) fn is_semver(s: &str) -> bool {
     let (rest, build) = match s.split_once('+') {
         Some((r, b)) => (r, Some(b)),
         None => (s, None),
@@ -369,7 +588,11 @@ fn is_semver(s: &str) -> bool {
 }
 
 /// Parses one component table; also returns the key path of each route, for conflict errors.
-fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<String>), FieldError> {
+fn parse_component(
+    id: String,
+    mut t: Fields,
+    app_variables: &BTreeMap<String, VariableDecl>,
+) -> Result<(ComponentSpec, Vec<String>), FieldError> {
     let source_field = t.required(
         "source",
         "the component's .wasm file, relative to the app directory",
@@ -386,18 +609,12 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
         });
     }
 
-    let (route_keys, routes): (Vec<String>, Vec<String>) = t
-        .required(
-            "routes",
-            "a list of path prefixes like [\"/\"] or [\"/api\"]",
-        )?
-        .distinct_strings(
-            normalise_route,
-            |route, first| format!("route {route:?} is already listed as {first}"),
-            "no routes; expected at least one path prefix like \"/\"",
-        )?
-        .into_iter()
-        .unzip();
+    let (route_keys, routes): (Vec<String>, Vec<Route>) = parse_routes(t.required(
+        "routes",
+        "a list of path prefixes like [\"/\"] or [\"/api\"]",
+    )?)?
+    .into_iter()
+    .unzip();
 
     let mut allowed_outbound_hosts = Vec::new();
     if let Some(field) = t.take("allowed_outbound_hosts") {
@@ -425,8 +642,7 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
         for (name, value) in field.table()?.drain() {
             if !is_variable_name(&name) {
                 return Err(value.error(format_args!(
-                    "invalid variable name {:?}; expected lowercase letters, digits and '_', \
-                     starting with a letter",
+                    "invalid variable name {:?}; {VARIABLE_NAME_RULE}",
                     quote(&name)
                 )));
             }
@@ -444,6 +660,22 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
                     });
                 }
             };
+            for part in parse_template(&text).map_err(|problem| FieldError {
+                key: key.clone(),
+                problem,
+            })? {
+                if let TemplatePart::Variable(v) = part
+                    && !app_variables.contains_key(v)
+                {
+                    return Err(FieldError {
+                        key,
+                        problem: format!(
+                            "refers to {{{{ {v} }}}}, which the app does not declare; add it to \
+                             the top-level [variables] table, like {v} = {{ default = \"...\" }}"
+                        ),
+                    });
+                }
+            }
             variables.insert(name, text);
         }
     }
@@ -526,7 +758,8 @@ fn field_bytes_at_least(field: Field, min: u64, min_text: &str) -> Result<u64, F
     Ok(bytes)
 }
 
-fn is_variable_name(s: &str) -> bool {
+/// Whether `s` is a valid variable name: `[a-z][a-z0-9_]*`.
+pub fn is_variable_name(s: &str) -> bool {
     let mut bytes = s.bytes();
     bytes.next().is_some_and(|b| b.is_ascii_lowercase())
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -597,8 +830,73 @@ fn parse_files(field: Field) -> Result<Vec<FileMount>, FieldError> {
     Ok(mounts)
 }
 
+/// Parses `routes`: each a path prefix string or `{ exact = "/path" }`; at least one, no two
+/// alike once normalised. Returns each route with its key path.
+fn parse_routes(field: Field) -> Result<Vec<(String, Route)>, FieldError> {
+    let key = field.key.clone();
+    let mut out: Vec<(String, Route)> = Vec::new();
+    for item in field.array()? {
+        let item_key = item.key.clone();
+        let route = match item.value {
+            toml::Value::String(s) => {
+                Route::prefix(normalise_route(&s).map_err(|problem| FieldError {
+                    key: item_key.clone(),
+                    problem,
+                })?)
+            }
+            toml::Value::Table(table) => {
+                let mut t = Fields::new(item_key.clone(), table);
+                let f = t.required("exact", "an exact path like \"/health\"")?;
+                let exact_key = f.key.clone();
+                let raw = f.string()?;
+                t.finish(ROUTE_KEYS)?;
+                Route::exact(normalise_exact_route(&raw).map_err(|problem| FieldError {
+                    key: exact_key,
+                    problem,
+                })?)
+            }
+            other => {
+                return Err(FieldError {
+                    key: item_key,
+                    problem: format!(
+                        "expected a path prefix like \"/api\" or a table like \
+                         {{ exact = \"/health\" }}, got {}",
+                        describe(&other)
+                    ),
+                });
+            }
+        };
+        if let Some((first, _)) = out.iter().find(|(_, r)| *r == route) {
+            return Err(FieldError {
+                problem: format!("route {route} is already listed as {first}"),
+                key: item_key,
+            });
+        }
+        out.push((item_key, route));
+    }
+    if out.is_empty() {
+        return Err(FieldError {
+            key,
+            problem: "no routes; expected at least one path prefix like \"/\"".to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// Normalises an exact route: like a prefix, but a `/...` wildcard makes no sense in it.
+pub(crate) fn normalise_exact_route(raw: &str) -> Result<String, String> {
+    if raw.ends_with("/...") {
+        return Err(format!(
+            "{:?} ends with the wildcard \"/...\"; an exact route is one path (write the \
+             wildcard as a plain string route instead)",
+            quote(raw)
+        ));
+    }
+    normalise_route(raw)
+}
+
 /// Validates a path inside the app directory and drops `.` components; `.` alone stays `.`.
-fn relative_path(raw: &str) -> Result<PathBuf, String> {
+pub(crate) fn relative_path(raw: &str) -> Result<PathBuf, String> {
     if raw.is_empty() {
         return Err("empty path; expected a path relative to the app directory".to_owned());
     }
@@ -644,7 +942,7 @@ fn relative_path(raw: &str) -> Result<PathBuf, String> {
 }
 
 /// Validates and normalises an absolute guest path: single slashes, no `.`, no trailing `/`.
-fn guest_path(raw: &str) -> Result<String, String> {
+pub(crate) fn guest_path(raw: &str) -> Result<String, String> {
     if !raw.starts_with('/') {
         return Err(format!(
             "{:?} is not absolute; expected a guest path starting with '/', like \"/assets\"",
@@ -674,7 +972,7 @@ fn guest_path(raw: &str) -> Result<String, String> {
 }
 
 /// Normalises a route: Spin's trailing `/...` wildcard is dropped, as is a trailing `/`.
-fn normalise_route(raw: &str) -> Result<String, String> {
+pub(crate) fn normalise_route(raw: &str) -> Result<String, String> {
     let expected = "expected a path prefix starting with '/', like \"/\" or \"/api\"";
     if !raw.starts_with('/') {
         return Err(format!(
@@ -792,7 +1090,7 @@ routes = ["/admin"]
 
         let hello = m.component("hello").expect("hello");
         assert_eq!(hello.source, PathBuf::from("hello.wasm"));
-        assert_eq!(hello.routes, ["/", "/api"]);
+        assert_eq!(hello.routes, [Route::prefix("/"), Route::prefix("/api")]);
         let hosts: Vec<String> = hello
             .allowed_outbound_hosts
             .iter()
@@ -1052,7 +1350,7 @@ routes = ["/admin"]
         assert_rejects(
             "manifest_version = 1\nextra = true\n[application]\nname = \"a\"\nversion = \"1.0.0\"\n[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n",
             "extra",
-            "unknown top-level key; expected one of manifest_version, application, component",
+            "unknown top-level key; expected one of manifest_version, application, variables, component",
         );
         assert_rejects(
             &minimal_with("files = [{ source = \"a\", destination = \"/a\", mode = \"rw\" }]"),
@@ -1117,7 +1415,10 @@ routes = ["/admin"]
         let with_routes =
             |r: &str| minimal_with("").replace("routes = [\"/\"]", &format!("routes = {r}"));
         let m = parse(&with_routes(r#"["/...", "/api/", "/static/..."]"#)).expect("routes");
-        assert_eq!(m.components[0].routes, ["/", "/api", "/static"]);
+        assert_eq!(
+            m.components[0].routes,
+            ["/", "/api", "/static"].map(Route::prefix)
+        );
         assert_rejects(&with_routes("[]"), "component.hello.routes", "no routes");
         assert_rejects(
             &with_routes("\"/\""),
@@ -1127,7 +1428,7 @@ routes = ["/admin"]
         assert_rejects(
             &with_routes("[\"/\", 5]"),
             "component.hello.routes[1]",
-            "expected a string, got 5",
+            "expected a path prefix like \"/api\" or a table like { exact = \"/health\" }, got 5",
         );
         // Alike once normalised: the repeat is named, and so is its first listing.
         assert_rejects(
@@ -1179,6 +1480,136 @@ routes = ["/admin"]
             &with_routes("[\"/api\", \"/api/...\"]"),
             "component.hello.routes[1]",
             "route \"/api\" is already listed as component.hello.routes[0]",
+        );
+    }
+
+    #[test]
+    fn exact_routes() {
+        let with_routes =
+            |r: &str| minimal_with("").replace("routes = [\"/\"]", &format!("routes = {r}"));
+        let m = parse(&with_routes(
+            r#"[{ exact = "/health/" }, "/health", { exact = "/" }]"#,
+        ))
+        .expect("exact routes");
+        assert_eq!(
+            m.components[0].routes,
+            [
+                Route::exact("/health"),
+                Route::prefix("/health"),
+                Route::exact("/")
+            ]
+        );
+        assert_rejects(
+            &with_routes(r#"[{ exact = "/a" }, { exact = "/a/" }]"#),
+            "component.hello.routes[1]",
+            "route { exact = \"/a\" } is already listed as component.hello.routes[0]",
+        );
+        assert_rejects(
+            &with_routes(r#"[{ exact = "/a/..." }]"#),
+            "component.hello.routes[0].exact",
+            "ends with the wildcard",
+        );
+        assert_rejects(
+            &with_routes(r#"[{ exact = "a" }]"#),
+            "component.hello.routes[0].exact",
+            "does not start with '/'",
+        );
+        assert_rejects(
+            &with_routes(r#"[{ path = "/a" }]"#),
+            "component.hello.routes[0].exact",
+            "missing",
+        );
+        assert_rejects(
+            &with_routes(r#"[{ exact = "/a", private = true }]"#),
+            "component.hello.routes[0].private",
+            "unknown key",
+        );
+        let e = Route::exact("/a");
+        assert!(e.matches("/a") && e.matches("/a/"));
+        assert!(!e.matches("/a/b") && !e.matches("/ab") && !e.matches("/"));
+        let root = Route::exact("/");
+        assert!(root.matches("/") && !root.matches("/a") && !root.matches("//"));
+        assert!(Route::prefix("/a").matches("/a/b"));
+    }
+
+    #[test]
+    fn app_variables_and_templates() {
+        let text = minimal_with(
+            "[component.hello.variables]\nmsg = \"{{ greeting }}, {{token}}!\"\nplain = \"x}}\"",
+        )
+        .replacen(
+            "manifest_version = 1\n",
+            "manifest_version = 1\n[variables]\ngreeting = { default = \"hi\" }\n\
+             token = { required = true, secret = true }\n",
+            1,
+        );
+        let m = parse(&text).expect("variables");
+        assert_eq!(
+            m.variables["greeting"],
+            VariableDecl {
+                default: Some("hi".into()),
+                secret: false
+            }
+        );
+        assert!(m.variables["token"].secret && m.variables["token"].default.is_none());
+        let err = m
+            .clone()
+            .resolve_variables(&BTreeMap::new(), ORIGIN)
+            .expect_err("token is required");
+        assert_eq!(err.key(), Some("variables.token"));
+        assert!(err.to_string().contains("--var token=VALUE"), "{err}");
+        let values: BTreeMap<String, String> = [("token", "s3cret"), ("unknown", "x")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let r = m.resolve_variables(&values, ORIGIN).expect("resolved");
+        assert_eq!(r.components[0].variables["msg"], "hi, s3cret!");
+        assert_eq!(r.components[0].variables["plain"], "x}}");
+
+        let with_vars = |vars: &str, component: &str| {
+            format!(
+                "manifest_version = 1\n[variables]\n{vars}\n[application]\nname = \"a\"\nversion = \"1.0.0\"\n\
+                 [component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n[component.a.variables]\n{component}\n"
+            )
+        };
+        assert_rejects(
+            &with_vars("", "x = \"{{ nope }}\""),
+            "component.a.variables.x",
+            "refers to {{ nope }}, which the app does not declare",
+        );
+        assert_rejects(
+            &with_vars("", "x = \"{{ Nope }}\""),
+            "component.a.variables.x",
+            "not a variable name",
+        );
+        assert_rejects(
+            &with_vars("", "x = \"{{ open\""),
+            "component.a.variables.x",
+            "without a closing",
+        );
+        assert_rejects(
+            &with_vars("v = { default = \"a\", required = true }", ""),
+            "variables.v",
+            "both a default and required",
+        );
+        assert_rejects(
+            &with_vars("v = { secret = true }", ""),
+            "variables.v",
+            "neither a default nor required",
+        );
+        assert_rejects(
+            &with_vars("v = \"a\"", ""),
+            "variables.v",
+            "expected a table like { default",
+        );
+        assert_rejects(
+            &with_vars("v = { default = \"a\", deflaut = 1 }", ""),
+            "variables.v.deflaut",
+            "unknown key",
+        );
+        assert_rejects(
+            &with_vars("V = { default = \"a\" }", ""),
+            "variables.V",
+            "invalid variable name",
         );
     }
 
@@ -1417,7 +1848,7 @@ routes = ["/admin"]
         let c = &m.components[0];
         assert_eq!(c.id, "my-cool-app-v2");
         assert_eq!(c.source, PathBuf::from("My_Cool App.v2.wasm"));
-        assert_eq!(c.routes, ["/"]);
+        assert_eq!(c.routes, [Route::prefix("/")]);
         assert!(
             c.allowed_outbound_hosts.is_empty() && c.files.is_empty() && c.variables.is_empty()
         );
