@@ -242,7 +242,8 @@ max_concurrency = 1
 }
 
 /// The grants of WASI 0.2 hold for a WASI 0.3 guest: granted files are readable and nothing
-/// else is, variables come from the manifest, and the daemon's environment does not leak.
+/// else is, variables come from the manifest, and the environment is what the manifest grants —
+/// the daemon's own never leaks.
 #[tokio::test]
 async fn grants_apply_to_wasi_03_guests() {
     let app = AppDir::app(
@@ -255,6 +256,8 @@ routes = ["/"]
 files = [{ source = "static", destination = "/static" }]
 [component.grants.variables]
 greeting = "hi from the manifest"
+[component.grants.environment]
+GRANTED_ENV = "from the environment grant"
 "#,
         &["grants_p3"],
     )
@@ -276,4 +279,9 @@ greeting = "hi from the manifest"
     assert_eq!(r.status, 404, "{r:?}");
     let r = get(d.addr(), "/env?name=OUTPOST_TEST_SECRET").await;
     assert_eq!(r.status, 404, "{r:?}");
+    let r = get(d.addr(), "/env?name=GRANTED_ENV").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "from the environment grant")
+    );
 }

@@ -271,9 +271,9 @@ fn unsupported_spin_fields_are_refused_by_name() {
             "SQLite databases are not supported",
         ),
         (
-            "[component.echo]\nsource = \"echo.wasm\"\nenvironment = { A = \"1\" }\n",
-            "component.echo.environment",
-            "environment variables are not granted",
+            "[component.echo]\nsource = \"echo.wasm\"\nai_models = [\"llama2-chat\"]\n",
+            "component.echo.ai_models",
+            "AI models",
         ),
         (
             "[component.echo]\nsource = \"echo.wasm\"\n[[trigger.redis]]\nchannel = \"c\"\ncomponent = \"echo\"\n",

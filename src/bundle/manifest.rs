@@ -42,6 +42,7 @@ const COMPONENT_KEYS: &[&str] = &[
     "allow_private_outbound",
     "files",
     "variables",
+    "environment",
     "memory_limit",
     "timeout",
     "max_concurrency",
@@ -113,6 +114,9 @@ pub struct ComponentSpec {
     /// Exposed through `wasi:config/store`. As parsed: `{{ name }}` templates over the app's
     /// [`Manifest::variables`]; after [`Manifest::resolve_variables`]: plain values.
     pub variables: BTreeMap<String, String>,
+    /// Environment variables the guest sees (`wasi:cli/environment`), and only these: the
+    /// daemon's own environment never reaches a guest.
+    pub environment: BTreeMap<String, String>,
     pub limits: LimitSpec,
 }
 
@@ -182,6 +186,7 @@ impl Manifest {
                 allow_private_outbound: false,
                 files: Vec::new(),
                 variables: BTreeMap::new(),
+                environment: BTreeMap::new(),
                 limits: LimitSpec::default(),
             }],
         }
@@ -680,6 +685,11 @@ fn parse_component(
         }
     }
 
+    let environment = match t.take("environment") {
+        Some(field) => parse_environment(field)?,
+        None => BTreeMap::new(),
+    };
+
     let mut limits = LimitSpec::default();
     if let Some(field) = t.take("memory_limit") {
         let bytes = field_bytes_at_least(field, MIN_MEMORY_LIMIT, "1MiB")?;
@@ -740,6 +750,7 @@ fn parse_component(
             allow_private_outbound,
             files,
             variables,
+            environment,
             limits,
         },
         route_keys,
@@ -763,6 +774,56 @@ pub fn is_variable_name(s: &str) -> bool {
     let mut bytes = s.bytes();
     bytes.next().is_some_and(|b| b.is_ascii_lowercase())
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Longest environment variable name or value: generous for any setting, small enough that a
+/// manifest cannot make every instance carry megabytes.
+const MAX_ENV_LEN: usize = 4096;
+
+/// `environment = { NAME = "value" }`: names `[A-Za-z_][A-Za-z0-9_]*`, values strings without
+/// NUL, both at most [`MAX_ENV_LEN`] bytes.
+fn parse_environment(field: Field) -> Result<BTreeMap<String, String>, FieldError> {
+    let mut env = BTreeMap::new();
+    for (name, value) in field.table()?.drain() {
+        let mut bytes = name.bytes();
+        let valid = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && name.len() <= MAX_ENV_LEN;
+        if !valid {
+            return Err(value.error(format_args!(
+                "invalid environment variable name {:?}; names are letters, digits and _, \
+                 not starting with a digit",
+                quote(&name)
+            )));
+        }
+        let key = value.key.clone();
+        match value.value {
+            toml::Value::String(s) if s.len() <= MAX_ENV_LEN && !s.contains('\0') => {
+                env.insert(name, s);
+            }
+            toml::Value::String(_) => {
+                return Err(FieldError {
+                    key,
+                    problem: format!(
+                        "the value is longer than {MAX_ENV_LEN} bytes or contains a NUL byte"
+                    ),
+                });
+            }
+            other => {
+                return Err(FieldError {
+                    key,
+                    problem: format!(
+                        "expected a string (quote it, like {name} = \"{}\"), got {}",
+                        quote(&other.to_string()),
+                        describe(&other)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(env)
 }
 
 fn parse_files(field: Field) -> Result<Vec<FileMount>, FieldError> {
@@ -1324,6 +1385,44 @@ routes = ["/admin"]
             "manifest_version = 1\ncomponent.a = 1\n[application]\nname = \"a\"\nversion = \"1.0.0\"\n",
             "component.a",
             "expected a table, got 1",
+        );
+    }
+
+    #[test]
+    fn environment_is_granted_variable_by_variable() {
+        let m = parse(&minimal_with(
+            "[component.hello.environment]\nRUST_LOG = \"info\"\n_X1 = \"\"",
+        ))
+        .expect("environment");
+        let env = &m.components[0].environment;
+        assert_eq!(env.len(), 2);
+        assert_eq!(env["RUST_LOG"], "info");
+        assert_eq!(env["_X1"], "");
+        assert!(
+            parse(&minimal_with("")).expect("minimal").components[0]
+                .environment
+                .is_empty(),
+            "deny by default"
+        );
+        assert_rejects(
+            &minimal_with("environment = { \"1X\" = \"v\" }"),
+            "component.hello.environment.1X",
+            "invalid environment variable name",
+        );
+        assert_rejects(
+            &minimal_with("environment = { \"A-B\" = \"v\" }"),
+            "component.hello.environment.A-B",
+            "invalid environment variable name",
+        );
+        assert_rejects(
+            &minimal_with("environment = { A = 1 }"),
+            "component.hello.environment.A",
+            "expected a string",
+        );
+        assert_rejects(
+            &minimal_with("environment = { A = \"a\\u0000b\" }"),
+            "component.hello.environment.A",
+            "NUL",
         );
     }
 

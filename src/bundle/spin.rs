@@ -89,6 +89,8 @@ struct SpinComponent {
     allowed_outbound_hosts: Vec<String>,
     key_value_stores: Vec<String>,
     variables: BTreeMap<String, String>,
+    /// The guest's environment (names checked by [`Manifest::parse`]).
+    environment: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +225,12 @@ impl SpinApp {
                 let _ = write!(out, "\n[component.{}.variables]\n", c.id);
                 for (name, value) in &c.variables {
                     let _ = writeln!(out, "{name} = {}", toml_str(value));
+                }
+            }
+            if !c.environment.is_empty() {
+                let _ = write!(out, "\n[component.{}.environment]\n", c.id);
+                for (name, value) in &c.environment {
+                    let _ = writeln!(out, "{} = {}", toml_str(name), toml_str(value));
                 }
             }
         }
@@ -781,17 +789,25 @@ fn parse_component(
         }
     }
 
+    let mut environment = BTreeMap::new();
     if let Some(field) = t.take("environment") {
-        let key = field.key.clone();
-        if !field.table()?.drain().is_empty() {
-            return Err(FieldError {
-                key,
-                problem: "environment variables are not granted by outpost (a component gets \
-                          no environment); pass settings as component variables \
-                          ([component.<id>.variables]), which the component reads through \
-                          Spin variables or wasi:config"
-                    .to_owned(),
-            });
+        for (name, value) in field.table()?.drain() {
+            let key = value.key.clone();
+            match value.value {
+                toml::Value::String(s) => {
+                    environment.insert(name, s);
+                }
+                other => {
+                    return Err(FieldError {
+                        key,
+                        problem: format!(
+                            "expected a string (quote it, like {name} = \"{}\"), got {}",
+                            quote(&other.to_string()),
+                            describe(&other)
+                        ),
+                    });
+                }
+            }
         }
     }
     for (field_name, what) in [
@@ -862,6 +878,7 @@ fn parse_component(
         allowed_outbound_hosts,
         key_value_stores,
         variables,
+        environment,
     })
 }
 
@@ -1242,6 +1259,31 @@ source = "./target/echo.wasm"
     }
 
     #[test]
+    fn environment_is_an_explicit_grant() {
+        let c = convert(
+            &with_component("environment = { RUST_LOG = \"info\", GREETING = \"a \\\"b\\\"\" }"),
+            &app_files(),
+        )
+        .expect("converts");
+        let env = &c.manifest.component("a").expect("a").environment;
+        assert_eq!(env.len(), 2);
+        assert_eq!(env["RUST_LOG"], "info");
+        assert_eq!(env["GREETING"], "a \"b\"");
+        assert!(c.text.contains("[component.a.environment]\n"), "{}", c.text);
+        // A name Outpost refuses is reported against the converted text.
+        let err = convert(
+            &with_component("environment = { \"1X\" = \"v\" }"),
+            &app_files(),
+        )
+        .expect_err("bad name");
+        assert!(
+            err.to_string()
+                .contains("invalid environment variable name"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn maps_a_full_app() {
         let c = convert(APP, &app_files()).expect("converts");
         let m = &c.manifest;
@@ -1517,9 +1559,9 @@ source = "./target/echo.wasm"
             "contains '..'",
         );
         assert_refuses(
-            &with_component("environment = { RUST_LOG = \"info\" }"),
-            "component.a.environment",
-            "environment variables are not granted",
+            &with_component("environment = { RUST_LOG = 3 }"),
+            "component.a.environment.RUST_LOG",
+            "expected a string",
         );
         assert_refuses(
             &with_component("sqlite_databases = [\"default\"]"),

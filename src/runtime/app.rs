@@ -400,6 +400,11 @@ fn settings_for(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        environment: spec
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         memory_limit: spec.limits.memory_limit,
         timeout: spec.limits.timeout,
         max_concurrency: spec.limits.max_concurrency,

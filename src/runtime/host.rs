@@ -30,6 +30,8 @@ pub struct Grants {
     /// (host directory, absolute guest path), mounted read-only.
     pub files: Vec<(PathBuf, String)>,
     pub variables: WasiConfigVariables,
+    /// The guest's whole environment.
+    pub environment: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Grants {
@@ -279,7 +281,7 @@ impl Host {
     }
 }
 
-/// A WASI context granting `grants.files` (read-only) and nothing else.
+/// A WASI context granting `grants.files` (read-only) and `grants.environment`, nothing else.
 fn build_ctx(grants: &Grants, pool: &CtxPool) -> wasmtime::Result<WasiCtx> {
     let mut b = WasiCtxBuilder::new();
     b.stdout(pool.output("stdout"))
@@ -287,6 +289,7 @@ fn build_ctx(grants: &Grants, pool: &CtxPool) -> wasmtime::Result<WasiCtx> {
     for (host_dir, guest) in &grants.files {
         b.preopened_dir(host_dir, guest, FsPerms::ReadOnly)?;
     }
+    b.envs(&grants.environment);
     Ok(b.build())
 }
 

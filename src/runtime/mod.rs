@@ -97,6 +97,8 @@ pub struct ComponentSettings {
     /// (absolute host directory, absolute guest path)
     pub files: Vec<(PathBuf, String)>,
     pub variables: Vec<(String, String)>,
+    /// The guest's whole environment (`wasi:cli/environment`).
+    pub environment: Vec<(String, String)>,
     pub memory_limit: Option<u64>,
     pub timeout: Option<Duration>,
     pub max_concurrency: Option<u32>,
@@ -336,6 +338,7 @@ impl Runtime {
             outbound: cfg.outbound,
             files: cfg.files,
             variables: cfg.variables.into_iter().collect(),
+            environment: cfg.environment,
         };
         let c = AppComponent::new(
             app,
