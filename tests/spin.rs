@@ -183,7 +183,14 @@ fn a_missing_required_variable_is_a_load_error_naming_it() {
         )),
         "{stderr}"
     );
-    let (code, _, stderr) = run_to_end(&["serve", "--var", "Bad=s3cret", path_str(dir.path())]);
+    let (code, _, stderr) = run_to_end(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--var",
+        "Bad=s3cret",
+        path_str(dir.path()),
+    ]);
     assert_eq!(code, 64, "{stderr}");
     assert!(
         stderr.contains("--var: invalid variable name \"Bad\""),
@@ -285,7 +292,13 @@ fn unsupported_spin_fields_are_refused_by_name() {
         let dir = spin_dir(&text, &["hello", "echo"]);
         let spin_toml = dir.path().join("spin.toml");
         let want = format!("{}: {key}: ", spin_toml.display());
-        let (code, _, stderr) = run_to_end(&["serve", "--no-cache", path_str(dir.path())]);
+        let (code, _, stderr) = run_to_end(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-cache",
+            path_str(dir.path()),
+        ]);
         assert_eq!(code, 65, "{stderr}");
         assert!(
             stderr.contains(&want) && stderr.contains(needle),
