@@ -5,8 +5,11 @@
 #   B: `outpost serve` with the defaults (a fresh instance per request),
 # then again with B serving it with `reuse = 1000` (docs/reuse.md).
 #
-#   bash benches/vs-wasmtime.sh WASMTIME [BINARY] [DURATION_SECONDS] [ROUNDS]
-#       (defaults: target/release/outpost, 10 s, 5 rounds)
+#   bash benches/vs-wasmtime.sh WASMTIME [BINARY] [DURATION_SECONDS] [ROUNDS] [WASM...]
+#       (defaults: target/release/outpost, 10 s, 5 rounds, the four hellos below)
+#
+# REUSE_LINES in the environment replaces B's `reuse = 1000` manifest lines, e.g.
+# REUSE_LINES=$'reuse = 1000\nreuse_concurrency = 32' for a WASI 0.3 component.
 #
 # The wasmtime CLI is not built here: `cargo install wasmtime-cli --version 48.0.8 --locked
 # --root DIR` (about 20 minutes on 2 cores) and pass DIR/bin/wasmtime. The Python and JavaScript
@@ -19,6 +22,8 @@ WASMTIME=${1:?usage: bash benches/vs-wasmtime.sh WASMTIME [BINARY] [DURATION] [R
 BIN=${2:-target/release/outpost}
 DURATION=${3:-10}
 ROUNDS=${4:-5}
+shift $(( $# < 4 ? $# : 4 ))
+REUSE_LINES=${REUSE_LINES:-reuse = 1000}
 CONNS=32
 [ -x "$WASMTIME" ] || { echo "not an executable: $WASMTIME" >&2; exit 64; }
 [ -x "$BIN" ] || { echo "not an executable: $BIN (cargo build --release first)" >&2; exit 64; }
@@ -26,6 +31,7 @@ command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk" >&2; e
 APPS="${OUTPOST_APPS_TARGET_DIR:-${CARGO_TARGET_DIR:-target}/testbed-apps}/wasm32-wasip2/release"
 POLY="${CARGO_TARGET_DIR:-target}/testbed-polyglot"
 GUESTS=("$APPS/hello.wasm" "$APPS/hello_p3.wasm" "$POLY/py-hello.wasm" "$POLY/js-hello.wasm")
+if [ $# -gt 0 ]; then GUESTS=("$@"); fi
 for w in "${GUESTS[@]}"; do [ -f "$w" ] || { echo "not built: $w" >&2; exit 1; }; done
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
@@ -36,7 +42,7 @@ port=18300
 for w in "${GUESTS[@]}"; do
   name=$(basename "$w" .wasm)
   bench_app_dir "$WORK/$name-fresh" "$w" ""
-  bench_app_dir "$WORK/$name-reuse" "$w" "reuse = 1000"
+  bench_app_dir "$WORK/$name-reuse" "$w" "$REUSE_LINES"
   for mode in fresh reuse; do
     port=$((port + 1))
     start a "$WASMTIME" serve -Scli --addr "127.0.0.1:$port" "$w"

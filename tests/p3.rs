@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -116,39 +114,6 @@ timeout = "60s"
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), big.len());
     assert!(r.body.as_bytes() == big.as_slice(), "the echo differs");
-}
-
-/// An upstream on 127.0.0.1 that answers a request only once `expect` requests have arrived —
-/// so a guest that sent them one after the other would never get the first answer (it gets a
-/// 504 after `patience` instead). Returns its address.
-async fn barrier_upstream(expect: usize, patience: Duration) -> SocketAddr {
-    let arrived = Arc::new((Mutex::new(0usize), tokio::sync::Notify::new()));
-    http1_server(move |req: http::Request<hyper::body::Incoming>| {
-        let arrived = arrived.clone();
-        async move {
-            let path = req.uri().path().to_owned();
-            *arrived.0.lock().unwrap() += 1;
-            arrived.1.notify_waiters();
-            let all_here = async {
-                loop {
-                    let notified = arrived.1.notified();
-                    if *arrived.0.lock().unwrap() >= expect {
-                        return;
-                    }
-                    notified.await;
-                }
-            };
-            let (status, body) = match tokio::time::timeout(patience, all_here).await {
-                Ok(()) => (200, format!("body of {path};")),
-                Err(_) => (504, "the other request never came".to_owned()),
-            };
-            http::Response::builder()
-                .status(status)
-                .body(http_body_util::Full::new(Bytes::from(body)))
-                .unwrap()
-        }
-    })
-    .await
 }
 
 /// Both outbound requests are in flight at once inside one request (the upstream answers only
@@ -277,7 +242,8 @@ max_concurrency = 1
 }
 
 /// The grants of WASI 0.2 hold for a WASI 0.3 guest: granted files are readable and nothing
-/// else is, variables come from the manifest, and the daemon's environment does not leak.
+/// else is, variables come from the manifest, and the environment is what the manifest grants —
+/// the daemon's own never leaks.
 #[tokio::test]
 async fn grants_apply_to_wasi_03_guests() {
     let app = AppDir::app(
@@ -290,6 +256,8 @@ routes = ["/"]
 files = [{ source = "static", destination = "/static" }]
 [component.grants.variables]
 greeting = "hi from the manifest"
+[component.grants.environment]
+GRANTED_ENV = "from the environment grant"
 "#,
         &["grants_p3"],
     )
@@ -311,4 +279,9 @@ greeting = "hi from the manifest"
     assert_eq!(r.status, 404, "{r:?}");
     let r = get(d.addr(), "/env?name=OUTPOST_TEST_SECRET").await;
     assert_eq!(r.status, 404, "{r:?}");
+    let r = get(d.addr(), "/env?name=GRANTED_ENV").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "from the environment grant")
+    );
 }

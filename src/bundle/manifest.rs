@@ -1,8 +1,10 @@
 //! The app manifest, `outpost.toml`: names an app, its components, their routes, capability
 //! grants and limits. Close to Spin 2's `spin.toml` so Spin users feel at home.
 //!
-//! Owns: parsing and validating manifest text into [`Manifest`], the route-prefix rule
-//! ([`route_matches`]) and the implicit manifest of a bare `.wasm` ([`Manifest::for_bare_wasm`]).
+//! Owns: parsing and validating manifest text into [`Manifest`], the route rules ([`Route`],
+//! [`route_matches`]), app variables and their `{{ name }}` templates
+//! ([`Manifest::resolve_variables`]) and the implicit manifest of a bare `.wasm`
+//! ([`Manifest::for_bare_wasm`]).
 //! Must not: do I/O — the caller reads the file and passes its text plus a display name for
 //! errors; paths stay relative to the app directory and are resolved (and checked against
 //! symlink escapes) by whoever opens them.
@@ -23,13 +25,15 @@ pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
 /// Most requests one instance may serve (`reuse`): high enough for any sane use, low enough
 /// that state a guest leaks per request cannot pile up unbounded.
 pub const MAX_REUSE: u32 = 1_000_000;
+/// Most requests one WASI 0.3 instance may serve at once (`reuse_concurrency`).
+pub const MAX_REUSE_CONCURRENCY: u32 = 1000;
 /// `reuse_idle_timeout` bounds: an idle instance holds a pool slot and its memory.
 const REUSE_IDLE_RANGE: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(3600));
 /// Longest app name or component id; 63 keeps them valid as DNS labels and metric label values.
 const MAX_NAME_LEN: usize = 63;
 
-const TOP_KEYS: &[&str] = &["manifest_version", "application", "component"];
+const TOP_KEYS: &[&str] = &["manifest_version", "application", "variables", "component"];
 const APPLICATION_KEYS: &[&str] = &["name", "version", "description"];
 const COMPONENT_KEYS: &[&str] = &[
     "source",
@@ -39,22 +43,48 @@ const COMPONENT_KEYS: &[&str] = &[
     "files",
     "variables",
     "key_value_stores",
+    "environment",
     "memory_limit",
     "timeout",
     "max_concurrency",
     "max_request_body",
     "reuse",
     "reuse_idle_timeout",
+    "reuse_concurrency",
 ];
 const FILE_KEYS: &[&str] = &["source", "destination"];
+const ROUTE_KEYS: &[&str] = &["exact"];
+const VARIABLE_KEYS: &[&str] = &["default", "required", "secret"];
 
 /// A parsed and validated `outpost.toml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     pub manifest_version: u32,
     pub application: Application,
+    /// The app's variables (`[variables]`), by name; component variables are templates over
+    /// them, filled in by [`Manifest::resolve_variables`] when the app is loaded.
+    pub variables: BTreeMap<String, VariableDecl>,
     /// At least one, ordered by id.
     pub components: Vec<ComponentSpec>,
+}
+
+/// One entry of the app-level `[variables]` table: a value the operator supplies when the app
+/// is loaded (node config `[[app]] variables`, `outpost serve --var`), or its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariableDecl {
+    /// Used when no value is supplied; `None` means the variable is required.
+    pub default: Option<String>,
+    /// Its value is kept out of errors and logs.
+    pub secret: bool,
+}
+
+/// A route: a path prefix (the default) or, written `{ exact = "/path" }`, one exact path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// Starts with `/`, no trailing `/` (except `/` itself), Spin's `/...` suffix removed.
+    pub path: String,
+    /// Matches only `path` itself (and `path/`), never the paths below it.
+    pub exact: bool,
 }
 
 /// The `[application]` table.
@@ -74,21 +104,24 @@ pub struct ComponentSpec {
     pub id: String,
     /// The `.wasm` file, relative to the app directory, without `..` or `.` components.
     pub source: PathBuf,
-    /// Normalised path prefixes: start with `/`, no trailing `/` (except `/` itself), Spin's
-    /// `/...` wildcard suffix removed. See [`route_matches`].
-    pub routes: Vec<String>,
+    /// Normalised routes: prefixes, and exact paths. See [`Route::matches`].
+    pub routes: Vec<Route>,
     pub allowed_outbound_hosts: Vec<OutboundPattern>,
     /// Granted host names may connect to loopback, link-local, private and unique-local
     /// addresses (without it, only grants that name such an address reach it).
     pub allow_private_outbound: bool,
     /// Read-only preopened directories.
     pub files: Vec<FileMount>,
-    /// Exposed through `wasi:config/store` and `fermyon:spin/variables`.
+    /// Exposed through `wasi:config/store` and `fermyon:spin/variables`. As parsed: `{{ name }}` templates over the app's
+    /// [`Manifest::variables`]; after [`Manifest::resolve_variables`]: plain values.
     pub variables: BTreeMap<String, String>,
     /// Key-value store labels the component may open (`wasi:keyvalue`, `fermyon:spin/key-value`),
     /// each valid by [`crate::base::units::is_store_label`], no two alike. Scoped to the app: two apps' `default`
     /// stores are different stores.
     pub key_value_stores: Vec<String>,
+    /// Environment variables the guest sees (`wasi:cli/environment`), and only these: the
+    /// daemon's own environment never reaches a guest.
+    pub environment: BTreeMap<String, String>,
     pub limits: LimitSpec,
 }
 
@@ -117,6 +150,8 @@ pub struct LimitSpec {
     pub reuse: Option<u32>,
     /// How long an instance kept for reuse may wait for its next request.
     pub reuse_idle_timeout: Option<Duration>,
+    /// Requests one WASI 0.3 instance may serve at once; `None` or 1: one after another.
+    pub reuse_concurrency: Option<u32>,
 }
 
 /// Why a manifest was rejected: the shape every TOML document shares, `<origin>: <key path>:
@@ -147,15 +182,17 @@ impl Manifest {
                 version: "0.0.0".to_owned(),
                 description: None,
             },
+            variables: BTreeMap::new(),
             components: vec![ComponentSpec {
                 id: name,
                 source,
-                routes: vec!["/".to_owned()],
+                routes: vec![Route::prefix("/")],
                 allowed_outbound_hosts: Vec::new(),
                 allow_private_outbound: false,
                 files: Vec::new(),
                 variables: BTreeMap::new(),
                 key_value_stores: Vec::new(),
+                environment: BTreeMap::new(),
                 limits: LimitSpec::default(),
             }],
         }
@@ -163,6 +200,102 @@ impl Manifest {
 
     pub fn component(&self, id: &str) -> Option<&ComponentSpec> {
         self.components.iter().find(|c| c.id == id)
+    }
+
+    /// Fills every component variable's `{{ name }}` templates in from `values` (supplied by
+    /// the operator), else the variable's default. A required variable without a value is an
+    /// error naming it (`<origin>: variables.<name>: ...`); values for variables the app does
+    /// not declare are ignored, as Spin's providers do. Values never appear in errors.
+    pub fn resolve_variables(
+        mut self,
+        values: &BTreeMap<String, String>,
+        origin: &str,
+    ) -> Result<Self, ManifestError> {
+        let mut resolved: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, decl) in &self.variables {
+            match values.get(name).or(decl.default.as_ref()) {
+                Some(v) => {
+                    resolved.insert(name, v);
+                }
+                None => {
+                    return Err(ManifestError::invalid(
+                        origin,
+                        FieldError {
+                            key: format!("variables.{name}"),
+                            problem: format!(
+                                "required, but no value was supplied; set it with `outpost serve \
+                                 --var {name}=VALUE` or `variables = {{ {name} = \"...\" }}` in \
+                                 the node config's [[app]]"
+                            ),
+                        },
+                    ));
+                }
+            }
+        }
+        for c in &mut self.components {
+            for template in c.variables.values_mut() {
+                // Parsing checked every template and every name it uses.
+                let parts = parse_template(template).unwrap_or_default();
+                let mut out = String::with_capacity(template.len());
+                for part in parts {
+                    match part {
+                        TemplatePart::Text(t) => out.push_str(t),
+                        TemplatePart::Variable(n) => out.push_str(resolved.get(n).unwrap_or(&"")),
+                    }
+                }
+                *template = out;
+            }
+        }
+        Ok(self)
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    /// A path prefix (already normalised).
+    pub fn prefix(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            exact: false,
+        }
+    }
+
+    /// One exact path (already normalised).
+    pub fn exact(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            exact: true,
+        }
+    }
+
+    /// Whether request `path` is this route's: an exact route matches its path with or without
+    /// a trailing `/` (as Spin's router does); a prefix, see [`route_matches`].
+    pub fn matches(&self, path: &str) -> bool {
+        if self.exact {
+            path == self.path
+                || (self.path != "/" && path.strip_suffix('/') == Some(self.path.as_str()))
+        } else {
+            route_matches(&self.path, path)
+        }
+    }
+}
+
+/// A plain route string is a path prefix (for tables built by hand: tests, the fuzz target).
+impl From<String> for Route {
+    fn from(path: String) -> Self {
+        Self::prefix(path)
+    }
+}
+
+impl std::fmt::Display for Route {
+    /// As written in `outpost.toml`: `"/api"` for a prefix, `{ exact = "/health" }`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.exact {
+            write!(f, "{{ exact = {:?} }}", self.path)
+        } else {
+            write!(f, "{:?}", self.path)
+        }
     }
 }
 
@@ -199,7 +332,7 @@ pub fn is_valid_name(s: &str) -> bool {
 }
 
 /// Turns any file stem into a valid name: lowercase, runs of other characters become one `-`.
-fn sanitise_name(stem: &str) -> String {
+pub(crate) fn sanitise_name(stem: &str) -> String {
     let mut name = String::with_capacity(stem.len());
     for c in stem.chars() {
         let c = c.to_ascii_lowercase();
@@ -222,6 +355,8 @@ fn sanitise_name(stem: &str) -> String {
 
 const NAME_RULE: &str =
     "lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters";
+const VARIABLE_NAME_RULE: &str =
+    "expected lowercase letters, digits and '_', starting with a letter";
 
 fn parse_table(table: toml::Table) -> Result<Manifest, FieldError> {
     let mut top = Fields::new("", table);
@@ -236,7 +371,9 @@ fn parse_table(table: toml::Table) -> Result<Manifest, FieldError> {
         return Err(FieldError {
             key: key.to_owned(),
             problem: "this looks like a spin.toml; outpost.toml uses manifest_version = 1 and \
-                      sets routes per component (component.<id>.routes) instead of [[trigger.http]]"
+                      sets routes per component (component.<id>.routes) instead of \
+                      [[trigger.http]]. Name the file spin.toml (an app directory without \
+                      outpost.toml is read as a Spin app), or see `outpost spin convert`"
                 .to_owned(),
         });
     }
@@ -254,6 +391,10 @@ fn parse_table(table: toml::Table) -> Result<Manifest, FieldError> {
         "at least one [component.<id>] table with source and routes",
     )?;
     let component_key = components_field.key.clone();
+    let variables = match top.take("variables") {
+        Some(field) => parse_app_variables(field.table()?)?,
+        None => BTreeMap::new(),
+    };
     let mut tables = components_field.table()?;
     let entries = tables.drain();
     if entries.is_empty() {
@@ -267,7 +408,7 @@ fn parse_table(table: toml::Table) -> Result<Manifest, FieldError> {
     top.finish(TOP_KEYS)?;
 
     let mut components = Vec::with_capacity(entries.len());
-    let mut route_owner: HashMap<String, String> = HashMap::new();
+    let mut route_owner: HashMap<Route, String> = HashMap::new();
     for (id, field) in entries {
         if !is_valid_name(&id) {
             return Err(field.error(format_args!(
@@ -275,14 +416,14 @@ fn parse_table(table: toml::Table) -> Result<Manifest, FieldError> {
                 quote(&id)
             )));
         }
-        let (spec, route_keys) = parse_component(id, field.table()?)?;
+        let (spec, route_keys) = parse_component(id, field.table()?, &variables)?;
         for (route, key) in spec.routes.iter().zip(route_keys) {
             if let Some(owner) = route_owner.insert(route.clone(), spec.id.clone()) {
                 return Err(FieldError {
                     key,
                     problem: format!(
-                        "route {route:?} is already claimed by component {owner:?}; each route \
-                         prefix belongs to one component"
+                        "route {route} is already claimed by component {owner:?}; each route \
+                         belongs to one component"
                     ),
                 });
             }
@@ -292,8 +433,96 @@ fn parse_table(table: toml::Table) -> Result<Manifest, FieldError> {
     Ok(Manifest {
         manifest_version,
         application,
+        variables,
         components,
     })
+}
+
+/// The app-level `[variables]`: `name = { default = "..." }` or `name = { required = true }`,
+/// either with `secret = true`.
+fn parse_app_variables(mut t: Fields) -> Result<BTreeMap<String, VariableDecl>, FieldError> {
+    let mut out = BTreeMap::new();
+    for (name, field) in t.drain() {
+        if !is_variable_name(&name) {
+            return Err(field.error(format_args!(
+                "invalid variable name {:?}; {VARIABLE_NAME_RULE}",
+                quote(&name)
+            )));
+        }
+        let key = field.key.clone();
+        let mut d = field.table().map_err(|e| FieldError {
+            problem: format!(
+                "{}; expected a table like {{ default = \"...\" }} or {{ required = true }}",
+                e.problem
+            ),
+            ..e
+        })?;
+        let default = d.take("default").map(Field::string).transpose()?;
+        let required = d.take("required").map(Field::boolean).transpose()?;
+        let secret = d.take("secret").map(Field::boolean).transpose()?;
+        d.finish(VARIABLE_KEYS)?;
+        let problem = match (&default, required) {
+            (Some(_), Some(true)) => Some(
+                "has both a default and required = true; a variable \
+                                           with a default is never missing, so drop one",
+            ),
+            (None, None | Some(false)) => Some(
+                "has neither a default nor required = true; give \
+                                                it one of them",
+            ),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(FieldError {
+                key,
+                problem: problem.to_owned(),
+            });
+        }
+        out.insert(
+            name,
+            VariableDecl {
+                default,
+                secret: secret.unwrap_or(false),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// A piece of a component variable's value: text, or a `{{ name }}` reference.
+#[derive(Debug, PartialEq, Eq)]
+enum TemplatePart<'a> {
+    Text(&'a str),
+    Variable(&'a str),
+}
+
+/// Splits `{{ name }}` references (spaces inside the braces optional) out of a value. `{{`
+/// always opens a reference; there is no escape (as in Spin).
+fn parse_template(s: &str) -> Result<Vec<TemplatePart<'_>>, String> {
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            parts.push(TemplatePart::Text(&rest[..open]));
+        }
+        let after = &rest[open + 2..];
+        let close = after.find("}}").ok_or_else(|| {
+            "has a '{{' without a closing '}}'; expected a template like \"{{ name }}\"".to_owned()
+        })?;
+        let name = after[..close].trim();
+        if !is_variable_name(name) {
+            return Err(format!(
+                "refers to {:?}, which is not a variable name; {VARIABLE_NAME_RULE}",
+                quote(name)
+            ));
+        }
+        parts.push(TemplatePart::Variable(name));
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Text(rest));
+    }
+    Ok(parts)
 }
 
 fn parse_version_number(field: Field) -> Result<u32, FieldError> {
@@ -343,7 +572,7 @@ fn parse_application(mut t: Fields) -> Result<Application, FieldError> {
 
 /// `MAJOR.MINOR.PATCH[-pre][+build]` as in semver 2.0: numbers without leading zeros,
 /// dot-separated non-empty identifiers of `[0-9A-Za-z-]`.
-fn is_semver(s: &str) -> bool {
+pub(crate) fn is_semver(s: &str) -> bool {
     let (rest, build) = match s.split_once('+') {
         Some((r, b)) => (r, Some(b)),
         None => (s, None),
@@ -370,7 +599,11 @@ fn is_semver(s: &str) -> bool {
 }
 
 /// Parses one component table; also returns the key path of each route, for conflict errors.
-fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<String>), FieldError> {
+fn parse_component(
+    id: String,
+    mut t: Fields,
+    app_variables: &BTreeMap<String, VariableDecl>,
+) -> Result<(ComponentSpec, Vec<String>), FieldError> {
     let source_field = t.required(
         "source",
         "the component's .wasm file, relative to the app directory",
@@ -387,18 +620,12 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
         });
     }
 
-    let (route_keys, routes): (Vec<String>, Vec<String>) = t
-        .required(
-            "routes",
-            "a list of path prefixes like [\"/\"] or [\"/api\"]",
-        )?
-        .distinct_strings(
-            normalise_route,
-            |route, first| format!("route {route:?} is already listed as {first}"),
-            "no routes; expected at least one path prefix like \"/\"",
-        )?
-        .into_iter()
-        .unzip();
+    let (route_keys, routes): (Vec<String>, Vec<Route>) = parse_routes(t.required(
+        "routes",
+        "a list of path prefixes like [\"/\"] or [\"/api\"]",
+    )?)?
+    .into_iter()
+    .unzip();
 
     let mut allowed_outbound_hosts = Vec::new();
     if let Some(field) = t.take("allowed_outbound_hosts") {
@@ -426,8 +653,7 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
         for (name, value) in field.table()?.drain() {
             if !is_variable_name(&name) {
                 return Err(value.error(format_args!(
-                    "invalid variable name {:?}; expected lowercase letters, digits and '_', \
-                     starting with a letter",
+                    "invalid variable name {:?}; {VARIABLE_NAME_RULE}",
                     quote(&name)
                 )));
             }
@@ -445,6 +671,22 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
                     });
                 }
             };
+            for part in parse_template(&text).map_err(|problem| FieldError {
+                key: key.clone(),
+                problem,
+            })? {
+                if let TemplatePart::Variable(v) = part
+                    && !app_variables.contains_key(v)
+                {
+                    return Err(FieldError {
+                        key,
+                        problem: format!(
+                            "refers to {{{{ {v} }}}}, which the app does not declare; add it to \
+                             the top-level [variables] table, like {v} = {{ default = \"...\" }}"
+                        ),
+                    });
+                }
+            }
             variables.insert(name, text);
         }
     }
@@ -452,6 +694,11 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
     let key_value_stores = match t.take("key_value_stores") {
         Some(field) => parse_store_labels(field)?,
         None => Vec::new(),
+    };
+
+    let environment = match t.take("environment") {
+        Some(field) => parse_environment(field)?,
+        None => BTreeMap::new(),
     };
 
     let mut limits = LimitSpec::default();
@@ -491,6 +738,18 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
             });
         }
     }
+    if let Some(field) = t.take("reuse_concurrency") {
+        let key = field.key.clone();
+        limits.reuse_concurrency = Some(field.integer_in(1u32, MAX_REUSE_CONCURRENCY)?);
+        if limits.reuse.unwrap_or(1) < 2 {
+            return Err(FieldError {
+                key,
+                problem: "only applies with reuse of 2 or more (the requests served at once \
+                          count towards reuse)"
+                    .to_owned(),
+            });
+        }
+    }
     t.finish_section(COMPONENT_KEYS, TOP_KEYS)?;
 
     Ok((
@@ -503,6 +762,7 @@ fn parse_component(id: String, mut t: Fields) -> Result<(ComponentSpec, Vec<Stri
             files,
             variables,
             key_value_stores,
+            environment,
             limits,
         },
         route_keys,
@@ -548,10 +808,61 @@ fn parse_store_labels(field: Field) -> Result<Vec<String>, FieldError> {
     Ok(labels)
 }
 
-fn is_variable_name(s: &str) -> bool {
+/// Whether `s` is a valid variable name: `[a-z][a-z0-9_]*`.
+pub fn is_variable_name(s: &str) -> bool {
     let mut bytes = s.bytes();
     bytes.next().is_some_and(|b| b.is_ascii_lowercase())
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Longest environment variable name or value: generous for any setting, small enough that a
+/// manifest cannot make every instance carry megabytes.
+const MAX_ENV_LEN: usize = 4096;
+
+/// `environment = { NAME = "value" }`: names `[A-Za-z_][A-Za-z0-9_]*`, values strings without
+/// NUL, both at most [`MAX_ENV_LEN`] bytes.
+fn parse_environment(field: Field) -> Result<BTreeMap<String, String>, FieldError> {
+    let mut env = BTreeMap::new();
+    for (name, value) in field.table()?.drain() {
+        let mut bytes = name.bytes();
+        let valid = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && name.len() <= MAX_ENV_LEN;
+        if !valid {
+            return Err(value.error(format_args!(
+                "invalid environment variable name {:?}; names are letters, digits and _, \
+                 not starting with a digit",
+                quote(&name)
+            )));
+        }
+        let key = value.key.clone();
+        match value.value {
+            toml::Value::String(s) if s.len() <= MAX_ENV_LEN && !s.contains('\0') => {
+                env.insert(name, s);
+            }
+            toml::Value::String(_) => {
+                return Err(FieldError {
+                    key,
+                    problem: format!(
+                        "the value is longer than {MAX_ENV_LEN} bytes or contains a NUL byte"
+                    ),
+                });
+            }
+            other => {
+                return Err(FieldError {
+                    key,
+                    problem: format!(
+                        "expected a string (quote it, like {name} = \"{}\"), got {}",
+                        quote(&other.to_string()),
+                        describe(&other)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(env)
 }
 
 fn parse_files(field: Field) -> Result<Vec<FileMount>, FieldError> {
@@ -619,8 +930,73 @@ fn parse_files(field: Field) -> Result<Vec<FileMount>, FieldError> {
     Ok(mounts)
 }
 
+/// Parses `routes`: each a path prefix string or `{ exact = "/path" }`; at least one, no two
+/// alike once normalised. Returns each route with its key path.
+fn parse_routes(field: Field) -> Result<Vec<(String, Route)>, FieldError> {
+    let key = field.key.clone();
+    let mut out: Vec<(String, Route)> = Vec::new();
+    for item in field.array()? {
+        let item_key = item.key.clone();
+        let route = match item.value {
+            toml::Value::String(s) => {
+                Route::prefix(normalise_route(&s).map_err(|problem| FieldError {
+                    key: item_key.clone(),
+                    problem,
+                })?)
+            }
+            toml::Value::Table(table) => {
+                let mut t = Fields::new(item_key.clone(), table);
+                let f = t.required("exact", "an exact path like \"/health\"")?;
+                let exact_key = f.key.clone();
+                let raw = f.string()?;
+                t.finish(ROUTE_KEYS)?;
+                Route::exact(normalise_exact_route(&raw).map_err(|problem| FieldError {
+                    key: exact_key,
+                    problem,
+                })?)
+            }
+            other => {
+                return Err(FieldError {
+                    key: item_key,
+                    problem: format!(
+                        "expected a path prefix like \"/api\" or a table like \
+                         {{ exact = \"/health\" }}, got {}",
+                        describe(&other)
+                    ),
+                });
+            }
+        };
+        if let Some((first, _)) = out.iter().find(|(_, r)| *r == route) {
+            return Err(FieldError {
+                problem: format!("route {route} is already listed as {first}"),
+                key: item_key,
+            });
+        }
+        out.push((item_key, route));
+    }
+    if out.is_empty() {
+        return Err(FieldError {
+            key,
+            problem: "no routes; expected at least one path prefix like \"/\"".to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// Normalises an exact route: like a prefix, but a `/...` wildcard makes no sense in it.
+pub(crate) fn normalise_exact_route(raw: &str) -> Result<String, String> {
+    if raw.ends_with("/...") {
+        return Err(format!(
+            "{:?} ends with the wildcard \"/...\"; an exact route is one path (write the \
+             wildcard as a plain string route instead)",
+            quote(raw)
+        ));
+    }
+    normalise_route(raw)
+}
+
 /// Validates a path inside the app directory and drops `.` components; `.` alone stays `.`.
-fn relative_path(raw: &str) -> Result<PathBuf, String> {
+pub(crate) fn relative_path(raw: &str) -> Result<PathBuf, String> {
     if raw.is_empty() {
         return Err("empty path; expected a path relative to the app directory".to_owned());
     }
@@ -666,7 +1042,7 @@ fn relative_path(raw: &str) -> Result<PathBuf, String> {
 }
 
 /// Validates and normalises an absolute guest path: single slashes, no `.`, no trailing `/`.
-fn guest_path(raw: &str) -> Result<String, String> {
+pub(crate) fn guest_path(raw: &str) -> Result<String, String> {
     if !raw.starts_with('/') {
         return Err(format!(
             "{:?} is not absolute; expected a guest path starting with '/', like \"/assets\"",
@@ -696,7 +1072,7 @@ fn guest_path(raw: &str) -> Result<String, String> {
 }
 
 /// Normalises a route: Spin's trailing `/...` wildcard is dropped, as is a trailing `/`.
-fn normalise_route(raw: &str) -> Result<String, String> {
+pub(crate) fn normalise_route(raw: &str) -> Result<String, String> {
     let expected = "expected a path prefix starting with '/', like \"/\" or \"/api\"";
     if !raw.starts_with('/') {
         return Err(format!(
@@ -765,6 +1141,7 @@ max_concurrency = 32
 max_request_body = "10MiB"
 reuse = 100
 reuse_idle_timeout = "30s"
+reuse_concurrency = 8
 
 [component.hello.variables]
 greeting = "hi"
@@ -813,7 +1190,7 @@ routes = ["/admin"]
 
         let hello = m.component("hello").expect("hello");
         assert_eq!(hello.source, PathBuf::from("hello.wasm"));
-        assert_eq!(hello.routes, ["/", "/api"]);
+        assert_eq!(hello.routes, [Route::prefix("/"), Route::prefix("/api")]);
         let hosts: Vec<String> = hello
             .allowed_outbound_hosts
             .iter()
@@ -853,6 +1230,7 @@ routes = ["/admin"]
                 max_request_body: Some(10 << 20),
                 reuse: Some(100),
                 reuse_idle_timeout: Some(Duration::from_secs(30)),
+                reuse_concurrency: Some(8),
             }
         );
     }
@@ -1050,6 +1428,44 @@ routes = ["/admin"]
     }
 
     #[test]
+    fn environment_is_granted_variable_by_variable() {
+        let m = parse(&minimal_with(
+            "[component.hello.environment]\nRUST_LOG = \"info\"\n_X1 = \"\"",
+        ))
+        .expect("environment");
+        let env = &m.components[0].environment;
+        assert_eq!(env.len(), 2);
+        assert_eq!(env["RUST_LOG"], "info");
+        assert_eq!(env["_X1"], "");
+        assert!(
+            parse(&minimal_with("")).expect("minimal").components[0]
+                .environment
+                .is_empty(),
+            "deny by default"
+        );
+        assert_rejects(
+            &minimal_with("environment = { \"1X\" = \"v\" }"),
+            "component.hello.environment.1X",
+            "invalid environment variable name",
+        );
+        assert_rejects(
+            &minimal_with("environment = { \"A-B\" = \"v\" }"),
+            "component.hello.environment.A-B",
+            "invalid environment variable name",
+        );
+        assert_rejects(
+            &minimal_with("environment = { A = 1 }"),
+            "component.hello.environment.A",
+            "expected a string",
+        );
+        assert_rejects(
+            &minimal_with("environment = { A = \"a\\u0000b\" }"),
+            "component.hello.environment.A",
+            "NUL",
+        );
+    }
+
+    #[test]
     fn unknown_keys_name_the_key_and_the_table() {
         assert_rejects(
             &minimal_with("rotues = [\"/x\"]"),
@@ -1072,7 +1488,7 @@ routes = ["/admin"]
         assert_rejects(
             "manifest_version = 1\nextra = true\n[application]\nname = \"a\"\nversion = \"1.0.0\"\n[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n",
             "extra",
-            "unknown top-level key; expected one of manifest_version, application, component",
+            "unknown top-level key; expected one of manifest_version, application, variables, component",
         );
         assert_rejects(
             &minimal_with("files = [{ source = \"a\", destination = \"/a\", mode = \"rw\" }]"),
@@ -1172,7 +1588,10 @@ routes = ["/admin"]
         let with_routes =
             |r: &str| minimal_with("").replace("routes = [\"/\"]", &format!("routes = {r}"));
         let m = parse(&with_routes(r#"["/...", "/api/", "/static/..."]"#)).expect("routes");
-        assert_eq!(m.components[0].routes, ["/", "/api", "/static"]);
+        assert_eq!(
+            m.components[0].routes,
+            ["/", "/api", "/static"].map(Route::prefix)
+        );
         assert_rejects(&with_routes("[]"), "component.hello.routes", "no routes");
         assert_rejects(
             &with_routes("\"/\""),
@@ -1182,7 +1601,7 @@ routes = ["/admin"]
         assert_rejects(
             &with_routes("[\"/\", 5]"),
             "component.hello.routes[1]",
-            "expected a string, got 5",
+            "expected a path prefix like \"/api\" or a table like { exact = \"/health\" }, got 5",
         );
         // Alike once normalised: the repeat is named, and so is its first listing.
         assert_rejects(
@@ -1234,6 +1653,136 @@ routes = ["/admin"]
             &with_routes("[\"/api\", \"/api/...\"]"),
             "component.hello.routes[1]",
             "route \"/api\" is already listed as component.hello.routes[0]",
+        );
+    }
+
+    #[test]
+    fn exact_routes() {
+        let with_routes =
+            |r: &str| minimal_with("").replace("routes = [\"/\"]", &format!("routes = {r}"));
+        let m = parse(&with_routes(
+            r#"[{ exact = "/health/" }, "/health", { exact = "/" }]"#,
+        ))
+        .expect("exact routes");
+        assert_eq!(
+            m.components[0].routes,
+            [
+                Route::exact("/health"),
+                Route::prefix("/health"),
+                Route::exact("/")
+            ]
+        );
+        assert_rejects(
+            &with_routes(r#"[{ exact = "/a" }, { exact = "/a/" }]"#),
+            "component.hello.routes[1]",
+            "route { exact = \"/a\" } is already listed as component.hello.routes[0]",
+        );
+        assert_rejects(
+            &with_routes(r#"[{ exact = "/a/..." }]"#),
+            "component.hello.routes[0].exact",
+            "ends with the wildcard",
+        );
+        assert_rejects(
+            &with_routes(r#"[{ exact = "a" }]"#),
+            "component.hello.routes[0].exact",
+            "does not start with '/'",
+        );
+        assert_rejects(
+            &with_routes(r#"[{ path = "/a" }]"#),
+            "component.hello.routes[0].exact",
+            "missing",
+        );
+        assert_rejects(
+            &with_routes(r#"[{ exact = "/a", private = true }]"#),
+            "component.hello.routes[0].private",
+            "unknown key",
+        );
+        let e = Route::exact("/a");
+        assert!(e.matches("/a") && e.matches("/a/"));
+        assert!(!e.matches("/a/b") && !e.matches("/ab") && !e.matches("/"));
+        let root = Route::exact("/");
+        assert!(root.matches("/") && !root.matches("/a") && !root.matches("//"));
+        assert!(Route::prefix("/a").matches("/a/b"));
+    }
+
+    #[test]
+    fn app_variables_and_templates() {
+        let text = minimal_with(
+            "[component.hello.variables]\nmsg = \"{{ greeting }}, {{token}}!\"\nplain = \"x}}\"",
+        )
+        .replacen(
+            "manifest_version = 1\n",
+            "manifest_version = 1\n[variables]\ngreeting = { default = \"hi\" }\n\
+             token = { required = true, secret = true }\n",
+            1,
+        );
+        let m = parse(&text).expect("variables");
+        assert_eq!(
+            m.variables["greeting"],
+            VariableDecl {
+                default: Some("hi".into()),
+                secret: false
+            }
+        );
+        assert!(m.variables["token"].secret && m.variables["token"].default.is_none());
+        let err = m
+            .clone()
+            .resolve_variables(&BTreeMap::new(), ORIGIN)
+            .expect_err("token is required");
+        assert_eq!(err.key(), Some("variables.token"));
+        assert!(err.to_string().contains("--var token=VALUE"), "{err}");
+        let values: BTreeMap<String, String> = [("token", "s3cret"), ("unknown", "x")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let r = m.resolve_variables(&values, ORIGIN).expect("resolved");
+        assert_eq!(r.components[0].variables["msg"], "hi, s3cret!");
+        assert_eq!(r.components[0].variables["plain"], "x}}");
+
+        let with_vars = |vars: &str, component: &str| {
+            format!(
+                "manifest_version = 1\n[variables]\n{vars}\n[application]\nname = \"a\"\nversion = \"1.0.0\"\n\
+                 [component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n[component.a.variables]\n{component}\n"
+            )
+        };
+        assert_rejects(
+            &with_vars("", "x = \"{{ nope }}\""),
+            "component.a.variables.x",
+            "refers to {{ nope }}, which the app does not declare",
+        );
+        assert_rejects(
+            &with_vars("", "x = \"{{ Nope }}\""),
+            "component.a.variables.x",
+            "not a variable name",
+        );
+        assert_rejects(
+            &with_vars("", "x = \"{{ open\""),
+            "component.a.variables.x",
+            "without a closing",
+        );
+        assert_rejects(
+            &with_vars("v = { default = \"a\", required = true }", ""),
+            "variables.v",
+            "both a default and required",
+        );
+        assert_rejects(
+            &with_vars("v = { secret = true }", ""),
+            "variables.v",
+            "neither a default nor required",
+        );
+        assert_rejects(
+            &with_vars("v = \"a\"", ""),
+            "variables.v",
+            "expected a table like { default",
+        );
+        assert_rejects(
+            &with_vars("v = { default = \"a\", deflaut = 1 }", ""),
+            "variables.v.deflaut",
+            "unknown key",
+        );
+        assert_rejects(
+            &with_vars("V = { default = \"a\" }", ""),
+            "variables.V",
+            "invalid variable name",
         );
     }
 
@@ -1424,6 +1973,16 @@ routes = ["/admin"]
             "only applies with reuse of 2 or more",
         );
         assert_rejects(
+            &minimal_with("reuse_concurrency = 4"),
+            "component.hello.reuse_concurrency",
+            "only applies with reuse of 2 or more",
+        );
+        assert_rejects(
+            &minimal_with("reuse = 10\nreuse_concurrency = 0"),
+            "component.hello.reuse_concurrency",
+            "from 1 to 1000, got 0",
+        );
+        assert_rejects(
             &minimal_with("reuse = 10\nreuse_idle_timeout = \"2h\""),
             "component.hello.reuse_idle_timeout",
             "out of range",
@@ -1462,7 +2021,7 @@ routes = ["/admin"]
         let c = &m.components[0];
         assert_eq!(c.id, "my-cool-app-v2");
         assert_eq!(c.source, PathBuf::from("My_Cool App.v2.wasm"));
-        assert_eq!(c.routes, ["/"]);
+        assert_eq!(c.routes, [Route::prefix("/")]);
         assert!(
             c.allowed_outbound_hosts.is_empty() && c.files.is_empty() && c.variables.is_empty()
         );

@@ -2,10 +2,11 @@
 //! node, and the detached signature documents that say which bundle a signer released.
 //!
 //! Owns: turning untrusted manifest text, bundle bytes and signature files into validated, typed
-//! values — [`manifest`] (the app description), [`archive`] (deterministic `.tar.gz` packing and
-//! capped, strict unpacking), [`sign`] (keys, the canonical release document, k-of-n trust
-//! verification and the rollback check), [`wasm`] (whether bytes are a component at all) — and
-//! the content [`Digest`] the store names bundles by.
+//! values — [`manifest`] (the app description), [`spin`] (a Spin app's `spin.toml` mapped onto
+//! one), [`archive`] (deterministic `.tar.gz` packing and capped, strict unpacking), [`sign`]
+//! (keys, the canonical release document, k-of-n trust verification and the rollback check),
+//! [`wasm`] (whether bytes are a component at all) — and the content [`Digest`] the store names
+//! bundles by.
 //! Must not: do I/O, read the clock, touch the network, or load wasm — callers read files, pass
 //! bytes and `now` in, and write results out, so everything here is easy to test and to fuzz.
 //! See `docs/bundle-format.md`.
@@ -16,6 +17,7 @@ pub mod desired;
 pub mod manifest;
 pub mod request_auth;
 pub mod sign;
+pub mod spin;
 pub mod wasm;
 
 use std::fmt;

@@ -10,6 +10,7 @@ use super::{CliError, CliResult};
 use crate::base::atomic;
 use crate::base::clock::unix_now;
 use crate::bundle::archive::{self, Limits};
+use crate::bundle::manifest::MANIFEST_FILE_NAME;
 use crate::bundle::sign::{self, ReleaseDoc, SignedDoc};
 use crate::bundle::{self as bundle_mod, Digest};
 use crate::store::install::{self, MAX_SIG_FILE};
@@ -32,7 +33,8 @@ pub enum BundleCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Pack an app directory (outpost.toml, its components and static files) into one
+    /// Pack an app directory (outpost.toml, its components and static files; or a Spin app's
+    /// spin.toml, converted to the bundle's outpost.toml) into one
     /// deterministic archive: the same files always give the same digest.
     Pack {
         /// The app directory.
@@ -158,9 +160,15 @@ fn keygen(out: &Path, force: bool) -> CliResult {
     Ok(())
 }
 
-/// Reads every regular file under `dir` (relative `/` paths), refusing symlinks and specials.
-fn read_tree(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+/// Reads every regular file under `dir` (relative `/` paths) that `keep` accepts, refusing
+/// symlinks and specials.
+fn read_tree(dir: &Path, keep: &dyn Fn(&str) -> bool) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    fn walk(
+        base: &Path,
+        dir: &Path,
+        keep: &dyn Fn(&str) -> bool,
+        out: &mut Vec<(String, Vec<u8>)>,
+    ) -> anyhow::Result<()> {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .with_context(|| format!("{}: cannot read directory", dir.display()))?
             .collect::<Result<_, _>>()
@@ -171,21 +179,23 @@ fn read_tree(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
             let ft = e
                 .file_type()
                 .with_context(|| format!("{}: cannot stat", path.display()))?;
-            if ft.is_symlink() {
+            let rel = path
+                .strip_prefix(base)
+                .map_err(|_| anyhow!("{}: outside {}", path.display(), base.display()))?;
+            let rel = rel
+                .to_str()
+                .ok_or_else(|| anyhow!("{}: file name is not UTF-8", path.display()))?
+                .to_owned();
+            if ft.is_dir() {
+                walk(base, &path, keep, out)?;
+            } else if !keep(&rel) {
+                continue;
+            } else if ft.is_symlink() {
                 bail!(
                     "{}: symbolic links cannot go into a bundle; copy the file instead",
                     path.display()
                 );
-            } else if ft.is_dir() {
-                walk(base, &path, out)?;
             } else if ft.is_file() {
-                let rel = path
-                    .strip_prefix(base)
-                    .map_err(|_| anyhow!("{}: outside {}", path.display(), base.display()))?;
-                let rel = rel
-                    .to_str()
-                    .ok_or_else(|| anyhow!("{}: file name is not UTF-8", path.display()))?
-                    .to_owned();
                 let bytes = std::fs::read(&path)
                     .with_context(|| format!("{}: cannot read", path.display()))?;
                 out.push((rel, bytes));
@@ -196,28 +206,45 @@ fn read_tree(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         Ok(())
     }
     let mut out = Vec::new();
-    walk(dir, dir, &mut out)?;
+    walk(dir, dir, keep, &mut out)?;
     Ok(out)
 }
 
 fn pack(dir: &Path, output: &Path) -> CliResult {
     let t0 = Instant::now();
     let pb = progress(&format!("reading {}", dir.display()));
-    let entries = read_tree(dir).map_err(CliError::app)?;
-    let text = entries
-        .iter()
-        .find(|(p, _)| p == "outpost.toml")
-        .map(|(_, b)| b)
-        .ok_or_else(|| anyhow!("{}: no outpost.toml", dir.display()))
-        .map_err(CliError::app)?;
-    let text = std::str::from_utf8(text)
-        .map_err(|_| anyhow!("{}/outpost.toml: not UTF-8", dir.display()))
-        .map_err(CliError::app)?;
-    let manifest = crate::bundle::manifest::Manifest::parse(
-        text,
-        &dir.join("outpost.toml").display().to_string(),
-    )
-    .map_err(CliError::app)?;
+    // The manifest as a node will read it: `outpost.toml`, else the Spin app's `spin.toml`
+    // converted, which goes into the bundle as its `outpost.toml` (nodes need nothing new).
+    let read = crate::runtime::app::read_dir_manifest(dir).map_err(CliError::app)?;
+    for note in &read.notes {
+        eprintln!("{}: note: {note}", read.path.display());
+    }
+    let spin = !read.path.ends_with(MANIFEST_FILE_NAME);
+    let mut entries = if spin {
+        // A Spin app directory usually holds its sources and build tree too; the bundle takes
+        // only what the app uses: spin.toml, the components and the granted directories.
+        let manifest = &read.manifest;
+        let keep = |rel: &str| {
+            rel == crate::bundle::spin::SPIN_MANIFEST_FILE_NAME
+                || manifest.components.iter().any(|c| {
+                    Path::new(rel) == c.source
+                        || c.files.iter().any(|f| {
+                            f.source == Path::new(".") || Path::new(rel).starts_with(&f.source)
+                        })
+                })
+        };
+        let mut entries = read_tree(dir, &keep).map_err(CliError::app)?;
+        entries.push((
+            MANIFEST_FILE_NAME.to_owned(),
+            read.text.clone().into_bytes(),
+        ));
+        entries
+    } else {
+        read_tree(dir, &|_| true).map_err(CliError::app)?
+    };
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let manifest = read.manifest;
+    let manifest_path = read.path.display().to_string();
     // A bundle exists to be signed, and a signed release's version is MAJOR.MINOR.PATCH (nodes
     // order releases by it). The manifest also allows `1.2.0-rc.1` for `outpost serve`; refuse it
     // here rather than let `sign` fail on a bundle that was already made.
@@ -227,9 +254,8 @@ fn pack(dir: &Path, output: &Path) -> CliResult {
         .parse::<crate::bundle::sign::Version>()
     {
         return Err(CliError::app(anyhow!(
-            "{}/outpost.toml: application.version: {e}; a bundle becomes a signed release, and \
-             releases carry no pre-release or build suffix (nodes order them numerically)",
-            dir.display()
+            "{manifest_path}: application.version: {e}; a bundle becomes a signed release, and \
+             releases carry no pre-release or build suffix (nodes order them numerically)"
         )));
     }
     let unpacked_size: u64 = entries.iter().map(|(_, b)| b.len() as u64).sum();
@@ -411,11 +437,13 @@ fn inspect(bundle: &Path, sig: Option<PathBuf>) -> CliResult {
                     Ok(m) => {
                         println!("app:     {} {}", m.application.name, m.application.version);
                         for c in &m.components {
+                            let routes: Vec<String> =
+                                c.routes.iter().map(ToString::to_string).collect();
                             println!(
-                                "  component {} ({}) routes {:?}",
+                                "  component {} ({}) routes [{}]",
                                 c.id,
                                 c.source.display(),
-                                c.routes
+                                routes.join(", ")
                             );
                         }
                     }

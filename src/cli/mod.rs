@@ -12,6 +12,7 @@ mod fleet;
 mod info;
 mod run;
 mod serve;
+mod spin;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,8 +54,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve apps for development: each PATH is an app directory (with outpost.toml) or a bare
-    /// .wasm component (served at /). Like `spin up`.
+    /// Serve apps for development: each PATH is an app directory (with outpost.toml, or a Spin
+    /// app's spin.toml) or a bare .wasm component (served at /). Like `spin up`.
     Serve(serve::ServeArgs),
     /// Run the daemon from a config file; with no --config, an embedded default config serves
     /// the built-in demo app on 127.0.0.1:8080 with the admin listener on 127.0.0.1:9090.
@@ -63,6 +64,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Make, sign, verify, inspect and install signed app bundles.
     Bundle(bundle::BundleArgs),
+    /// Spin apps: print the outpost.toml a spin.toml is served as.
+    Spin(spin::SpinArgs),
     /// Run the control plane: enrolment, signed desired state per node, rollouts in waves.
     ControlPlane(control::ControlArgs),
     /// Upload a signed bundle to the control plane and roll it out to a group in waves,
@@ -99,6 +102,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Info(a) => info::run(a),
         Command::Bundle(a) => bundle::run(a),
+        Command::Spin(a) => spin::run(a),
         Command::ControlPlane(a) => control::run(a),
         Command::Push(a) => fleet::push(a),
         Command::Rollout(a) => fleet::rollout(a),

@@ -10,7 +10,8 @@ use crate::serve::certs::CertPaths;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// App directories (containing outpost.toml), bare .wasm components, or signed bundles
+    /// App directories (containing outpost.toml, or a Spin app's spin.toml), bare .wasm
+    /// components, or signed bundles
     /// (APP.bundle with APP.bundle.sig next to it; needs --trust). Several apps may be served at
     /// once as long as their routes do not collide.
     #[arg(required = true, value_name = "PATH")]
@@ -52,9 +53,36 @@ pub struct ServeArgs {
     /// Serve --https without HTTP/3.
     #[arg(long, requires = "https")]
     pub no_h3: bool,
+    /// A value for an app variable (the manifest's [variables], which component variables
+    /// reference as {{ name }}), given to every app served (repeatable). Overrides the
+    /// variable's default; a required variable without one is an error.
+    // Checked in `run`, not by a clap value parser: clap's error would echo the whole
+    // argument, and the value may be a secret.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+}
+
+/// `--var NAME=VALUE`, NAME a variable name (`[a-z][a-z0-9_]*`); errors never show the value.
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| "--var: expected NAME=VALUE (the argument has no '=')".to_owned())?;
+    if !crate::bundle::manifest::is_variable_name(name) {
+        return Err(format!(
+            "--var: invalid variable name {name:?}; expected lowercase letters, digits and '_', \
+             starting with a letter"
+        ));
+    }
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 pub fn run(args: ServeArgs) -> CliResult {
+    let variables = args
+        .vars
+        .iter()
+        .map(|v| parse_var(v))
+        .collect::<Result<_, _>>()
+        .map_err(|e| super::CliError::config(anyhow::anyhow!(e)))?;
     let cache = if args.no_cache {
         None
     } else {
@@ -83,5 +111,6 @@ pub fn run(args: ServeArgs) -> CliResult {
         h3: !args.no_h3,
         cache,
         drain: args.drain_timeout,
+        variables,
     })
 }

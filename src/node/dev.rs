@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::ops::metrics::Metrics;
 use crate::ops::process::ExitError;
-use crate::runtime::app::{AppSource, load_app};
+use crate::runtime::app::{AppSource, load_app_with};
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::serve::certs::{CertPaths, CertSpec, DefaultCert};
 use crate::serve::{HostPattern, Router, ServeState};
@@ -41,6 +41,8 @@ pub struct DevServer {
     pub cache: Option<PathBuf>,
     /// How long open requests get after SIGTERM.
     pub drain: Duration,
+    /// Values for the apps' `[variables]` (`--var name=value`), given to every app.
+    pub variables: std::collections::BTreeMap<String, String>,
 }
 
 /// Opens every app (verifying and unpacking bundles), loads it, binds the listeners, prints
@@ -100,7 +102,9 @@ pub fn run(dev: DevServer) -> Result<(), ExitError> {
         runtime.set_key_value(Arc::new(kv));
         let mut apps = Vec::with_capacity(sources.len());
         for src in &sources {
-            let app = load_app(&runtime, src).await.map_err(ExitError::app)?;
+            let app = load_app_with(&runtime, src, None, &dev.variables)
+                .await
+                .map_err(ExitError::app)?;
             apps.push((vec![HostPattern::Any], app));
         }
         let router = Router::new(apps).map_err(|e| ExitError::app(anyhow::anyhow!(e)))?;
@@ -116,7 +120,8 @@ pub fn run(dev: DevServer) -> Result<(), ExitError> {
         super::announce_listeners(&listeners);
         for app in router.apps() {
             for c in &app.components {
-                tracing::info!(app = %app.name, version = %app.version, component = %c.component.id, routes = ?c.routes, "serving");
+                let routes: Vec<String> = c.routes.iter().map(ToString::to_string).collect();
+                tracing::info!(app = %app.name, version = %app.version, component = %c.component.id, routes = %routes.join(", "), "serving");
             }
         }
         let state = Arc::new(ServeState::new(router, metrics));

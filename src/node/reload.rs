@@ -22,7 +22,7 @@ use crate::ops::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::ops::process::ExitError;
 use crate::runtime::Runtime;
-use crate::runtime::app::{AppSource, LoadedApp, load_app};
+use crate::runtime::app::{AppSource, LoadedApp, load_app_with};
 use crate::serve::{HostPattern, Router, ServeState};
 use crate::store::{Release, Store};
 use crate::sync::pipeline::{Checked, Mode, Pipeline};
@@ -32,9 +32,13 @@ pub(super) type HostedApps = Vec<(Vec<HostPattern>, LoadedApp)>;
 
 /// The `[[app]]` entries of a config, split into app sources (directories, `.wasm`, built-ins)
 /// and bundle files (installed into the store first), each with its parsed host patterns.
-pub(super) type ConfigApps = (
-    Vec<(Vec<HostPattern>, AppSource)>,
-    Vec<(Vec<HostPattern>, PathBuf)>,
+pub(super) type ConfigApps = (Vec<ConfigSource>, Vec<(Vec<HostPattern>, PathBuf)>);
+
+/// An `[[app]]` source: its host patterns, where it comes from and the values of its variables.
+pub(super) type ConfigSource = (
+    Vec<HostPattern>,
+    AppSource,
+    std::collections::BTreeMap<String, String>,
 );
 
 /// Parses the `[[app]]` entries of `cfg` (host patterns, sources) without loading anything.
@@ -56,7 +60,7 @@ pub(super) fn config_apps(cfg: &Config) -> Result<ConfigApps, ExitError> {
             continue;
         }
         let src = AppSource::from_path(&path).map_err(ExitError::app)?;
-        sources.push((hosts, src));
+        sources.push((hosts, src, a.variables.clone()));
     }
     Ok((sources, bundles))
 }
@@ -181,8 +185,10 @@ impl Reloader {
         let policy = super::trust::node_trust_policy(cfg)?;
         let (sources, bundles) = config_apps(cfg)?;
         let mut fixed = Vec::with_capacity(sources.len() + bundles.len());
-        for (hosts, src) in &sources {
-            let app = load_app(&self.runtime, src).await.map_err(ExitError::app)?;
+        for (hosts, src, variables) in &sources {
+            let app = load_app_with(&self.runtime, src, None, variables)
+                .await
+                .map_err(ExitError::app)?;
             fixed.push((hosts.clone(), app));
         }
         let mut fixed_releases = Vec::new();

@@ -15,7 +15,7 @@ use crate::ops::config::{self, Config};
 use crate::ops::metrics::Metrics;
 use crate::ops::process::ExitError;
 use crate::ops::systemd::{self, Notify};
-use crate::runtime::app::{AppSource, load_app, load_tenant_app};
+use crate::runtime::app::{AppSource, load_app_with, load_tenant_app};
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::serve::{Router, ServeState};
 use crate::sizing;
@@ -64,7 +64,7 @@ pub struct Node {
     opts: RunOptions,
     sizing: sizing::Sizing,
     state_dir: PathBuf,
-    apps_cfg: Vec<(Vec<crate::serve::HostPattern>, AppSource)>,
+    apps_cfg: Vec<super::reload::ConfigSource>,
     bundle_cfg: Vec<(Vec<crate::serve::HostPattern>, PathBuf)>,
     policy: crate::bundle::sign::TrustPolicy,
     tls: Option<crate::serve::tls::TlsSetup>,
@@ -193,8 +193,10 @@ impl Node {
                 .collect(),
         );
         let mut apps = Vec::with_capacity(apps_cfg.len());
-        for (hosts, src) in &apps_cfg {
-            let app = load_app(&runtime, src).await.map_err(ExitError::app)?;
+        for (hosts, src, variables) in &apps_cfg {
+            let app = load_app_with(&runtime, src, None, variables)
+                .await
+                .map_err(ExitError::app)?;
             apps.push((hosts.clone(), app));
         }
         let store_dir = state_dir.join("store");

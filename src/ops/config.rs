@@ -5,6 +5,7 @@
 //! Must not: bind sockets, load apps or interpret `[runtime]` beyond turning human-friendly sizes
 //! and durations into plain numbers — `sizing` owns what those numbers mean.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -103,7 +104,7 @@ const LISTEN_KEYS: &[&str] = &[
     "max_connections_per_ip",
     "admin_max_connections",
 ];
-const APP_KEYS: &[&str] = &["source", "hosts"];
+const APP_KEYS: &[&str] = &["source", "hosts", "variables"];
 /// `[runtime]` keys that take a size; they reach `sizing` as integer bytes.
 const RUNTIME_SIZE_KEYS: &[&str] = &[
     "memory_budget",
@@ -286,6 +287,9 @@ pub struct AppConfig {
     /// `*.example.com` or an exact name; at least one, `["*"]` by default. Matching them is the
     /// router's job.
     pub hosts: Vec<String>,
+    /// Values for the app's `[variables]` (its manifest's, or its `spin.toml`'s), by name;
+    /// kept out of logs. Only for directory and `.wasm` sources.
+    pub variables: BTreeMap<String, String>,
 }
 
 /// Where an app comes from. Whether a path is a directory (with `outpost.toml`) or a bare
@@ -479,6 +483,7 @@ fn builtin_default() -> Config {
         apps: vec![AppConfig {
             source: AppLocation::Builtin("demo".to_owned()),
             hosts: vec!["*".to_owned()],
+            variables: BTreeMap::new(),
         }],
         trust: TrustConfig::default(),
         store: StoreConfig::default(),
@@ -1023,8 +1028,46 @@ fn parse_app(mut t: Fields) -> Result<AppConfig, FieldError> {
             .map(|(_, host)| host)
             .collect(),
     };
+    let mut variables = BTreeMap::new();
+    if let Some(field) = t.take("variables") {
+        let key = field.key.clone();
+        if raw.ends_with(".bundle") {
+            return Err(FieldError {
+                key,
+                problem: "variables are not supported for a bundle source yet; set them for an \
+                          app directory, or give the variables defaults in the manifest"
+                    .to_owned(),
+            });
+        }
+        for (name, value) in field.table()?.drain() {
+            // The manifest's rule (`bundle::manifest::is_variable_name`, a layer above).
+            let mut bytes = name.bytes();
+            let valid = bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+                && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !valid {
+                return Err(value.error(format_args!(
+                    "invalid variable name {:?}; expected lowercase letters, digits and '_', \
+                     starting with a letter",
+                    quote(&name)
+                )));
+            }
+            // The value may be a secret: the error says what is wrong, never what it was.
+            let key = value.key.clone();
+            let toml::Value::String(text) = value.value else {
+                return Err(FieldError {
+                    key,
+                    problem: "expected a string (quote it; the value is not shown)".to_owned(),
+                });
+            };
+            variables.insert(name, text);
+        }
+    }
     t.finish_section(APP_KEYS, TOP_KEYS)?;
-    Ok(AppConfig { source, hosts })
+    Ok(AppConfig {
+        source,
+        hosts,
+        variables,
+    })
 }
 
 fn app_location(raw: &str) -> Result<AppLocation, String> {
@@ -1572,7 +1615,7 @@ source = "/srv/x.wasm"
         assert_rejects(
             &app("source = \"x\"\nroutes = [\"/\"]"),
             "app[0].routes",
-            "unknown key in app[0]; expected one of source, hosts",
+            "unknown key in app[0]; expected one of source, hosts, variables",
         );
         assert_rejects(
             &format!("{LISTEN}[[app]]\nsource = \"builtin:demo\"\n[[app]]\nsource = 5\n"),
@@ -1581,6 +1624,32 @@ source = "/srv/x.wasm"
         );
         let none = parse(LISTEN).expect("zero apps is valid");
         assert!(none.apps.is_empty());
+    }
+
+    #[test]
+    fn app_variables() {
+        let app = |body: &str| format!("{LISTEN}[[app]]\n{body}\n");
+        let c = parse(&app(
+            "source = \"x\"\nvariables = { token = \"t\", a_2 = \"\" }",
+        ))
+        .expect("variables");
+        assert_eq!(c.apps[0].variables.len(), 2);
+        assert_eq!(c.apps[0].variables["token"], "t");
+        assert_rejects(
+            &app("source = \"x\"\nvariables = { Token = \"t\" }"),
+            "app[0].variables.Token",
+            "invalid variable name \"Token\"",
+        );
+        assert_rejects(
+            &app("source = \"x\"\nvariables = { port = 80 }"),
+            "app[0].variables.port",
+            "expected a string (quote it; the value is not shown)",
+        );
+        assert_rejects(
+            &app("source = \"x.bundle\"\nvariables = { a = \"1\" }"),
+            "app[0].variables",
+            "not supported for a bundle source yet",
+        );
     }
 
     #[test]

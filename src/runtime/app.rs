@@ -1,14 +1,17 @@
 //! Apps: a manifest's components, loaded and ready to route.
 //!
-//! Owns: turning an app source (a directory with `outpost.toml`, a bare `.wasm`, or the built-in
-//! demo) into loaded components with their routes, resolving manifest paths against the app
-//! directory and refusing paths that escape it.
+//! Owns: turning an app source (a directory with `outpost.toml` — or, without one, a Spin
+//! `spin.toml`, read through `bundle::spin` — a bare `.wasm`, or the built-in demo) into loaded
+//! components with their routes, filling in the app's variables, resolving manifest paths
+//! against the app directory and refusing paths that escape it.
 //! Must not: bind sockets or choose between apps (that is the router's job).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::bundle::manifest::{ComponentSpec, Manifest, ManifestError};
+use crate::bundle::manifest::{ComponentSpec, MANIFEST_FILE_NAME, Manifest, ManifestError, Route};
+use crate::bundle::spin::{SPIN_MANIFEST_FILE_NAME, SpinApp};
 
 use super::compile::LoadInfo;
 use super::component::AppComponent;
@@ -22,7 +25,7 @@ pub const DEMO_WASM: &[u8] = include_bytes!(env!("OUTPOST_DEMO_WASM"));
 /// Where an app comes from.
 #[derive(Debug, Clone)]
 pub enum AppSource {
-    /// A directory holding `outpost.toml` and the files it names.
+    /// A directory holding `outpost.toml` (or `spin.toml`) and the files it names.
     Dir(PathBuf),
     /// A single component served at `/` with no grants.
     Wasm(PathBuf),
@@ -45,7 +48,8 @@ pub enum AppError {
     #[error("{0}: no such file or directory")]
     NotFound(PathBuf),
     #[error(
-        "{0}: not an app: expected a directory containing outpost.toml, or a .wasm component file"
+        "{0}: not an app: expected a directory containing outpost.toml or spin.toml, or a .wasm \
+         component file"
     )]
     NotAnApp(PathBuf),
     #[error("{path}: {source}")]
@@ -92,7 +96,7 @@ impl AppSource {
             },
         })?;
         if meta.is_dir() {
-            if p.join("outpost.toml").is_file() {
+            if p.join(MANIFEST_FILE_NAME).is_file() || p.join(SPIN_MANIFEST_FILE_NAME).is_file() {
                 Ok(Self::Dir(p.to_owned()))
             } else {
                 Err(AppError::NotAnApp(p.to_owned()))
@@ -103,10 +107,10 @@ impl AppSource {
     }
 }
 
-/// A component and the path prefixes it answers.
+/// A component and the routes it answers.
 #[derive(Debug, Clone)]
 pub struct RoutedComponent {
-    pub routes: Vec<String>,
+    pub routes: Vec<Route>,
     pub component: Arc<AppComponent>,
 }
 
@@ -136,10 +140,22 @@ pub async fn load_tenant_app(
     src: &AppSource,
     tenant: Option<&str>,
 ) -> Result<LoadedApp, AppError> {
+    load_app_with(rt, src, tenant, &BTreeMap::new()).await
+}
+
+/// [`load_tenant_app`] with values for the app's variables (`[variables]`, from node config or
+/// `outpost serve --var`); a required variable without a value fails the load, naming it.
+pub async fn load_app_with(
+    rt: &Arc<Runtime>,
+    src: &AppSource,
+    tenant: Option<&str>,
+    variables: &BTreeMap<String, String>,
+) -> Result<LoadedApp, AppError> {
     let (rt_owned, src_owned) = (rt.clone(), src.clone());
     let tenant_owned = tenant.map(str::to_owned);
+    let variables = variables.clone();
     let (app, infos) = tokio::task::spawn_blocking(move || {
-        compile_app(&rt_owned, &src_owned, tenant_owned.as_deref())
+        compile_app(&rt_owned, &src_owned, tenant_owned.as_deref(), &variables)
     })
     .await
     .map_err(|e| AppError::Task(e.to_string()))??;
@@ -186,19 +202,19 @@ pub fn compile_app(
     rt: &Runtime,
     src: &AppSource,
     tenant: Option<&str>,
+    variables: &BTreeMap<String, String>,
 ) -> Result<(LoadedApp, Vec<CompiledComponent>), AppError> {
-    let (manifest, base, demo) = match src {
+    // `mpath`: the manifest file errors name (`outpost.toml`, or the Spin app's `spin.toml`).
+    let (manifest, base, demo, mpath) = match src {
         AppSource::Dir(dir) => {
-            let mpath = dir.join("outpost.toml");
-            let text = std::fs::read_to_string(&mpath).map_err(|source| AppError::Io {
-                path: mpath.clone(),
-                source,
-            })?;
-            (
-                Manifest::parse(&text, &mpath.display().to_string())?,
-                dir.clone(),
-                false,
-            )
+            let m = read_dir_manifest(dir)?;
+            for note in &m.notes {
+                tracing::info!(path = %m.path.display(), "{note}");
+            }
+            let manifest = m
+                .manifest
+                .resolve_variables(variables, &m.path.display().to_string())?;
+            (manifest, dir.clone(), false, m.path)
         }
         AppSource::Wasm(file) => {
             let name = file
@@ -210,15 +226,16 @@ pub fn compile_app(
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."))
                 .to_owned();
-            (Manifest::for_bare_wasm(&name), base, false)
+            let mpath = base.join(MANIFEST_FILE_NAME);
+            (Manifest::for_bare_wasm(&name), base, false, mpath)
         }
         AppSource::Demo => (
             Manifest::for_bare_wasm("demo.wasm"),
             PathBuf::from("."),
             true,
+            PathBuf::from(MANIFEST_FILE_NAME),
         ),
     };
-    let mpath = base.join("outpost.toml");
 
     let mut components = Vec::with_capacity(manifest.components.len());
     let mut infos = Vec::with_capacity(manifest.components.len());
@@ -262,6 +279,109 @@ pub fn compile_app(
     Ok((app, infos))
 }
 
+/// An app directory's manifest as read by [`read_dir_manifest`].
+#[derive(Debug)]
+pub struct DirManifest {
+    pub manifest: Manifest,
+    /// The `outpost.toml` text the manifest was parsed from (for a Spin app: the converted one).
+    pub text: String,
+    /// The file it came from, for messages: `outpost.toml`, else `spin.toml`.
+    pub path: PathBuf,
+    /// What the Spin import ignored or changed (empty for an `outpost.toml`).
+    pub notes: Vec<String>,
+}
+
+/// Reads the manifest of app directory `dir`: `outpost.toml`, or, when there is none, the
+/// `spin.toml` mapped onto one (`bundle::spin`; its file globs are expanded against the
+/// directory's files). Variables are not filled in yet.
+pub fn read_dir_manifest(dir: &Path) -> Result<DirManifest, AppError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => AppError::NotAnApp(dir.to_owned()),
+            _ => AppError::Io {
+                path: path.to_owned(),
+                source,
+            },
+        })
+    };
+    let outpost = dir.join(MANIFEST_FILE_NAME);
+    if outpost.is_file() || !dir.join(SPIN_MANIFEST_FILE_NAME).is_file() {
+        let text = read(&outpost)?;
+        let manifest = Manifest::parse(&text, &outpost.display().to_string())?;
+        return Ok(DirManifest {
+            manifest,
+            text,
+            path: outpost,
+            notes: Vec::new(),
+        });
+    }
+    read_spin_manifest(dir)
+}
+
+/// Reads `dir`'s `spin.toml` mapped onto an `outpost.toml` (whether or not the directory also
+/// has one): its file globs are expanded against the directory's files.
+pub fn read_spin_manifest(dir: &Path) -> Result<DirManifest, AppError> {
+    let path = dir.join(SPIN_MANIFEST_FILE_NAME);
+    let text = std::fs::read_to_string(&path).map_err(|source| AppError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let spin = SpinApp::parse(&text, &path.display().to_string())?;
+    let files = if spin.grants_files() {
+        list_files(dir).map_err(|source| AppError::Io {
+            path: dir.to_owned(),
+            source,
+        })?
+    } else {
+        Vec::new()
+    };
+    let converted = spin.convert(&files)?;
+    Ok(DirManifest {
+        manifest: converted.manifest,
+        text: converted.text,
+        path,
+        notes: converted.notes,
+    })
+}
+
+/// Most files [`list_files`] reads from one app directory (a runaway `node_modules` or build
+/// tree should fail loudly, not stall the load).
+const MAX_LISTED_FILES: usize = 200_000;
+
+/// Every file under `dir` (relative, `/`-separated, sorted), for Spin's file globs. Symlinked
+/// directories are not followed (the grant's own resolution refuses escapes anyway).
+fn list_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_owned(), String::new())];
+    while let Some((path, rel)) = stack.pop() {
+        for entry in std::fs::read_dir(&path)? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push((entry.path(), child));
+            } else if kind.is_file() || (kind.is_symlink() && entry.path().is_file()) {
+                out.push(child);
+                if out.len() > MAX_LISTED_FILES {
+                    return Err(std::io::Error::other(format!(
+                        "more than {MAX_LISTED_FILES} files; too many to match spin.toml's file \
+                         patterns against"
+                    )));
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 fn settings_for(
     mpath: &Path,
     spec: &ComponentSpec,
@@ -281,12 +401,18 @@ fn settings_for(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         key_value_stores: spec.key_value_stores.clone(),
+        environment: spec
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         memory_limit: spec.limits.memory_limit,
         timeout: spec.limits.timeout,
         max_concurrency: spec.limits.max_concurrency,
         max_request_body: spec.limits.max_request_body,
         reuse: spec.limits.reuse,
         reuse_idle_timeout: spec.limits.reuse_idle_timeout,
+        reuse_concurrency: spec.limits.reuse_concurrency,
     })
 }
 

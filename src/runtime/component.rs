@@ -33,6 +33,8 @@ use super::host::{CtxPool, Grants, Host};
 use super::offload::{GuestThreads, Running, on_guest_thread};
 use crate::ops::metrics::{Metrics, RequestMetrics};
 
+mod worker;
+
 /// The body type of every response the runtime produces, guest-made or not.
 pub type ResponseBody =
     http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
@@ -56,6 +58,8 @@ pub struct Limits {
     pub reuse: u32,
     /// How long an instance kept for reuse waits for its next request before it is dropped.
     pub reuse_idle_timeout: Duration,
+    /// Requests one WASI 0.3 instance serves at once (1: one after another; see [`worker`]).
+    pub reuse_concurrency: u32,
 }
 
 /// What one instance holds besides its linear memory's growth: the store, WASI and HTTP
@@ -326,8 +330,12 @@ pub struct AppComponent {
     memory_peak: prometheus::Histogram,
     /// Per-request counters and histograms, recorded by the front door.
     pub request_metrics: RequestMetrics,
-    /// Instances kept for reuse; `None` unless `reuse` > 1.
+    /// Instances kept for reuse, one request at a time; `None` unless `reuse` > 1 (and
+    /// `workers` is `None`).
     idle: Option<Arc<IdleInstances>>,
+    /// Shared WASI 0.3 instances, several requests at once; `None` unless `reuse` > 1 and
+    /// `reuse_concurrency` > 1.
+    workers: Option<Arc<worker::Workers>>,
     /// This app's `outpost_instance_reuse_hits_total` series, resolved once.
     reuse_hits: prometheus::IntCounter,
     /// Set when a kept instance showed that this component cannot serve twice: reuse stops.
@@ -365,7 +373,15 @@ impl AppComponent {
         let memory_peak = metrics.instance_memory.with_label_values(&[app]);
         let request_metrics = RequestMetrics::new(&metrics, tenant, app, id);
         let label: Arc<str> = format!("{app}/{id}").into();
-        let idle = (limits.reuse > 1).then(|| {
+        let concurrent =
+            limits.reuse > 1 && limits.reuse_concurrency > 1 && matches!(pre, HandlerPre::P3(_));
+        let workers = concurrent.then(|| {
+            let workers = Arc::new(worker::Workers::new());
+            let weak: Weak<dyn Reclaim> = Arc::downgrade(&workers) as Weak<worker::Workers>;
+            pool.register_reclaimer(weak);
+            workers
+        });
+        let idle = (limits.reuse > 1 && !concurrent).then(|| {
             let idle = Arc::new(IdleInstances {
                 kept: Mutex::default(),
                 sweeping: AtomicBool::new(false),
@@ -380,6 +396,7 @@ impl AppComponent {
         let reuse_hits = metrics.reuse_hits.with_label_values(&[app]);
         Self {
             idle,
+            workers,
             reuse_hits,
             reuse_unsupported: AtomicBool::new(false),
             inflight,
@@ -460,6 +477,19 @@ impl AppComponent {
             limit,
             tripped: too_large.clone(),
         });
+
+        if let Some(workers) = &self.workers {
+            let result = self
+                .handle_shared(workers, req, ctx, own, deadline, &too_large)
+                .await;
+            if let Err(e) = &result {
+                self.metrics
+                    .request_errors
+                    .with_label_values(&[&*self.app, e.kind.label()])
+                    .inc();
+            }
+            return result;
+        }
 
         let t0 = Instant::now();
         let meter = Meter::new(self.account.clone(), self.ticks.clone());

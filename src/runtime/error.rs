@@ -63,7 +63,7 @@ pub enum Cause {
 }
 
 /// One failed request, with a message for the log (never for the client).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{kind}: {detail}")]
 pub struct RequestError {
     pub kind: RequestErrorKind,

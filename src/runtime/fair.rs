@@ -321,6 +321,29 @@ impl TickMode {
     }
 }
 
+/// Waits for `tenant`'s turn to start a request on this thread's lane if other apps with less
+/// virtual time are waiting; returns at once otherwise (the common case, and always when
+/// nothing waits).
+pub async fn turn_to_start(tenant: &Arc<Account>) {
+    let lane = Lane::current();
+    // Guest threads have no start gate: only heavy apps start there, ordered by the lane.
+    let cost = (!on_guest_thread()).then(|| tenant.start_cost());
+    let rx = loop {
+        match lane.may_start(tenant, cost) {
+            Ok(rx) => break rx,
+            // Over its share of this epoch: wait for the next pass of the scheduler (after
+            // every ready task and a poll of the I/O driver), where the epoch turns.
+            Err(epoch) => {
+                tokio::task::yield_now().await;
+                lane.turn_epoch(epoch);
+            }
+        }
+    };
+    if let Some(rx) = rx {
+        let _ = rx.await;
+    }
+}
+
 // === impl Meter ===
 
 /// One request's CPU meter: shared by the wrapper that times every poll of the guest
@@ -347,6 +370,9 @@ pub struct Meter {
     probe_wall: AtomicU64,
     /// Part of `cpu_ns` that does not count towards the app being heavy.
     excluded_ns: AtomicU64,
+    /// Meters an instance serving many requests (a WASI 0.3 worker), not one request: its
+    /// requests are weighed one by one ([`Meter::note_share`]), never its total.
+    shared: bool,
 }
 
 impl std::fmt::Debug for Meter {
@@ -361,7 +387,18 @@ impl std::fmt::Debug for Meter {
 impl Meter {
     /// A meter for a request of `tenant`.
     pub fn new(tenant: Arc<Account>, ticks: Arc<TickMode>) -> Arc<Self> {
+        Self::build(tenant, ticks, false)
+    }
+
+    /// A meter for an instance that serves many requests of `tenant`, several at once (see the
+    /// `shared` field).
+    pub fn shared(tenant: Arc<Account>, ticks: Arc<TickMode>) -> Arc<Self> {
+        Self::build(tenant, ticks, true)
+    }
+
+    fn build(tenant: Arc<Account>, ticks: Arc<TickMode>, shared: bool) -> Arc<Self> {
         Arc::new(Self {
+            shared,
             tenant,
             ticks,
             slice_start: AtomicU64::new(now_ns()),
@@ -381,6 +418,22 @@ impl Meter {
     pub(super) fn exclude(&self, d: Duration) {
         self.excluded_ns
             .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Weighs one request served by a shared meter's instance, `cpu` its share of the time.
+    pub(super) fn note_share(&self, cpu: Duration) {
+        self.tenant.note_request(cpu.as_nanos() as u64);
+    }
+
+    /// A shared meter's instance went idle: its next busy spell starts afresh (it counts as
+    /// running long again only if stopped twice again, so an idle instance never keeps the
+    /// node's ticks fast).
+    pub(super) fn rest(&self) {
+        self.stops.store(0, Ordering::Relaxed);
+        if self.long.swap(false, Ordering::Relaxed) {
+            self.ticks.last_long_ns.store(now_ns(), Ordering::Relaxed);
+            self.ticks.long_running.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// See the `movable` field.
@@ -411,23 +464,7 @@ impl Meter {
     /// Waits for this app's turn on this thread's lane if other apps with less virtual time are
     /// waiting; returns at once otherwise (the common case, and always when nothing waits).
     pub async fn turn_to_start(&self) {
-        let lane = Lane::current();
-        // Guest threads have no start gate: only heavy apps start there, ordered by the lane.
-        let cost = (!on_guest_thread()).then(|| self.tenant.start_cost());
-        let rx = loop {
-            match lane.may_start(&self.tenant, cost) {
-                Ok(rx) => break rx,
-                // Over its share of this epoch: wait for the next pass of the scheduler (after
-                // every ready task and a poll of the I/O driver), where the epoch turns.
-                Err(epoch) => {
-                    tokio::task::yield_now().await;
-                    lane.turn_epoch(epoch);
-                }
-            }
-        };
-        if let Some(rx) = rx {
-            let _ = rx.await;
-        }
+        turn_to_start(&self.tenant).await;
     }
 
     /// The epoch callback: continue a guest that has not used its minimum slice; otherwise move
@@ -527,11 +564,14 @@ impl Meter {
 
 impl Drop for Meter {
     fn drop(&mut self) {
-        let weighed = self
-            .cpu_ns
-            .get_mut()
-            .saturating_sub(*self.excluded_ns.get_mut());
-        self.tenant.note_request(weighed);
+        // A shared meter's requests were weighed one by one.
+        if !self.shared {
+            let weighed = self
+                .cpu_ns
+                .get_mut()
+                .saturating_sub(*self.excluded_ns.get_mut());
+            self.tenant.note_request(weighed);
+        }
         if *self.long.get_mut() {
             self.ticks.last_long_ns.store(now_ns(), Ordering::Relaxed);
             self.ticks.long_running.fetch_sub(1, Ordering::Relaxed);

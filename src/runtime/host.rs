@@ -34,6 +34,8 @@ pub struct Grants {
     pub spin_variables: std::collections::HashMap<String, String>,
     /// The key-value stores the component may open.
     pub kv: super::kv::KvAccess,
+    /// The guest's whole environment.
+    pub environment: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Grants {
@@ -287,7 +289,7 @@ impl Host {
     }
 }
 
-/// A WASI context granting `grants.files` (read-only) and nothing else.
+/// A WASI context granting `grants.files` (read-only) and `grants.environment`, nothing else.
 fn build_ctx(grants: &Grants, pool: &CtxPool) -> wasmtime::Result<WasiCtx> {
     let mut b = WasiCtxBuilder::new();
     b.stdout(pool.output("stdout"))
@@ -295,6 +297,7 @@ fn build_ctx(grants: &Grants, pool: &CtxPool) -> wasmtime::Result<WasiCtx> {
     for (host_dir, guest) in &grants.files {
         b.preopened_dir(host_dir, guest, FsPerms::ReadOnly)?;
     }
+    b.envs(&grants.environment);
     Ok(b.build())
 }
 

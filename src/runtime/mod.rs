@@ -100,6 +100,8 @@ pub struct ComponentSettings {
     pub variables: Vec<(String, String)>,
     /// Key-value store labels the component may open (of its app's stores).
     pub key_value_stores: Vec<String>,
+    /// The guest's whole environment (`wasi:cli/environment`).
+    pub environment: Vec<(String, String)>,
     pub memory_limit: Option<u64>,
     pub timeout: Option<Duration>,
     pub max_concurrency: Option<u32>,
@@ -107,6 +109,8 @@ pub struct ComponentSettings {
     /// Requests one instance may serve (`None`/1: fresh instance per request).
     pub reuse: Option<u32>,
     pub reuse_idle_timeout: Option<Duration>,
+    /// Requests one WASI 0.3 instance may serve at once (`None`/1: one after another).
+    pub reuse_concurrency: Option<u32>,
 }
 
 /// One step of loading a component, for a progress display (`bundle install` shows which
@@ -333,6 +337,16 @@ impl Runtime {
             path: path.to_owned(),
             reason,
         })?;
+        if limits.reuse_concurrency > 1 && matches!(pre, HandlerPre::P2(_)) {
+            return Err(LoadError::Limits {
+                component: format!("{app}/{id}"),
+                reason: format!(
+                    "reuse_concurrency {} applies to WASI 0.3 components only: a WASI 0.2 \
+                     instance serves one request at a time (remove it, or keep reuse alone)",
+                    limits.reuse_concurrency
+                ),
+            });
+        }
         let grants = Grants {
             outbound: cfg.outbound,
             files: cfg.files,
@@ -343,6 +357,7 @@ impl Runtime {
                 app: app.into(),
                 labels: cfg.key_value_stores,
             },
+            environment: cfg.environment,
         };
         let c = AppComponent::new(
             app,
@@ -389,6 +404,7 @@ impl Runtime {
             max_request_body: cfg.max_request_body.unwrap_or(d.max_request_body),
             reuse: cfg.reuse.unwrap_or(1).max(1),
             reuse_idle_timeout: cfg.reuse_idle_timeout.unwrap_or(DEFAULT_REUSE_IDLE_TIMEOUT),
+            reuse_concurrency: cfg.reuse_concurrency.unwrap_or(1).max(1),
         })
     }
 }

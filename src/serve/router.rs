@@ -1,8 +1,10 @@
 //! Routing: request host + path → component.
 //!
 //! Owns: host patterns (`*`, `*.example.com`, exact names) and the choice of component: the most
-//! specific host pattern first (exact > wildcard subdomain > any), then the longest path prefix.
-//! Conflicts (the same host pattern and prefix claimed twice) are refused when the table is built.
+//! specific host pattern first (exact > wildcard subdomain > any), then an exact route (Spin's
+//! `/foo` in a `spin.toml`, `{ exact = "/foo" }` in an `outpost.toml`), then the longest path
+//! prefix. Conflicts (the same host pattern and route claimed twice) are refused when the table
+//! is built.
 //! The decision from a request's head ([`RouteTable::route_request`]: the guard's host rules,
 //! then the route) is one pure function, used by every listener and by the `http_head` fuzz target.
 //! Must not: execute anything or know about listeners.
@@ -10,7 +12,7 @@
 use std::sync::Arc;
 
 use super::guard::{self, HostError};
-use crate::bundle::manifest::route_matches;
+use crate::bundle::manifest::Route;
 use crate::runtime::app::LoadedApp;
 use crate::runtime::component::AppComponent;
 
@@ -42,7 +44,7 @@ pub fn parse_host_pattern(s: &str) -> Result<HostPattern, String> {
 #[derive(Debug)]
 struct Entry<T> {
     host: HostPattern,
-    prefix: String,
+    route: Route,
     target: T,
 }
 
@@ -51,7 +53,8 @@ struct Entry<T> {
 /// same choice without compiling wasm.
 #[derive(Debug)]
 pub struct RouteTable<T> {
-    /// Sorted: most specific host first, then longest prefix; first match wins.
+    /// Sorted: most specific host first, then exact routes, then longest prefix; first match
+    /// wins.
     entries: Vec<Entry<T>>,
 }
 
@@ -64,34 +67,36 @@ impl<T> Default for RouteTable<T> {
 }
 
 impl<T> RouteTable<T> {
-    /// Builds the table from (host pattern, path prefix, target) triples; the same host pattern
-    /// and prefix claimed twice is a conflict, named with `label` of both targets.
-    pub fn new(
-        routes: impl IntoIterator<Item = (HostPattern, String, T)>,
+    /// Builds the table from (host pattern, route, target) triples — a plain `String` route is a
+    /// path prefix; the same host pattern and route claimed twice is a conflict, named with
+    /// `label` of both targets.
+    pub fn new<R: Into<Route>>(
+        routes: impl IntoIterator<Item = (HostPattern, R, T)>,
         label: impl Fn(&T) -> &str,
     ) -> Result<Self, String> {
         let mut entries: Vec<Entry<T>> = Vec::new();
-        for (host, prefix, target) in routes {
-            if let Some(other) = entries
-                .iter()
-                .find(|e| e.host == host && e.prefix == prefix)
-            {
+        for (host, route, target) in routes {
+            let route = route.into();
+            if let Some(other) = entries.iter().find(|e| e.host == host && e.route == route) {
+                let what = if route.exact { "exact path" } else { "path" };
                 return Err(format!(
-                    "route conflict: host {host:?} path {prefix} is claimed by both {} and {}",
+                    "route conflict: host {host:?} {what} {} is claimed by both {} and {}",
+                    route.path,
                     label(&other.target),
                     label(&target)
                 ));
             }
             entries.push(Entry {
                 host,
-                prefix,
+                route,
                 target,
             });
         }
         entries.sort_by(|a, b| {
             specificity(&b.host)
                 .cmp(&specificity(&a.host))
-                .then(b.prefix.len().cmp(&a.prefix.len()))
+                .then(b.route.exact.cmp(&a.route.exact))
+                .then(b.route.path.len().cmp(&a.route.path.len()))
         });
         Ok(Self { entries })
     }
@@ -101,7 +106,7 @@ impl<T> RouteTable<T> {
         let host = host.map(normalise_host).unwrap_or_default();
         self.entries
             .iter()
-            .find(|e| host_matches(&e.host, &host) && route_matches(&e.prefix, path))
+            .find(|e| host_matches(&e.host, &host) && e.route.matches(path))
             .map(|e| &e.target)
     }
 
@@ -143,8 +148,8 @@ impl Router {
         for (hosts, app) in &apps {
             for host in hosts {
                 for rc in &app.components {
-                    for prefix in &rc.routes {
-                        routes.push((host.clone(), prefix.clone(), rc.component.clone()));
+                    for route in &rc.routes {
+                        routes.push((host.clone(), route.clone(), rc.component.clone()));
                     }
                 }
             }
@@ -236,5 +241,41 @@ mod tests {
             .map(|(h, p, t)| (parse_host_pattern(h).unwrap(), p.to_owned(), t));
         let err = RouteTable::new(dup, |t| t).unwrap_err();
         assert!(err.contains("claimed by both x and y"), "{err}");
+    }
+
+    /// Spin's rules: an exact route beats any wildcard, the longest wildcard prefix beats a
+    /// shorter one, and `/...` catches the rest.
+    #[test]
+    fn exact_routes_beat_prefixes() {
+        let any = || parse_host_pattern("*").unwrap();
+        let routes = [
+            (any(), Route::prefix("/"), "all"),
+            (any(), Route::prefix("/one"), "one-wild"),
+            (any(), Route::prefix("/one/two"), "two-wild"),
+            (any(), Route::exact("/one"), "one-exact"),
+            (any(), Route::exact("/one/two/three"), "three-exact"),
+        ];
+        let table = RouteTable::new(routes, |t| t).unwrap();
+        let at = |p: &str| *table.route(None, p).unwrap();
+        assert_eq!(at("/one"), "one-exact");
+        assert_eq!(at("/one/"), "one-exact");
+        assert_eq!(at("/one/x"), "one-wild");
+        assert_eq!(at("/one/two"), "two-wild");
+        assert_eq!(at("/one/two/three"), "three-exact");
+        assert_eq!(at("/one/two/three/four"), "two-wild");
+        assert_eq!(at("/onex"), "all");
+        assert_eq!(at("/"), "all");
+        // An exact route and a prefix of the same path are two routes; the same exact twice
+        // is a conflict.
+        let dup = [
+            (any(), Route::exact("/a"), "x"),
+            (any(), Route::prefix("/a"), "y"),
+            (any(), Route::exact("/a"), "z"),
+        ];
+        let err = RouteTable::new(dup, |t| t).unwrap_err();
+        assert!(
+            err.contains("exact path /a is claimed by both x and z"),
+            "{err}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 
-use super::client_tls_any;
+use super::{client_tls_any, http1_server};
 
 /// An HTTP/2 connection: over TLS (ALPN h2) to `tls`, or cleartext prior knowledge to `clear`.
 pub async fn h2_connect(
@@ -129,4 +129,37 @@ pub async fn h3_request(client: &mut H3Client, method: &str, path: &str, hosts: 
         headers: resp.headers().clone(),
         body,
     }
+}
+
+/// An upstream on 127.0.0.1 that answers a request only once `expect` requests have arrived —
+/// so a guest that sent them one after the other would never get the first answer (it gets a
+/// 504 after `patience` instead). Returns its address.
+pub async fn barrier_upstream(expect: usize, patience: Duration) -> SocketAddr {
+    let arrived = Arc::new((Mutex::new(0usize), tokio::sync::Notify::new()));
+    http1_server(move |req: http::Request<hyper::body::Incoming>| {
+        let arrived = arrived.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            *arrived.0.lock().unwrap() += 1;
+            arrived.1.notify_waiters();
+            let all_here = async {
+                loop {
+                    let notified = arrived.1.notified();
+                    if *arrived.0.lock().unwrap() >= expect {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            let (status, body) = match tokio::time::timeout(patience, all_here).await {
+                Ok(()) => (200, format!("body of {path};")),
+                Err(_) => (504, "the other request never came".to_owned()),
+            };
+            http::Response::builder()
+                .status(status)
+                .body(http_body_util::Full::new(Bytes::from(body)))
+                .unwrap()
+        }
+    })
+    .await
 }

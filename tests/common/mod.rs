@@ -404,21 +404,55 @@ impl Drop for Daemon {
 }
 
 /// Runs the binary to completion; returns (exit code, stdout, stderr).
+///
+/// A command that has not ended after [`RUN_TO_END_LIMIT`] is killed and the test fails, naming
+/// it: a refusal that regressed into a running server must not hang the test run.
 pub fn run_to_end(args: &[&str]) -> (i32, String, String) {
     let home = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(args)
         .env("HOME", home.path())
         .env("XDG_STATE_HOME", home.path().join("state"))
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + RUN_TO_END_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`outpost {}` did not end within {RUN_TO_END_LIMIT:?}; its stderr:\n{}",
+                args.join(" "),
+                stderr.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status.code().unwrap_or(-1),
+        stdout.join().unwrap(),
+        stderr.join().unwrap(),
     )
 }
+
+/// How long [`run_to_end`] waits: far above any command's time here (a debug build compiling a
+/// Python component for `bundle install` takes about a minute).
+pub const RUN_TO_END_LIMIT: Duration = Duration::from_secs(300);
 
 /// A response with its body read to the end.
 #[derive(Debug)]

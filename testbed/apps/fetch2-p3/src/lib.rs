@@ -4,20 +4,30 @@
 //! (`futures::join!` in one guest task), and answers with both bodies, a's first. A non-200
 //! upstream or a refused request ends the request with the guest's `ErrorCode`.
 //!
+//! `GET /count?wait=URL` takes a number (how many such requests this instance has started, this
+//! one included), then sends `GET URL` and, once it answers, answers with the number: two
+//! requests in flight at once on one shared instance get 1 and 2, on two instances 1 and 1.
+//!
 //! Must not: send the two requests one after the other (the test's upstream answers only once
 //! both have arrived).
-use wasip3::http::client;
-use guest_kit_p3::{query_param, respond, text};
-use wasip3::http::types::{ErrorCode, Fields, Method, Request, Response, Scheme};
-use wasip3::wit_future;
+use guest_kit_p3::{get, query_param, respond, text};
+use wasip3::http::types::{ErrorCode, Request, Response};
 
 struct Fetch2;
+
+/// `/count` requests this instance has started.
+static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 wasip3::http::service::export!(Fetch2);
 
 impl wasip3::exports::http::handler::Guest for Fetch2 {
     async fn handle(request: Request) -> Result<Response, ErrorCode> {
         let pq = request.get_path_with_query().unwrap_or_default();
+        if let Some(url) = pq.strip_prefix("/count").and_then(|_| query_param(&pq, "wait")) {
+            let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            get(&url).await?;
+            return respond(200, "text/plain", format!("{n}\n").into_bytes());
+        }
         let (Some(a), Some(b)) = (query_param(&pq, "a"), query_param(&pq, "b")) else {
             return text(400, "usage: /?a=URL&b=URL\n");
         };
@@ -27,37 +37,4 @@ impl wasip3::exports::http::handler::Guest for Fetch2 {
         out.extend_from_slice(&rb?);
         respond(200, "text/plain", out)
     }
-}
-
-/// Sends `GET url` and reads the whole response body.
-async fn get(url: &str) -> Result<Vec<u8>, ErrorCode> {
-    let bad = || ErrorCode::InternalError(Some(format!("bad url {url:?}")));
-    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
-    let scheme = match scheme {
-        "http" => Scheme::Http,
-        "https" => Scheme::Https,
-        _ => return Err(bad()),
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
-    drop(trailers_tx);
-    let (req, _transmit) = Request::new(Fields::new(), None, trailers_rx, None);
-    req.set_method(&Method::Get).map_err(|()| bad())?;
-    req.set_scheme(Some(&scheme)).map_err(|()| bad())?;
-    req.set_authority(Some(authority)).map_err(|()| bad())?;
-    req.set_path_with_query(Some(path)).map_err(|()| bad())?;
-
-    let resp = client::send(req).await?;
-    let status = resp.get_status_code();
-    let (res_tx, res_rx) = wit_future::new(|| Ok(()));
-    drop(res_tx);
-    let (body, _trailers) = Response::consume_body(resp, res_rx);
-    let body = body.collect().await;
-    if status != 200 {
-        return Err(ErrorCode::InternalError(Some(format!("{url}: status {status}"))));
-    }
-    Ok(body)
 }

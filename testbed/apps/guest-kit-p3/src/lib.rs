@@ -1,14 +1,15 @@
 //! # guest-kit-p3
 //!
-//! What the WASI 0.3 test-bed guests share: a complete response from bytes, and the query
-//! parameters of a request.
+//! What the WASI 0.3 test-bed guests share: a complete response from bytes, the query
+//! parameters of a request, and an outbound `GET`.
 //!
 //! Must not: hold state, or do anything a guest's tests should see (each guest's behaviour is
 //! its own).
 
 pub use wasip3;
 
-use wasip3::http::types::{ErrorCode, Fields, Response};
+use wasip3::http::client;
+use wasip3::http::types::{ErrorCode, Fields, Method, Request, Response, Scheme};
 use wasip3::{wit_future, wit_stream};
 
 /// A response with `status`, a `content-type` and `content-length`, and `body`. The body is
@@ -69,6 +70,39 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends `GET url` and reads the whole response body.
+pub async fn get(url: &str) -> Result<Vec<u8>, ErrorCode> {
+    let bad = || ErrorCode::InternalError(Some(format!("bad url {url:?}")));
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let scheme = match scheme {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        _ => return Err(bad()),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (trailers_tx, trailers_rx) = wit_future::new(|| Ok(None));
+    drop(trailers_tx);
+    let (req, _transmit) = Request::new(Fields::new(), None, trailers_rx, None);
+    req.set_method(&Method::Get).map_err(|()| bad())?;
+    req.set_scheme(Some(&scheme)).map_err(|()| bad())?;
+    req.set_authority(Some(authority)).map_err(|()| bad())?;
+    req.set_path_with_query(Some(path)).map_err(|()| bad())?;
+
+    let resp = client::send(req).await?;
+    let status = resp.get_status_code();
+    let (res_tx, res_rx) = wit_future::new(|| Ok(()));
+    drop(res_tx);
+    let (body, _trailers) = Response::consume_body(resp, res_rx);
+    let body = body.collect().await;
+    if status != 200 {
+        return Err(ErrorCode::InternalError(Some(format!("{url}: status {status}"))));
+    }
+    Ok(body)
 }
 
 #[cfg(test)]

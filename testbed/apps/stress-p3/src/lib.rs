@@ -6,6 +6,9 @@
 //! - `/alloc?mib=N`: allocates N MiB (beyond `memory_limit` the allocation fails and the guest
 //!   traps);
 //! - `/keep?mib=N`: the same, never freed: it stays for the instance's next request;
+//! - `/fetch-after?url=URL`: counts as a `/count` request, answers 200 at once, then (in a task
+//!   of its own, after the response) sends `GET URL` and waits for its answer: post-response
+//!   work that waits on I/O;
 //! - `/count`: how many `/count` requests this instance has served, itself included (1 on a
 //!   fresh instance; more only when the instance is reused);
 //! - `/trap`: panics (a trap);
@@ -14,7 +17,7 @@
 //!
 //! Must not: be served to real traffic.
 
-use guest_kit_p3::respond;
+use guest_kit_p3::{get, query_param, respond};
 use wasip3::http::types::{ErrorCode, Fields, Request, Response};
 use wasip3::{wit_future, wit_stream};
 
@@ -66,6 +69,14 @@ impl wasip3::exports::http::handler::Guest for Stress {
                     }
                 }
             }
+        }
+        if pq.starts_with("/fetch-after?") {
+            let url = query_param(&pq, "url").unwrap_or_default();
+            COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            wasip3::spawn_local(async move {
+                let _ = get(&url).await;
+            });
+            return respond(200, "text/plain", b"answered\n".to_vec());
         }
         if pq == "/spin-after" {
             // The body first, then the loop, in the task that writes it.
