@@ -768,18 +768,17 @@ fn parse_component(
     let mut key_value_stores = Vec::new();
     if let Some(field) = t.take("key_value_stores") {
         for (key, store) in field.strings()? {
-            let ok = !store.is_empty()
-                && store.len() <= 63
-                && store.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
-                });
-            if !ok {
+            // The manifest's rule (Spin's own label rule), so a spin.toml that passes here
+            // never fails at the converted outpost.toml's key.
+            if !crate::base::units::is_store_label(&store) {
                 return Err(FieldError {
                     key,
                     problem: format!(
-                        "invalid store name {:?}; expected lowercase letters, digits, '_' and \
-                         '-', like \"default\"",
-                        quote(&store)
+                        "invalid store label {:?}; expected words of letters and digits joined by \
+                         '_', each starting with a letter and all lowercase or all uppercase, at \
+                         most {} bytes (like \"default\" or \"user_sessions\")",
+                        quote(&store),
+                        crate::base::units::MAX_STORE_LABEL
                     ),
                 });
             }
@@ -1362,7 +1361,7 @@ source = "./target/echo.wasm"
         assert_refuses(
             &with_component("key_value_stores = [\"Bad Name\"]"),
             "component.a.key_value_stores[0]",
-            "invalid store name",
+            "invalid store label",
         );
     }
 
