@@ -417,3 +417,131 @@ async fn a_spin_sdk_app_reads_its_variables() {
         r.body
     );
 }
+
+/// A Spin app as a Spin user has it — a directory with a `spin.toml`, a Spin SDK key-value
+/// component and a Spin SDK variables component — packed into a signed bundle and served by
+/// `outpost run`: its data survives a restart, and the very same bundle runs on Redis by
+/// changing only the node config (two nodes on one Redis see each other's writes).
+#[tokio::test]
+async fn a_spin_app_bundle_keeps_its_data_across_restarts_and_moves_to_redis_by_node_config() {
+    let lab = tempfile::tempdir().unwrap();
+    let at = |rel: &str| lab.path().join(rel).to_str().unwrap().to_owned();
+    let spin = lab.path().join("spin-app");
+    std::fs::create_dir_all(&spin).unwrap();
+    for guest in ["spin_kv", "spin_vars"] {
+        std::fs::copy(wasm(guest), spin.join(format!("{guest}.wasm"))).unwrap();
+    }
+    std::fs::write(
+        spin.join("spin.toml"),
+        r#"spin_manifest_version = 2
+
+[application]
+name = "spin-shop"
+version = "1.0.0"
+
+[variables]
+greeting = { default = "hello from spin.toml" }
+
+[[trigger.http]]
+route = "/..."
+component = "kv"
+
+[[trigger.http]]
+route = "/greeting"
+component = "vars"
+
+[component.kv]
+source = "spin_kv.wasm"
+key_value_stores = ["default"]
+[component.kv.build]
+command = "cargo build --target wasm32-wasip2 --release"
+
+[component.vars]
+source = "spin_vars.wasm"
+[component.vars.variables]
+greeting = "{{ greeting }}"
+"#,
+    )
+    .unwrap();
+    for args in [
+        vec!["bundle", "keygen", "--out", &at("alice")],
+        vec![
+            "bundle",
+            "pack",
+            spin.to_str().unwrap(),
+            "-o",
+            &at("shop.bundle"),
+        ],
+        vec!["bundle", "sign", &at("shop.bundle"), "--key", &at("alice.key")],
+    ] {
+        let (code, _, err) = run_to_end(&args);
+        assert_eq!(code, 0, "outpost {}: {err}", args.join(" "));
+    }
+    let node = |name: &str, extra: &str| {
+        let cfg = lab.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[node]\nstate_dir = \"{name}-state\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+                 admin = \"127.0.0.1:0\"\n[trust]\nkeys = [\"alice.pub\"]\n\
+                 [[app]]\nsource = \"shop.bundle\"\nhosts = [\"*\"]\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+
+    // The embedded backend: a write, a restart, the write is still there.
+    let sled = node("sled", "");
+    let d = Daemon::run_config(&sled);
+    expect(
+        d.addr(),
+        "shop.test",
+        "POST",
+        "/set/default/cart",
+        b"3 apples",
+    )
+    .await;
+    assert_eq!(
+        expect(d.addr(), "shop.test", "GET", "/greeting", b"").await,
+        "hello from spin.toml"
+    );
+    drop(d);
+    let d = Daemon::run_config(&sled);
+    assert_eq!(
+        expect(d.addr(), "shop.test", "GET", "/get/default/cart", b"").await,
+        "3 apples"
+    );
+    drop(d);
+
+    // Only the node config changes: `default` is now a Redis store, which two nodes share.
+    let Some(redis) = start_redis() else {
+        eprintln!("SKIPPED (Redis half): redis-server is not installed");
+        return;
+    };
+    let on_redis = format!(
+        "[key_value.stores.default]\nbackend = \"redis\"\nurl = \"{}\"",
+        redis.url
+    );
+    let (one, two) = (
+        Daemon::run_config(&node("redis-one", &on_redis)),
+        Daemon::run_config(&node("redis-two", &on_redis)),
+    );
+    let r = call(one.addr(), "shop.test", "GET", "/get/default/cart", b"").await;
+    assert_eq!(
+        r.status, 404,
+        "a fresh Redis store holds the sled data? {r:?}"
+    );
+    expect(
+        one.addr(),
+        "shop.test",
+        "POST",
+        "/set/default/cart",
+        b"2 pears",
+    )
+    .await;
+    assert_eq!(
+        expect(two.addr(), "shop.test", "GET", "/get/default/cart", b"").await,
+        "2 pears"
+    );
+}
