@@ -472,7 +472,13 @@ greeting = "{{ greeting }}"
             "-o",
             &at("shop.bundle"),
         ],
-        vec!["bundle", "sign", &at("shop.bundle"), "--key", &at("alice.key")],
+        vec![
+            "bundle",
+            "sign",
+            &at("shop.bundle"),
+            "--key",
+            &at("alice.key"),
+        ],
     ] {
         let (code, _, err) = run_to_end(&args);
         assert_eq!(code, 0, "outpost {}: {err}", args.join(" "));
@@ -543,5 +549,46 @@ greeting = "{{ greeting }}"
     assert_eq!(
         expect(two.addr(), "shop.test", "GET", "/get/default/cart", b"").await,
         "2 pears"
+    );
+}
+
+/// `outpost serve` keeps key-value stores across restarts, as `spin up` does: a Spin app
+/// directory's write is there after a restart with the same `--kv-dir`. A second server on the
+/// same directory is refused, naming the flag.
+#[tokio::test]
+async fn outpost_serve_keeps_key_value_data_across_restarts() {
+    let app = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("spin_kv"), app.path().join("spin_kv.wasm")).unwrap();
+    std::fs::write(
+        app.path().join("spin.toml"),
+        "spin_manifest_version = 2\n[application]\nname = \"counter\"\nversion = \"1.0.0\"\n\
+         [[trigger.http]]\nroute = \"/...\"\ncomponent = \"kv\"\n\
+         [component.kv]\nsource = \"spin_kv.wasm\"\nkey_value_stores = [\"default\"]\n",
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let kv_dir = state.path().join("kv");
+    let args = [
+        "--kv-dir",
+        kv_dir.to_str().unwrap(),
+        app.path().to_str().unwrap(),
+    ];
+    let d = Daemon::serve(&args);
+    expect(d.addr(), "x.test", "POST", "/set/default/seen", b"before").await;
+    let (code, _, err) = run_to_end(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--kv-dir",
+        kv_dir.to_str().unwrap(),
+        app.path().to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("--kv-dir"), "{err}");
+    drop(d);
+    let d = Daemon::serve(&args);
+    assert_eq!(
+        expect(d.addr(), "x.test", "GET", "/get/default/seen", b"").await,
+        "before"
     );
 }

@@ -60,6 +60,11 @@ pub struct ServeArgs {
     // argument, and the value may be a secret.
     #[arg(long = "var", value_name = "NAME=VALUE")]
     pub vars: Vec<String>,
+    /// Directory for the apps' key-value stores, kept across restarts (as `spin up` keeps
+    /// them). [default: $XDG_STATE_HOME/outpost/serve-kv or ~/.local/state/outpost/serve-kv;
+    /// with --no-cache, a temporary database gone on exit]
+    #[arg(long, value_name = "DIR")]
+    pub kv_dir: Option<PathBuf>,
 }
 
 /// `--var NAME=VALUE`, NAME a variable name (`[a-z][a-z0-9_]*`); errors never show the value.
@@ -74,6 +79,14 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
         ));
     }
     Ok((name.to_owned(), value.to_owned()))
+}
+
+/// `$XDG_STATE_HOME/outpost/serve-kv`, else `~/.local/state/outpost/serve-kv`.
+fn default_kv_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .map(|d| d.join("outpost").join("serve-kv"))
 }
 
 pub fn run(args: ServeArgs) -> CliResult {
@@ -112,5 +125,13 @@ pub fn run(args: ServeArgs) -> CliResult {
         cache,
         drain: args.drain_timeout,
         variables,
+        kv: match (args.kv_dir, args.no_cache) {
+            (Some(dir), _) => crate::node::dev::KvPlace::Chosen(dir),
+            (None, true) => crate::node::dev::KvPlace::Temporary,
+            (None, false) => match default_kv_dir() {
+                Some(dir) => crate::node::dev::KvPlace::Default(dir),
+                None => crate::node::dev::KvPlace::Temporary,
+            },
+        },
     })
 }

@@ -43,6 +43,51 @@ pub struct DevServer {
     pub drain: Duration,
     /// Values for the apps' `[variables]` (`--var name=value`), given to every app.
     pub variables: std::collections::BTreeMap<String, String>,
+    /// Where the apps' key-value stores live.
+    pub kv: KvPlace,
+}
+
+/// Where `outpost serve` keeps key-value stores.
+#[derive(Debug, Clone)]
+pub enum KvPlace {
+    /// `--kv-dir`: this directory, or an error if it cannot be opened.
+    Chosen(PathBuf),
+    /// The default state directory; if another `outpost serve` holds it, a temporary database
+    /// (with a warning) rather than no server.
+    Default(PathBuf),
+    /// A temporary database, gone on exit (`--no-cache`: nothing written to disk).
+    Temporary,
+}
+
+/// Opens the key-value database `place` names.
+fn open_kv(place: &KvPlace) -> Result<crate::store::kv::KvDb, ExitError> {
+    use crate::store::kv::KvDb;
+    let open = |dir: &PathBuf| {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))
+            .and_then(|()| KvDb::open(dir).map_err(|e| e.to_string()))
+    };
+    let temporary = || {
+        KvDb::temporary().map_err(|e| ExitError::runtime(anyhow::anyhow!("key-value stores: {e}")))
+    };
+    match place {
+        KvPlace::Chosen(dir) => open(dir).map_err(|e| {
+            ExitError::runtime(anyhow::anyhow!(
+                "key-value stores (--kv-dir): {e} (is another `outpost serve` using it?)"
+            ))
+        }),
+        KvPlace::Default(dir) => match open(dir) {
+            Ok(db) => {
+                tracing::info!(dir = %dir.display(), "key-value stores kept across restarts");
+                Ok(db)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "key-value stores cannot use the default directory (another `outpost serve` may hold it); using a temporary one, gone on exit — pass --kv-dir to choose");
+                temporary()
+            }
+        },
+        KvPlace::Temporary => temporary(),
+    }
 }
 
 /// Opens every app (verifying and unpacking bundles), loads it, binds the listeners, prints
@@ -89,10 +134,9 @@ pub fn run(dev: DevServer) -> Result<(), ExitError> {
         let runtime = Runtime::new(RuntimeSettings::from_sizing(sizing, dev.cache), metrics.clone())
             .map(Arc::new)
             .map_err(ExitError::runtime)?;
-        // Development keeps no state: key-value stores live in a temporary database, gone on
-        // exit (`outpost run` keeps them in its state directory).
-        let kv_db = crate::store::kv::KvDb::temporary()
-            .map_err(|e| ExitError::runtime(anyhow::anyhow!("key-value stores: {e}")))?;
+        // Key-value stores survive restarts, as `spin up`'s do, unless nothing may be written
+        // (`--no-cache`). Opened before any port is bound, like everything that can fail.
+        let kv_db = open_kv(&dev.kv)?;
         let kv = crate::runtime::kv::KeyValue::new(
             &crate::ops::config::KeyValueConfig::default(),
             kv_db,
