@@ -156,6 +156,11 @@ async fn spin_and_wasi_key_value_on_sled_are_scoped_limited_and_survive_kill_9()
         expect(addr, "c.test", "POST", "/batch/default", b"").await,
         "a=1\nb=2\nc=-\nkeys=a,b,n\n"
     );
+    // A read-modify-write from the guest (get, add, set) over the counter's decimal text.
+    assert_eq!(
+        expect(addr, "c.test", "GET", "/rmw/default/n", b"").await,
+        "3"
+    );
     let r = call(addr, "c.test", "GET", "/get/secret/x", b"").await;
     assert_eq!(
         (r.status, r.body.as_str()),

@@ -249,8 +249,15 @@ fn spin_convert_prints_the_outpost_toml_it_is_served_as() {
     let (code, dir_stdout, _) = run_to_end(&["spin", "convert", path_str(dir.path())]);
     assert_eq!((code, dir_stdout.as_str()), (0, stdout.as_str()));
     std::fs::write(dir.path().join("outpost.toml"), &stdout).unwrap();
-    let (code, _, stderr) =
-        run_to_end(&["bundle", "pack", path_str(dir.path()), "-o", "/dev/null"]);
+    let out = tempfile::tempdir().unwrap();
+    let bundle = out.path().join("converted.bundle");
+    let (code, _, stderr) = run_to_end(&[
+        "bundle",
+        "pack",
+        path_str(dir.path()),
+        "-o",
+        path_str(&bundle),
+    ]);
     assert_eq!(code, 0, "{stderr}");
 
     let (code, _, stderr) = run_to_end(&["spin", "convert", "/nonexistent/spin.toml"]);

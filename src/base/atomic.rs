@@ -6,8 +6,27 @@ use std::io::Write;
 use std::path::Path;
 
 /// Atomically replaces `path` with `bytes`. `mode` sets Unix permissions on the new file.
+///
+/// Only a regular file (or a symlink, which is replaced itself) is ever replaced: anything else
+/// at `path` — a device such as `/dev/null`, a FIFO, a socket, a directory — is refused with
+/// `InvalidInput`. Renaming over `/dev/null` as root (`bundle pack -o /dev/null`) once turned it
+/// into a regular file for the whole machine.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        let kind = meta.file_type();
+        if !kind.is_file() && !kind.is_symlink() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: exists and is not a regular file (a device, directory, FIFO or \
+                     socket); refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
+    }
 
     let dir = path
         .parent()
@@ -77,6 +96,30 @@ fn sweep(dir: &Path, remove: impl Fn(&Path) -> std::io::Result<()>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_not_a_regular_file_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let sub = dir.path().join("sub");
+        fs::create_dir(&sub).unwrap();
+        for target in [&sock, &sub] {
+            let err = write_file(target, b"x", 0o644).expect_err("refused");
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
+        use std::os::unix::fs::FileTypeExt;
+        assert!(fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
+        assert!(sub.is_dir());
+        // No temp file left behind either.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+        // A regular file is replaced as before.
+        let file = dir.path().join("f");
+        write_file(&file, b"one", 0o644).unwrap();
+        write_file(&file, b"two", 0o644).unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"two");
+    }
 
     #[test]
     fn replaces_content_and_leaves_no_temp_files() {

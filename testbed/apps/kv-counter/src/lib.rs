@@ -4,6 +4,9 @@
 //! under `wit/`:
 //! - `POST /incr/<label>/<key>`: `atomics::increment` by 1 → 200 with the new value.
 //! - `GET /get/<label>/<key>`: 200 with the value, 404 `not found`.
+//! - `/rmw/<label>/<key>` (any method): a read-modify-write as an app writes one — `get`, add
+//!   one to the decimal value (absent: 0), `set` — → 200 with the new value. Not atomic: two
+//!   at once may both write the same number (the bench's request; `/incr` is the atomic one).
 //! - `POST /batch/<label>`: `set-many` a=1, b=2, then `get-many` [a, b, c] and `list-keys` →
 //!   200 with `get-many` as `k=v` lines (`c=-` for absent) and a `keys=` line.
 //! - an `open` error → 403 (`AccessDenied`) or 500 with `error: <Debug>`; any other store error
@@ -51,6 +54,7 @@ impl Guest for KvCounter {
                 None => (404, "not found".to_owned()),
             }),
             "batch" => batch_round(&bucket),
+            "rmw" => read_modify_write(&bucket, key),
             _ => Ok((404, "no such route".to_owned())),
         };
         match result {
@@ -58,6 +62,17 @@ impl Guest for KvCounter {
             Err(e) => guest_kit::respond_text(out, 500, &format!("error: {e:?}")),
         }
     }
+}
+
+fn read_modify_write(bucket: &store::Bucket, key: &str) -> Result<(u16, String), store::Error> {
+    let n: u64 = bucket
+        .get(key)?
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+        + 1;
+    bucket.set(key, n.to_string().as_bytes())?;
+    Ok((200, n.to_string()))
 }
 
 fn batch_round(bucket: &store::Bucket) -> Result<(u16, String), store::Error> {
