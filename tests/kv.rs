@@ -209,9 +209,10 @@ async fn spin_and_wasi_key_value_on_sled_are_scoped_limited_and_survive_kill_9()
         expect(addr, "a.test", "GET", "/keys/default", b"").await,
         "greeting\nmax\nq1\nq2\n"
     );
+    // Two increments and the read-modify-write.
     assert_eq!(
         expect(addr, "c.test", "GET", "/get/default/n", b"").await,
-        "2"
+        "3"
     );
     // The quota is counted from disk after the restart.
     let r = call(addr, "a.test", "POST", "/set/default/q3", b"1").await;
