@@ -71,9 +71,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// The node's key-value stores: the embedded ones in `<state_dir>/kv` (a temporary database
-    /// for `--check`, which must not take the lock of a running daemon's), the rest as
-    /// `[key_value.stores]` says.
+    /// The node's key-value stores: the embedded ones in `<state_dir>/kv` (for `--check`, which
+    /// must not take the lock of a running daemon's, a temporary database in the state
+    /// directory, the one place its user may write), the rest as `[key_value.stores]` says.
     fn open_key_value(
         cfg: &Config,
         state_dir: &std::path::Path,
@@ -81,7 +81,7 @@ impl Node {
         metrics: &Metrics,
     ) -> Result<Arc<crate::runtime::kv::KeyValue>, ExitError> {
         let db = if check {
-            crate::store::kv::KvDb::temporary()
+            crate::store::kv::KvDb::temporary_in(state_dir)
         } else {
             crate::store::kv::KvDb::open(&state_dir.join("kv"))
         }

@@ -63,13 +63,29 @@ impl KvDb {
     }
 
     /// A database that lives in a temporary file and is gone when the process ends (`outpost
-    /// serve`, which keeps no state).
+    /// serve --no-cache`, which writes nothing to disk). sled puts it in `/dev/shm` (else the
+    /// temp directory).
     pub fn temporary() -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        Self::temporary_with(
+            sled::Config::new(),
+            PathBuf::from("(temporary key-value database)"),
+        )
+    }
+
+    /// A temporary database in a directory of `parent`'s, removed when it is dropped: for
+    /// `outpost run --check`, whose user may write its state directory and nothing else (a
+    /// sandboxed service has no writable `/dev/shm`).
+    pub fn temporary_in(parent: &Path) -> Result<Self, StoreError> {
+        let dir = parent.join(format!(".kv-check-{}", std::process::id()));
+        Self::temporary_with(sled::Config::new().path(&dir), dir)
+    }
+
+    fn temporary_with(config: sled::Config, shown: PathBuf) -> Result<Self, StoreError> {
+        let db = config
             .temporary(true)
             .open()
             .map_err(|source| StoreError::KeyValue {
-                path: PathBuf::from("(temporary key-value database)"),
+                path: shown,
                 source,
             })?;
         Ok(Self {
