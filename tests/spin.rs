@@ -415,3 +415,92 @@ exclude_files = ["*.txt"]
     assert_eq!(get(d.addr(), "/secret.txt").await.status, 404);
     assert_eq!(get(d.addr(), "/spin.toml").await.status, 404);
 }
+
+/// A signed bundle's variables come from node config: its `[[app]]` entry's own `variables`,
+/// and `[variables.APP]` by app name — which also reaches a release in the store no `[[app]]`
+/// names (as a control-plane release is). A required secret without a value stops the start
+/// with the field and where to set it; no value reaches the logs.
+#[tokio::test]
+async fn a_signed_bundles_variables_come_from_node_config() {
+    let dir = spin_dir(VARIABLES, &["config_reader"]);
+    let lab = tempfile::tempdir().unwrap();
+    let at = |rel: &str| lab.path().join(rel).to_str().unwrap().to_owned();
+    for args in [
+        vec!["bundle", "keygen", "--out", &at("alice")],
+        vec![
+            "bundle",
+            "pack",
+            path_str(dir.path()),
+            "-o",
+            &at("vars.bundle"),
+        ],
+        vec![
+            "bundle",
+            "sign",
+            &at("vars.bundle"),
+            "--key",
+            &at("alice.key"),
+        ],
+    ] {
+        let (code, _, err) = run_to_end(&args);
+        assert_eq!(code, 0, "outpost {}: {err}", args.join(" "));
+    }
+    let node = |name: &str, rest: &str| {
+        let cfg = lab.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[node]\nstate_dir = \"state\"\n[listen]\nhttp = [\"127.0.0.1:0\"]\n\
+                 admin = \"127.0.0.1:0\"\n[trust]\nkeys = [\"alice.pub\"]\n{rest}\n"
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let bundle_app = "[[app]]\nsource = \"vars.bundle\"\n";
+
+    let bare = node("bare", bundle_app);
+    let (code, _, stderr) = run_to_end(&["run", "--config", path_str(&bare), "--check"]);
+    assert_eq!(code, 65, "{stderr}");
+    for needle in [
+        "variables.token: required, but no value was supplied",
+        "[variables.vars]",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+
+    // The entry's own values win over the ones by app name; the others still apply.
+    let both = node(
+        "both",
+        &format!(
+            "{bundle_app}variables = {{ token = \"from-app-entry\" }}\n\
+             [variables.vars]\ntoken = \"from-node\"\ngreeting = \"hey\"\n"
+        ),
+    );
+    let d = Daemon::run_config(&both);
+    let r = get(d.addr(), "/message").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hey, from-app-entry!"));
+    drop(d);
+
+    // No [[app]] now: the release stays in the store and is served as an installed app, with
+    // the values node config gives its name.
+    let by_name = node("by-name", "[variables.vars]\ntoken = \"from-node\"\n");
+    let d = Daemon::run_config(&by_name);
+    let r = get(d.addr(), "/message").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hi, from-node!"));
+    // A reload does not load an installed release again: it says so.
+    std::fs::write(
+        &by_name,
+        std::fs::read_to_string(&by_name)
+            .unwrap()
+            .replace("from-node", "rotated-value"),
+    )
+    .unwrap();
+    d.signal("HUP");
+    d.expect_log(&["variables changed for an app this reload does not load again"]);
+    assert_eq!(get(d.addr(), "/message").await.body, "hi, from-node!");
+    let log = d.stderr();
+    for secret in ["from-node", "from-app-entry", "rotated-value"] {
+        assert!(!log.contains(secret), "{secret} in {log}");
+    }
+}

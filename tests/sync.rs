@@ -1013,3 +1013,41 @@ async fn oversized_and_stalled_downloads_fail_and_the_node_keeps_serving() {
         d.stderr()
     );
 }
+
+/// A control-plane release whose manifest requires a secret variable gets its value from the
+/// node config's `[variables.APP]`, which the release never carries; the value stays out of the
+/// logs.
+#[tokio::test]
+async fn an_assigned_release_takes_its_variables_from_node_config() {
+    let lab = Lab::new();
+    let (v1, v1_sig) = lab.release_for(
+        None,
+        "1.0.0",
+        "[variables]\ntoken = { required = true, secret = true }\n\
+         [component.main]\nsource = \"config_reader.wasm\"\nroutes = [\"/\"]\n\
+         variables = { message = \"token={{ token }}\" }\n",
+        &["config_reader"],
+    );
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    cp.state
+        .lock()
+        .unwrap()
+        .bundles
+        .insert(outpost::bundle::digest(&v1).to_string(), v1.clone());
+    let cfg = node_config_with(
+        &lab,
+        &cp,
+        &cp_key,
+        "5s",
+        "[variables.greeter]\ntoken = \"node-secret-42\"\n",
+    );
+    let d = Daemon::run_config(&cfg);
+    let node = enrolled(&cp, &d).await;
+    cp.set_desired(
+        1,
+        sealed(&cp_key, &node, 1, vec![entry("1.0.0", &v1, &v1_sig, &[])]),
+    );
+    wait_body(d.addr(), "/message", "token=node-secret-42").await;
+    assert!(!d.stderr().contains("node-secret-42"), "{}", d.stderr());
+}

@@ -212,6 +212,7 @@ impl Manifest {
         origin: &str,
     ) -> Result<Self, ManifestError> {
         let mut resolved: BTreeMap<&str, &str> = BTreeMap::new();
+        let app = &self.application.name;
         for (name, decl) in &self.variables {
             match values.get(name).or(decl.default.as_ref()) {
                 Some(v) => {
@@ -224,8 +225,9 @@ impl Manifest {
                             key: format!("variables.{name}"),
                             problem: format!(
                                 "required, but no value was supplied; set it with `outpost serve \
-                                 --var {name}=VALUE` or `variables = {{ {name} = \"...\" }}` in \
-                                 the node config's [[app]]"
+                                 --var {name}=VALUE`, or in the node config with \
+                                 `variables = {{ {name} = \"...\" }}` in its [[app]] or \
+                                 `{name} = \"...\"` under [variables.{app}]"
                             ),
                         },
                     ));

@@ -47,6 +47,8 @@ pub fn install_bundle(
     if let Some(o) = on_component {
         runtime.observe_loads(o);
     }
+    // The node's `[variables.APP]` values: a required variable is checked like at start.
+    runtime.set_app_variables(cfg.variables.clone());
     let store_dir = cfg.state_dir().join("store");
     let (store, _) = Store::open(&store_dir)
         .with_context(|| format!("opening the store in {}", store_dir.display()))

@@ -32,7 +32,15 @@ pub(super) type HostedApps = Vec<(Vec<HostPattern>, LoadedApp)>;
 
 /// The `[[app]]` entries of a config, split into app sources (directories, `.wasm`, built-ins)
 /// and bundle files (installed into the store first), each with its parsed host patterns.
-pub(super) type ConfigApps = (Vec<ConfigSource>, Vec<(Vec<HostPattern>, PathBuf)>);
+pub(super) type ConfigApps = (Vec<ConfigSource>, Vec<ConfigBundle>);
+
+/// An `[[app]]` bundle file: its host patterns, its path and the values of its variables (for
+/// the app the bundle holds, known once it is opened).
+pub(super) type ConfigBundle = (
+    Vec<HostPattern>,
+    PathBuf,
+    std::collections::BTreeMap<String, String>,
+);
 
 /// An `[[app]]` source: its host patterns, where it comes from and the values of its variables.
 pub(super) type ConfigSource = (
@@ -56,7 +64,7 @@ pub(super) fn config_apps(cfg: &Config) -> Result<ConfigApps, ExitError> {
             })?;
         let path = cfg.resolve_source(&a.source);
         if path.extension().is_some_and(|e| e == "bundle") {
-            bundles.push((hosts, path));
+            bundles.push((hosts, path, a.variables.clone()));
             continue;
         }
         let src = AppSource::from_path(&path).map_err(ExitError::app)?;
@@ -141,16 +149,27 @@ impl Reloader {
                 return;
             }
         };
+        // The loads below (and every later one) use the new values; a refused reload puts the
+        // previous ones back.
+        let previous = self.runtime.set_app_variables(cfg.variables.clone());
         let loaded = match self.load(&cfg).await {
             Ok(l) => l,
             Err(e) => {
+                self.runtime.set_app_variables(previous);
                 tracing::error!(error = %format!("{:#}", e.error), "config reload refused; still serving the previous configuration");
                 return;
             }
         };
         let apps = loaded.fixed.len();
+        let reloaded: BTreeSet<String> = loaded.fixed.iter().map(|(_, a)| a.name.clone()).collect();
         match self.swap(loaded).await {
             Ok(()) => {
+                for app in changed_variables(&previous, &self.runtime, &reloaded) {
+                    tracing::warn!(
+                        %app,
+                        "variables changed for an app this reload does not load again (not named by [[app]]); they apply when its next release loads or at restart"
+                    );
+                }
                 crate::ops::logging::apply_config_level_logged(cfg.log.level.as_deref(), true);
                 self.runtime.set_cpu_weights(
                     cfg.fairness
@@ -174,6 +193,7 @@ impl Reloader {
                 );
             }
             Err(e) => {
+                self.runtime.set_app_variables(previous);
                 tracing::error!(error = %e, "config reload refused; still serving the previous configuration");
             }
         }
@@ -193,8 +213,8 @@ impl Reloader {
         }
         let mut fixed_releases = Vec::new();
         let mut config_store_apps = BTreeSet::new();
-        for (hosts, path) in bundles {
-            let (release, app) = self.install_bundle(&path, &policy).await?;
+        for (hosts, path, variables) in bundles {
+            let (release, app) = self.install_bundle(&path, &policy, &variables).await?;
             config_store_apps.insert(release.app.clone());
             fixed_releases.push(release);
             fixed.push((hosts, app));
@@ -213,6 +233,7 @@ impl Reloader {
         &self,
         path: &std::path::Path,
         policy: &TrustPolicy,
+        variables: &std::collections::BTreeMap<String, String>,
     ) -> Result<(Release, LoadedApp), ExitError> {
         let pipeline = Pipeline {
             store: self.store.clone(),
@@ -226,7 +247,7 @@ impl Reloader {
                 &crate::store::install::sig_path_for(path),
                 crate::base::clock::unix_now(),
                 Mode::Upgrade,
-                |_| {},
+                |r| self.runtime.add_app_variables(&r.app, variables),
             )
             .await
             .map_err(|e| ExitError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
@@ -277,6 +298,23 @@ impl Reloader {
             }
         }
     }
+}
+
+/// The apps outside `reloaded` whose variable values differ between `previous` and what
+/// `runtime` holds now: they keep the values they were loaded with until they load again.
+fn changed_variables(
+    previous: &crate::runtime::AppVariables,
+    runtime: &Runtime,
+    reloaded: &BTreeSet<String>,
+) -> Vec<String> {
+    let now = runtime.all_app_variables();
+    let mut names: BTreeSet<&String> = previous.keys().collect();
+    names.extend(now.keys());
+    names
+        .into_iter()
+        .filter(|app| !reloaded.contains(*app) && previous.get(*app) != now.get(*app))
+        .cloned()
+        .collect()
 }
 
 /// The config sections that differ between `old` and `new` but only take effect at a start.

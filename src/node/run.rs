@@ -65,7 +65,7 @@ pub struct Node {
     sizing: sizing::Sizing,
     state_dir: PathBuf,
     apps_cfg: Vec<super::reload::ConfigSource>,
-    bundle_cfg: Vec<(Vec<crate::serve::HostPattern>, PathBuf)>,
+    bundle_cfg: Vec<super::reload::ConfigBundle>,
     policy: crate::bundle::sign::TrustPolicy,
     tls: Option<crate::serve::tls::TlsSetup>,
 }
@@ -185,6 +185,7 @@ impl Node {
             .map_err(ExitError::runtime)?,
         );
         runtime.set_key_value(Self::open_key_value(&cfg, &state_dir, check, &metrics)?);
+        runtime.set_app_variables(cfg.variables.clone());
         runtime.set_cpu_weights(
             cfg.fairness
                 .cpu_weight
@@ -678,7 +679,7 @@ async fn open_store_and_install(
     runtime: &Arc<Runtime>,
     policy: &crate::bundle::sign::TrustPolicy,
     limits: &crate::bundle::archive::Limits,
-    bundles: &[(Vec<crate::serve::HostPattern>, PathBuf)],
+    bundles: &[super::reload::ConfigBundle],
 ) -> Result<OpenedStore, ExitError> {
     use crate::store::{Store, install};
     let blocking =
@@ -712,14 +713,14 @@ async fn open_store_and_install(
     };
     let mut hosts_by_app = std::collections::BTreeMap::new();
     let mut loaded = std::collections::BTreeMap::new();
-    for (hosts, path) in bundles {
+    for (hosts, path, variables) in bundles {
         let checked = pipeline
             .install_file(
                 path,
                 &install::sig_path_for(path),
                 crate::base::clock::unix_now(),
                 Mode::Upgrade,
-                |_| {},
+                |r| runtime.add_app_variables(&r.app, variables),
             )
             .await
             .map_err(|e| ExitError::app(anyhow::anyhow!("{}: {e}", path.display())))?;

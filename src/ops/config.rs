@@ -68,6 +68,7 @@ const TOP_KEYS: &[&str] = &[
     "fairness",
     "log",
     "key_value",
+    "variables",
 ];
 const KEY_VALUE_KEYS: &[&str] = &[
     "max_key_size",
@@ -144,11 +145,17 @@ pub struct Config {
     pub log: LogConfig,
     /// `[key_value]`: limits and which backend holds each store.
     pub key_value: KeyValueConfig,
+    /// `[variables.APP]`: values for the `[variables]` of the app named APP, whatever its
+    /// source; an `[[app]]`'s own `variables` win over them. Kept out of logs.
+    pub variables: AppVariablesConfig,
     /// `[runtime]` with sizes and `default_timeout` already normalised to numbers.
     runtime: toml::Table,
     /// Where the config came from (file path or [`EMBEDDED_ORIGIN`]), for later errors.
     origin: String,
 }
+
+/// App name → variable name → value.
+pub type AppVariablesConfig = BTreeMap<String, BTreeMap<String, String>>;
 
 /// `[log]`
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -288,7 +295,7 @@ pub struct AppConfig {
     /// router's job.
     pub hosts: Vec<String>,
     /// Values for the app's `[variables]` (its manifest's, or its `spin.toml`'s), by name;
-    /// kept out of logs. Only for directory and `.wasm` sources.
+    /// kept out of logs. For a bundle they apply to the app the bundle holds.
     pub variables: BTreeMap<String, String>,
 }
 
@@ -488,6 +495,7 @@ fn builtin_default() -> Config {
         trust: TrustConfig::default(),
         store: StoreConfig::default(),
         key_value: KeyValueConfig::default(),
+        variables: AppVariablesConfig::new(),
         tls: TlsConfig {
             self_signed: true,
             ..TlsConfig::default()
@@ -686,9 +694,14 @@ fn parse_table(table: toml::Table) -> Result<(Config, toml::Table), FieldError> 
         Some(f) => parse_key_value(f.table()?)?,
         None => KeyValueConfig::default(),
     };
+    let variables = match top.take("variables") {
+        Some(f) => parse_app_variables(f.table()?)?,
+        None => AppVariablesConfig::new(),
+    };
     top.finish(TOP_KEYS)?;
     Ok((
         Config {
+            variables,
             fairness,
             log,
             key_value,
@@ -1028,46 +1041,69 @@ fn parse_app(mut t: Fields) -> Result<AppConfig, FieldError> {
             .map(|(_, host)| host)
             .collect(),
     };
-    let mut variables = BTreeMap::new();
-    if let Some(field) = t.take("variables") {
-        let key = field.key.clone();
-        if raw.ends_with(".bundle") {
-            return Err(FieldError {
-                key,
-                problem: "variables are not supported for a bundle source yet; set them for an \
-                          app directory, or give the variables defaults in the manifest"
-                    .to_owned(),
-            });
-        }
-        for (name, value) in field.table()?.drain() {
-            // The manifest's rule (`bundle::manifest::is_variable_name`, a layer above).
-            let mut bytes = name.bytes();
-            let valid = bytes.next().is_some_and(|b| b.is_ascii_lowercase())
-                && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-            if !valid {
-                return Err(value.error(format_args!(
-                    "invalid variable name {:?}; expected lowercase letters, digits and '_', \
-                     starting with a letter",
-                    quote(&name)
-                )));
-            }
-            // The value may be a secret: the error says what is wrong, never what it was.
-            let key = value.key.clone();
-            let toml::Value::String(text) = value.value else {
-                return Err(FieldError {
-                    key,
-                    problem: "expected a string (quote it; the value is not shown)".to_owned(),
-                });
-            };
-            variables.insert(name, text);
-        }
-    }
+    let variables = match t.take("variables") {
+        Some(field) => variable_values(field)?,
+        None => BTreeMap::new(),
+    };
     t.finish_section(APP_KEYS, TOP_KEYS)?;
     Ok(AppConfig {
         source,
         hosts,
         variables,
     })
+}
+
+/// A table of values for an app's `[variables]` (`[[app]] variables`, `[variables.APP]`). The
+/// values may be secrets: errors say what is wrong, never what a value was.
+fn variable_values(field: Field) -> Result<BTreeMap<String, String>, FieldError> {
+    let mut out = BTreeMap::new();
+    for (name, value) in field.table()?.drain() {
+        // The manifest's rule (`bundle::manifest::is_variable_name`, a layer above).
+        let mut bytes = name.bytes();
+        let valid = bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+            && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(value.error(format_args!(
+                "invalid variable name {:?}; expected lowercase letters, digits and '_', \
+                 starting with a letter",
+                quote(&name)
+            )));
+        }
+        let key = value.key.clone();
+        let toml::Value::String(text) = value.value else {
+            return Err(FieldError {
+                key,
+                problem: "expected a string (quote it; the value is not shown)".to_owned(),
+            });
+        };
+        out.insert(name, text);
+    }
+    Ok(out)
+}
+
+/// `[variables]`: app name → values for that app's `[variables]`, whatever its source (a
+/// directory, a bundle, a release the control plane assigns).
+fn parse_app_variables(mut t: Fields) -> Result<AppVariablesConfig, FieldError> {
+    let mut out = AppVariablesConfig::new();
+    for (app, table) in t.drain() {
+        // The manifest's app name rule (`[a-z0-9][a-z0-9-]{0,62}`, a layer above).
+        let valid = !app.is_empty()
+            && app.len() <= 63
+            && !app.starts_with('-')
+            && app
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return Err(table.error(format_args!(
+                "invalid app name {:?}; expected the app's name as its manifest gives it \
+                 (lowercase letters, digits and '-'), with a table of variable values, like \
+                 [variables.shop] token = \"...\"",
+                quote(&app)
+            )));
+        }
+        out.insert(app, variable_values(table)?);
+    }
+    Ok(out)
 }
 
 fn app_location(raw: &str) -> Result<AppLocation, String> {
@@ -1359,7 +1395,7 @@ source = "/srv/x.wasm"
         assert_rejects(
             &format!("apps = []\n{LISTEN}"),
             "apps",
-            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls, control_plane, fairness, log, key_value (did you mean \"app\"?)",
+            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls, control_plane, fairness, log, key_value, variables (did you mean \"app\"?)",
         );
         assert_rejects(
             &format!("node = 1\n{LISTEN}"),
@@ -1645,10 +1681,39 @@ source = "/srv/x.wasm"
             "app[0].variables.port",
             "expected a string (quote it; the value is not shown)",
         );
+        let b = parse(&app("source = \"x.bundle\"\nvariables = { a = \"1\" }"))
+            .expect("a bundle's variables");
+        assert_eq!(b.apps[0].variables["a"], "1");
+    }
+
+    #[test]
+    fn variables_by_app_name() {
+        let c = parse(&format!(
+            "{LISTEN}[variables.shop]\ntoken = \"s3cret\"\n[variables.blog-2]\n"
+        ))
+        .expect("[variables.APP]");
+        assert_eq!(c.variables["shop"]["token"], "s3cret");
+        assert!(c.variables["blog-2"].is_empty());
+        assert!(parse(LISTEN).expect("none").variables.is_empty());
         assert_rejects(
-            &app("source = \"x.bundle\"\nvariables = { a = \"1\" }"),
-            "app[0].variables",
-            "not supported for a bundle source yet",
+            &format!("{LISTEN}[variables.Shop]\ntoken = \"t\"\n"),
+            "variables.Shop",
+            "invalid app name \"Shop\"",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[variables]\ntoken = \"t\"\n"),
+            "variables.token",
+            "expected a table",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[variables.shop]\ntoken = 1\n"),
+            "variables.shop.token",
+            "expected a string (quote it; the value is not shown)",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[variables.shop]\nTok = \"secret-value\"\n"),
+            "variables.shop.Tok",
+            "invalid variable name \"Tok\"",
         );
     }
 

@@ -211,9 +211,13 @@ pub fn compile_app(
             for note in &m.notes {
                 tracing::info!(path = %m.path.display(), "{note}");
             }
+            // Values given with the source (`[[app]] variables`, `--var`) win over the ones
+            // node config supplies by app name (`[variables.APP]`).
+            let mut values = rt.app_variables(&m.manifest.application.name);
+            values.extend(variables.iter().map(|(k, v)| (k.clone(), v.clone())));
             let manifest = m
                 .manifest
-                .resolve_variables(variables, &m.path.display().to_string())?;
+                .resolve_variables(&values, &m.path.display().to_string())?;
             (manifest, dir.clone(), false, m.path)
         }
         AppSource::Wasm(file) => {

@@ -176,8 +176,16 @@ pub struct Runtime {
     /// The node's key-value stores ([`Runtime::set_key_value`]); without them a component's
     /// open of any store fails with `other`.
     kv: std::sync::OnceLock<Arc<kv::KeyValue>>,
+    /// Values for apps' `[variables]` the node config supplies by app name
+    /// ([`Runtime::set_app_variables`]); every load of that app uses them, whatever its source.
+    app_variables: std::sync::RwLock<AppVariables>,
     _ticker: engine::EpochTicker,
 }
+
+/// App name → variable name → value: what node config supplies for apps' `[variables]`. The
+/// values may be secrets: never logged.
+pub type AppVariables =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,6 +250,7 @@ impl Runtime {
             metrics,
             observer: std::sync::OnceLock::new(),
             kv: std::sync::OnceLock::new(),
+            app_variables: Default::default(),
             _ticker: ticker,
         })
     }
@@ -255,6 +264,53 @@ impl Runtime {
     /// [`fair::DEFAULT_WEIGHT`]. Applies to requests from now on.
     pub fn set_cpu_weights(&self, weights: std::collections::HashMap<String, u32>) {
         self.accounts.set_weights(weights);
+    }
+
+    /// Replaces the variable values node config supplies by app name, returning the previous
+    /// ones (a reload puts them back when it fails). Apps already loaded keep the values they
+    /// were loaded with; every load from now on uses these.
+    pub fn set_app_variables(&self, values: AppVariables) -> AppVariables {
+        let mut guard = self
+            .app_variables
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut *guard, values)
+    }
+
+    /// Adds `values` for `app` over what is set for it (an `[[app]]` bundle's own `variables`,
+    /// known by app name only once the bundle is opened).
+    pub fn add_app_variables(
+        &self,
+        app: &str,
+        values: &std::collections::BTreeMap<String, String>,
+    ) {
+        if values.is_empty() {
+            return;
+        }
+        let mut guard = self
+            .app_variables
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = guard.entry(app.to_owned()).or_default();
+        entry.extend(values.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+
+    /// The variable values node config supplies for `app` (empty when none).
+    pub fn app_variables(&self, app: &str) -> std::collections::BTreeMap<String, String> {
+        self.app_variables
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(app)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every app's values, as [`Runtime::app_variables`] gives them one app at a time.
+    pub fn all_app_variables(&self) -> AppVariables {
+        self.app_variables
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Sends the [`LoadEvent`]s of every component loaded from now on to `observer` (once per
