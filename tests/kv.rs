@@ -598,3 +598,77 @@ async fn outpost_serve_keeps_key_value_data_across_restarts() {
         "before"
     );
 }
+
+/// A WASI 0.3 component reaches the same stores over the same `wasi:keyvalue` interfaces: in
+/// one app, a WASI 0.2 component's writes are what the WASI 0.3 one reads, and a store it is
+/// not granted is refused the same way.
+#[tokio::test]
+async fn a_wasi_0_3_component_shares_its_apps_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = AppDir::app(
+        "kv-mixed",
+        "1.0.0",
+        "[component.counter]\nsource = \"kv_counter.wasm\"\nroutes = [\"/\"]\n\
+         key_value_stores = [\"default\"]\n\
+         [component.p3]\nsource = \"grants_p3.wasm\"\nroutes = [\"/kv\"]\n\
+         key_value_stores = [\"default\"]\n",
+        &["kv_counter", "grants_p3"],
+    );
+    let cfg = write_node_config(
+        dir.path(),
+        "kv.toml",
+        "",
+        &app_tables(&[(&app, "mixed.test")]),
+    );
+    let d = Daemon::run_config(&cfg);
+    let addr = d.addr();
+    for want in ["1", "2"] {
+        assert_eq!(
+            expect(addr, "mixed.test", "POST", "/incr/default/hits", b"").await,
+            want
+        );
+    }
+    assert_eq!(
+        expect(
+            addr,
+            "mixed.test",
+            "GET",
+            "/kv/get?store=default&key=hits",
+            b""
+        )
+        .await,
+        "2"
+    );
+    assert_eq!(
+        expect(
+            addr,
+            "mixed.test",
+            "GET",
+            "/kv/incr?store=default&key=hits",
+            b""
+        )
+        .await,
+        "3"
+    );
+    let r = call(
+        addr,
+        "mixed.test",
+        "GET",
+        "/kv/get?store=default&key=nothing",
+        b"",
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_str()), (404, "not found"));
+    let r = call(
+        addr,
+        "mixed.test",
+        "GET",
+        "/kv/get?store=other&key=hits",
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "error: Error::AccessDenied")
+    );
+}

@@ -307,9 +307,11 @@ fn parse_table(table: toml::Table, origin: &str) -> Result<SpinApp, FieldError> 
                   component"
             .to_owned(),
     })?;
-    let mut component_tables = top
-        .required("component", "at least one [component.<id>] table")?
-        .table()?;
+    // Absent when every trigger has its component inline.
+    let mut component_tables = match top.take("component") {
+        Some(f) => f.table()?,
+        None => Fields::new("component", toml::Table::new()),
+    };
     top.finish(TOP_KEYS)?;
 
     let declared: BTreeSet<&str> = variables.iter().map(|(n, _)| n.as_str()).collect();
@@ -328,20 +330,60 @@ fn parse_table(table: toml::Table, origin: &str) -> Result<SpinApp, FieldError> 
 
     // Route → the trigger that claimed it first, for conflicts.
     let mut claimed: HashMap<Route, String> = HashMap::new();
-    for trigger in http.array()? {
+    let triggers = http.array()?;
+    // Trigger ids written in the manifest: a generated one never takes theirs.
+    let mut trigger_ids: BTreeSet<String> = triggers
+        .iter()
+        .filter_map(|t| match &t.value {
+            toml::Value::Table(t) => t.get("id")?.as_str().map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    let mut trigger_counter = 1;
+    let mut inline_counter = 1;
+    for trigger in triggers {
         let key = trigger.key.clone();
         let mut t = trigger.table()?;
-        let component = t.required("component", "the id of a [component.<id>] table")?;
+        let trigger_id = match t.take("id") {
+            Some(f) => Some(f.string()?),
+            None => None,
+        };
+        let component = t.required(
+            "component",
+            "the id of a [component.<id>] table, or an inline component table",
+        )?;
         let component_key = component.key.clone();
         let id = match component.value {
             toml::Value::String(s) => s,
-            toml::Value::Table(_) => {
-                return Err(FieldError {
-                    key: component_key,
-                    problem: "inline components are not supported; move it to a \
-                              [component.<id>] table and name its id here"
-                        .to_owned(),
+            toml::Value::Table(table) => {
+                // Spin's normalisation: the inline component becomes `<trigger id>-component`
+                // (the trigger's id, or a generated `http-trigger<N>`), else
+                // `inline-component<N>` when that is taken or not a valid id.
+                let trigger_id = trigger_id.clone().unwrap_or_else(|| {
+                    loop {
+                        let id = format!("http-trigger{trigger_counter}");
+                        trigger_counter += 1;
+                        if trigger_ids.insert(id.clone()) {
+                            break id;
+                        }
+                    }
                 });
+                let natural = format!("{trigger_id}-component");
+                let id = if is_valid_name(&natural) && !components.contains_key(&natural) {
+                    natural
+                } else {
+                    loop {
+                        let id = format!("inline-component{inline_counter}");
+                        inline_counter += 1;
+                        if !components.contains_key(&id) {
+                            break id;
+                        }
+                    }
+                };
+                let fields = Fields::new(component_key.clone(), table);
+                let c = parse_component(id.clone(), fields, &declared, &mut notes)?;
+                components.insert(id.clone(), c);
+                id
             }
             other => {
                 return Err(FieldError {
@@ -353,7 +395,6 @@ fn parse_table(table: toml::Table, origin: &str) -> Result<SpinApp, FieldError> 
         if let Some(executor) = t.take("executor") {
             check_executor(executor)?;
         }
-        let _ = t.take("id");
         let route = t.required("route", "a route like \"/...\" or \"/hello\"")?;
         let route_key = route.key.clone();
         let route = match route.value {
@@ -1257,6 +1298,42 @@ source = "./target/echo.wasm"
         )
     }
 
+    /// Inline components get Spin's ids: `<trigger id>-component`, the trigger id written or
+    /// generated (`http-trigger<N>`), else `inline-component<N>` when that one is taken.
+    #[test]
+    fn inline_components_are_named_as_spin_names_them() {
+        let text = "spin_manifest_version = 2\n[application]\nname = \"a\"\n\
+             [[trigger.http]]\nroute = \"/one/...\"\ncomponent = { source = \"hello.wasm\" }\n\
+             [[trigger.http]]\nid = \"api\"\nroute = \"/api/...\"\n\
+             component = { source = \"hello.wasm\", key_value_stores = [\"default\"] }\n\
+             [[trigger.http]]\nid = \"x\"\nroute = \"/x\"\ncomponent = { source = \"hello.wasm\" }\n\
+             [[trigger.http]]\nroute = \"/...\"\ncomponent = \"x-component\"\n\
+             [component.x-component]\nsource = \"hello.wasm\"\n";
+        let c = convert(text, &app_files()).expect("converts");
+        let ids: Vec<&str> = c
+            .manifest
+            .components
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "api-component",
+                "http-trigger1-component",
+                "inline-component1",
+                "x-component"
+            ]
+        );
+        let api = c.manifest.component("api-component").expect("api");
+        assert_eq!(api.routes, [Route::prefix("/api")]);
+        assert_eq!(api.key_value_stores, ["default"]);
+        assert_eq!(
+            c.manifest.component("inline-component1").expect("x").routes,
+            [Route::exact("/x")]
+        );
+    }
+
     #[test]
     fn environment_is_an_explicit_grant() {
         let c = convert(
@@ -1525,10 +1602,10 @@ source = "./target/echo.wasm"
         );
         assert_refuses(
             &format!(
-                "{v2}[[trigger.http]]\nroute = \"/...\"\ncomponent = {{ source = \"a.wasm\" }}\n[component.a]\nsource = \"a.wasm\"\n"
+                "{v2}[[trigger.http]]\nroute = \"/...\"\ncomponent = {{ source = \"a.wasm\", sqlite_databases = [\"default\"] }}\n"
             ),
-            "trigger.http[0].component",
-            "inline components are not supported",
+            "trigger.http[0].component.sqlite_databases",
+            "",
         );
         assert_refuses(
             &format!(
