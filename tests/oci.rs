@@ -783,7 +783,8 @@ mod abuse {
             .get_blob_bytes("r", &desc, 1000, &|_| ())
             .await
             .unwrap_err();
-            assert!(matches!(e, OciError::Stalled { .. }), "{e}");
+            assert!(matches!(e, OciError::Interrupted { .. }), "{e}");
+            assert!(e.to_string().contains("no data for 300ms"), "{e}");
             assert_eq!(
                 hits.load(Ordering::SeqCst),
                 3,
@@ -830,6 +831,112 @@ mod abuse {
             .unwrap();
             assert_eq!(got, bytes);
             assert_eq!(leaked.load(Ordering::SeqCst), 0);
+        });
+    }
+
+    #[test]
+    fn bearer_tokens_are_fetched_with_the_credentials_and_cached() {
+        super::runtime().block_on(async {
+            let token_hits = Arc::new(AtomicUsize::new(0));
+            let seen = token_hits.clone();
+            let addr = serve(move |req, addr| {
+                let auth = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if req.uri().path() == "/token" {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let query = req.uri().query().unwrap_or("");
+                    // base64("u:p"), and the challenge's service and scope passed on.
+                    if auth != "Basic dTpw" || !query.contains("scope=repository%3Ar%3Apull") {
+                        return full(401, &[], b"");
+                    }
+                    return full(200, &[], br#"{"access_token":"t0k3n"}"#);
+                }
+                if auth == "Bearer t0k3n" {
+                    return full(200, &[], br#"{"name":"r","tags":["a","b"]}"#);
+                }
+                let challenge = format!(
+                    "Bearer realm=\"http://{addr}/token\",service=\"reg\",scope=\"repository:r:pull\""
+                );
+                full(401, &[("www-authenticate", challenge)], b"")
+            })
+            .await;
+            let with = |password: &str| {
+                client(
+                    addr,
+                    ClientOptions {
+                        credentials: Some(outpost::oci::Credentials::new("u", password)),
+                        ..ClientOptions::default()
+                    },
+                )
+            };
+            let good = with("p");
+            for _ in 0..2 {
+                assert_eq!(good.list_tags("r").await.unwrap(), vec!["a", "b"]);
+            }
+            assert_eq!(token_hits.load(Ordering::SeqCst), 1, "the token is cached");
+
+            let e = with("wrong").list_tags("r").await.unwrap_err();
+            assert!(matches!(e, OciError::Unauthorized { .. }), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("the token service refused the credentials of user \"u\""),
+                "{e}"
+            );
+            assert!(!e.to_string().contains("wrong"), "{e}");
+        });
+    }
+
+    #[test]
+    fn a_dropped_blob_download_resumes_with_range() {
+        super::runtime().block_on(async {
+            let ranges = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = ranges.clone();
+            let addr = serve(move |req, _| {
+                let range = req
+                    .headers()
+                    .get("range")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                seen.lock().unwrap().push(range.clone());
+                match range.as_deref() {
+                    // The whole blob announced, ten bytes sent, then (once they are surely
+                    // out) the body ends short and hyper drops the connection.
+                    None => {
+                        let stream = futures::stream::iter([Ok::<_, Infallible>(Frame::data(
+                            Bytes::from_static(&BLOB[..10]),
+                        ))])
+                        .chain(
+                            futures::stream::once(tokio::time::sleep(Duration::from_millis(100)))
+                                .filter_map(|()| async { None }),
+                        );
+                        Response::builder()
+                            .status(200)
+                            .header("content-length", "100")
+                            .body(http_body_util::BodyExt::boxed(StreamBody::new(stream)))
+                            .unwrap()
+                    }
+                    Some("bytes=10-") => full(
+                        206,
+                        &[("content-range", "bytes 10-99/100".to_owned())],
+                        &BLOB[10..],
+                    ),
+                    Some(_) => full(416, &[], b""),
+                }
+            })
+            .await;
+            let (bytes, desc) = blob();
+            let got = client(addr, ClientOptions::default())
+                .get_blob_bytes("r", &desc, 1000, &|_| ())
+                .await
+                .unwrap();
+            assert_eq!(got, bytes);
+            assert_eq!(
+                *ranges.lock().unwrap(),
+                vec![None, Some("bytes=10-".to_owned())]
+            );
         });
     }
 }

@@ -368,7 +368,7 @@ impl Client {
         let mut resumes = 0;
         loop {
             let from = received;
-            let resp = self
+            let sent = self
                 .send(
                     repo,
                     &what,
@@ -382,7 +382,20 @@ impl Client {
                     },
                     false,
                 )
-                .await?;
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                // A resume that cannot connect (the pool's connection was the one that broke,
+                // the registry restarts) counts as one more interruption, not the end.
+                Err(OciError::Transport { detail, .. }) if resumes > 0 => {
+                    resumes += 1;
+                    if resumes > self.opts.max_resumes {
+                        return Err(self.interrupted(repo, &what, detail, received, resumes - 1));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             // Bytes of this response already received before (a 200 to a range request).
             let mut skip = 0;
             match resp.status() {
@@ -476,14 +489,12 @@ impl Client {
                 Some(detail) => {
                     resumes += 1;
                     if resumes > self.opts.max_resumes {
-                        return Err(OciError::Stalled {
-                            at: self.at(repo),
-                            what: format!("{what} ({detail}; resumed {} times)", resumes - 1),
-                            secs: self.opts.stall_timeout.as_secs(),
-                            received,
-                        });
+                        return Err(self.interrupted(repo, &what, detail, received, resumes - 1));
                     }
-                    tracing::debug!(registry = %self.registry, %repo, %what, received, %detail, "resuming blob download");
+                    tracing::debug!(
+                        registry = %self.registry, %repo, %what, received, %detail,
+                        "resuming blob download"
+                    );
                 }
             }
         }
@@ -501,6 +512,23 @@ impl Client {
             source,
         })?;
         Ok(())
+    }
+
+    fn interrupted(
+        &self,
+        repo: &str,
+        what: &str,
+        detail: String,
+        received: u64,
+        resumes: u32,
+    ) -> OciError {
+        OciError::Interrupted {
+            at: self.at(repo),
+            what: what.to_owned(),
+            detail,
+            received,
+            resumes,
+        }
     }
 
     /// [`Self::get_blob`] into memory.

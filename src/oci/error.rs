@@ -75,13 +75,18 @@ pub enum OciError {
         expected: Digest,
         got: Digest,
     },
-    /// A blob body that stopped arriving for longer than the stall timeout (after resumes).
-    #[error("{at}: {what}: no data for {secs}s after {received} bytes")]
-    Stalled {
+    /// A blob body that stalled (no data for the stall timeout) or dropped, and kept doing so
+    /// through every resume.
+    #[error(
+        "{at}: {what}: download interrupted after {received} bytes ({detail}); gave up after \
+         {resumes} resumes"
+    )]
+    Interrupted {
         at: String,
         what: String,
-        secs: u64,
+        detail: String,
         received: u64,
+        resumes: u32,
     },
     /// A manifest or token response that is not what the spec says.
     #[error("{at}: {what}: {detail}")]
