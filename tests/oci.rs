@@ -131,6 +131,13 @@ fn push_then_pull_round_trip_on_an_anonymous_registry() {
     let lab = Lab::new();
     let reg = Registry::start(RegistrySetup::default());
     let reference = reg.reference("apps/greeter:1.0.0");
+    // HTTPS is the default, 127.0.0.1 included; a plain-HTTP registry says to pass --insecure.
+    let (code, _, err) = outpost(
+        &["bundle", "push", &lab.s("greeter.bundle"), &reference],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("pass --insecure"), "{err}");
     let (code, pinned, err) = outpost(
         &[
             "bundle",
@@ -355,6 +362,19 @@ fn tls_registry_with_a_private_ca() {
         err.contains("certificate") && err.contains("--ca-file"),
         "{err}"
     );
+    // Plain HTTP to a TLS registry says so too.
+    let (code, _, err) = outpost(
+        &[
+            "bundle",
+            "push",
+            &lab.s("greeter.bundle"),
+            &reference,
+            "--insecure",
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("leave out --insecure"), "{err}");
 
     let (code, _, err) = outpost(
         &[

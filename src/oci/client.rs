@@ -998,7 +998,18 @@ impl Client {
                     .join(" ");
                 format!(": {}", text.chars().take(300).collect::<String>())
             })
-            .unwrap_or_default();
+            .unwrap_or_else(|| {
+                // Go's TLS server answers a plain-HTTP request with a 400 and this text (a
+                // HEAD gets the 400 alone).
+                if self.opts.insecure
+                    && status == StatusCode::BAD_REQUEST
+                    && (body.is_empty() || String::from_utf8_lossy(&body).contains("HTTPS server"))
+                {
+                    ": does the registry speak HTTPS? then leave out --insecure".to_owned()
+                } else {
+                    String::new()
+                }
+            });
         let at = self.at(repo);
         let what = what.to_owned();
         match status {
