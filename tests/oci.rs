@@ -339,6 +339,23 @@ fn basic_auth_registry_with_flags_env_and_docker_config() {
         "{err}"
     );
     assert!(!err.contains("not-the-password"), "{err}");
+
+    // A password in the environment without a user name is not silently dropped.
+    let (code, _, err) = outpost(
+        &[
+            "bundle",
+            "pull",
+            &reference,
+            "-o",
+            out.to_str().unwrap(),
+            "--insecure",
+        ],
+        &[("OUTPOST_REGISTRY_PASSWORD", "s3cret-pw")],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("no --username"), "{err}");
+    assert!(!err.contains("s3cret-pw"), "{err}");
+    assert_eq!(entries(&out), Vec::<String>::new());
 }
 
 #[test]
