@@ -19,6 +19,8 @@
 //! - [`runtime`]: wasmtime engine defaults, component loading and the on-disk compiled-code
 //!   cache, per-request instantiation, limits, fair scheduling and capability grants.
 //! - [`store`]: the on-disk cache: content-addressed blobs, unpacked trees, sled index, GC.
+//! - [`oci`]: the OCI distribution client: references, registry auth, manifests and blobs by
+//!   digest, and the layout of a signed bundle as an OCI artifact (network I/O, no disk layout).
 //! - [`bundle`]: the app manifest, the bundle archive, release signatures and trust policy, the
 //!   signed desired state and signed control-plane requests — pure code, no I/O, `now` passed in.
 //! - [`sizing`]: hardware detection, the pure derivation of every pool and limit, and its
@@ -33,6 +35,7 @@ pub mod bundle;
 pub mod cli;
 pub mod control;
 pub mod node;
+pub mod oci;
 pub mod ops;
 pub mod runtime;
 pub mod serve;

@@ -1,4 +1,5 @@
-//! `outpost bundle ...`: make, sign, check and install signed app bundles.
+//! `outpost bundle ...`: make, sign, check and install signed app bundles, and push them to
+//! and pull them from OCI registries.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use crate::bundle::archive::{self, Limits};
 use crate::bundle::manifest::MANIFEST_FILE_NAME;
 use crate::bundle::sign::{self, ReleaseDoc, SignedDoc};
 use crate::bundle::{self as bundle_mod, Digest};
+use crate::oci;
 use crate::store::install::{self, MAX_SIG_FILE};
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +94,59 @@ pub enum BundleCommand {
         #[arg(long, value_name = "FILE")]
         sig: Option<PathBuf>,
     },
+    /// Push a signed bundle to an OCI registry: the bundle as one layer of an OCI image manifest
+    /// under TAG, and its signature file attached to that manifest as an OCI 1.1 referrer (found
+    /// through the referrers API, or through the sha256-<hex> tag on registries without it).
+    /// Prints the pushed reference pinned by digest, oci://HOST/REPO@sha256:….
+    Push {
+        /// The bundle file (APP.bundle); its signature file must exist.
+        bundle: PathBuf,
+        /// Where to push: oci://HOST[:PORT]/REPO:TAG.
+        reference: String,
+        /// Signature file [default: BUNDLE.sig].
+        #[arg(long, value_name = "FILE")]
+        sig: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Pull a bundle and its signature file from an OCI registry into DIR as
+    /// APP-VERSION.bundle and APP-VERSION.bundle.sig. Every blob is checked against its digest
+    /// and size, and the signature file must sign the bundle pulled; nothing is written unless
+    /// all of it arrived whole. Check the signature with `outpost bundle verify`.
+    Pull {
+        /// What to pull: oci://HOST[:PORT]/REPO:TAG or oci://HOST[:PORT]/REPO@sha256:HEX.
+        reference: String,
+        /// Directory to write the bundle and its signature file into (created if missing).
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        /// Largest bundle layer accepted, checked before it is downloaded (e.g. 64MiB).
+        #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+        max_size: u64,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+}
+
+/// How to reach and log in to a registry.
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// Speak plain HTTP to the registry instead of HTTPS (a local or test registry). HTTPS is
+    /// the default for every host, localhost included.
+    #[arg(long)]
+    insecure: bool,
+    /// A PEM file of CA certificates to trust beside the built-in web roots (a registry with a
+    /// certificate from a private CA).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// User name for the registry. Without one, credentials come from the Docker config file
+    /// ($DOCKER_CONFIG/config.json or ~/.docker/config.json, its auths entry for the host;
+    /// credential helpers are not run), else none are sent.
+    #[arg(long, requires = "password")]
+    username: Option<String>,
+    /// Password (or token) for --username; also read from OUTPOST_REGISTRY_PASSWORD, which
+    /// keeps it out of the process list.
+    #[arg(long, env = "OUTPOST_REGISTRY_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
 }
 
 pub fn run(args: BundleArgs) -> CliResult {
@@ -117,6 +172,18 @@ pub fn run(args: BundleArgs) -> CliResult {
             config,
             sig,
         } => install_cmd(&bundle, config, sig),
+        BundleCommand::Push {
+            bundle,
+            reference,
+            sig,
+            registry,
+        } => push_cmd(&bundle, &reference, sig, &registry),
+        BundleCommand::Pull {
+            reference,
+            output,
+            max_size,
+            registry,
+        } => pull_cmd(&reference, &output, max_size, &registry),
     }
 }
 
@@ -570,4 +637,219 @@ fn read_sig_opt(sig_path: &Path) -> Result<Option<Vec<u8>>, CliError> {
 /// The signature file of a bundle that must be signed: a missing file says so.
 fn read_sig_file(bundle: &Path, sig_path: &Path) -> Result<Vec<u8>, CliError> {
     install::read_required_sig_file(bundle, sig_path).map_err(CliError::app)
+}
+
+// === OCI registries ===
+
+/// The parsed reference and a client for its registry.
+fn registry_client(
+    reference: &str,
+    args: &RegistryArgs,
+) -> Result<(oci::Reference, oci::Client), CliError> {
+    let reference: oci::Reference = reference.parse().map_err(CliError::config)?;
+    let options = oci::ClientOptions {
+        insecure: args.insecure,
+        ca_file: args.ca_file.clone(),
+        credentials: match (&args.username, &args.password) {
+            (Some(u), Some(p)) => Some(oci::Credentials::new(u.clone(), p.clone())),
+            (None, Some(_)) => {
+                return Err(CliError::config(anyhow!(
+                    "a registry password is given (--password or OUTPOST_REGISTRY_PASSWORD) but \
+                     no --username"
+                )));
+            }
+            _ => None,
+        },
+        ..oci::ClientOptions::default()
+    };
+    let client = oci::Client::new(&reference.registry, options).map_err(CliError::config)?;
+    Ok((reference, client))
+}
+
+/// The exit code an OCI failure maps to: what the registry sent is the app's (65), a
+/// reference or option the user gave is config (64), the rest runtime (1).
+fn oci_error(e: oci::OciError) -> CliError {
+    use oci::OciError as E;
+    match e {
+        E::Reference(_) | E::Setup(_) | E::Credentials(_) => CliError::config(e),
+        E::DigestMismatch { .. }
+        | E::SizeMismatch { .. }
+        | E::TooLarge { .. }
+        | E::MediaType { .. }
+        | E::Invalid { .. } => CliError::app(e),
+        _ => CliError::runtime(e),
+    }
+}
+
+/// A progress display for an OCI push or pull: a spinner with the phase, a byte count while
+/// the bundle layer moves. Invisible when stderr is not a terminal.
+fn oci_progress(
+    verb: &'static str,
+    pb: &indicatif::ProgressBar,
+) -> impl Fn(oci::artifact::Step<'_>) + Sync {
+    let pb = pb.clone();
+    move |step| match step {
+        oci::artifact::Step::Phase(p) => pb.set_message(format!("{verb} {p}")),
+        oci::artifact::Step::Bytes { done, total } => pb.set_message(format!(
+            "{verb} bundle layer: {} of {}",
+            crate::base::units::format_bytes(done),
+            crate::base::units::format_bytes(total)
+        )),
+    }
+}
+
+fn push_cmd(
+    bundle: &Path,
+    reference: &str,
+    sig: Option<PathBuf>,
+    args: &RegistryArgs,
+) -> CliResult {
+    let t0 = Instant::now();
+    let (reference, client) = registry_client(reference, args)?;
+    if reference.tag.is_none() {
+        return Err(CliError::config(anyhow!(
+            "{reference}: a push needs a tag (oci://HOST/REPO:TAG); the digest is computed \
+             from what is pushed"
+        )));
+    }
+    let bytes = install::read_bundle_file(bundle, Limits::default().max_compressed)
+        .map_err(CliError::app)?;
+    let digest = bundle_mod::digest(&bytes);
+    let sig_path = sig_path(bundle, sig);
+    let sig = read_sig_file(bundle, &sig_path)?;
+    let signed = SignedDoc::parse(&sig, MAX_SIG_FILE)
+        .with_context(|| format!("{}", sig_path.display()))
+        .map_err(CliError::app)?;
+    let doc = signed.doc();
+    if doc.digest != digest || doc.size != bytes.len() as u64 {
+        return Err(CliError::app(anyhow!(
+            "{}: signs {} but {} is {digest}; sign the bundle again",
+            sig_path.display(),
+            doc.digest,
+            bundle.display()
+        )));
+    }
+    let config = oci::artifact::BundleConfig {
+        app: doc.app.clone(),
+        version: doc.version.clone(),
+        digest,
+        size: bytes.len() as u64,
+    };
+    let rt = crate::ops::process::tokio_runtime(2)?;
+    let pb = progress(&format!("pushing to {reference}"));
+    let pushed = rt.block_on(oci::artifact::push_bundle(
+        &client,
+        &reference,
+        bytes.into(),
+        sig.into(),
+        &config,
+        &oci_progress("pushing", &pb),
+    ));
+    pb.finish_and_clear();
+    let pushed = pushed.map_err(oci_error)?;
+    let how = match pushed.referrers {
+        oci::client::ReferrersSource::Api => "found by the referrers API".to_owned(),
+        oci::client::ReferrersSource::FallbackTag => format!(
+            "listed at tag {}",
+            oci::client::fallback_tag(&pushed.manifest.digest)
+        ),
+    };
+    eprintln!(
+        "pushed {} {} ({digest}) to {reference} in {:.2?}; signature attached as {} ({how})",
+        config.app,
+        config.version,
+        t0.elapsed(),
+        pushed.signature.digest
+    );
+    println!("{}", reference.pinned(&pushed.manifest.digest));
+    Ok(())
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::base::units::parse_bytes(s).map_err(|e| e.to_string())
+}
+
+fn pull_cmd(reference: &str, output: &Path, max_size: u64, args: &RegistryArgs) -> CliResult {
+    let t0 = Instant::now();
+    let (reference, client) = registry_client(reference, args)?;
+    let limits = oci::artifact::PullLimits {
+        max_bundle: max_size,
+        max_signature: MAX_SIG_FILE as u64,
+        ..oci::artifact::PullLimits::default()
+    };
+    let rt = crate::ops::process::tokio_runtime(2)?;
+    let pb = progress(&format!("pulling {reference}"));
+    let pulled = rt.block_on(oci::artifact::pull_bundle(
+        &client,
+        &reference,
+        &limits,
+        &oci_progress("pulling", &pb),
+    ));
+    pb.finish_and_clear();
+    let pulled = pulled.map_err(oci_error)?;
+    let digest = bundle_mod::digest(&pulled.bundle);
+    // The signature file that signs these bytes; a re-signed bundle may carry several, the
+    // last listed is the newest.
+    let signed = pulled
+        .signatures
+        .iter()
+        .rev()
+        .filter_map(|s| SignedDoc::parse(s, MAX_SIG_FILE).ok().map(|d| (s, d)))
+        .find(|(_, d)| d.doc().digest == digest && d.doc().size == pulled.bundle.len() as u64);
+    let Some((sig, signed)) = signed else {
+        return Err(CliError::app(anyhow!(
+            "{}: no signature file that signs bundle {digest} is attached ({} attached \
+             signature artifact(s) found); push it with `outpost bundle push`",
+            reference.pinned(&pulled.manifest_digest),
+            pulled.signatures.len()
+        )));
+    };
+    let doc = signed.doc();
+    let safe = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    if !safe(&doc.app) || !safe(&doc.version) {
+        return Err(CliError::app(anyhow!(
+            "{}: the signed document names app {:?} version {:?}, which cannot be a file name",
+            reference.pinned(&pulled.manifest_digest),
+            doc.app,
+            doc.version
+        )));
+    }
+    if pulled.config.app != doc.app || pulled.config.version != doc.version {
+        eprintln!(
+            "warning: the manifest's config says {} {}, the signed document {} {}; the signed \
+             document is what counts",
+            pulled.config.app, pulled.config.version, doc.app, doc.version
+        );
+    }
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("{}: cannot create directory", output.display()))
+        .map_err(CliError::runtime)?;
+    let bundle_path = output.join(format!("{}-{}.bundle", doc.app, doc.version));
+    let sig_path = install::sig_path_for(&bundle_path);
+    atomic::write_file(&bundle_path, &pulled.bundle, 0o644)
+        .with_context(|| format!("{}: cannot write", bundle_path.display()))
+        .map_err(CliError::runtime)?;
+    if let Err(e) = atomic::write_file(&sig_path, sig, 0o644) {
+        // Never leave a bundle without the signature file it came with.
+        let _ = std::fs::remove_file(&bundle_path);
+        return Err(CliError::runtime(
+            anyhow!(e).context(format!("{}: cannot write", sig_path.display())),
+        ));
+    }
+    eprintln!(
+        "pulled {} {} ({digest}, {}) from {} in {:.2?}; signature NOT verified here: run \
+         `outpost bundle verify`",
+        doc.app,
+        doc.version,
+        crate::base::units::format_bytes(pulled.bundle.len() as u64),
+        reference.pinned(&pulled.manifest_digest),
+        t0.elapsed()
+    );
+    println!("{}", bundle_path.display());
+    Ok(())
 }

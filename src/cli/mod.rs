@@ -62,7 +62,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Print the detected hardware and every pool size derived from it, with the reason.
     Info(info::InfoArgs),
-    /// Make, sign, verify, inspect and install signed app bundles.
+    /// Make, sign, verify, inspect and install signed app bundles; push them to and pull them
+    /// from OCI registries.
     Bundle(bundle::BundleArgs),
     /// Spin apps: print the outpost.toml a spin.toml is served as.
     Spin(spin::SpinArgs),

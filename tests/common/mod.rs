@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 pub mod clients;
 pub mod polyglot;
+pub mod registry;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 

@@ -1,0 +1,292 @@
+//! An Outpost bundle as an OCI artifact, and its detached signature file as a referrer of it.
+//!
+//! Layout (see `docs/distribution.md`):
+//! - the **bundle manifest**: an OCI image manifest whose config is a small JSON
+//!   [`BundleConfig`] (`media::OUTPOST_BUNDLE_CONFIG`) and whose one layer is the bundle archive
+//!   (`media::OUTPOST_BUNDLE_LAYER`), pushed under the reference's tag;
+//! - the **signature manifest**: an OCI image manifest with `artifactType`
+//!   `media::OUTPOST_SIGNATURE_ARTIFACT`, the empty config, one layer holding the signature file
+//!   (`media::OUTPOST_SIGNATURE_LAYER`) and `subject` = the bundle manifest's descriptor, pushed
+//!   by digest; registries with the referrers API index it themselves, for the others it is
+//!   added to the image index at the `sha256-<hex>` tag (the referrers tag schema).
+//!
+//! Owns: pushing and pulling that layout, checking that what was pulled has that shape.
+//! Must not: judge the signature — the bytes go back to the caller, which verifies them with
+//! `bundle::sign` against its trust policy; the config is informational and trusted by no one.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::client::{Client, ReferrersSource};
+use super::error::OciError;
+use super::manifest::{Descriptor, ImageManifest, Manifest};
+use super::media;
+use super::reference::Reference;
+use crate::bundle::Digest;
+
+/// The config blob of a bundle manifest: what the bundle says it is (unsigned; the signature
+/// file's document is what is trusted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleConfig {
+    pub app: String,
+    pub version: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// Caps on what [`pull_bundle`] reads, each checked before the blob is requested.
+#[derive(Debug, Clone, Copy)]
+pub struct PullLimits {
+    pub max_bundle: u64,
+    pub max_signature: u64,
+    pub max_config: u64,
+}
+
+impl Default for PullLimits {
+    fn default() -> Self {
+        Self {
+            max_bundle: crate::ops::config::DEFAULT_MAX_BUNDLE_SIZE,
+            max_signature: 64 << 10,
+            max_config: 64 << 10,
+        }
+    }
+}
+
+/// What [`push_bundle`] pushed.
+#[derive(Debug, Clone)]
+pub struct PushedBundle {
+    /// The bundle manifest's descriptor: its digest is what `oci://HOST/REPO@sha256:…` pins.
+    pub manifest: Descriptor,
+    /// The signature manifest's descriptor.
+    pub signature: Descriptor,
+    /// Whether the registry indexed the referrer itself (`OCI-Subject`) or the fallback tag
+    /// was written.
+    pub referrers: ReferrersSource,
+}
+
+/// What [`pull_bundle`] fetched: every byte checked against its digest and size.
+#[derive(Debug, Clone)]
+pub struct PulledBundle {
+    pub manifest_digest: Digest,
+    pub config: BundleConfig,
+    pub bundle: Vec<u8>,
+    /// The signature files attached to the bundle manifest, in the order the registry listed
+    /// them (a re-signed bundle may carry several).
+    pub signatures: Vec<Vec<u8>>,
+    pub referrers: ReferrersSource,
+}
+
+/// A step of a push or pull, for progress display.
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    /// A named phase ("bundle manifest", "signature", …).
+    Phase(&'a str),
+    /// Bytes of the bundle layer moved so far, of `total`.
+    Bytes { done: u64, total: u64 },
+}
+
+/// Pushes `bundle` (with its `config`) under `reference`'s tag, then `signature` as a referrer
+/// of the bundle manifest.
+pub async fn push_bundle(
+    client: &Client,
+    reference: &Reference,
+    bundle: Bytes,
+    signature: Bytes,
+    config: &BundleConfig,
+    progress: &(dyn Fn(Step<'_>) + Sync),
+) -> Result<PushedBundle, OciError> {
+    let repo = reference.repository.as_str();
+    let target = reference.tag.clone().ok_or_else(|| OciError::Invalid {
+        at: format!("{}/{repo}", reference.registry),
+        what: reference.to_string(),
+        detail: "a push needs a tag (:TAG); the digest is computed from what is pushed".to_owned(),
+    })?;
+    let config_bytes = Bytes::from(serde_json::to_vec(config).unwrap_or_default());
+    progress(Step::Phase("config"));
+    let config_desc = client
+        .push_blob(repo, media::OUTPOST_BUNDLE_CONFIG, config_bytes, &|_| ())
+        .await?;
+    let total = bundle.len() as u64;
+    progress(Step::Bytes { done: 0, total });
+    let mut layer = client
+        .push_blob(repo, media::OUTPOST_BUNDLE_LAYER, bundle, &|done| {
+            progress(Step::Bytes { done, total })
+        })
+        .await?;
+    layer.annotations.insert(
+        "org.opencontainers.image.title".to_owned(),
+        format!("{}-{}.bundle", config.app, config.version),
+    );
+    progress(Step::Phase("bundle manifest"));
+    let manifest = ImageManifest::new(config_desc, vec![layer]);
+    let manifest_bytes = Bytes::from(manifest.to_bytes());
+    let manifest_desc = Descriptor::of(media::OCI_MANIFEST, &manifest_bytes);
+    client
+        .put_manifest(repo, &target, media::OCI_MANIFEST, manifest_bytes)
+        .await?;
+
+    progress(Step::Phase("signature"));
+    let empty = client
+        .push_blob(
+            repo,
+            media::OCI_EMPTY,
+            Bytes::from_static(media::OCI_EMPTY_BLOB),
+            &|_| (),
+        )
+        .await?;
+    let sig_layer = client
+        .push_blob(repo, media::OUTPOST_SIGNATURE_LAYER, signature, &|_| ())
+        .await?;
+    let mut sig_manifest = ImageManifest::new(empty, vec![sig_layer]);
+    sig_manifest.artifact_type = Some(media::OUTPOST_SIGNATURE_ARTIFACT.to_owned());
+    sig_manifest.subject = Some(manifest_desc.clone());
+    let sig_bytes = Bytes::from(sig_manifest.to_bytes());
+    let mut sig_desc = Descriptor::of(media::OCI_MANIFEST, &sig_bytes);
+    sig_desc.artifact_type = Some(media::OUTPOST_SIGNATURE_ARTIFACT.to_owned());
+    let put = client
+        .put_manifest(
+            repo,
+            &sig_desc.digest.to_string(),
+            media::OCI_MANIFEST,
+            sig_bytes,
+        )
+        .await?;
+    let referrers = if put.subject_indexed {
+        ReferrersSource::Api
+    } else {
+        client
+            .add_fallback_referrer(repo, &manifest_desc.digest, sig_desc.clone())
+            .await?;
+        ReferrersSource::FallbackTag
+    };
+    Ok(PushedBundle {
+        manifest: manifest_desc,
+        signature: sig_desc,
+        referrers,
+    })
+}
+
+/// Pulls the bundle `reference` names and the signature files attached to it. Refuses a
+/// manifest that is not an Outpost bundle (an index, another config type, another layer type,
+/// more than one layer) before fetching any layer.
+pub async fn pull_bundle(
+    client: &Client,
+    reference: &Reference,
+    limits: &PullLimits,
+    progress: &(dyn Fn(Step<'_>) + Sync),
+) -> Result<PulledBundle, OciError> {
+    let repo = reference.repository.as_str();
+    let at = format!("{}/{repo}", reference.registry);
+    progress(Step::Phase("manifest"));
+    let fetched = client.get_manifest(repo, &reference.target()).await?;
+    let what = format!("manifest {reference} ({})", fetched.digest);
+    let manifest = match fetched.manifest {
+        Manifest::Image(m) => m,
+        Manifest::Index(_) => {
+            return Err(OciError::MediaType {
+                at,
+                what,
+                media_type: fetched.media_type,
+                expected: format!(
+                    "an image manifest of an Outpost bundle ({})",
+                    media::OCI_MANIFEST
+                ),
+            });
+        }
+    };
+    if manifest.config.media_type != media::OUTPOST_BUNDLE_CONFIG {
+        return Err(OciError::MediaType {
+            at,
+            what: format!("{what}: config"),
+            media_type: manifest.config.media_type,
+            expected: media::OUTPOST_BUNDLE_CONFIG.to_owned(),
+        });
+    }
+    let layer = match manifest.layers.as_slice() {
+        [layer] if layer.media_type == media::OUTPOST_BUNDLE_LAYER => layer.clone(),
+        [layer] => {
+            return Err(OciError::MediaType {
+                at,
+                what: format!("{what}: layer {}", layer.digest),
+                media_type: layer.media_type.clone(),
+                expected: media::OUTPOST_BUNDLE_LAYER.to_owned(),
+            });
+        }
+        layers => {
+            return Err(OciError::Invalid {
+                at,
+                what,
+                detail: format!(
+                    "{} layers; an Outpost bundle manifest has exactly one ({})",
+                    layers.len(),
+                    media::OUTPOST_BUNDLE_LAYER
+                ),
+            });
+        }
+    };
+    progress(Step::Phase("config"));
+    let config_bytes = client
+        .get_blob_bytes(repo, &manifest.config, limits.max_config, &|_| ())
+        .await?;
+    let config: BundleConfig =
+        serde_json::from_slice(&config_bytes).map_err(|e| OciError::Invalid {
+            at: at.clone(),
+            what: format!("{what}: config"),
+            detail: format!("not an Outpost bundle config: {e}"),
+        })?;
+    if config.digest != layer.digest || config.size != layer.size {
+        return Err(OciError::Invalid {
+            at,
+            what: format!("{what}: config"),
+            detail: format!(
+                "names bundle {} ({} bytes) but the layer is {} ({} bytes)",
+                config.digest, config.size, layer.digest, layer.size
+            ),
+        });
+    }
+    let total = layer.size;
+    progress(Step::Bytes { done: 0, total });
+    let bundle = client
+        .get_blob_bytes(repo, &layer, limits.max_bundle, &|done| {
+            progress(Step::Bytes { done, total })
+        })
+        .await?;
+
+    progress(Step::Phase("signature"));
+    let (referrers, source) = client
+        .referrers(
+            repo,
+            &fetched.digest,
+            Some(media::OUTPOST_SIGNATURE_ARTIFACT),
+        )
+        .await?;
+    let mut signatures = Vec::new();
+    for r in referrers {
+        let sig = client.get_manifest(repo, &r.digest.to_string()).await?;
+        let Manifest::Image(sig_manifest) = sig.manifest else {
+            continue;
+        };
+        // The referrers list is the registry's word; the manifest itself must say it.
+        if sig_manifest.subject.as_ref().map(|s| &s.digest) != Some(&fetched.digest)
+            || sig_manifest.effective_artifact_type() != media::OUTPOST_SIGNATURE_ARTIFACT
+        {
+            continue;
+        }
+        for l in &sig_manifest.layers {
+            if l.media_type == media::OUTPOST_SIGNATURE_LAYER {
+                signatures.push(
+                    client
+                        .get_blob_bytes(repo, l, limits.max_signature, &|_| ())
+                        .await?,
+                );
+            }
+        }
+    }
+    Ok(PulledBundle {
+        manifest_digest: fetched.digest,
+        config,
+        bundle,
+        signatures,
+        referrers: source,
+    })
+}

@@ -1,0 +1,35 @@
+//! OCI distribution client: references, registry auth, manifests and blobs by digest — the
+//! network half of carrying Outpost bundles (and, later, foreign Wasm artifacts) through any
+//! registry that speaks the OCI distribution spec v1.1 (or the Docker registry API v2 it grew
+//! from).
+//!
+//! Owns: parsing `oci://HOST[:PORT]/REPO[:TAG][@sha256:HEX]` ([`reference`]), credentials and
+//! the `WWW-Authenticate` challenge flow ([`auth`]), manifest and descriptor shapes
+//! ([`manifest`]), the media types Outpost reads and writes ([`media`]), the HTTP client with its
+//! caps, timeouts, digest checks, redirects and resumes ([`client`]), and the layout of an
+//! Outpost bundle as an OCI artifact with its attached signature ([`artifact`]).
+//! Must not: touch the disk layout (it streams into writers the caller gives; where files go is
+//! the caller's business), verify signatures or decide trust (`bundle::sign` does that from the
+//! bytes this module returns), or panic on anything a registry sends. Every byte it hands back
+//! has been checked against the digest and size that named it, so a malicious registry can
+//! withhold or delay content but never substitute it.
+//!
+//! ```text
+//! let client = Client::new(&reference.registry, ClientOptions::default())?;
+//! let pulled = artifact::pull_bundle(&client, &reference, &artifact::PullLimits::default(), |_| ()).await?;
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod artifact;
+pub mod auth;
+pub mod client;
+mod error;
+pub mod manifest;
+pub mod media;
+pub mod reference;
+
+pub use auth::Credentials;
+pub use client::{Client, ClientOptions};
+pub use error::OciError;
+pub use manifest::{Descriptor, FetchedManifest, ImageIndex, ImageManifest, Manifest};
+pub use reference::{Reference, ReferenceError};
