@@ -647,23 +647,31 @@ fn registry_client(
     args: &RegistryArgs,
 ) -> Result<(oci::Reference, oci::Client), CliError> {
     let reference: oci::Reference = reference.parse().map_err(CliError::config)?;
-    let options = oci::ClientOptions {
-        insecure: args.insecure,
-        ca_file: args.ca_file.clone(),
-        credentials: match (&args.username, &args.password) {
-            (Some(u), Some(p)) => Some(oci::Credentials::new(u.clone(), p.clone())),
-            (None, Some(_)) => {
-                return Err(CliError::config(anyhow!(
-                    "a registry password is given (--password or OUTPOST_REGISTRY_PASSWORD) but \
-                     no --username"
-                )));
-            }
-            _ => None,
-        },
-        ..oci::ClientOptions::default()
-    };
+    let options = args.options()?;
     let client = oci::Client::new(&reference.registry, options).map_err(CliError::config)?;
     Ok((reference, client))
+}
+
+impl RegistryArgs {
+    /// The client options these flags ask for.
+    pub(crate) fn options(&self) -> Result<oci::ClientOptions, CliError> {
+        let args = self;
+        Ok(oci::ClientOptions {
+            insecure: args.insecure,
+            ca_file: args.ca_file.clone(),
+            credentials: match (&args.username, &args.password) {
+                (Some(u), Some(p)) => Some(oci::Credentials::new(u.clone(), p.clone())),
+                (None, Some(_)) => {
+                    return Err(CliError::config(anyhow!(
+                        "a registry password is given (--password or OUTPOST_REGISTRY_PASSWORD) but \
+                     no --username"
+                    )));
+                }
+                _ => None,
+            },
+            ..oci::ClientOptions::default()
+        })
+    }
 }
 
 /// The exit code an OCI failure maps to: what the registry sent is the app's (65), a

@@ -11,9 +11,10 @@ use crate::serve::certs::CertPaths;
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// App directories (containing outpost.toml, or a Spin app's spin.toml), bare .wasm
-    /// components, or signed bundles
-    /// (APP.bundle with APP.bundle.sig next to it; needs --trust). Several apps may be served at
-    /// once as long as their routes do not collide.
+    /// components, signed bundles (APP.bundle with APP.bundle.sig next to it; needs --trust),
+    /// or signed bundles in an OCI registry (oci://HOST[:PORT]/REPO:TAG or …@sha256:DIGEST, as
+    /// `outpost bundle push` put them; needs --trust). Several apps may be served at once as
+    /// long as their routes do not collide.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Address to listen on (repeatable). Port 0 picks a free port; the bound address is printed.
@@ -37,6 +38,9 @@ pub struct ServeArgs {
     /// Serve bundles without checking their signatures (development only).
     #[arg(long, conflicts_with = "trust")]
     pub insecure_unsigned: bool,
+    /// How to reach oci:// sources.
+    #[command(flatten)]
+    pub registry: super::bundle::RegistryArgs,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     #[arg(long, default_value = "10s", value_parser = super::parse_duration, value_name = "DURATION")]
     pub drain_timeout: Duration,
@@ -113,7 +117,9 @@ pub fn run(args: ServeArgs) -> CliResult {
         (Some(cert), Some(key)) => Some(CertPaths { cert, key }),
         _ => None,
     };
+    let registry = args.registry.options()?;
     crate::node::dev::run(crate::node::dev::DevServer {
+        registry,
         paths: args.paths,
         trust: args.trust,
         insecure_unsigned: args.insecure_unsigned,

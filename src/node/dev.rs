@@ -29,6 +29,8 @@ pub struct DevServer {
     pub trust: Vec<String>,
     /// Serve bundles without checking their signatures.
     pub insecure_unsigned: bool,
+    /// How `oci://` paths reach their registries.
+    pub registry: crate::oci::ClientOptions,
     pub listen: Vec<SocketAddr>,
     pub https: Vec<SocketAddr>,
     /// The certificate for `https`; `None`: a generated self-signed one for localhost.
@@ -102,7 +104,22 @@ pub fn run(dev: DevServer) -> Result<(), ExitError> {
     let _cleanup = RemoveOnDrop(unpack_root.clone());
     let mut sources = Vec::with_capacity(dev.paths.len());
     for (i, p) in dev.paths.iter().enumerate() {
-        if p.extension().is_some_and(|e| e == "bundle") {
+        if let Some(raw) = p
+            .to_str()
+            .filter(|s| s.starts_with(crate::oci::reference::SCHEME))
+        {
+            let dir = unpack_root.join(i.to_string());
+            let (bundle, signatures) = pull_bundle(raw, &dev.registry, &dev)?;
+            open_bundle_bytes(
+                raw,
+                &bundle,
+                &signatures,
+                &dev.trust,
+                dev.insecure_unsigned,
+                &dir,
+            )?;
+            sources.push(AppSource::Dir(dir));
+        } else if p.extension().is_some_and(|e| e == "bundle") {
             let dir = unpack_root.join(i.to_string());
             open_bundle(p, &dev.trust, dev.insecure_unsigned, &dir)?;
             sources.push(AppSource::Dir(dir));
@@ -205,40 +222,118 @@ fn open_bundle(
     insecure: bool,
     dir: &std::path::Path,
 ) -> Result<(), ExitError> {
+    use crate::bundle::archive::Limits;
+    use crate::store::install;
+    let label = path.display().to_string();
+    let bytes = install::read_bundle_file(path, Limits::default().max_compressed)
+        .map_err(|e| ExitError::app(anyhow::anyhow!("{label}: {e}")))?;
+    let sig = if insecure {
+        Vec::new()
+    } else {
+        // Checked before the signature file is read: its absence is the lesser problem.
+        trust_policy(&label, trust)?;
+        vec![
+            install::read_required_sig_file(path, &install::sig_path_for(path))
+                .map_err(ExitError::app)?,
+        ]
+    };
+    open_bundle_bytes(&label, &bytes, &sig, trust, insecure, dir)
+}
+
+/// The policy `--trust` keys make; an error naming `label` when there are none.
+fn trust_policy(
+    label: &str,
+    trust: &[String],
+) -> Result<crate::bundle::sign::TrustPolicy, ExitError> {
+    if trust.is_empty() {
+        return Err(ExitError::config(anyhow::anyhow!(
+            "{label}: a bundle needs --trust PUBKEY (or --insecure-unsigned for development)"
+        )));
+    }
+    let keys: Vec<(String, String)> = trust
+        .iter()
+        .map(|k| ("--trust".to_owned(), k.clone()))
+        .collect();
+    crate::node::trust::trust_policy(&keys, 1, Default::default()).map_err(ExitError::config)
+}
+
+/// Pulls the bundle `raw` names and the signature files attached to it.
+fn pull_bundle(
+    raw: &str,
+    options: &crate::oci::ClientOptions,
+    dev: &DevServer,
+) -> Result<(Vec<u8>, Vec<Vec<u8>>), ExitError> {
+    use anyhow::anyhow;
+    let reference: crate::oci::Reference =
+        raw.parse().map_err(|e| ExitError::config(anyhow!("{e}")))?;
+    if !dev.insecure_unsigned {
+        trust_policy(raw, &dev.trust)?;
+    }
+    let client = crate::oci::Client::new(&reference.registry, options.clone())
+        .map_err(|e| ExitError::config(anyhow!("{e}")))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ExitError::runtime(anyhow!("cannot start the pull's runtime: {e}")))?;
+    let pulled = rt
+        .block_on(crate::oci::artifact::pull_bundle(
+            &client,
+            &reference,
+            &crate::oci::artifact::PullLimits::default(),
+            &|_| (),
+        ))
+        .map_err(|e| ExitError::app(anyhow!("{e}")))?;
+    tracing::info!(reference = %raw, manifest = %pulled.manifest_digest, app = %pulled.config.app, version = %pulled.config.version, "pulled bundle from the registry");
+    Ok((pulled.bundle, pulled.signatures))
+}
+
+/// Verifies `bytes` against one of `signatures` under the `--trust` keys (or, with
+/// `insecure`, not at all) and unpacks the bundle into `dir`. `label` names it in errors.
+fn open_bundle_bytes(
+    label: &str,
+    bytes: &[u8],
+    signatures: &[Vec<u8>],
+    trust: &[String],
+    insecure: bool,
+    dir: &std::path::Path,
+) -> Result<(), ExitError> {
     use crate::bundle::archive::{self, Limits};
     use crate::store::install;
     use anyhow::anyhow;
     let limits = Limits::default();
-    let bytes = install::read_bundle_file(path, limits.max_compressed)
-        .map_err(|e| ExitError::app(anyhow!("{}: {e}", path.display())))?;
     let unpacked = if insecure {
-        tracing::warn!(bundle = %path.display(), "serving a bundle WITHOUT checking its signature (--insecure-unsigned)");
-        archive::unpack(&bytes, &limits)
-            .map_err(|e| ExitError::app(anyhow!("{}: {e}", path.display())))?
+        tracing::warn!(bundle = %label, "serving a bundle WITHOUT checking its signature (--insecure-unsigned)");
+        archive::unpack(bytes, &limits).map_err(|e| ExitError::app(anyhow!("{label}: {e}")))?
     } else {
-        if trust.is_empty() {
-            return Err(ExitError::config(anyhow!(
-                "{}: a bundle needs --trust PUBKEY (or --insecure-unsigned for development)",
-                path.display()
+        let policy = trust_policy(label, trust)?;
+        if signatures.is_empty() {
+            return Err(ExitError::app(anyhow!(
+                "{label}: no signature is attached to this bundle"
             )));
         }
-        let keys: Vec<(String, String)> = trust
-            .iter()
-            .map(|k| ("--trust".to_owned(), k.clone()))
-            .collect();
-        let policy = crate::node::trust::trust_policy(&keys, 1, Default::default())
-            .map_err(ExitError::config)?;
-        let sig = install::read_required_sig_file(path, &install::sig_path_for(path))
-            .map_err(ExitError::app)?;
-        let checked = install::verify_bundle(
-            &bytes,
-            &sig,
-            &policy,
-            crate::base::clock::unix_now(),
-            &limits,
-        )
-        .map_err(|e| ExitError::app(anyhow!("{}: {e}", path.display())))?;
-        checked.unpacked
+        // Any one attached signature file the --trust keys accept will do.
+        let mut last = None;
+        let mut checked = None;
+        for sig in signatures {
+            match install::verify_bundle(
+                bytes,
+                sig,
+                &policy,
+                crate::base::clock::unix_now(),
+                &limits,
+            ) {
+                Ok(c) => {
+                    checked = Some(c);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        match (checked, last) {
+            (Some(c), _) => c.unpacked,
+            (None, Some(e)) => return Err(ExitError::app(anyhow!("{label}: {e}"))),
+            (None, None) => unreachable!("signatures is not empty"),
+        }
     };
     for (name, data) in unpacked.files() {
         let target = dir.join(name);

@@ -13,6 +13,7 @@
 
 pub mod dev;
 pub mod install;
+mod oci;
 pub mod reload;
 pub mod run;
 pub mod trust;

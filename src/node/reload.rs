@@ -34,13 +34,65 @@ pub(super) type HostedApps = Vec<(Vec<HostPattern>, LoadedApp)>;
 /// and bundle files (installed into the store first), each with its parsed host patterns.
 pub(super) type ConfigApps = (Vec<ConfigSource>, Vec<ConfigBundle>);
 
-/// An `[[app]]` bundle file: its host patterns, its path and the values of its variables (for
-/// the app the bundle holds, known once it is opened).
+/// An `[[app]]` bundle: its host patterns, where it comes from and the values of its variables
+/// (for the app the bundle holds, known once it is opened).
 pub(super) type ConfigBundle = (
     Vec<HostPattern>,
-    PathBuf,
+    BundleOrigin,
     std::collections::BTreeMap<String, String>,
 );
+
+/// Where an `[[app]]` bundle comes from.
+#[derive(Debug, Clone)]
+pub(super) enum BundleOrigin {
+    /// `APP.bundle`, its signature file next to it.
+    File(PathBuf),
+    /// `oci://HOST/REPO[:TAG][@sha256:…]`, its signature files attached in the registry.
+    Oci(String),
+}
+
+impl std::fmt::Display for BundleOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Oci(r) => f.write_str(r),
+        }
+    }
+}
+
+/// Verifies, installs and loads a config bundle through `pipeline` (an operator's bundle, so
+/// [`Mode::Upgrade`]); `variables` apply to the app it holds.
+pub(super) async fn install_config_bundle(
+    pipeline: &Pipeline,
+    origin: &BundleOrigin,
+    variables: &std::collections::BTreeMap<String, String>,
+    cfg: &Config,
+) -> Result<Checked, ExitError> {
+    let runtime = pipeline.runtime.clone();
+    let on_loading = move |r: &Release| runtime.add_app_variables(&r.app, variables);
+    match origin {
+        BundleOrigin::File(path) => pipeline
+            .install_file(
+                path,
+                &crate::store::install::sig_path_for(path),
+                crate::base::clock::unix_now(),
+                Mode::Upgrade,
+                on_loading,
+            )
+            .await
+            .map_err(|e| ExitError::app(anyhow::anyhow!("{}: {e}", path.display()))),
+        BundleOrigin::Oci(raw) => {
+            super::oci::install_from_registry(
+                raw,
+                &cfg.registry,
+                &cfg.state_dir(),
+                pipeline,
+                &on_loading,
+            )
+            .await
+        }
+    }
+}
 
 /// An `[[app]]` source: its host patterns, where it comes from and the values of its variables.
 pub(super) type ConfigSource = (
@@ -62,9 +114,13 @@ pub(super) fn config_apps(cfg: &Config) -> Result<ConfigApps, ExitError> {
             .map_err(|e| {
                 ExitError::config(anyhow::anyhow!("{}: app[{i}].hosts: {e}", cfg.origin()))
             })?;
+        if let crate::ops::config::AppLocation::Oci(r) = &a.source {
+            bundles.push((hosts, BundleOrigin::Oci(r.clone()), a.variables.clone()));
+            continue;
+        }
         let path = cfg.resolve_source(&a.source);
         if path.extension().is_some_and(|e| e == "bundle") {
-            bundles.push((hosts, path, a.variables.clone()));
+            bundles.push((hosts, BundleOrigin::File(path), a.variables.clone()));
             continue;
         }
         let src = AppSource::from_path(&path).map_err(ExitError::app)?;
@@ -213,8 +269,10 @@ impl Reloader {
         }
         let mut fixed_releases = Vec::new();
         let mut config_store_apps = BTreeSet::new();
-        for (hosts, path, variables) in bundles {
-            let (release, app) = self.install_bundle(&path, &policy, &variables).await?;
+        for (hosts, origin, variables) in bundles {
+            let (release, app) = self
+                .install_bundle(&origin, &policy, &variables, cfg)
+                .await?;
             config_store_apps.insert(release.app.clone());
             fixed_releases.push(release);
             fixed.push((hosts, app));
@@ -231,9 +289,10 @@ impl Reloader {
     /// and loads it.
     async fn install_bundle(
         &self,
-        path: &std::path::Path,
+        origin: &BundleOrigin,
         policy: &TrustPolicy,
         variables: &std::collections::BTreeMap<String, String>,
+        cfg: &Config,
     ) -> Result<(Release, LoadedApp), ExitError> {
         let pipeline = Pipeline {
             store: self.store.clone(),
@@ -241,16 +300,8 @@ impl Reloader {
             policy: Arc::new(policy.clone()),
             limits: self.limits,
         };
-        let Checked { installed, app } = pipeline
-            .install_file(
-                path,
-                &crate::store::install::sig_path_for(path),
-                crate::base::clock::unix_now(),
-                Mode::Upgrade,
-                |r| self.runtime.add_app_variables(&r.app, variables),
-            )
-            .await
-            .map_err(|e| ExitError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
+        let Checked { installed, app } =
+            install_config_bundle(&pipeline, origin, variables, cfg).await?;
         let release = installed.release;
         if !installed.unchanged {
             tracing::info!(app = %release.app, version = %release.version, digest = %release.digest, "installed bundle");

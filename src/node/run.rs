@@ -19,7 +19,7 @@ use crate::runtime::app::{AppSource, load_app_with, load_tenant_app};
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::serve::{Router, ServeState};
 use crate::sizing;
-use crate::sync::pipeline::{Mode, Pipeline};
+use crate::sync::pipeline::Pipeline;
 
 /// The `[runtime]` table of `cfg` as sizing overrides.
 pub fn overrides_from(cfg: &Config) -> Result<sizing::Overrides, ExitError> {
@@ -208,7 +208,8 @@ impl Node {
         // A config bundle is loaded once before it becomes active (like `outpost bundle
         // install`), so a broken one never replaces the release that served before.
         let (store, stored, mut config_loaded) =
-            open_store_and_install(&store_dir, &runtime, &policy, &limits, &bundle_cfg).await?;
+            open_store_and_install(&store_dir, &runtime, &policy, &limits, &bundle_cfg, &cfg)
+                .await?;
         let config_store_apps: std::collections::BTreeSet<String> =
             config_loaded.keys().cloned().collect();
         // Apps the control plane assigns (store apps not named by a config bundle) take their
@@ -680,6 +681,7 @@ async fn open_store_and_install(
     policy: &crate::bundle::sign::TrustPolicy,
     limits: &crate::bundle::archive::Limits,
     bundles: &[super::reload::ConfigBundle],
+    cfg: &Config,
 ) -> Result<OpenedStore, ExitError> {
     use crate::store::{Store, install};
     let blocking =
@@ -713,17 +715,9 @@ async fn open_store_and_install(
     };
     let mut hosts_by_app = std::collections::BTreeMap::new();
     let mut loaded = std::collections::BTreeMap::new();
-    for (hosts, path, variables) in bundles {
-        let checked = pipeline
-            .install_file(
-                path,
-                &install::sig_path_for(path),
-                crate::base::clock::unix_now(),
-                Mode::Upgrade,
-                |r| runtime.add_app_variables(&r.app, variables),
-            )
-            .await
-            .map_err(|e| ExitError::app(anyhow::anyhow!("{}: {e}", path.display())))?;
+    for (hosts, origin, variables) in bundles {
+        let checked =
+            super::reload::install_config_bundle(&pipeline, origin, variables, cfg).await?;
         let installed = checked.installed;
         loaded.insert(
             installed.release.app.clone(),

@@ -69,7 +69,9 @@ const TOP_KEYS: &[&str] = &[
     "log",
     "key_value",
     "variables",
+    "registry",
 ];
+const REGISTRY_KEYS: &[&str] = &["ca", "insecure", "docker_config"];
 const KEY_VALUE_KEYS: &[&str] = &[
     "max_key_size",
     "max_value_size",
@@ -145,6 +147,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[key_value]`: limits and which backend holds each store.
     pub key_value: KeyValueConfig,
+    /// `[registry]`: how `oci://` app sources reach their registries.
+    pub registry: RegistryConfig,
     /// `[variables.APP]`: values for the `[variables]` of the app named APP, whatever its
     /// source; an `[[app]]`'s own `variables` win over them. Kept out of logs.
     pub variables: AppVariablesConfig,
@@ -152,6 +156,22 @@ pub struct Config {
     runtime: toml::Table,
     /// Where the config came from (file path or [`EMBEDDED_ORIGIN`]), for later errors.
     origin: String,
+}
+
+/// `[registry]`: how the node reaches OCI registries for `[[app]] source = "oci://…"`. Trust
+/// in what they serve comes from `[trust]`, never from the registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// A PEM file of CA certificates trusted for registries besides the public roots (a
+    /// private registry); absolute after [`Config::load`].
+    pub ca: Option<PathBuf>,
+    /// Registries (`host` or `host:port`, lowercase) reached over plain HTTP: a lab registry, or
+    /// one on the gateway's own network.
+    pub insecure: Vec<String>,
+    /// The Docker config file holding registry credentials (`auths`), absolute after
+    /// [`Config::load`]; `None`: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json` of
+    /// the daemon's user, as `docker login` and Spin use it.
+    pub docker_config: Option<PathBuf>,
 }
 
 /// App name → variable name → value.
@@ -307,6 +327,9 @@ pub enum AppLocation {
     Builtin(String),
     /// Absolute after [`Config::load`].
     Path(PathBuf),
+    /// `oci://HOST[:PORT]/REPO[:TAG][@sha256:HEX]`, an artifact in an OCI registry, as written
+    /// (shape-checked here; the registry client parses it).
+    Oci(String),
 }
 
 impl std::fmt::Display for AppLocation {
@@ -314,6 +337,7 @@ impl std::fmt::Display for AppLocation {
         match self {
             Self::Builtin(name) => write!(f, "builtin:{name}"),
             Self::Path(p) => write!(f, "{}", p.display()),
+            Self::Oci(r) => f.write_str(r),
         }
     }
 }
@@ -410,6 +434,14 @@ impl Config {
         for (_, key) in &mut self.trust.keys {
             crate::base::keyline::resolve_relative(key, base);
         }
+        for p in [&mut self.registry.ca, &mut self.registry.docker_config]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
     }
 
     /// `[runtime]`, already normalised by [`normalise_runtime_table`] (which is idempotent);
@@ -456,6 +488,7 @@ impl Config {
         match source {
             AppLocation::Builtin(_) => PathBuf::from(source.to_string()),
             AppLocation::Path(p) => p.clone(),
+            AppLocation::Oci(r) => PathBuf::from(r),
         }
     }
 
@@ -496,6 +529,7 @@ fn builtin_default() -> Config {
         store: StoreConfig::default(),
         key_value: KeyValueConfig::default(),
         variables: AppVariablesConfig::new(),
+        registry: RegistryConfig::default(),
         tls: TlsConfig {
             self_signed: true,
             ..TlsConfig::default()
@@ -698,9 +732,14 @@ fn parse_table(table: toml::Table) -> Result<(Config, toml::Table), FieldError> 
         Some(f) => parse_app_variables(f.table()?)?,
         None => AppVariablesConfig::new(),
     };
+    let registry = match top.take("registry") {
+        Some(f) => parse_registry(f.table()?)?,
+        None => RegistryConfig::default(),
+    };
     top.finish(TOP_KEYS)?;
     Ok((
         Config {
+            registry,
             variables,
             fairness,
             log,
@@ -880,6 +919,43 @@ fn parse_log(mut t: Fields) -> Result<LogConfig, FieldError> {
         out.level = Some(level);
     }
     t.finish_section(LOG_KEYS, TOP_KEYS)?;
+    Ok(out)
+}
+
+fn parse_registry(mut t: Fields) -> Result<RegistryConfig, FieldError> {
+    let mut out = RegistryConfig::default();
+    if let Some(f) = t.take("ca") {
+        out.ca = Some(path_field(f)?);
+    }
+    if let Some(f) = t.take("docker_config") {
+        out.docker_config = Some(path_field(f)?);
+    }
+    if let Some(f) = t.take("insecure") {
+        for (key, host) in f.strings()? {
+            let host = host.to_ascii_lowercase();
+            let (name, port) = match host.rsplit_once(':') {
+                Some((n, p)) if !n.ends_with(']') || n.starts_with('[') => (n, Some(p)),
+                _ => (host.as_str(), None),
+            };
+            let name_ok = !name.is_empty()
+                && name.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':')
+                });
+            let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !name_ok || !port_ok {
+                return Err(FieldError {
+                    key,
+                    problem: format!(
+                        "{:?} is not a registry address; expected a host or host:port, like \
+                         \"127.0.0.1:5000\" or \"registry.lan\" (no scheme, no path)",
+                        quote(&host)
+                    ),
+                });
+            }
+            out.insecure.push(host);
+        }
+    }
+    t.finish_section(REGISTRY_KEYS, TOP_KEYS)?;
     Ok(out)
 }
 
@@ -1121,10 +1197,26 @@ fn app_location(raw: &str) -> Result<AppLocation, String> {
             known.join(", ")
         ));
     }
+    if let Some(rest) = raw.strip_prefix("oci://") {
+        let (host, repo) = rest.split_once('/').unwrap_or((rest, ""));
+        if host.is_empty()
+            || repo.is_empty()
+            || raw
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(format!(
+                "{:?} is not an OCI reference; expected oci://HOST[:PORT]/REPOSITORY[:TAG] \
+                 or …@sha256:DIGEST",
+                quote(raw)
+            ));
+        }
+        return Ok(AppLocation::Oci(raw.to_owned()));
+    }
     if raw.contains("://") {
         return Err(format!(
             "{:?} looks like a URL; expected \"builtin:demo\", a directory containing \
-             outpost.toml, or a .wasm file",
+             outpost.toml, a .wasm file, a .bundle file, or oci://HOST/REPOSITORY[:TAG]",
             quote(raw)
         ));
     }
@@ -1395,7 +1487,7 @@ source = "/srv/x.wasm"
         assert_rejects(
             &format!("apps = []\n{LISTEN}"),
             "apps",
-            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls, control_plane, fairness, log, key_value, variables (did you mean \"app\"?)",
+            "unknown top-level key; expected one of node, listen, runtime, app, trust, store, tls, control_plane, fairness, log, key_value, variables, registry (did you mean \"app\"?)",
         );
         assert_rejects(
             &format!("node = 1\n{LISTEN}"),
@@ -1607,6 +1699,17 @@ source = "/srv/x.wasm"
             "app[0].source",
             "looks like a URL",
         );
+        assert_rejects(
+            &app("source = \"oci://registry.lan\""),
+            "app[0].source",
+            "is not an OCI reference",
+        );
+        let c =
+            parse(&app("source = \"oci://127.0.0.1:5000/shop:1.0\"")).expect("an oci:// source");
+        assert_eq!(
+            c.apps[0].source,
+            AppLocation::Oci("oci://127.0.0.1:5000/shop:1.0".into())
+        );
         assert_rejects(&app("source = \"\""), "app[0].source", "empty path");
         assert_rejects(
             &app("source = \"~/apps/x\""),
@@ -1684,6 +1787,32 @@ source = "/srv/x.wasm"
         let b = parse(&app("source = \"x.bundle\"\nvariables = { a = \"1\" }"))
             .expect("a bundle's variables");
         assert_eq!(b.apps[0].variables["a"], "1");
+    }
+
+    #[test]
+    fn registry_section() {
+        let c = parse(&format!(
+            "{LISTEN}[registry]\nca = \"certs/ca.pem\"\ninsecure = [\"127.0.0.1:5000\", \"Registry.LAN\"]\n"
+        ))
+        .expect("[registry]");
+        assert_eq!(c.registry.ca, Some(PathBuf::from("certs/ca.pem")));
+        assert_eq!(c.registry.insecure, ["127.0.0.1:5000", "registry.lan"]);
+        assert_eq!(c.registry.docker_config, None);
+        assert_rejects(
+            &format!("{LISTEN}[registry]\ninsecure = [\"http://x:5000\"]\n"),
+            "registry.insecure[0]",
+            "is not a registry address",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[registry]\ninsecure = [\"x:0\"]\n"),
+            "registry.insecure[0]",
+            "is not a registry address",
+        );
+        assert_rejects(
+            &format!("{LISTEN}[registry]\nuser = \"x\"\n"),
+            "registry.user",
+            "unknown key",
+        );
     }
 
     #[test]
