@@ -300,6 +300,7 @@ impl FakeNode {
                         errors: errors_for(&a.version),
                         instantiate_failures: 0,
                         latency_p99_ms: Some(5.0),
+                        source: None,
                     })
                     .collect()
             })
@@ -806,6 +807,8 @@ async fn desired_state_is_signed_and_its_sequence_grows_with_assignments() {
                 max_error_rate: 0.05,
                 bake_secs: 0,
                 hosts: vec!["Greeter.Example.COM.".into()],
+                sources: vec![],
+                signature: None,
             },
         )
         .await
@@ -858,6 +861,8 @@ async fn desired_state_is_signed_and_its_sequence_grows_with_assignments() {
         max_error_rate: 0.05,
         bake_secs: 0,
         hosts: vec![],
+        sources: vec![],
+        signature: None,
     };
     let e = op
         .post_json::<_, RolloutStatus>(api::ROLLOUTS, &dup)
@@ -1032,6 +1037,8 @@ async fn a_push_passes_wave_by_wave_and_a_bad_release_rolls_back() {
                 max_error_rate: 0.05,
                 bake_secs: 60,
                 hosts: vec![],
+                sources: vec![],
+                signature: None,
             },
         )
         .await

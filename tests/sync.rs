@@ -388,6 +388,7 @@ fn entry(version: &str, bundle: &[u8], sig: &[u8], hosts: &[&str]) -> DesiredApp
         size: bundle.len() as u64,
         signature: base64::engine::general_purpose::STANDARD.encode(sig),
         hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        sources: Vec::new(),
     }
 }
 
