@@ -887,6 +887,56 @@ async fn desired_state_is_signed_and_its_sequence_grows_with_assignments() {
             .unwrap_err();
         assert_eq!(e.status(), Some(400), "{e}");
     }
+    // Mirror lists the control plane refuses: another kind of URL, credentials in the URL,
+    // a duplicate; a mirror-only release without a mirror, or with another bundle's signature.
+    let (other, other_digest) = lab.bundle("9.0.0");
+    let other_sig = BASE64.encode(std::fs::read(format!("{}.sig", other.display())).unwrap());
+    let mirror = "https://cdn.example.com/sha256-x.bundle".to_owned();
+    for (sources, signature, d, why) in [
+        (
+            vec!["ftp://cdn.example.com/x".to_owned()],
+            None,
+            digest,
+            "unsupported source",
+        ),
+        (
+            vec!["https://u:p@cdn.example.com/x".into()],
+            None,
+            digest,
+            "user info",
+        ),
+        (
+            vec![mirror.clone(), mirror.clone()],
+            None,
+            digest,
+            "listed twice",
+        ),
+        (
+            vec![],
+            Some(other_sig.clone()),
+            other_digest,
+            "at least one source",
+        ),
+        (
+            vec![mirror.clone()],
+            Some(other_sig.clone()),
+            digest,
+            "signature file signs",
+        ),
+    ] {
+        let bad = CreateRollout {
+            digest: d,
+            sources,
+            signature,
+            ..dup.clone()
+        };
+        let e = op
+            .post_json::<_, RolloutStatus>(api::ROLLOUTS, &bad)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(400), "{e}");
+        assert!(e.to_string().contains(why), "{why}: {e}");
+    }
     // The abort took the app away again, with a newer sequence.
     assert_eq!(
         n.sync_with(&cp.key, &SyncReport::default()).await.unwrap(),
