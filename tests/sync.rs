@@ -1162,3 +1162,73 @@ async fn a_mirror_gets_no_credentials_and_an_oversized_copy_falls_through_to_the
         );
     }
 }
+
+/// A mirror that sends the head and a few bytes, then nothing: the attempt ends after the stall
+/// limit (`request_timeout`). With the control plane not holding the bytes either, the release
+/// is retried on the next poll (a stall may pass), not reported failed; once the control plane
+/// has them, the retry installs it.
+#[tokio::test]
+async fn a_stalled_mirror_times_out_and_the_release_is_retried_not_failed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let lab = Lab::new();
+    let (v1, v1_sig) = lab.release("1.0.0", "one");
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mirror = listener.local_addr().unwrap();
+    let len = v1.len();
+    let first = v1[..16].to_vec();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let first = first.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.write_all(&first).await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    let cfg = node_config_with(&lab, &cp, &cp_key, "1s", "");
+    let d = Daemon::run_config(&cfg);
+    let admin = d.admin.unwrap();
+    let node = enrolled(&cp, &d).await;
+    let stalled = format!("http://{mirror}/v1.bundle");
+    let mut e1 = entry("1.0.0", &v1, &v1_sig, &[]);
+    e1.sources = vec![stalled.clone()];
+    cp.set_desired(1, sealed(&cp_key, &node, 1, vec![e1]));
+
+    const RETRY: &str = "cannot download the release; retrying on the next poll";
+    let log = wait_stderr(&d, RETRY).await;
+    let line = log.lines().find(|l| l.contains(RETRY)).unwrap();
+    assert!(
+        line.contains(&stalled) && line.contains("timed out") && line.contains("control plane"),
+        "every source and why: {line}"
+    );
+    wait_metrics(admin, &d, "the stalled attempt", |m| {
+        counter(
+            m,
+            "outpost_bundle_fetches_total{outcome=\"timeout\",source_kind=\"mirror\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert!(
+        cp.state
+            .lock()
+            .unwrap()
+            .reports
+            .iter()
+            .all(|r| r.failed.is_empty()),
+        "a stall is not a failed release"
+    );
+    cp.serve_bundles(&[&v1]);
+    wait_body(d.addr(), "/greeting", "one").await;
+    let r = cp
+        .wait_report("1.0.0 active", |r| {
+            r.apps.iter().any(|a| a.version == "1.0.0")
+        })
+        .await;
+    assert_eq!(r.apps[0].source.as_deref(), Some("control-plane"));
+}
