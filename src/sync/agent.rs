@@ -25,6 +25,7 @@ use crate::control::api::{
     self, AppHealth, EnrollRequest, EnrollResponse, FailedRelease, SyncReport,
 };
 use crate::control::client::{ClientError, DownloadTiming};
+use crate::ops::logging::{LogDecision, LogLimiter};
 use crate::ops::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::app::LoadedApp;
@@ -713,13 +714,18 @@ impl Agent {
     /// (`AppHealth::source`). When every source fails, the error names each with its reason;
     /// it is transient (retried on the next poll) when any of them may succeed on a retry.
     async fn fetch(&self, entry: &DesiredApp) -> Result<(Vec<u8>, String), ReleaseError> {
+        // A download retried on every poll through an outage fails at every source each time:
+        // say so at a sane rate (the metrics count every attempt).
+        static SOURCE_FAILURES: LogLimiter = LogLimiter::new(20, Duration::from_secs(600));
         let mut failures: Vec<String> = Vec::new();
         let mut transient = false;
         for source in entry.fetch_order() {
             let (source, kind) = match source {
                 Ok(s) => (s, s.kind()),
                 Err(e) => {
-                    tracing::warn!(app = %entry.app, digest = %entry.digest, error = %e, "skipping a bundle source");
+                    if let LogDecision::Log { suppressed } = SOURCE_FAILURES.check() {
+                        tracing::warn!(app = %entry.app, digest = %entry.digest, error = %e, suppressed, "skipping a bundle source");
+                    }
                     self.count_fetch(SourceKind::Mirror, "unsupported");
                     failures.push(e.to_string());
                     continue;
@@ -737,7 +743,14 @@ impl Agent {
                 }
                 Err(e) => {
                     self.count_fetch(kind, e.outcome);
-                    tracing::warn!(app = %entry.app, digest = %entry.digest, %source, source_kind = %kind.label(), error = %e.message, "bundle source failed; trying the next");
+                    match SOURCE_FAILURES.check() {
+                        LogDecision::Log { suppressed } => {
+                            tracing::warn!(app = %entry.app, digest = %entry.digest, %source, source_kind = %kind.label(), error = %e.message, suppressed, "bundle source failed; trying the next");
+                        }
+                        LogDecision::Drop => {
+                            tracing::debug!(app = %entry.app, digest = %entry.digest, %source, error = %e.message, "bundle source failed; trying the next");
+                        }
+                    }
                     transient |= e.transient;
                     failures.push(format!("{source}: {}", e.message));
                 }
