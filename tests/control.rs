@@ -300,6 +300,7 @@ impl FakeNode {
                         errors: errors_for(&a.version),
                         instantiate_failures: 0,
                         latency_p99_ms: Some(5.0),
+                        source: None,
                     })
                     .collect()
             })
@@ -806,6 +807,8 @@ async fn desired_state_is_signed_and_its_sequence_grows_with_assignments() {
                 max_error_rate: 0.05,
                 bake_secs: 0,
                 hosts: vec!["Greeter.Example.COM.".into()],
+                sources: vec![],
+                signature: None,
             },
         )
         .await
@@ -858,6 +861,8 @@ async fn desired_state_is_signed_and_its_sequence_grows_with_assignments() {
         max_error_rate: 0.05,
         bake_secs: 0,
         hosts: vec![],
+        sources: vec![],
+        signature: None,
     };
     let e = op
         .post_json::<_, RolloutStatus>(api::ROLLOUTS, &dup)
@@ -881,6 +886,56 @@ async fn desired_state_is_signed_and_its_sequence_grows_with_assignments() {
             .await
             .unwrap_err();
         assert_eq!(e.status(), Some(400), "{e}");
+    }
+    // Mirror lists the control plane refuses: another kind of URL, credentials in the URL,
+    // a duplicate; a mirror-only release without a mirror, or with another bundle's signature.
+    let (other, other_digest) = lab.bundle("9.0.0");
+    let other_sig = BASE64.encode(std::fs::read(format!("{}.sig", other.display())).unwrap());
+    let mirror = "https://cdn.example.com/sha256-x.bundle".to_owned();
+    for (sources, signature, d, why) in [
+        (
+            vec!["ftp://cdn.example.com/x".to_owned()],
+            None,
+            digest,
+            "unsupported source",
+        ),
+        (
+            vec!["https://u:p@cdn.example.com/x".into()],
+            None,
+            digest,
+            "user info",
+        ),
+        (
+            vec![mirror.clone(), mirror.clone()],
+            None,
+            digest,
+            "listed twice",
+        ),
+        (
+            vec![],
+            Some(other_sig.clone()),
+            other_digest,
+            "at least one source",
+        ),
+        (
+            vec![mirror.clone()],
+            Some(other_sig.clone()),
+            digest,
+            "signature file signs",
+        ),
+    ] {
+        let bad = CreateRollout {
+            digest: d,
+            sources,
+            signature,
+            ..dup.clone()
+        };
+        let e = op
+            .post_json::<_, RolloutStatus>(api::ROLLOUTS, &bad)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(400), "{e}");
+        assert!(e.to_string().contains(why), "{why}: {e}");
     }
     // The abort took the app away again, with a newer sequence.
     assert_eq!(
@@ -1032,6 +1087,8 @@ async fn a_push_passes_wave_by_wave_and_a_bad_release_rolls_back() {
                 max_error_rate: 0.05,
                 bake_secs: 60,
                 hosts: vec![],
+                sources: vec![],
+                signature: None,
             },
         )
         .await

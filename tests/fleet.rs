@@ -604,3 +604,248 @@ async fn over_https_nodes_and_operators_trust_the_control_plane_by_its_private_c
     assert_ne!(code, 0);
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
+
+// === mirrors ===
+
+/// A static file server, a real peer no one here wrote: `python3 -m http.server` on a free
+/// 127.0.0.1 port serving `dir`. Killed on drop.
+struct Mirror {
+    child: Child,
+    url: String,
+}
+
+impl Mirror {
+    fn start(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 (the static mirror) must be installed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the mirror did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The mirror's layout for `bundle`: `good/sha256-<hex>.bundle` (the bytes) and
+/// `bad/sha256-<hex>.bundle` (the same size, one byte changed); returns the file name.
+fn lay_out_mirror(root: &Path, bundle: &str) -> String {
+    let bytes = std::fs::read(bundle).unwrap();
+    let name = format!("sha256-{}.bundle", outpost::bundle::digest(&bytes).hex());
+    for (sub, body) in [
+        ("good", bytes.clone()),
+        ("bad", {
+            let mut b = bytes.clone();
+            let last = b.len() - 1;
+            b[last] ^= 0xff;
+            b
+        }),
+    ] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+        std::fs::write(root.join(sub).join(&name), body).unwrap();
+    }
+    name
+}
+
+impl Fleet {
+    /// `outpost push BUNDLE` to `site=lab` in one wave, no bake, with `extra` arguments.
+    fn push_with(&self, bundle: &str, extra: &[&str]) -> (i32, String, String) {
+        let mut args = vec![
+            "push",
+            bundle,
+            "--group",
+            "site=lab",
+            "--waves",
+            "100",
+            "--bake",
+            "0s",
+            "--max-error-rate",
+            "0.05",
+        ];
+        args.extend_from_slice(extra);
+        self.op(&args)
+    }
+
+    fn cp_log(&self) -> String {
+        self.cp.stderr.lock().unwrap().clone()
+    }
+
+    /// The `source` node `name` reports for `app`'s active release (`outpost nodes list`).
+    fn reported_source(&self, name: &str, app: &str) -> serde_json::Value {
+        let (code, out, err) = self.op(&["nodes", "list", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let node = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap()
+            .clone();
+        node["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["app"] == app)
+            .map(|a| a["source"].clone())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+const MIRROR_BYTES: &str = "outpost_bundle_fetch_bytes_total{source_kind=\"mirror\"}";
+const CP_BYTES: &str = "outpost_bundle_fetch_bytes_total{source_kind=\"control_plane\"}";
+
+fn fetches(kind: &str, outcome: &str) -> String {
+    format!("outpost_bundle_fetches_total{{outcome=\"{outcome}\",source_kind=\"{kind}\"}}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_only_release_comes_from_the_mirror_past_a_missing_and_a_tampered_copy() {
+    let fleet = Fleet::new(1);
+    fleet.wait_enrolled(1);
+    let root = fleet.path("mirror");
+    let v1 = fleet.bundle("1.0.0", "config_reader", "one");
+    let name = lay_out_mirror(&root, &v1);
+    let mirror = Mirror::start(&root);
+    let (missing, tampered, good) = (
+        format!("{}/missing/{name}", mirror.url),
+        format!("{}/bad/{name}", mirror.url),
+        format!("{}/good/{name}", mirror.url),
+    );
+    let (code, out, err) = fleet.push_with(
+        &v1,
+        &[
+            "--mirror",
+            &missing,
+            "--mirror",
+            &tampered,
+            "--mirror",
+            &good,
+            "--mirror-only",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}\n{}", fleet.cp_log());
+    assert!(err.contains("not uploading"), "{err}");
+    wait_all_serve(&fleet.nodes, "one").await;
+
+    // The node says which source served it, and why the others did not.
+    let node = &fleet.nodes[0];
+    let log = node.expect_log(&["bundle fetched", "source_kind=mirror"]);
+    assert!(log.contains(&good), "{log}");
+    assert!(log.contains("404") && log.contains(&missing), "{log}");
+    assert!(log.contains("content hashes to"), "{log}");
+    let size = std::fs::metadata(&v1).unwrap().len() as f64;
+    assert_eq!(metric(node, &fetches("mirror", "ok")).await, 1.0);
+    assert_eq!(metric(node, &fetches("mirror", "wrong_digest")).await, 1.0);
+    assert_eq!(metric(node, &fetches("mirror", "rejected")).await, 1.0);
+    assert_eq!(metric(node, MIRROR_BYTES).await, 2.0 * size);
+    assert_eq!(metric(node, CP_BYTES).await, 0.0);
+    assert_eq!(
+        metric(node, &fetches("control_plane", "ok")).await
+            + metric(node, &fetches("control_plane", "rejected")).await,
+        0.0
+    );
+    // The control plane served no byte of it, and holds none: a download from it is a 404.
+    let cp_log = fleet.cp_log();
+    assert!(!cp_log.contains("sending bundle"), "{cp_log}");
+    assert!(
+        cp_log.contains("release registered without its bytes"),
+        "{cp_log}"
+    );
+    let digest = outpost::bundle::digest(&std::fs::read(&v1).unwrap());
+    assert!(
+        !fleet
+            .path(&format!("cp/bundles/{}.bundle", digest.hex()))
+            .exists(),
+        "the control plane stored the bytes of a mirror-only release"
+    );
+    // The health report carries the source to the control plane.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.reported_source("node-0", "greeter") != good.as_str() {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            fleet.reported_source("node-0", "greeter")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_mirror_falls_through_to_the_control_plane_and_a_release_no_source_serves_rolls_back()
+ {
+    let fleet = Fleet::new(1);
+    fleet.wait_enrolled(1);
+    let root = fleet.path("mirror");
+    let v1 = fleet.bundle("1.0.0", "config_reader", "one");
+    let name = lay_out_mirror(&root, &v1);
+    let mirror = Mirror::start(&root);
+    let tampered = format!("{}/bad/{name}", mirror.url);
+    // Uploaded too: the control plane is the last source and serves it after the mirror's
+    // wrong bytes are refused.
+    let (code, out, err) = fleet.push_with(&v1, &["--mirror", &tampered]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    wait_all_serve(&fleet.nodes, "one").await;
+    let node = &fleet.nodes[0];
+    node.expect_log(&["content hashes to", "source_kind=control_plane"]);
+    assert_eq!(metric(node, &fetches("mirror", "wrong_digest")).await, 1.0);
+    assert_eq!(metric(node, &fetches("control_plane", "ok")).await, 1.0);
+    let size = std::fs::metadata(&v1).unwrap().len() as f64;
+    assert_eq!(metric(node, CP_BYTES).await, size);
+    assert!(fleet.cp_log().contains("sending bundle"));
+
+    // Mirror-only, and every mirror fails (one 404s, one serves wrong bytes): the release is
+    // reported failed with every source's reason, the rollout rolls back, and the node keeps
+    // serving 1.0.0.
+    let v2 = fleet.bundle("2.0.0", "config_reader", "two");
+    let name2 = lay_out_mirror(&root, &v2);
+    let (missing, tampered) = (
+        format!("{}/missing/{name2}", mirror.url),
+        format!("{}/bad/{name2}", mirror.url),
+    );
+    let (code, out, err) = fleet.push_with(
+        &v2,
+        &["--mirror", &missing, "--mirror", &tampered, "--mirror-only"],
+    );
+    assert_ne!(code, 0, "{out}\n{err}");
+    let r = fleet.rollout_of("2.0.0");
+    assert_eq!(r["state"], "rolled_back", "{r:#}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.contains("no source served the bundle"), "{reason}");
+    assert!(
+        reason.contains(&missing) && reason.contains("404"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains(&tampered) && reason.contains("content hashes to"),
+        "{reason}"
+    );
+    assert!(reason.contains("control plane: "), "{reason}");
+    assert_eq!(greeting(node).await, (200, "one".into()));
+    assert_eq!(
+        metric(node, &fetches("control_plane", "rejected")).await,
+        1.0
+    );
+}

@@ -388,6 +388,7 @@ fn entry(version: &str, bundle: &[u8], sig: &[u8], hosts: &[&str]) -> DesiredApp
         size: bundle.len() as u64,
         signature: base64::engine::general_purpose::STANDARD.encode(sig),
         hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        sources: Vec::new(),
     }
 }
 
@@ -1050,4 +1051,184 @@ async fn an_assigned_release_takes_its_variables_from_node_config() {
     );
     wait_body(d.addr(), "/message", "token=node-secret-42").await;
     assert!(!d.stderr().contains("node-secret-42"), "{}", d.stderr());
+}
+
+/// A mirror the node reaches directly: it gets plain GETs (never the node's signed
+/// `Authorization`), its redirects are followed, and a copy over the advertised size is cut off
+/// and passed over for the control plane. The report names the source of each release.
+#[tokio::test]
+async fn a_mirror_gets_no_credentials_and_an_oversized_copy_falls_through_to_the_control_plane() {
+    let lab = Lab::new();
+    let (v1, v1_sig) = lab.release("1.0.0", "one");
+    let (v2, v2_sig) = lab.release("2.0.0", "two");
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    cp.serve_bundles(&[&v1, &v2]);
+    let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
+    let mirror = {
+        let (seen, v1, v2) = (seen.clone(), v1.clone(), v2.clone());
+        http1_server(move |req: http::Request<hyper::body::Incoming>| {
+            seen.lock().unwrap().push(req.headers().clone());
+            let (path, v1, v2) = (req.uri().path().to_owned(), v1.clone(), v2.clone());
+            async move {
+                match path.as_str() {
+                    "/moved" => http::Response::builder()
+                        .status(302)
+                        .header("location", "/v1.bundle")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                    "/v1.bundle" => http::Response::new(Full::new(Bytes::from(v1))),
+                    // One byte more than the desired state says.
+                    "/v2.bundle" => {
+                        let mut b = v2;
+                        b.push(0);
+                        http::Response::new(Full::new(Bytes::from(b)))
+                    }
+                    _ => http::Response::builder()
+                        .status(404)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                }
+            }
+        })
+        .await
+    };
+    let cfg = node_config(&lab, &cp, &cp_key);
+    let d = Daemon::run_config(&cfg);
+    let admin = d.admin.unwrap();
+    let node = enrolled(&cp, &d).await;
+
+    let moved = format!("http://{mirror}/moved");
+    let mut e1 = entry("1.0.0", &v1, &v1_sig, &[]);
+    e1.sources = vec![moved.clone()];
+    cp.set_desired(1, sealed(&cp_key, &node, 1, vec![e1]));
+    wait_body(d.addr(), "/greeting", "one").await;
+    assert_eq!(cp.state.lock().unwrap().bundle_gets, 0, "{}", d.stderr());
+    let r = cp
+        .wait_report("1.0.0 from the mirror", |r| {
+            r.apps.iter().any(|a| a.version == "1.0.0")
+        })
+        .await;
+    assert_eq!(r.apps[0].source.as_deref(), Some(moved.as_str()));
+
+    let big = format!("http://{mirror}/v2.bundle");
+    let mut e2 = entry("2.0.0", &v2, &v2_sig, &[]);
+    e2.sources = vec![big.clone()];
+    cp.set_desired(2, sealed(&cp_key, &node, 2, vec![e2]));
+    wait_body(d.addr(), "/greeting", "two").await;
+    assert_eq!(cp.state.lock().unwrap().bundle_gets, 1);
+    let log = wait_stderr(&d, "bundle source failed").await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("bundle source failed"))
+        .unwrap();
+    assert!(
+        line.contains(&big) && line.contains("larger than"),
+        "{line}"
+    );
+    let m = wait_metrics(admin, &d, "both fetches", |m| {
+        counter(
+            m,
+            "outpost_bundle_fetches_total{outcome=\"ok\",source_kind=\"control_plane\"}",
+        ) == 1.0
+    })
+    .await;
+    let fetches = |outcome: &str| {
+        counter(
+            &m,
+            &format!(
+                "outpost_bundle_fetches_total{{outcome=\"{outcome}\",source_kind=\"mirror\"}}"
+            ),
+        )
+    };
+    assert_eq!(fetches("ok"), 1.0);
+    assert_eq!(fetches("bad_response"), 1.0);
+    let r = cp
+        .wait_report("2.0.0 from the control plane", |r| {
+            r.apps.iter().any(|a| a.version == "2.0.0")
+        })
+        .await;
+    assert_eq!(r.apps[0].source.as_deref(), Some("control-plane"));
+
+    // Three requests reached the mirror (the redirect, its target, the oversized copy); none
+    // carried a credential of the node's.
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    for h in seen.iter() {
+        assert!(h.get("authorization").is_none(), "{h:?}");
+        assert!(
+            h.keys().all(|k| !k.as_str().starts_with("outpost")),
+            "{h:?}"
+        );
+    }
+}
+
+/// A mirror that sends the head and a few bytes, then nothing: the attempt ends after the stall
+/// limit (`request_timeout`). With the control plane not holding the bytes either, the release
+/// is retried on the next poll (a stall may pass), not reported failed; once the control plane
+/// has them, the retry installs it.
+#[tokio::test]
+async fn a_stalled_mirror_times_out_and_the_release_is_retried_not_failed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let lab = Lab::new();
+    let (v1, v1_sig) = lab.release("1.0.0", "one");
+    let cp_key = SigningKey::from_seed(&[42; 32]);
+    let cp = MockCp::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mirror = listener.local_addr().unwrap();
+    let len = v1.len();
+    let first = v1[..16].to_vec();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let first = first.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.write_all(&first).await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            });
+        }
+    });
+    let cfg = node_config_with(&lab, &cp, &cp_key, "1s", "");
+    let d = Daemon::run_config(&cfg);
+    let admin = d.admin.unwrap();
+    let node = enrolled(&cp, &d).await;
+    let stalled = format!("http://{mirror}/v1.bundle");
+    let mut e1 = entry("1.0.0", &v1, &v1_sig, &[]);
+    e1.sources = vec![stalled.clone()];
+    cp.set_desired(1, sealed(&cp_key, &node, 1, vec![e1]));
+
+    const RETRY: &str = "cannot download the release; retrying on the next poll";
+    let log = wait_stderr(&d, RETRY).await;
+    let line = log.lines().find(|l| l.contains(RETRY)).unwrap();
+    assert!(
+        line.contains(&stalled) && line.contains("timed out") && line.contains("control plane"),
+        "every source and why: {line}"
+    );
+    wait_metrics(admin, &d, "the stalled attempt", |m| {
+        counter(
+            m,
+            "outpost_bundle_fetches_total{outcome=\"timeout\",source_kind=\"mirror\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert!(
+        cp.state
+            .lock()
+            .unwrap()
+            .reports
+            .iter()
+            .all(|r| r.failed.is_empty()),
+        "a stall is not a failed release"
+    );
+    cp.serve_bundles(&[&v1]);
+    wait_body(d.addr(), "/greeting", "one").await;
+    let r = cp
+        .wait_report("1.0.0 active", |r| {
+            r.apps.iter().any(|a| a.version == "1.0.0")
+        })
+        .await;
+    assert_eq!(r.apps[0].source.as_deref(), Some("control-plane"));
 }

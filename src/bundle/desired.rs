@@ -1,7 +1,8 @@
 //! The signed desired state: what the control plane says one node should run.
 //!
 //! Owns: the [`DesiredState`] document (node id, monotonic sequence, issue and expiry times, and
-//! per app the bundle digest, size, detached release signature and host names), its signed JSON
+//! per app the bundle digest, size, detached release signature, host names and the mirrors the
+//! bytes may come from), the kinds of bundle [`Source`] a node knows, its signed JSON
 //! envelope ([`seal`]), and the node's checks ([`open`], [`check_fresh`]): signed by a pinned
 //! control-plane key, addressed to this node, not older than what the node applied (replay),
 //! not expired (freeze).
@@ -27,6 +28,10 @@ pub const MAX_DESIRED_LEN: usize = 1 << 20;
 pub const MAX_APPS: usize = 256;
 /// Most host patterns per app.
 pub const MAX_HOSTS: usize = 64;
+/// Most mirror sources per app.
+pub const MAX_SOURCES: usize = 16;
+/// Longest mirror source, in bytes.
+pub const MAX_SOURCE_LEN: usize = 2048;
 
 /// What one node should run. Apps are unique by name and listed in name order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +65,117 @@ pub struct DesiredApp {
     /// Host patterns (`example.com`, `*.example.com`, `*`); empty means every host.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Mirrors of the bundle file, tried in order before the control plane's own
+    /// `GET /v1/bundles/<digest>` (see [`Source`]). Trusted for nothing: whatever serves the
+    /// bytes, the node checks their size, digest and release signature. Left out of the JSON
+    /// when empty, so a node of the release before mirrors (whose `deny_unknown_fields` refuses
+    /// the field) still opens every document that names none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+}
+
+/// Where a node may fetch a release's bundle bytes from. The one place a kind of source is
+/// named: a new kind (an OCI reference) is a variant here, a prefix in [`Source::parse`], and a
+/// fetch in the node agent (`sync::agent`, `Agent::fetch_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// A plain `https://` (or `http://`) URL of the bundle file on a static host or CDN.
+    Http(&'a str),
+    /// The control plane's own `GET /v1/bundles/<digest>`; never listed, always tried last.
+    ControlPlane,
+}
+
+/// The kind of a [`Source`], as a metric label and in the node's health report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Mirror,
+    ControlPlane,
+}
+
+impl SourceKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Mirror => "mirror",
+            Self::ControlPlane => "control_plane",
+        }
+    }
+}
+
+/// Why a listed source cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// A scheme this node does not know (a newer control plane may list kinds an older node
+    /// skips: the other sources are still tried).
+    #[error("unsupported source {0:?} (this node fetches http:// and https:// URLs)")]
+    Unsupported(String),
+    #[error("invalid source URL {url:?}: {problem}")]
+    Invalid { url: String, problem: &'static str },
+}
+
+impl<'a> Source<'a> {
+    /// Checks one listed source. Pure and strict about what it accepts: `http(s)://host[:port]`
+    /// then an optional path, no user info (credentials in the desired state would reach every
+    /// node), no whitespace or control characters.
+    pub fn parse(s: &'a str) -> Result<Self, SourceError> {
+        let invalid = |problem| SourceError::Invalid {
+            url: s.to_owned(),
+            problem,
+        };
+        let scheme = |p: &str| s.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+        let rest = if scheme("https://") {
+            s.get(8..).unwrap_or_default()
+        } else if scheme("http://") {
+            s.get(7..).unwrap_or_default()
+        } else {
+            let shown: String = s.chars().take(64).collect();
+            return Err(SourceError::Unsupported(shown));
+        };
+        if s.len() > MAX_SOURCE_LEN {
+            return Err(invalid("longer than 2048 bytes"));
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid("whitespace or control characters"));
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.is_empty() || authority.starts_with(':') {
+            return Err(invalid("no host"));
+        }
+        if authority.contains('@') {
+            return Err(invalid(
+                "user info in the URL (it would be sent to every node)",
+            ));
+        }
+        Ok(Self::Http(s))
+    }
+
+    pub fn kind(self) -> SourceKind {
+        match self {
+            Self::Http(_) => SourceKind::Mirror,
+            Self::ControlPlane => SourceKind::ControlPlane,
+        }
+    }
+}
+
+impl std::fmt::Display for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http(url) => f.write_str(url),
+            Self::ControlPlane => f.write_str("control plane"),
+        }
+    }
+}
+
+impl DesiredApp {
+    /// Where to fetch this release from, in order: the listed sources as they parse (an
+    /// unusable one as its error, so the caller reports it and goes on), then the control
+    /// plane.
+    pub fn fetch_order(&self) -> Vec<Result<Source<'_>, SourceError>> {
+        self.sources
+            .iter()
+            .map(|s| Source::parse(s))
+            .chain(std::iter::once(Ok(Source::ControlPlane)))
+            .collect()
+    }
 }
 
 /// The signed envelope, as sent over the wire and kept on the node's disk.
@@ -146,6 +262,19 @@ impl DesiredState {
             }
             if a.version.is_empty() || a.version.len() > 64 {
                 return bad(format!("app {}: bad version {:?}", a.app, a.version));
+            }
+            // Only the shape: a source of a kind this node does not know is skipped when
+            // fetching, not a reason to refuse the whole document.
+            if a.sources.len() > MAX_SOURCES {
+                return bad(format!("app {}: more than {MAX_SOURCES} sources", a.app));
+            }
+            if a.sources.iter().any(|s| {
+                s.is_empty() || s.len() > MAX_SOURCE_LEN || s.chars().any(char::is_control)
+            }) {
+                return bad(format!(
+                    "app {}: empty, overlong or unprintable source",
+                    a.app
+                ));
             }
         }
         Ok(())
@@ -291,6 +420,7 @@ mod tests {
                 size: 6,
                 signature: BASE64.encode(b"sig"),
                 hosts: vec!["*.example.com".into()],
+                sources: Vec::new(),
             }],
         }
     }
@@ -428,5 +558,124 @@ mod tests {
         let mut s = state(&node, 1);
         s.node = "nope".into();
         assert!(s.validate().is_err());
+    }
+
+    /// `DesiredApp` as the release before mirrors had it, `deny_unknown_fields` and all: what an
+    /// old node parses the control plane's documents into.
+    #[derive(Debug, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct OldApp {
+        app: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
+        version: String,
+        digest: Digest,
+        size: u64,
+        signature: String,
+        #[serde(default)]
+        hosts: Vec<String>,
+    }
+
+    #[test]
+    fn documents_without_sources_read_the_same_in_both_releases() {
+        let node = key(2);
+        let new = state(&node, 1).apps[0].clone();
+        // New → old: no `sources` key at all, so an old node opens the document.
+        let json = serde_json::to_string(&new).unwrap();
+        assert!(!json.contains("sources"), "{json}");
+        let old: OldApp = serde_json::from_str(&json).unwrap();
+        assert_eq!(old.digest, new.digest);
+        // Old → new: the field defaults to no mirrors (old sled records, old control planes).
+        let old_json = serde_json::to_string(&old).unwrap();
+        let back: DesiredApp = serde_json::from_str(&old_json).unwrap();
+        assert_eq!(back, new);
+        assert!(back.sources.is_empty());
+    }
+
+    #[test]
+    fn documents_with_sources_round_trip_and_an_old_node_refuses_them_whole() {
+        let cp = key(1);
+        let node = key(2);
+        let mut s = state(&node, 3);
+        s.apps[0].sources = vec![
+            "https://cdn.example.com/b/sha256-ab.bundle".into(),
+            "http://10.0.0.5:8080/sha256-ab.bundle".into(),
+        ];
+        let opened = open(&seal(&s, &cp).unwrap(), &[cp.verifying_key()]).unwrap();
+        assert_eq!(opened, s);
+        // Changing only the mirrors is a change the node applies (its sequence grows).
+        let mut moved = s.clone();
+        moved.sequence = 4;
+        moved.apps[0].sources.reverse();
+        assert!(check_fresh(&moved, &node.id().to_string(), Some(&s), 1500).unwrap());
+        // What a node of the release before does: refuses the document (and keeps what it
+        // runs), so nodes are upgraded before releases name mirrors.
+        let json = serde_json::to_string(&s.apps[0]).unwrap();
+        let e = serde_json::from_str::<OldApp>(&json).unwrap_err();
+        assert!(e.to_string().contains("unknown field `sources`"), "{e}");
+    }
+
+    #[test]
+    fn sources_parse_strictly_and_unknown_kinds_are_skipped_not_fatal() {
+        assert_eq!(
+            Source::parse("https://cdn.example.com/x.bundle"),
+            Ok(Source::Http("https://cdn.example.com/x.bundle"))
+        );
+        assert_eq!(
+            Source::parse("HTTP://127.0.0.1:80/x").unwrap().kind(),
+            SourceKind::Mirror
+        );
+        for bad in [
+            "https://",
+            "https:///x",
+            "http://:80/x",
+            "https://user:pw@cdn.example.com/x",
+            "https://cdn.example.com/a b",
+        ] {
+            assert!(
+                matches!(Source::parse(bad), Err(SourceError::Invalid { .. })),
+                "{bad}"
+            );
+        }
+        let long = format!("https://h/{}", "a".repeat(MAX_SOURCE_LEN));
+        assert!(matches!(
+            Source::parse(&long),
+            Err(SourceError::Invalid { .. })
+        ));
+        for other in ["oci://ghcr.io/acme/app@sha256:00", "ftp://h/x", "ht", "é"] {
+            assert!(
+                matches!(Source::parse(other), Err(SourceError::Unsupported(_))),
+                "{other}"
+            );
+        }
+        // A document may name a kind this node does not know: it opens, and the fetch order
+        // reports that source unusable and goes on to the next and the control plane.
+        let cp = key(1);
+        let node = key(2);
+        let mut s = state(&node, 1);
+        s.apps[0].sources = vec!["oci://reg.example/app:1".into(), "https://m/x".into()];
+        let opened = open(&seal(&s, &cp).unwrap(), &[cp.verifying_key()]).unwrap();
+        let order = opened.apps[0].fetch_order();
+        assert!(matches!(order[0], Err(SourceError::Unsupported(_))));
+        assert_eq!(order[1], Ok(Source::Http("https://m/x")));
+        assert_eq!(order[2], Ok(Source::ControlPlane));
+        assert_eq!(order.len(), 3);
+    }
+
+    #[test]
+    fn source_lists_are_bounded() {
+        let node = key(2);
+        let mut s = state(&node, 1);
+        s.apps[0].sources = vec!["https://m/x".into(); MAX_SOURCES + 1];
+        assert!(matches!(s.validate(), Err(DesiredError::Invalid(m)) if m.contains("sources")));
+        for bad in [
+            String::new(),
+            "https://m/\u{7}".into(),
+            "x".repeat(MAX_SOURCE_LEN + 1),
+        ] {
+            let mut s = state(&node, 1);
+            s.apps[0].sources = vec![bad];
+            assert!(s.validate().is_err());
+        }
     }
 }

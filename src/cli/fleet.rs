@@ -74,6 +74,15 @@ pub struct PushArgs {
     /// Create the rollout and exit instead of following it.
     #[arg(long)]
     pub detach: bool,
+    /// A URL of this bundle file on a static host or CDN (https://, or http://), which nodes try
+    /// before the control plane; repeat for more, tried in the order given. Mirrors are trusted
+    /// for nothing: nodes check size, digest and signature whatever serves the bytes.
+    #[arg(long = "mirror", value_name = "URL")]
+    pub mirrors: Vec<String>,
+    /// Do not upload the bundle: the control plane gets only its signature file (digest, size,
+    /// signatures) and serves no bytes of it; nodes fetch it from the --mirror URLs.
+    #[arg(long, requires = "mirrors")]
+    pub mirror_only: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -245,49 +254,19 @@ pub fn push(args: PushArgs) -> CliResult {
     let digest = crate::bundle::digest(&bytes);
     let client = client(&args.remote, UPLOAD_TIMEOUT)?;
     block_on(async move {
-        let tty = std::io::stderr().is_terminal();
         let size = bytes.len() as u64;
-        let bar = if tty {
-            let pb = indicatif::ProgressBar::new(size);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "uploading {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+        let signature = if args.mirror_only {
+            eprintln!(
+                "not uploading {} ({digest}, {}): nodes fetch it from {} mirror(s)",
+                args.bundle.display(),
+                crate::base::units::format_bytes(size),
+                args.mirrors.len()
             );
-            pb.set_message(args.bundle.display().to_string());
-            pb
+            Some(BASE64.encode(&sig))
         } else {
-            indicatif::ProgressBar::hidden()
+            upload(&client, &args.bundle, bytes, &sig, digest).await?;
+            None
         };
-        let t0 = Instant::now();
-        let progress = bar.clone();
-        let resp = client
-            .send_streamed(
-                reqwest::Method::PUT,
-                &format!("{}{digest}", api::BUNDLES),
-                bytes.into(),
-                &[
-                    (api::BUNDLE_SIGNATURE_HEADER, BASE64.encode(&sig)),
-                    ("content-type", "application/octet-stream".into()),
-                ],
-                crate::control::client::MAX_JSON_RESPONSE,
-                move |n| progress.set_position(n),
-            )
-            .await
-            .map_err(remote_err)?;
-        bar.finish_and_clear();
-        let up: UploadResponse = serde_json::from_slice(&resp.body)
-            .map_err(|e| CliError::runtime(anyhow!("unexpected upload response: {e}")))?;
-        eprintln!(
-            "uploaded {} {} ({}, {}) in {:.1?}",
-            up.app,
-            up.version,
-            up.digest,
-            crate::base::units::format_bytes(size),
-            t0.elapsed()
-        );
         let req = CreateRollout {
             digest,
             group: args.group.clone(),
@@ -295,6 +274,8 @@ pub fn push(args: PushArgs) -> CliResult {
             max_error_rate: args.max_error_rate,
             bake_secs: args.bake.as_secs(),
             hosts: args.hosts.clone(),
+            sources: args.mirrors.clone(),
+            signature,
         };
         let status: RolloutStatus = client
             .post_json(api::ROLLOUTS, &req)
@@ -317,6 +298,60 @@ pub fn push(args: PushArgs) -> CliResult {
         );
         watch(&client, status).await
     })
+}
+
+/// `PUT /v1/bundles/<digest>` with a progress bar on a terminal.
+async fn upload(
+    client: &Client,
+    bundle: &Path,
+    bytes: Vec<u8>,
+    sig: &[u8],
+    digest: crate::bundle::Digest,
+) -> CliResult {
+    let tty = std::io::stderr().is_terminal();
+    let size = bytes.len() as u64;
+    let bar = if tty {
+        let pb = indicatif::ProgressBar::new(size);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "uploading {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.set_message(bundle.display().to_string());
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let t0 = Instant::now();
+    let progress = bar.clone();
+    let resp = client
+        .send_streamed(
+            reqwest::Method::PUT,
+            &format!("{}{digest}", api::BUNDLES),
+            bytes.into(),
+            &[
+                (api::BUNDLE_SIGNATURE_HEADER, BASE64.encode(sig)),
+                ("content-type", "application/octet-stream".into()),
+            ],
+            crate::control::client::MAX_JSON_RESPONSE,
+            move |n| progress.set_position(n),
+        )
+        .await
+        .map_err(remote_err)?;
+    bar.finish_and_clear();
+    let up: UploadResponse = serde_json::from_slice(&resp.body)
+        .map_err(|e| CliError::runtime(anyhow!("unexpected upload response: {e}")))?;
+    eprintln!(
+        "uploaded {} {} ({}, {}) in {:.1?}",
+        up.app,
+        up.version,
+        up.digest,
+        crate::base::units::format_bytes(size),
+        t0.elapsed()
+    );
+    Ok(())
 }
 
 // === live view ===

@@ -24,6 +24,8 @@ pub const ROLLOUTS: &str = "/v1/rollouts";
 /// Unauthenticated: liveness and the control plane's public desired-state key.
 pub const HEALTH: &str = "/v1/health";
 pub const KEY: &str = "/v1/key";
+/// `AppHealth::source` of a release whose bytes came from the control plane itself.
+pub const SOURCE_CONTROL_PLANE: &str = "control-plane";
 /// Header carrying the base64 release signature file with a bundle upload.
 pub const BUNDLE_SIGNATURE_HEADER: &str = "outpost-bundle-signature";
 
@@ -80,6 +82,11 @@ pub struct AppHealth {
     pub instantiate_failures: u64,
     /// Upper bound of the histogram bucket holding the 99th percentile, in milliseconds.
     pub latency_p99_ms: Option<f64>,
+    /// Where the node got this release's bundle bytes: a mirror's URL, or `control-plane`.
+    /// Absent when it did not download them (already in its store, or active since before the
+    /// node's last start) and from nodes of the release before mirrors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// A release the node was told to run but could not (download, verification, install or load
@@ -150,6 +157,17 @@ pub struct CreateRollout {
     /// Host patterns the app answers on each node (empty: every host).
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Mirrors of the bundle file (`https://…`, or `http://…`), which nodes try in order before
+    /// the control plane (`DesiredApp::sources`). Left out when empty, so a push without
+    /// mirrors still reaches a control plane of the release before them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    /// The bundle's signature file (base64), for a release whose bytes the control plane does
+    /// not hold (`outpost push --mirror-only`): the control plane keeps only the signature file,
+    /// whose signed document gives it the digest and size, and its nodes fetch the bytes from
+    /// `sources`. Needs at least one source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,9 @@
 //!
 //! Owns: the reqwest client (rustls with ring, the platform's web PKI roots plus an optional
 //! extra CA for a self-signed control plane), request signing with [`crate::bundle::request_auth`],
-//! JSON bodies, response size caps and typed errors.
+//! JSON bodies, response size caps and typed errors; and the unsigned downloads of bundle
+//! mirrors ([`Client::download_url`]), which share the roots, caps and deadlines but never the
+//! signed `Authorization` header.
 //! Must not: retry, sleep or decide policy — callers own backoff.
 #![forbid(unsafe_code)]
 
@@ -20,6 +22,9 @@ use crate::bundle::sign::SigningKey;
 
 /// Largest JSON response read (desired states, rollout status, node lists).
 pub const MAX_JSON_RESPONSE: u64 = 8 << 20;
+
+/// Most redirects a mirror download follows.
+pub const MAX_MIRROR_REDIRECTS: usize = 5;
 
 /// What went wrong talking to the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +133,9 @@ pub struct Response {
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// For mirrors: the same roots and timeouts, a few redirects (CDNs and object stores
+    /// redirect to the bytes), and no request of it is ever signed.
+    mirrors: reqwest::Client,
     base: String,
     key: std::sync::Arc<SigningKey>,
     role: Role,
@@ -153,11 +161,13 @@ impl Client {
                 problem: "expected http(s)://host[:port]".into(),
             });
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .timeout(timeout)
-            .user_agent(concat!("outpost/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none());
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .timeout(timeout)
+                .user_agent(concat!("outpost/", env!("CARGO_PKG_VERSION")))
+        };
+        let mut roots = Vec::new();
         if let Some((path, pem)) = ca_pem {
             let certs =
                 reqwest::Certificate::from_pem_bundle(pem).map_err(|e| ClientError::Ca {
@@ -170,16 +180,24 @@ impl Client {
                     problem: "no PEM certificates in the file".into(),
                 });
             }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
+            roots = certs;
         }
-        let http = builder.build().map_err(|e| ClientError::Url {
-            url: base.to_owned(),
-            problem: e.to_string(),
-        })?;
+        let build = |b: reqwest::ClientBuilder| {
+            roots
+                .iter()
+                .fold(b, |b, c| b.add_root_certificate(c.clone()))
+                .build()
+                .map_err(|e| ClientError::Url {
+                    url: base.to_owned(),
+                    problem: e.to_string(),
+                })
+        };
+        let http = build(builder().redirect(reqwest::redirect::Policy::none()))?;
+        let mirrors =
+            build(builder().redirect(reqwest::redirect::Policy::limited(MAX_MIRROR_REDIRECTS)))?;
         Ok(Self {
             http,
+            mirrors,
             base: base.trim_end_matches('/').to_owned(),
             key: std::sync::Arc::new(key),
             role,
@@ -225,6 +243,28 @@ impl Client {
         let auth = self.authorization(&method, path, &[]);
         self.send_signed(method, path, auth, None, &[], limit, Some(timing))
             .await
+    }
+
+    /// `GET url` of a bundle mirror, as [`Client::download`] (at most `limit` bytes, `timing`'s
+    /// deadline and stall limit) but unsigned: a mirror is anyone's static server and gets no
+    /// credential of the node's. `url` is absolute (`http(s)://…`).
+    pub async fn download_url(
+        &self,
+        url: &str,
+        limit: u64,
+        timing: DownloadTiming,
+    ) -> Result<Response, ClientError> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| ClientError::Url {
+            url: url.to_owned(),
+            problem: e.to_string(),
+        })?;
+        let req = self.mirrors.get(parsed).timeout(timing.total);
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            method: "GET",
+            url: url.to_owned(),
+            source,
+        })?;
+        read_response(resp, "GET", url.to_owned(), limit, Some(timing), false).await
     }
 
     /// Like [`Client::send`] for a large body (a bundle upload): sent in chunks, with
@@ -305,64 +345,7 @@ impl Client {
             source,
         };
         let resp = req.send().await.map_err(transport)?;
-        let status = resp.status().as_u16();
-        let etag = resp
-            .headers()
-            .get(http::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if resp.content_length().is_some_and(|n| n > limit) {
-            return Err(ClientError::TooLarge {
-                method: m,
-                url,
-                limit,
-            });
-        }
-        let mut body = Vec::new();
-        let mut stream = resp.bytes_stream();
-        loop {
-            let next = match timing {
-                None => stream.next().await,
-                Some(t) => tokio::time::timeout(t.stall, stream.next())
-                    .await
-                    .map_err(|_| ClientError::TimedOut {
-                        method: m,
-                        url: url.clone(),
-                        what: format!(
-                            "no data for {:?} after {} of {} bytes",
-                            t.stall,
-                            body.len(),
-                            limit
-                        ),
-                    })?,
-            };
-            let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(transport)?;
-            if (body.len() + chunk.len()) as u64 > limit {
-                return Err(ClientError::TooLarge {
-                    method: m,
-                    url,
-                    limit,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        if (200..300).contains(&status) || status == 304 {
-            return Ok(Response {
-                status,
-                etag,
-                body: body.into(),
-            });
-        }
-        let message = serde_json::from_slice::<ApiError>(&body)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-        Err(ClientError::Status {
-            method: m,
-            url,
-            status,
-            message,
-        })
+        read_response(resp, m, url, limit, timing, true).await
     }
 
     /// `GET path` → JSON.
@@ -424,4 +407,89 @@ fn method_name(m: &reqwest::Method) -> &'static str {
         reqwest::Method::DELETE => "DELETE",
         _ => "OTHER",
     }
+}
+
+/// Reads a response of at most `limit` bytes (within `timing`, for downloads). 2xx and 304
+/// are returned; other statuses become [`ClientError::Status`], with the control plane's
+/// `{"error": ...}` message when `api`, else the status's reason (a mirror's error page says
+/// nothing the status does not).
+async fn read_response(
+    resp: reqwest::Response,
+    m: &'static str,
+    url: String,
+    limit: u64,
+    timing: Option<DownloadTiming>,
+    api: bool,
+) -> Result<Response, ClientError> {
+    let transport = |source| ClientError::Transport {
+        method: m,
+        url: url.clone(),
+        source,
+    };
+    let status = resp.status().as_u16();
+    let etag = resp
+        .headers()
+        .get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(ClientError::TooLarge {
+            method: m,
+            url,
+            limit,
+        });
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    loop {
+        let next = match timing {
+            None => stream.next().await,
+            Some(t) => tokio::time::timeout(t.stall, stream.next())
+                .await
+                .map_err(|_| ClientError::TimedOut {
+                    method: m,
+                    url: url.clone(),
+                    what: format!(
+                        "no data for {:?} after {} of {} bytes",
+                        t.stall,
+                        body.len(),
+                        limit
+                    ),
+                })?,
+        };
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(transport)?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(ClientError::TooLarge {
+                method: m,
+                url,
+                limit,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if (200..300).contains(&status) || status == 304 {
+        return Ok(Response {
+            status,
+            etag,
+            body: body.into(),
+        });
+    }
+    let message = if api {
+        serde_json::from_slice::<ApiError>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
+    } else {
+        http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("error status")
+            .to_owned()
+    };
+    Err(ClientError::Status {
+        method: m,
+        url,
+        status,
+        message,
+    })
 }

@@ -568,6 +568,7 @@ mod tests {
             size: seed.len() as u64,
             signature: "c2ln".into(),
             hosts: vec![],
+            sources: vec![],
         }
     }
 
@@ -581,6 +582,7 @@ mod tests {
             errors,
             instantiate_failures: 0,
             latency_p99_ms: None,
+            source: None,
         }
     }
 

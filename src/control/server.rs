@@ -599,6 +599,9 @@ async fn get_bundle(
             Err(e) => Some((Err(e), (file, 0))),
         }
     });
+    // Every bundle byte the control plane serves is named here, so an operator (and the
+    // mirror tests) can see what the mirrors took off it.
+    tracing::info!(%digest, bytes = len, offset = start, "sending bundle");
     let mut r = Response::new(StreamBody::new(stream.boxed()).boxed_unsync());
     *r.status_mut() = status;
     set(&mut r, header::CONTENT_TYPE, "application/octet-stream");

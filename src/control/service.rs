@@ -711,6 +711,48 @@ impl ControlPlane {
         })
     }
 
+    /// A release without its bytes (`CreateRollout::signature`, `outpost push --mirror-only`):
+    /// stores only the signature file, after the same checks an upload makes of it, so that
+    /// nodes fetch the bytes from `sources` and verify them as always. The control plane cannot
+    /// check the bytes it never sees; a node refuses any that do not match the signed digest.
+    fn register_mirror_only(
+        &self,
+        digest: &Digest,
+        sig_b64: &str,
+        sources: &[String],
+    ) -> Result<(), ControlError> {
+        if sources.is_empty() {
+            return Err(ControlError::BadRequest(
+                "a release without its bytes needs at least one source to fetch them from".into(),
+            ));
+        }
+        let sig = BASE64
+            .decode(sig_b64.trim())
+            .map_err(|_| ControlError::BadRequest("signature is not base64".into()))?;
+        let signed = SignedDoc::parse(&sig, MAX_SIG_FILE)
+            .map_err(|e| ControlError::BadRequest(format!("signature file: {e}")))?;
+        let doc = signed.doc();
+        if doc.digest != *digest {
+            return Err(ControlError::BadRequest(format!(
+                "signature file signs {}, not {digest}",
+                doc.digest
+            )));
+        }
+        let path = self.sig_path(digest);
+        atomic::write_file(&path, &sig, 0o644)
+            .map_err(|e| ControlError::Internal(format!("{}: {e}", path.display())))?;
+        tracing::info!(
+            app = %doc.app,
+            version = %doc.version,
+            %digest,
+            size = doc.size,
+            signatures = signed.signatures().len(),
+            sources = sources.len(),
+            "release registered without its bytes; nodes fetch it from its sources"
+        );
+        Ok(())
+    }
+
     /// `POST /v1/tokens`.
     pub fn create_tokens(
         &self,
@@ -813,6 +855,10 @@ impl ControlPlane {
                 .map_err(|e| bad(format!("host {h:?}: {e}")))?;
             hosts.push(h);
         }
+        let sources = check_sources(&req.sources).map_err(bad)?;
+        if let Some(sig_b64) = &req.signature {
+            self.register_mirror_only(&req.digest, sig_b64, &sources)?;
+        }
         let sig = match std::fs::read(self.sig_path(&req.digest)) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -836,6 +882,7 @@ impl ControlPlane {
             size: doc.size,
             signature: BASE64.encode(&sig),
             hosts,
+            sources,
         };
         let mut inner = self.lock();
         if let Some(r) = inner
@@ -949,6 +996,25 @@ impl ControlPlane {
         }
         Ok(())
     }
+}
+
+/// The mirror list of a rollout: at most `MAX_SOURCES`, each a source kind nodes know
+/// (`desired::Source::parse`) and a URL reqwest can request, without duplicates.
+fn check_sources(sources: &[String]) -> Result<Vec<String>, String> {
+    if sources.len() > desired::MAX_SOURCES {
+        return Err(format!("more than {} sources", desired::MAX_SOURCES));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(sources.len());
+    for s in sources {
+        let s = s.trim();
+        desired::Source::parse(s).map_err(|e| e.to_string())?;
+        reqwest::Url::parse(s).map_err(|e| format!("source {s:?}: {e}"))?;
+        if out.iter().any(|o| o == s) {
+            return Err(format!("source {s:?} is listed twice"));
+        }
+        out.push(s.to_owned());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -67,6 +67,13 @@ pub struct Metrics {
     pub sync_up: IntGauge,
     /// Node agent: sequence of the applied desired state.
     pub desired_sequence: IntGauge,
+    /// Node agent: bundle bytes received, by `source_kind` (`mirror`, `control_plane`),
+    /// whether or not they then matched the digest.
+    pub bundle_fetch_bytes: IntCounterVec,
+    /// Node agent: bundle download attempts, by `source_kind` and `outcome` (`ok`,
+    /// `wrong_digest`, `wrong_size`, `unsupported`, or the sync failure reasons `unreachable`,
+    /// `timeout`, `server_error`, `rejected`, `bad_response`).
+    pub bundle_fetches: IntCounterVec,
     /// The active release of each app served from the store (always 1); see
     /// [`Metrics::set_app_releases`].
     pub app_release_info: IntGaugeVec,
@@ -283,6 +290,22 @@ impl Metrics {
         registry.register(Box::new(sync_failures.clone()))?;
         registry.register(Box::new(sync_up.clone()))?;
         registry.register(Box::new(desired_sequence.clone()))?;
+        let bundle_fetch_bytes = IntCounterVec::new(
+            Opts::new(
+                "outpost_bundle_fetch_bytes_total",
+                "Bundle bytes the node agent received, by source kind.",
+            ),
+            &["source_kind"],
+        )?;
+        let bundle_fetches = IntCounterVec::new(
+            Opts::new(
+                "outpost_bundle_fetches_total",
+                "Bundle download attempts of the node agent, by source kind and outcome.",
+            ),
+            &["source_kind", "outcome"],
+        )?;
+        registry.register(Box::new(bundle_fetch_bytes.clone()))?;
+        registry.register(Box::new(bundle_fetches.clone()))?;
         registry.register(Box::new(app_release_info.clone()))?;
         let app_load_failures = IntCounterVec::new(
             Opts::new(
@@ -354,6 +377,8 @@ impl Metrics {
             sync_failures,
             sync_up,
             desired_sequence,
+            bundle_fetch_bytes,
+            bundle_fetches,
             app_release_info,
             app_load_failures,
             kv_operations,

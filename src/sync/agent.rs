@@ -19,12 +19,13 @@ use super::pipeline::{Mode, Pipeline, PipelineError};
 use super::{Managed, Parts, Setup};
 use crate::base::clock::unix_now;
 use crate::bundle::archive::Limits;
-use crate::bundle::desired::{self, DesiredApp, DesiredState};
+use crate::bundle::desired::{self, DesiredApp, DesiredState, Source, SourceKind};
 use crate::bundle::sign::TrustPolicy;
 use crate::control::api::{
     self, AppHealth, EnrollRequest, EnrollResponse, FailedRelease, SyncReport,
 };
 use crate::control::client::{ClientError, DownloadTiming};
+use crate::ops::logging::{LogDecision, LogLimiter};
 use crate::ops::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::app::LoadedApp;
@@ -95,6 +96,15 @@ impl ReleaseError {
     }
 }
 
+/// Why one source did not serve a bundle.
+#[derive(Debug)]
+struct FetchError {
+    message: String,
+    transient: bool,
+    /// The `outcome` label of `outpost_bundle_fetches_total`.
+    outcome: &'static str,
+}
+
 /// The agent's state. Only its own task touches it.
 pub struct Agent {
     setup: Setup,
@@ -149,6 +159,7 @@ impl Agent {
                             hosts,
                             baseline,
                             active_since: now,
+                            source: None,
                         },
                     )
                 },
@@ -463,7 +474,7 @@ impl Agent {
                     self.keep_previous(entry, &mut next);
                 }
                 Step::Install { entry, hosts } => match self.prepare(entry).await {
-                    Ok((release, app)) => {
+                    Ok((release, app, source)) => {
                         tracing::info!(app = %entry.app, version = %entry.version, digest = %entry.digest, "release installed and loaded");
                         fresh.push(release.clone());
                         next.insert(
@@ -474,6 +485,7 @@ impl Agent {
                                 hosts,
                                 baseline: Counts::default(),
                                 active_since: 0,
+                                source,
                             },
                         );
                     }
@@ -644,9 +656,12 @@ impl Agent {
         );
     }
 
-    /// Gets the bundle (from the store, else the control plane), installs it under the node's
-    /// trust policy and loads it.
-    async fn prepare(&self, entry: &DesiredApp) -> Result<(Release, LoadedApp), ReleaseError> {
+    /// Gets the bundle (from the store, else from its sources), installs it under the node's
+    /// trust policy and loads it; also says where the bytes came from (`None`: the store).
+    async fn prepare(
+        &self,
+        entry: &DesiredApp,
+    ) -> Result<(Release, LoadedApp, Option<String>), ReleaseError> {
         let cap = self.limits.max_compressed;
         if entry.size > cap {
             return Err(ReleaseError::permanent(format!(
@@ -661,9 +676,12 @@ impl Agent {
         let cached = tokio::task::spawn_blocking(move || store.read_blob(&digest).ok())
             .await
             .map_err(|e| ReleaseError::permanent(format!("store task: {e}")))?;
-        let bytes = match cached {
-            Some(b) => b,
-            None => self.fetch(entry).await?,
+        let (bytes, source) = match cached {
+            Some(b) => (b, None),
+            None => {
+                let (b, from) = self.fetch(entry).await?;
+                (b, Some(from))
+            }
         };
         let pipeline = Pipeline {
             store: self.store.clone(),
@@ -685,35 +703,128 @@ impl Agent {
                 PipelineError::Task(e) => ReleaseError::permanent(format!("install task: {e}")),
                 other => ReleaseError::permanent(other.to_string()),
             })?;
-        Ok((checked.installed.release, checked.app))
+        Ok((checked.installed.release, checked.app, source))
     }
 
-    /// `GET /v1/bundles/<digest>`, at most `entry.size` bytes, which must hash to the digest.
-    async fn fetch(&self, entry: &DesiredApp) -> Result<Vec<u8>, ReleaseError> {
-        let path = format!("{}{}", api::BUNDLES, entry.digest);
+    /// The bundle's bytes from the first of its sources that serves them whole: each mirror
+    /// the desired state lists, in order, then the control plane's `GET /v1/bundles/<digest>`.
+    /// Every attempt is capped at `entry.size` bytes (already checked against the node's
+    /// `max_bundle_size`), has the download deadlines, and must hash to the digest; a failed
+    /// one is logged and the next is tried. Returns the bytes and what served them
+    /// (`AppHealth::source`). When every source fails, the error names each with its reason;
+    /// it is transient (retried on the next poll) when any of them may succeed on a retry.
+    async fn fetch(&self, entry: &DesiredApp) -> Result<(Vec<u8>, String), ReleaseError> {
+        // A download retried on every poll through an outage fails at every source each time:
+        // say so at a sane rate (the metrics count every attempt).
+        static SOURCE_FAILURES: LogLimiter = LogLimiter::new(20, Duration::from_secs(600));
+        let mut failures: Vec<String> = Vec::new();
+        let mut transient = false;
+        for source in entry.fetch_order() {
+            let (source, kind) = match source {
+                Ok(s) => (s, s.kind()),
+                Err(e) => {
+                    if let LogDecision::Log { suppressed } = SOURCE_FAILURES.check() {
+                        tracing::warn!(app = %entry.app, digest = %entry.digest, error = %e, suppressed, "skipping a bundle source");
+                    }
+                    self.count_fetch(SourceKind::Mirror, "unsupported");
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            match self.fetch_from(source, entry).await {
+                Ok(bytes) => {
+                    self.count_fetch(kind, "ok");
+                    tracing::info!(app = %entry.app, digest = %entry.digest, %source, source_kind = %kind.label(), bytes = bytes.len(), "bundle fetched");
+                    let served_by = match source {
+                        Source::ControlPlane => api::SOURCE_CONTROL_PLANE.to_owned(),
+                        Source::Http(url) => url.to_owned(),
+                    };
+                    return Ok((bytes, served_by));
+                }
+                Err(e) => {
+                    self.count_fetch(kind, e.outcome);
+                    match SOURCE_FAILURES.check() {
+                        LogDecision::Log { suppressed } => {
+                            tracing::warn!(app = %entry.app, digest = %entry.digest, %source, source_kind = %kind.label(), error = %e.message, suppressed, "bundle source failed; trying the next");
+                        }
+                        LogDecision::Drop => {
+                            tracing::debug!(app = %entry.app, digest = %entry.digest, %source, error = %e.message, "bundle source failed; trying the next");
+                        }
+                    }
+                    transient |= e.transient;
+                    failures.push(format!("{source}: {}", e.message));
+                }
+            }
+        }
+        Err(ReleaseError {
+            message: format!(
+                "download: no source served the bundle ({})",
+                failures.join("; ")
+            ),
+            transient,
+        })
+    }
+
+    fn count_fetch(&self, kind: SourceKind, outcome: &str) {
+        self.metrics
+            .bundle_fetches
+            .with_label_values(&[kind.label(), outcome])
+            .inc();
+    }
+
+    /// One attempt at one source: the size and digest checks are the same whatever serves.
+    async fn fetch_from(
+        &self,
+        source: Source<'_>,
+        entry: &DesiredApp,
+    ) -> Result<Vec<u8>, FetchError> {
         let timing = DownloadTiming::for_size(entry.size, self.setup.request_timeout);
-        let r = self
-            .setup
-            .client
-            .download(&path, entry.size, timing)
-            .await
-            .map_err(|e| ReleaseError {
-                transient: Failure::of(&e).transient(),
-                message: format!("download: {e}"),
-            })?;
+        let r = match source {
+            Source::Http(url) => {
+                self.setup
+                    .client
+                    .download_url(url, entry.size, timing)
+                    .await
+            }
+            Source::ControlPlane => {
+                let path = format!("{}{}", api::BUNDLES, entry.digest);
+                self.setup.client.download(&path, entry.size, timing).await
+            }
+        }
+        .map_err(|e| {
+            let f = Failure::of(&e);
+            FetchError {
+                message: e.to_string(),
+                // A URL that cannot be requested stays so; only the network's failures pass.
+                transient: f.transient() && !matches!(e, ClientError::Url { .. }),
+                outcome: match e {
+                    ClientError::Url { .. } => "unsupported",
+                    _ => f.label(),
+                },
+            }
+        })?;
+        self.metrics
+            .bundle_fetch_bytes
+            .with_label_values(&[source.kind().label()])
+            .inc_by(r.body.len() as u64);
         if r.body.len() as u64 != entry.size {
-            return Err(ReleaseError::permanent(format!(
-                "download: {} bytes, but the desired state says {}",
-                r.body.len(),
-                entry.size
-            )));
+            return Err(FetchError {
+                message: format!(
+                    "{} bytes, but the desired state says {}",
+                    r.body.len(),
+                    entry.size
+                ),
+                transient: false,
+                outcome: "wrong_size",
+            });
         }
         let got = crate::bundle::digest(&r.body);
         if got != entry.digest {
-            return Err(ReleaseError::permanent(format!(
-                "download: content hashes to {got}, not {}",
-                entry.digest
-            )));
+            return Err(FetchError {
+                message: format!("content hashes to {got}, not {}", entry.digest),
+                transient: false,
+                outcome: "wrong_digest",
+            });
         }
         Ok(r.body.to_vec())
     }
@@ -740,6 +851,7 @@ impl Agent {
                     errors: d.errors,
                     instantiate_failures: d.instantiate_failures,
                     latency_p99_ms: d.p99_ms(),
+                    source: s.source.clone(),
                 }
             })
             .collect();

@@ -26,6 +26,9 @@ pub struct Served {
     pub baseline: Counts,
     /// Unix seconds.
     pub active_since: u64,
+    /// Where the bundle's bytes came from when this node fetched them (a mirror's URL, or
+    /// `control-plane`); `None` when they were in its store already.
+    pub source: Option<String>,
 }
 
 /// What one desired entry needs.
@@ -151,6 +154,7 @@ mod tests {
             size: body.len() as u64,
             signature: String::new(),
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            sources: Vec::new(),
         }
     }
 
