@@ -48,7 +48,7 @@ pub(crate) fn client_for(reference: &Reference, cfg: &RegistryConfig) -> Result<
         None => None,
     };
     let opts = ClientOptions {
-        insecure: cfg.insecure.iter().any(|h| *h == host),
+        insecure: cfg.insecure.contains(&host),
         ca_file: cfg.ca.clone(),
         docker_config: cfg.docker_config.is_none(),
         credentials,
