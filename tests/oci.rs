@@ -553,6 +553,19 @@ fn bad_input_is_a_clear_error_and_nothing_is_written() {
         );
     }
 
+    // A well-formed bundle with no signature attached.
+    push_crafted(
+        &client,
+        &rt,
+        "apps/unsigned",
+        "1",
+        &bundle,
+        media::OUTPOST_BUNDLE_LAYER,
+        0,
+    );
+    let err = pull_fails(&reg.reference("apps/unsigned:1"), &out, &insecure);
+    assert!(err.contains("no signature file that signs bundle"), "{err}");
+
     // A layer of a media type Outpost does not know.
     push_crafted(
         &client,
