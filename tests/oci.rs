@@ -989,4 +989,54 @@ mod abuse {
             );
         });
     }
+
+    #[test]
+    fn the_referrers_api_is_used_where_the_registry_has_it() {
+        super::runtime().block_on(async {
+            let (_, subject) = blob();
+            let sig = Descriptor {
+                artifact_type: Some(outpost::oci::media::OUTPOST_SIGNATURE_ARTIFACT.to_owned()),
+                ..Descriptor::of(outpost::oci::media::OCI_MANIFEST, b"sig")
+            };
+            let other = Descriptor {
+                artifact_type: Some("application/vnd.example.sbom".to_owned()),
+                ..Descriptor::of(outpost::oci::media::OCI_MANIFEST, b"sbom")
+            };
+            let mut index = outpost::oci::ImageIndex::new();
+            index.manifests = vec![other, sig.clone()];
+            let body: &'static [u8] = Box::leak(index.to_bytes().into_boxed_slice());
+            let queries = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = queries.clone();
+            let path = format!("/v2/r/referrers/{}", subject.digest);
+            let addr = serve(move |req, _| {
+                if req.uri().path() != path {
+                    return full(404, &[], b"");
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(req.uri().query().unwrap_or("").to_owned());
+                full(
+                    200,
+                    &[("content-type", outpost::oci::media::OCI_INDEX.to_owned())],
+                    body,
+                )
+            })
+            .await;
+            let (found, source) = client(addr, ClientOptions::default())
+                .referrers(
+                    "r",
+                    &subject.digest,
+                    Some(outpost::oci::media::OUTPOST_SIGNATURE_ARTIFACT),
+                )
+                .await
+                .unwrap();
+            assert_eq!(source, outpost::oci::client::ReferrersSource::Api);
+            // Filtered here too: a registry may ignore the artifactType filter.
+            assert_eq!(found, vec![sig]);
+            assert_eq!(
+                *queries.lock().unwrap(),
+                vec!["artifactType=application%2Fvnd.outpost.signature.v1".to_owned()]
+            );
+        });
+    }
 }
