@@ -553,6 +553,19 @@ fn bad_input_is_a_clear_error_and_nothing_is_written() {
         );
     }
 
+    // A well-formed bundle with no signature attached.
+    push_crafted(
+        &client,
+        &rt,
+        "apps/unsigned",
+        "1",
+        &bundle,
+        media::OUTPOST_BUNDLE_LAYER,
+        0,
+    );
+    let err = pull_fails(&reg.reference("apps/unsigned:1"), &out, &insecure);
+    assert!(err.contains("no signature file that signs bundle"), "{err}");
+
     // A layer of a media type Outpost does not know.
     push_crafted(
         &client,
@@ -973,6 +986,56 @@ mod abuse {
             assert_eq!(
                 *ranges.lock().unwrap(),
                 vec![None, Some("bytes=10-".to_owned())]
+            );
+        });
+    }
+
+    #[test]
+    fn the_referrers_api_is_used_where_the_registry_has_it() {
+        super::runtime().block_on(async {
+            let (_, subject) = blob();
+            let sig = Descriptor {
+                artifact_type: Some(outpost::oci::media::OUTPOST_SIGNATURE_ARTIFACT.to_owned()),
+                ..Descriptor::of(outpost::oci::media::OCI_MANIFEST, b"sig")
+            };
+            let other = Descriptor {
+                artifact_type: Some("application/vnd.example.sbom".to_owned()),
+                ..Descriptor::of(outpost::oci::media::OCI_MANIFEST, b"sbom")
+            };
+            let mut index = outpost::oci::ImageIndex::new();
+            index.manifests = vec![other, sig.clone()];
+            let body: &'static [u8] = Box::leak(index.to_bytes().into_boxed_slice());
+            let queries = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = queries.clone();
+            let path = format!("/v2/r/referrers/{}", subject.digest);
+            let addr = serve(move |req, _| {
+                if req.uri().path() != path {
+                    return full(404, &[], b"");
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(req.uri().query().unwrap_or("").to_owned());
+                full(
+                    200,
+                    &[("content-type", outpost::oci::media::OCI_INDEX.to_owned())],
+                    body,
+                )
+            })
+            .await;
+            let (found, source) = client(addr, ClientOptions::default())
+                .referrers(
+                    "r",
+                    &subject.digest,
+                    Some(outpost::oci::media::OUTPOST_SIGNATURE_ARTIFACT),
+                )
+                .await
+                .unwrap();
+            assert_eq!(source, outpost::oci::client::ReferrersSource::Api);
+            // Filtered here too: a registry may ignore the artifactType filter.
+            assert_eq!(found, vec![sig]);
+            assert_eq!(
+                *queries.lock().unwrap(),
+                vec!["artifactType=application%2Fvnd.outpost.signature.v1".to_owned()]
             );
         });
     }

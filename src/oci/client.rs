@@ -392,6 +392,8 @@ impl Client {
                     if resumes > self.opts.max_resumes {
                         return Err(self.interrupted(repo, &what, detail, received, resumes - 1));
                     }
+                    // A moment before reconnecting, longer each time.
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(resumes))).await;
                     continue;
                 }
                 Err(e) => return Err(e),
