@@ -16,15 +16,13 @@ use common::*;
 /// `token`, answering `/message` with `token=<value>`) packed and signed by it.
 struct Lab {
     dir: tempfile::TempDir,
-    /// The public key line.
-    public: String,
 }
 
 impl Lab {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let p = |rel: &str| dir.path().join(rel).to_str().unwrap().to_owned();
-        let (code, public, err) = run_to_end(&["bundle", "keygen", "--out", &p("alice")]);
+        let (code, _, err) = run_to_end(&["bundle", "keygen", "--out", &p("alice")]);
         assert_eq!(code, 0, "{err}");
         let (code, _, err) = run_to_end(&["bundle", "keygen", "--out", &p("mallory")]);
         assert_eq!(code, 0, "{err}");
@@ -44,15 +42,18 @@ impl Lab {
         std::fs::copy(wasm("config_reader"), app.join("config-reader.wasm")).unwrap();
         for args in [
             vec!["bundle", "pack", &p("app"), "-o", &p("shop.bundle")],
-            vec!["bundle", "sign", &p("shop.bundle"), "--key", &p("alice.key")],
+            vec![
+                "bundle",
+                "sign",
+                &p("shop.bundle"),
+                "--key",
+                &p("alice.key"),
+            ],
         ] {
             let (code, _, err) = run_to_end(&args);
             assert_eq!(code, 0, "outpost {}: {err}", args.join(" "));
         }
-        Self {
-            dir,
-            public: public.trim_end().to_owned(),
-        }
+        Self { dir }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -99,7 +100,13 @@ async fn outpost_serve_runs_a_signed_bundle_from_a_registry() {
 
     // Only the attached signature counts, and only under --trust keys.
     let serve = |extra: &[&str]| {
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--no-cache", "--insecure"];
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-cache",
+            "--insecure",
+        ];
         args.extend_from_slice(extra);
         args.push(&reference);
         run_to_end(&args)
