@@ -179,6 +179,8 @@ poll_interval = "200ms"
 name = "node-{i}"
 labels = {{ site = "lab" }}
 {ca}
+[registry]
+insecure = ["127.0.0.1"]
 "#,
                 state = self.s(&format!("node{i}")),
                 release = self.s("release.pub"),
@@ -848,4 +850,54 @@ async fn a_tampered_mirror_falls_through_to_the_control_plane_and_a_release_no_s
         metric(node, &fetches("control_plane", "rejected")).await,
         1.0
     );
+}
+
+const REGISTRY_BYTES: &str = "outpost_bundle_fetch_bytes_total{source_kind=\"registry\"}";
+
+/// `outpost push oci://…`: the release is named by digest with the registry as its source,
+/// pinned to the manifest pulled; nodes pull it from the registry (a real `docker-registry`)
+/// and the control plane neither holds nor sends a byte of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_pushed_from_a_registry_is_pulled_by_the_nodes_not_the_control_plane() {
+    use common::registry::{Registry, RegistrySetup};
+    let fleet = Fleet::new(2);
+    fleet.wait_enrolled(2);
+    let reg = Registry::start(RegistrySetup::default());
+    let v1 = fleet.bundle("1.0.0", "config_reader", "one");
+    let reference = reg.reference("fleet/greeter:1.0.0");
+    let (code, _, err) = run_to_end(&["bundle", "push", &v1, &reference, "--insecure"]);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = fleet.push_with(&reference, &["--insecure"]);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", fleet.cp_log());
+    assert!(err.contains("pulled greeter 1.0.0"), "{err}");
+    assert!(err.contains("not uploading"), "{err}");
+    wait_all_serve(&fleet.nodes, "one").await;
+
+    let size = std::fs::metadata(&v1).unwrap().len() as f64;
+    for node in &fleet.nodes {
+        node.expect_log(&["bundle fetched", "source_kind=registry"]);
+        assert_eq!(metric(node, REGISTRY_BYTES).await, size);
+        assert_eq!(metric(node, CP_BYTES).await, 0.0);
+        assert_eq!(metric(node, &fetches("registry", "ok")).await, 1.0);
+    }
+    let cp_log = fleet.cp_log();
+    assert!(!cp_log.contains("sending bundle"), "{cp_log}");
+    let digest = outpost::bundle::digest(&std::fs::read(&v1).unwrap());
+    assert!(
+        !fleet
+            .path(&format!("cp/bundles/{}.bundle", digest.hex()))
+            .exists()
+    );
+    // The source nodes report is the reference pinned by manifest digest, not the tag.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let source = fleet.reported_source("node-0", "greeter");
+        let s = source.as_str().unwrap_or_default();
+        if s.starts_with(&format!("oci://{}/fleet/greeter@sha256:", reg.addr)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{source}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

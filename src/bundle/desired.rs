@@ -81,6 +81,9 @@ pub struct DesiredApp {
 pub enum Source<'a> {
     /// A plain `https://` (or `http://`) URL of the bundle file on a static host or CDN.
     Http(&'a str),
+    /// `oci://HOST[:PORT]/REPO[:TAG][@sha256:HEX]`: the bundle as `outpost bundle push` puts it
+    /// in an OCI registry (shape-checked here; the registry client parses it).
+    Oci(&'a str),
     /// The control plane's own `GET /v1/bundles/<digest>`; never listed, always tried last.
     ControlPlane,
 }
@@ -89,6 +92,7 @@ pub enum Source<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
     Mirror,
+    Registry,
     ControlPlane,
 }
 
@@ -96,6 +100,7 @@ impl SourceKind {
     pub fn label(self) -> &'static str {
         match self {
             Self::Mirror => "mirror",
+            Self::Registry => "registry",
             Self::ControlPlane => "control_plane",
         }
     }
@@ -106,7 +111,10 @@ impl SourceKind {
 pub enum SourceError {
     /// A scheme this node does not know (a newer control plane may list kinds an older node
     /// skips: the other sources are still tried).
-    #[error("unsupported source {0:?} (this node fetches http:// and https:// URLs)")]
+    #[error(
+        "unsupported source {0:?} (this node fetches http:// and https:// URLs and oci:// \
+         references)"
+    )]
     Unsupported(String),
     #[error("invalid source URL {url:?}: {problem}")]
     Invalid { url: String, problem: &'static str },
@@ -122,10 +130,13 @@ impl<'a> Source<'a> {
             problem,
         };
         let scheme = |p: &str| s.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+        let oci = scheme("oci://");
         let rest = if scheme("https://") {
             s.get(8..).unwrap_or_default()
         } else if scheme("http://") {
             s.get(7..).unwrap_or_default()
+        } else if oci {
+            s.get(6..).unwrap_or_default()
         } else {
             let shown: String = s.chars().take(64).collect();
             return Err(SourceError::Unsupported(shown));
@@ -145,12 +156,20 @@ impl<'a> Source<'a> {
                 "user info in the URL (it would be sent to every node)",
             ));
         }
+        if oci {
+            let repo = rest.split_once('/').map(|(_, r)| r).unwrap_or_default();
+            if repo.is_empty() {
+                return Err(invalid("no repository (expected oci://HOST/REPO:TAG)"));
+            }
+            return Ok(Self::Oci(s));
+        }
         Ok(Self::Http(s))
     }
 
     pub fn kind(self) -> SourceKind {
         match self {
             Self::Http(_) => SourceKind::Mirror,
+            Self::Oci(_) => SourceKind::Registry,
             Self::ControlPlane => SourceKind::ControlPlane,
         }
     }
@@ -159,7 +178,7 @@ impl<'a> Source<'a> {
 impl std::fmt::Display for Source<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Http(url) => f.write_str(url),
+            Self::Http(url) | Self::Oci(url) => f.write_str(url),
             Self::ControlPlane => f.write_str("control plane"),
         }
     }
@@ -642,7 +661,19 @@ mod tests {
             Source::parse(&long),
             Err(SourceError::Invalid { .. })
         ));
-        for other in ["oci://ghcr.io/acme/app@sha256:00", "ftp://h/x", "ht", "é"] {
+        assert_eq!(
+            Source::parse("oci://ghcr.io/acme/app@sha256:00"),
+            Ok(Source::Oci("oci://ghcr.io/acme/app@sha256:00"))
+        );
+        assert_eq!(
+            Source::parse("oci://127.0.0.1:5000/a:1").unwrap().kind(),
+            SourceKind::Registry
+        );
+        assert!(matches!(
+            Source::parse("oci://ghcr.io"),
+            Err(SourceError::Invalid { .. })
+        ));
+        for other in ["ipfs://h/x", "ftp://h/x", "ht", "é"] {
             assert!(
                 matches!(Source::parse(other), Err(SourceError::Unsupported(_))),
                 "{other}"
@@ -653,7 +684,7 @@ mod tests {
         let cp = key(1);
         let node = key(2);
         let mut s = state(&node, 1);
-        s.apps[0].sources = vec!["oci://reg.example/app:1".into(), "https://m/x".into()];
+        s.apps[0].sources = vec!["ipfs://bafy/app".into(), "https://m/x".into()];
         let opened = open(&seal(&s, &cp).unwrap(), &[cp.verifying_key()]).unwrap();
         let order = opened.apps[0].fetch_order();
         assert!(matches!(order[0], Err(SourceError::Unsupported(_))));

@@ -47,8 +47,13 @@ pub struct Remote {
 
 #[derive(Debug, clap::Args)]
 pub struct PushArgs {
-    /// The signed bundle; its signature file BUNDLE.sig must sit beside it.
+    /// The signed bundle; its signature file BUNDLE.sig must sit beside it. Or a signed bundle
+    /// in an OCI registry, oci://HOST[:PORT]/REPO:TAG (as `outpost bundle push` put it): then
+    /// nodes pull it from the registry by digest and the control plane serves no bytes of it.
     pub bundle: PathBuf,
+    /// How to reach an oci:// bundle's registry from here (nodes use their [registry]).
+    #[command(flatten)]
+    pub registry: super::bundle::RegistryArgs,
     #[command(flatten)]
     pub remote: Remote,
     /// Nodes to roll out to: `all`, or `key=value[,key=value...]` (labels, all must match).
@@ -229,7 +234,20 @@ fn sig_path(bundle: &Path) -> PathBuf {
     crate::store::install::sig_path_for(bundle)
 }
 
-pub fn push(args: PushArgs) -> CliResult {
+pub fn push(mut args: PushArgs) -> CliResult {
+    if let Some(raw) = args
+        .bundle
+        .to_str()
+        .filter(|s| s.starts_with(crate::oci::reference::SCHEME))
+    {
+        let raw = raw.to_owned();
+        let (pinned, bytes, sig) = pull_for_push(&raw, &args.registry)?;
+        // Nodes pull it from the registry, pinned to what was pulled here (a tag may move),
+        // then from any --mirror; the control plane keeps only the signature file.
+        args.mirrors.insert(0, pinned);
+        args.mirror_only = true;
+        return push_bytes(args, bytes, sig);
+    }
     let bytes = std::fs::read(&args.bundle)
         .with_context(|| format!("{}: cannot read the bundle", args.bundle.display()))
         .map_err(CliError::app)?;
@@ -251,6 +269,53 @@ pub fn push(args: PushArgs) -> CliResult {
             )));
         }
     };
+    push_bytes(args, bytes, sig)
+}
+
+/// The bundle an `oci://` reference names, with the signature file to send the control plane
+/// (the first attached one that signs these very bytes) and the reference pinned to the
+/// manifest pulled.
+fn pull_for_push(
+    raw: &str,
+    registry: &super::bundle::RegistryArgs,
+) -> Result<(String, Vec<u8>, Vec<u8>), CliError> {
+    let reference: crate::oci::Reference = raw.parse().map_err(CliError::config)?;
+    let client = crate::oci::Client::new(&reference.registry, registry.options()?)
+        .map_err(CliError::config)?;
+    let pulled = block_on(async {
+        crate::oci::artifact::pull_bundle(
+            &client,
+            &reference,
+            &crate::oci::artifact::PullLimits::default(),
+            &|_| (),
+        )
+        .await
+        .map_err(|e| CliError::app(anyhow!("{e}")))
+    })?;
+    let digest = crate::bundle::digest(&pulled.bundle);
+    let sig = pulled
+        .signatures
+        .into_iter()
+        .find(|s| {
+            crate::bundle::sign::SignedDoc::parse(s, 64 << 10)
+                .is_ok_and(|d| d.doc().digest == digest)
+        })
+        .ok_or_else(|| {
+            CliError::app(anyhow!(
+                "{raw}: no attached signature file signs {digest} (push the bundle with \
+                 `outpost bundle push`, which attaches APP.bundle.sig)"
+            ))
+        })?;
+    let pinned = reference.pinned(&pulled.manifest_digest);
+    eprintln!(
+        "pulled {} {} ({digest}) from {pinned}",
+        pulled.config.app, pulled.config.version
+    );
+    Ok((pinned, pulled.bundle, sig))
+}
+
+/// Creates the rollout of `bytes` (uploaded unless mirror-only) and follows it.
+fn push_bytes(args: PushArgs, bytes: Vec<u8>, sig: Vec<u8>) -> CliResult {
     let digest = crate::bundle::digest(&bytes);
     let client = client(&args.remote, UPLOAD_TIMEOUT)?;
     block_on(async move {

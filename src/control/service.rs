@@ -1007,8 +1007,15 @@ fn check_sources(sources: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::with_capacity(sources.len());
     for s in sources {
         let s = s.trim();
-        desired::Source::parse(s).map_err(|e| e.to_string())?;
-        reqwest::Url::parse(s).map_err(|e| format!("source {s:?}: {e}"))?;
+        match desired::Source::parse(s).map_err(|e| e.to_string())? {
+            desired::Source::Oci(r) => {
+                r.parse::<crate::oci::Reference>()
+                    .map_err(|e| format!("source {s:?}: {e}"))?;
+            }
+            _ => {
+                reqwest::Url::parse(s).map_err(|e| format!("source {s:?}: {e}"))?;
+            }
+        }
         if out.iter().any(|o| o == s) {
             return Err(format!("source {s:?} is listed twice"));
         }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::Digest;
 use crate::oci::artifact::{PullLimits, pull_bundle};
-use crate::oci::{Client, ClientOptions, Credentials, Reference};
+use crate::oci::{Client, Reference};
 use crate::ops::config::RegistryConfig;
 use crate::ops::process::ExitError;
 use crate::store::Store;
@@ -40,21 +40,9 @@ struct Fetched {
 }
 
 /// A registry client for `reference` under the node's `[registry]` settings.
-pub(crate) fn client_for(reference: &Reference, cfg: &RegistryConfig) -> Result<Client, ExitError> {
-    let host = reference.registry.to_ascii_lowercase();
-    let credentials = match &cfg.docker_config {
-        Some(path) => Credentials::from_docker_config_file(path, &reference.registry)
-            .map_err(|e| ExitError::config(anyhow!("[registry] docker_config: {e}")))?,
-        None => None,
-    };
-    let opts = ClientOptions {
-        insecure: cfg.insecure.contains(&host),
-        ca_file: cfg.ca.clone(),
-        docker_config: cfg.docker_config.is_none(),
-        credentials,
-        ..ClientOptions::default()
-    };
-    Client::new(&reference.registry, opts)
+fn client_for(reference: &Reference, cfg: &RegistryConfig) -> Result<Client, ExitError> {
+    crate::oci::options_for(cfg, &reference.registry)
+        .and_then(|opts| Client::new(&reference.registry, opts))
         .map_err(|e| ExitError::config(anyhow!("{reference}: {e}")))
 }
 

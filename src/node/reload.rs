@@ -408,6 +408,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.control_plane != new.control_plane {
         out.push("control_plane");
     }
+    if old.registry != new.registry && new.control_plane.is_some() {
+        out.push(
+            "registry (for control-plane releases; [[app]] oci:// sources use the new settings)",
+        );
+    }
     if old.runtime_table() != new.runtime_table() {
         out.push("runtime");
     }

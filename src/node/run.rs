@@ -171,9 +171,12 @@ impl Node {
             )));
         }
         let setup = match (&cfg.control_plane, check) {
-            (Some(cp), false) => Some(
-                crate::sync::Setup::prepare(cp, cfg.node_name(), &state_dir).map_err(&cp_error)?,
-            ),
+            (Some(cp), false) => {
+                let mut setup = crate::sync::Setup::prepare(cp, cfg.node_name(), &state_dir)
+                    .map_err(&cp_error)?;
+                setup.registry = cfg.registry.clone();
+                Some(setup)
+            }
             _ => None,
         };
         let metrics = Metrics::new();

@@ -33,3 +33,31 @@ pub use client::{Client, ClientOptions};
 pub use error::OciError;
 pub use manifest::{Descriptor, FetchedManifest, ImageIndex, ImageManifest, Manifest};
 pub use reference::{Reference, ReferenceError};
+
+/// The client options the node config's `[registry]` gives for `registry` (`host[:port]` of a
+/// [`Reference`]): plain HTTP for the hosts listed `insecure` (`host:port`, or `host` for any
+/// port), the extra CA, and credentials
+/// from its `docker_config` file (else the default Docker config file of the daemon's user).
+pub fn options_for(
+    cfg: &crate::ops::config::RegistryConfig,
+    registry: &str,
+) -> Result<ClientOptions, OciError> {
+    let host = registry.to_ascii_lowercase();
+    let credentials = match &cfg.docker_config {
+        Some(path) => Credentials::from_docker_config_file(path, registry)
+            .map_err(|e| OciError::Credentials(format!("[registry] docker_config: {e}")))?,
+        None => None,
+    };
+    // An entry without a port covers every port of its host.
+    let bare = host
+        .rsplit_once(':')
+        .filter(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host.as_str(), |(h, _)| h);
+    Ok(ClientOptions {
+        insecure: cfg.insecure.iter().any(|h| *h == host || *h == bare),
+        ca_file: cfg.ca.clone(),
+        docker_config: cfg.docker_config.is_none(),
+        credentials,
+        ..ClientOptions::default()
+    })
+}

@@ -165,8 +165,8 @@ pub struct RegistryConfig {
     /// A PEM file of CA certificates trusted for registries besides the public roots (a
     /// private registry); absolute after [`Config::load`].
     pub ca: Option<PathBuf>,
-    /// Registries (`host` or `host:port`, lowercase) reached over plain HTTP: a lab registry, or
-    /// one on the gateway's own network.
+    /// Registries (`host:port`, or `host` for every port of it; lowercase) reached over plain
+    /// HTTP: a lab registry, or one on the gateway's own network.
     pub insecure: Vec<String>,
     /// The Docker config file holding registry credentials (`auths`), absolute after
     /// [`Config::load`]; `None`: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json` of

@@ -737,7 +737,7 @@ impl Agent {
                     tracing::info!(app = %entry.app, digest = %entry.digest, %source, source_kind = %kind.label(), bytes = bytes.len(), "bundle fetched");
                     let served_by = match source {
                         Source::ControlPlane => api::SOURCE_CONTROL_PLANE.to_owned(),
-                        Source::Http(url) => url.to_owned(),
+                        Source::Http(url) | Source::Oci(url) => url.to_owned(),
                     };
                     return Ok((bytes, served_by));
                 }
@@ -786,6 +786,14 @@ impl Agent {
                     .download_url(url, entry.size, timing)
                     .await
             }
+            Source::Oci(raw) => {
+                let body = self.pull_from_registry(raw, entry).await?;
+                self.metrics
+                    .bundle_fetch_bytes
+                    .with_label_values(&[source.kind().label()])
+                    .inc_by(body.len() as u64);
+                return check_fetched(body, entry);
+            }
             Source::ControlPlane => {
                 let path = format!("{}{}", api::BUNDLES, entry.digest);
                 self.setup.client.download(&path, entry.size, timing).await
@@ -807,18 +815,74 @@ impl Agent {
             .bundle_fetch_bytes
             .with_label_values(&[source.kind().label()])
             .inc_by(r.body.len() as u64);
-        if r.body.len() as u64 != entry.size {
+        check_fetched(r.body.to_vec(), entry)
+    }
+
+    /// The bundle layer of the OCI artifact `raw` names (as `outpost bundle push` lays it out),
+    /// pulled under the node's `[registry]` settings; its attached signatures are not needed,
+    /// the desired state carries the signature file.
+    async fn pull_from_registry(
+        &self,
+        raw: &str,
+        entry: &DesiredApp,
+    ) -> Result<Vec<u8>, FetchError> {
+        use crate::oci::OciError;
+        let unsupported = |message: String| FetchError {
+            message,
+            transient: false,
+            outcome: "unsupported",
+        };
+        let reference: crate::oci::Reference =
+            raw.parse().map_err(|e| unsupported(format!("{e}")))?;
+        let client = crate::oci::options_for(&self.setup.registry, &reference.registry)
+            .and_then(|o| crate::oci::Client::new(&reference.registry, o))
+            .map_err(|e| unsupported(e.to_string()))?;
+        let limits = crate::oci::artifact::PullLimits {
+            max_bundle: entry.size,
+            ..Default::default()
+        };
+        let pulled = crate::oci::artifact::pull_bundle(&client, &reference, &limits, &|_| ())
+            .await
+            .map_err(|e| {
+                let (transient, outcome) = match &e {
+                    OciError::Transport { .. } | OciError::Interrupted { .. } => {
+                        (true, "unreachable")
+                    }
+                    OciError::Status { status, .. } if *status >= 500 => (true, "server_error"),
+                    OciError::DigestMismatch { .. } => (false, "wrong_digest"),
+                    OciError::SizeMismatch { .. } | OciError::TooLarge { .. } => {
+                        (false, "wrong_size")
+                    }
+                    OciError::NotFound { .. }
+                    | OciError::Unauthorized { .. }
+                    | OciError::Status { .. } => (true, "rejected"),
+                    _ => (false, "bad_response"),
+                };
+                FetchError {
+                    message: e.to_string(),
+                    transient,
+                    outcome,
+                }
+            })?;
+        Ok(pulled.bundle)
+    }
+}
+
+/// The size and digest checks every source's bytes get.
+fn check_fetched(body: Vec<u8>, entry: &DesiredApp) -> Result<Vec<u8>, FetchError> {
+    {
+        if body.len() as u64 != entry.size {
             return Err(FetchError {
                 message: format!(
                     "{} bytes, but the desired state says {}",
-                    r.body.len(),
+                    body.len(),
                     entry.size
                 ),
                 transient: false,
                 outcome: "wrong_size",
             });
         }
-        let got = crate::bundle::digest(&r.body);
+        let got = crate::bundle::digest(&body);
         if got != entry.digest {
             return Err(FetchError {
                 message: format!("content hashes to {got}, not {}", entry.digest),
@@ -826,9 +890,11 @@ impl Agent {
                 outcome: "wrong_digest",
             });
         }
-        Ok(r.body.to_vec())
+        Ok(body)
     }
+}
 
+impl Agent {
     // === reporting ===
 
     fn report(&self) -> SyncReport {

@@ -93,6 +93,8 @@ pub struct Setup {
     pub poll_interval: std::time::Duration,
     /// One control-plane request; bundle downloads scale it with their size.
     pub request_timeout: std::time::Duration,
+    /// How `oci://` bundle sources reach their registries (`[registry]`).
+    pub registry: crate::ops::config::RegistryConfig,
 }
 
 impl Setup {
@@ -176,6 +178,7 @@ impl Setup {
             labels,
             poll_interval: cp.poll_interval,
             request_timeout: cp.request_timeout,
+            registry: Default::default(),
         })
     }
 
