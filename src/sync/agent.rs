@@ -731,10 +731,12 @@ impl Agent {
                     continue;
                 }
             };
+            let started = std::time::Instant::now();
             match self.fetch_from(source, entry).await {
                 Ok(bytes) => {
                     self.count_fetch(kind, "ok");
-                    tracing::info!(app = %entry.app, digest = %entry.digest, %source, source_kind = %kind.label(), bytes = bytes.len(), "bundle fetched");
+                    let ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(app = %entry.app, digest = %entry.digest, %source, source_kind = %kind.label(), bytes = bytes.len(), ms, "bundle fetched");
                     let served_by = match source {
                         Source::ControlPlane => api::SOURCE_CONTROL_PLANE.to_owned(),
                         Source::Http(url) | Source::Oci(url) => url.to_owned(),
