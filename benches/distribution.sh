@@ -78,8 +78,7 @@ TOML
 }
 big_bundle 1.0.0
 big_bundle 2.0.0
-BUNDLE_BYTES=$(stat -c %s web-1.0.0.bundle)
-log "two releases of $BUNDLE_BYTES bytes each"
+log "two releases of $(stat -c %s web-1.0.0.bundle) and $(stat -c %s web-2.0.0.bundle) bytes"
 
 # --- registry ------------------------------------------------------------------------------
 REG_PORT=$(free_port)
@@ -183,16 +182,17 @@ run_push() { # LABEL WHAT [ARGS...]: push, wait for the rollout, print its figur
     cp1=$(node_sum "$CP_SERIES")
     reg1=$(node_sum "$REG_SERIES")
     sent1=$(grep -c "sending bundle" cp.log || true)
-    local version=${label#*-}
+    local version=${label#*-} bytes
+    bytes=$(stat -c %s "web-$version.bundle")
     echo
     echo "### $label: $what"
-    echo "- all $NODES nodes converged $secs s after the push ($(echo "scale=1; $NODES * $BUNDLE_BYTES / 1048576 / $secs" | bc) MiB/s aggregate)"
+    echo "- all $NODES nodes converged $secs s after the push ($(echo "scale=1; $NODES * $bytes / 1048576 / $secs" | bc) MiB/s aggregate, $bytes bytes per node)"
     echo "- per-node fetch: $(fetch_ms "$version")"
     echo "- bytes from the control plane: $(echo "$cp1 - $cp0" | bc) (its log: $((sent1 - sent0)) bundles sent)"
     echo "- bytes from the registry: $(echo "$reg1 - $reg0" | bc)"
 }
 
-echo "## bundle distribution: $NODES nodes, $BUNDLE_BYTES-byte bundle, $(nproc) cores, $(date -u +%F)"
+echo "## bundle distribution: $NODES nodes, $SIZE random bytes per bundle, $(nproc) cores, $(date -u +%F)"
 run_push cp-1.0.0 web-1.0.0.bundle
 run_push registry-2.0.0 "$REF" --insecure
 log "done"
