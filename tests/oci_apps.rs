@@ -175,3 +175,46 @@ async fn a_node_installs_an_oci_source_and_serves_it_again_when_the_registry_is_
     let log = d.expect_log(&["cannot pull from the registry; installing the release"]);
     assert!(!log.contains("from-node"), "{log}");
 }
+
+/// A client no one here wrote reads what `outpost bundle push` wrote: the `oras` Python package
+/// pulls the bundle layer (named by its title annotation) and gets the very bytes pushed.
+#[test]
+fn oras_pulls_a_bundle_outpost_pushed() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import oras.client"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the oras Python package is missing (pip install oras==0.2.25); .ci/run installs it"
+        );
+        eprintln!("SKIPPED: the oras Python package is not installed (pip install oras==0.2.25)");
+        return;
+    }
+    let lab = Lab::new();
+    let reg = Registry::start(RegistrySetup::default());
+    let reference = lab.push(&reg);
+    let out = lab.path("oras-out");
+    let target = reference.trim_start_matches("oci://");
+    let script = format!(
+        "import oras.client\n\
+         c = oras.client.OrasClient(insecure=True)\n\
+         print('\\n'.join(c.pull(target={target:?}, outdir={out:?})))\n",
+        out = out.to_str().unwrap()
+    );
+    let o = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{stdout}\n{stderr}\n{}", reg.log());
+    let pulled = out.join("shop-1.0.0.bundle");
+    assert_eq!(
+        std::fs::read(&pulled).unwrap(),
+        std::fs::read(lab.path("shop.bundle")).unwrap(),
+        "{stdout}"
+    );
+}
