@@ -481,3 +481,40 @@ async fn fetch_signatures(
     }
     Ok((signatures, source))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(config_type: &str) -> ImageManifest {
+        ImageManifest::new(
+            Descriptor::of(config_type, b"{}"),
+            vec![Descriptor::of(media::WASM_LAYER, b"\0asm")],
+        )
+    }
+
+    #[test]
+    fn kind_of_tells_artifacts_apart_by_config_type() {
+        assert_eq!(
+            kind_of(&manifest(media::OUTPOST_BUNDLE_CONFIG)),
+            ArtifactKind::OutpostBundle
+        );
+        assert_eq!(
+            kind_of(&manifest(media::WASM_CONFIG)),
+            ArtifactKind::WasmComponent
+        );
+        assert_eq!(
+            kind_of(&manifest(media::SPIN_APP_CONFIG)),
+            ArtifactKind::SpinApp
+        );
+        assert_eq!(
+            kind_of(&manifest("application/vnd.oci.image.config.v1+json")),
+            ArtifactKind::Unknown("application/vnd.oci.image.config.v1+json".to_owned())
+        );
+        let e = spin_not_supported("r/x".to_owned(), "manifest".to_owned()).to_string();
+        assert!(
+            e.contains("not supported yet") && e.contains(media::SPIN_APP_CONFIG),
+            "{e}"
+        );
+    }
+}
