@@ -48,7 +48,15 @@ pub enum BundleCommand {
     /// Sign a bundle: writes (or adds a signature to) the detached signature file BUNDLE.sig,
     /// whose signed document names the app, version, digest, size and expiry. Several keys
     /// may sign the same bundle in turn for k-of-n trust policies.
+    ///
+    /// Given oci://HOST/REPO[:TAG|@sha256:…] instead, signs an artifact already in a registry
+    /// (a Wasm component another tool pushed, in the CNCF Wasm OCI layout): the signed
+    /// document names the artifact's manifest digest and size, and the signature file is
+    /// attached to that manifest as `bundle push` attaches a bundle's. Each run attaches one
+    /// more signature artifact.
+    #[command(disable_version_flag = true)]
     Sign {
+        /// The bundle file, or oci://HOST[:PORT]/REPO[:TAG|@sha256:HEX].
         bundle: PathBuf,
         /// Secret key file from `outpost bundle keygen`.
         #[arg(long, value_name = "KEY")]
@@ -59,9 +67,19 @@ pub enum BundleCommand {
         /// Tenant the app belongs to (nodes may restrict which keys sign a tenant's apps).
         #[arg(long)]
         tenant: Option<String>,
-        /// Signature file [default: BUNDLE.sig].
+        /// Signature file [default: BUNDLE.sig]; not for oci:// references.
         #[arg(long, value_name = "FILE")]
         sig: Option<PathBuf>,
+        /// oci:// only: the app name [default: the repository's last path segment, made a
+        /// valid app name].
+        #[arg(long, value_name = "NAME")]
+        app: Option<String>,
+        /// oci:// only: the release version, MAJOR.MINOR.PATCH [default: the tag, when it is
+        /// one].
+        #[arg(long = "version", id = "release_version", value_name = "X.Y.Z")]
+        release_version: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Verify a bundle's signature(s) against trusted public keys, then its contents.
     Verify {
@@ -159,7 +177,38 @@ pub fn run(args: BundleArgs) -> CliResult {
             expires_in,
             tenant,
             sig,
-        } => sign_cmd(&bundle, &key, expires_in, tenant, sig),
+            app,
+            release_version,
+            registry,
+        } => match bundle
+            .to_str()
+            .filter(|s| s.starts_with(oci::reference::SCHEME))
+        {
+            Some(reference) => {
+                if sig.is_some() {
+                    return Err(CliError::config(anyhow!(
+                        "--sig is for bundle files; an oci:// artifact's signature file is \
+                         attached to it in the registry"
+                    )));
+                }
+                let release = OciRelease {
+                    app,
+                    version: release_version,
+                    expires_in,
+                    tenant,
+                };
+                sign_oci_cmd(reference, &key, release, &registry)
+            }
+            None => {
+                if app.is_some() || release_version.is_some() {
+                    return Err(CliError::config(anyhow!(
+                        "--app and --version are for oci:// artifacts; a bundle's outpost.toml \
+                         names its app and version"
+                    )));
+                }
+                sign_cmd(&bundle, &key, expires_in, tenant, sig)
+            }
+        },
         BundleCommand::Verify {
             bundle,
             trust,
@@ -771,6 +820,124 @@ fn push_cmd(
     );
     println!("{}", reference.pinned(&pushed.manifest.digest));
     Ok(())
+}
+
+/// What the signed document of an `oci://` artifact says besides its digest and size.
+struct OciRelease {
+    app: Option<String>,
+    version: Option<String>,
+    expires_in: Duration,
+    tenant: Option<String>,
+}
+
+/// `bundle sign oci://…`: signs the manifest the reference resolves to (its digest and byte
+/// length: the manifest names every layer by digest, so this covers the content) and attaches
+/// the signature file to it.
+fn sign_oci_cmd(
+    reference: &str,
+    key: &Path,
+    release: OciRelease,
+    args: &RegistryArgs,
+) -> CliResult {
+    let t0 = Instant::now();
+    let key_text = std::fs::read_to_string(key)
+        .with_context(|| format!("{}: cannot read key", key.display()))
+        .map_err(CliError::config)?;
+    let sk = sign::parse_secret_key(&key_text)
+        .with_context(|| format!("{}", key.display()))
+        .map_err(CliError::config)?;
+    let (reference, client) = registry_client(reference, args)?;
+    let app = match release.app {
+        Some(app) => app,
+        None => default_app_name(&reference.repository).ok_or_else(|| {
+            CliError::config(anyhow!(
+                "{reference}: cannot make an app name of the repository {:?}; pass --app NAME",
+                reference.repository
+            ))
+        })?,
+    };
+    let version = match (release.version, &reference.tag) {
+        (Some(v), _) => v,
+        (None, Some(tag)) if tag.parse::<sign::Version>().is_ok() => tag.clone(),
+        (None, tag) => {
+            return Err(CliError::config(anyhow!(
+                "{reference}: the tag {} is not a release version (MAJOR.MINOR.PATCH); pass \
+                 --version X.Y.Z",
+                tag.as_deref()
+                    .map_or("(none)".to_owned(), |t| format!("{t:?}"))
+            )));
+        }
+    };
+    let rt = crate::ops::process::tokio_runtime(2)?;
+    let pb = progress(&format!("resolving {reference}"));
+    let repo = reference.repository.clone();
+    let fetched = rt
+        .block_on(client.get_manifest(&repo, &reference.target()))
+        .map_err(oci_error);
+    let fetched = match fetched {
+        Ok(f) => f,
+        Err(e) => {
+            pb.finish_and_clear();
+            return Err(e);
+        }
+    };
+    let kind = match &fetched.manifest {
+        oci::Manifest::Image(m) => match oci::artifact::kind_of(m) {
+            oci::artifact::ArtifactKind::OutpostBundle => "Outpost bundle".to_owned(),
+            oci::artifact::ArtifactKind::WasmComponent => "Wasm component".to_owned(),
+            oci::artifact::ArtifactKind::SpinApp => "Spin app".to_owned(),
+            oci::artifact::ArtifactKind::Unknown(t) => format!("{t:?}"),
+        },
+        oci::Manifest::Index(_) => "image index".to_owned(),
+    };
+    let subject = oci::Descriptor::of(&fetched.media_type, &fetched.bytes);
+    let now = unix_now();
+    let doc = ReleaseDoc {
+        app,
+        version,
+        digest: subject.digest,
+        size: subject.size,
+        created: now,
+        expires: now.saturating_add(release.expires_in.as_secs()),
+        tenant: release.tenant,
+    };
+    let mut signed = SignedDoc::new(doc)
+        .with_context(|| format!("{reference}"))
+        .map_err(CliError::config)?;
+    signed
+        .add_signature(&sk)
+        .with_context(|| format!("{reference}"))
+        .map_err(CliError::app)?;
+    pb.set_message(format!("attaching the signature to {reference}"));
+    let attached = rt.block_on(oci::artifact::attach_signature(
+        &client,
+        &repo,
+        &subject,
+        signed.encode().into(),
+    ));
+    pb.finish_and_clear();
+    let attached = attached.map_err(oci_error)?;
+    eprintln!(
+        "signed {} {} ({kind} manifest {}, {} bytes) with key {}; signature attached as {} in \
+         {:.2?}",
+        signed.doc().app,
+        signed.doc().version,
+        subject.digest,
+        subject.size,
+        sk.id(),
+        attached.signature.digest,
+        t0.elapsed()
+    );
+    println!("{}", reference.pinned(&subject.digest));
+    Ok(())
+}
+
+/// The app name a repository path suggests: its last segment, lowercased, other characters
+/// made `-`; `None` when nothing valid is left.
+fn default_app_name(repository: &str) -> Option<String> {
+    let last = repository.rsplit('/').next().unwrap_or(repository);
+    let name = crate::bundle::manifest::sanitise_name(last);
+    crate::bundle::manifest::is_valid_name(&name).then_some(name)
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

@@ -1,12 +1,13 @@
-//! `outpost serve`: development mode, like `spin up` — apps from directories, bare components or
-//! verified bundles, served on the given listeners with the machine's sizing and no store, no
-//! control plane and no systemd.
+//! `outpost serve`: development mode, like `spin up` — apps from directories, bare components,
+//! verified bundles, or `oci://` references (Outpost bundles, and plain components in the CNCF
+//! Wasm layout signed with `outpost bundle sign oci://…`), served on the given listeners with
+//! the machine's sizing and no store, no control plane and no systemd.
 //!
 //! Owns: putting that small server together — sizing, verified bundles unpacked into a
 //! temporary directory, the TLS setup, the engine — and running it until SIGTERM or SIGINT.
 //! Must not: parse arguments (`cli::serve` does) or write anything but the compile cache, the
-//! generated localhost certificate it is given a path for, the unpacked bundles and a temporary
-//! key-value database (both removed on exit).
+//! generated localhost certificate it is given a path for, the unpacked bundles and pulled
+//! components and a temporary key-value database (all removed on exit).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,16 +110,7 @@ pub fn run(dev: DevServer) -> Result<(), ExitError> {
             .filter(|s| s.starts_with(crate::oci::reference::SCHEME))
         {
             let dir = unpack_root.join(i.to_string());
-            let (bundle, signatures) = pull_bundle(raw, &dev.registry, &dev)?;
-            open_bundle_bytes(
-                raw,
-                &bundle,
-                &signatures,
-                &dev.trust,
-                dev.insecure_unsigned,
-                &dir,
-            )?;
-            sources.push(AppSource::Dir(dir));
+            sources.push(open_oci(raw, &dev, &dir)?);
         } else if p.extension().is_some_and(|e| e == "bundle") {
             let dir = unpack_root.join(i.to_string());
             open_bundle(p, &dev.trust, dev.insecure_unsigned, &dir)?;
@@ -257,34 +249,155 @@ fn trust_policy(
     crate::node::trust::trust_policy(&keys, 1, Default::default()).map_err(ExitError::config)
 }
 
-/// Pulls the bundle `raw` names and the signature files attached to it.
-fn pull_bundle(
-    raw: &str,
-    options: &crate::oci::ClientOptions,
-    dev: &DevServer,
-) -> Result<(Vec<u8>, Vec<Vec<u8>>), ExitError> {
+/// What `oci://` reference pulled: an Outpost bundle or a plain component.
+enum Pulled {
+    Bundle(crate::oci::artifact::PulledBundle),
+    Component(crate::oci::artifact::PulledComponent),
+}
+
+/// Pulls what `raw` names — dispatching on the manifest's kind — verifies it under the
+/// `--trust` keys (unless `--insecure-unsigned`) and puts it into `dir`: a bundle unpacked (an
+/// app directory), a plain component as `APP.wasm` (served at `/` with no grants).
+fn open_oci(raw: &str, dev: &DevServer, dir: &std::path::Path) -> Result<AppSource, ExitError> {
+    use crate::oci::artifact::{self, ArtifactKind, PullLimits};
+    use crate::oci::{Manifest, OciError};
     use anyhow::anyhow;
     let reference: crate::oci::Reference =
         raw.parse().map_err(|e| ExitError::config(anyhow!("{e}")))?;
     if !dev.insecure_unsigned {
         trust_policy(raw, &dev.trust)?;
     }
-    let client = crate::oci::Client::new(&reference.registry, options.clone())
+    let client = crate::oci::Client::new(&reference.registry, dev.registry.clone())
         .map_err(|e| ExitError::config(anyhow!("{e}")))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| ExitError::runtime(anyhow!("cannot start the pull's runtime: {e}")))?;
+    let limits = PullLimits::default();
     let pulled = rt
-        .block_on(crate::oci::artifact::pull_bundle(
-            &client,
-            &reference,
-            &crate::oci::artifact::PullLimits::default(),
-            &|_| (),
-        ))
+        .block_on(async {
+            let repo = reference.repository.as_str();
+            let fetched = client.get_manifest(repo, &reference.target()).await?;
+            // The pull reads the manifest again by the digest just seen: a tag moved in
+            // between cannot mix two artifacts.
+            let pinned = reference.with_digest(fetched.digest);
+            let kind = match &fetched.manifest {
+                // An index is refused by the bundle pull, naming what it found.
+                Manifest::Index(_) => ArtifactKind::OutpostBundle,
+                Manifest::Image(m) => artifact::kind_of(m),
+            };
+            match kind {
+                ArtifactKind::OutpostBundle => {
+                    artifact::pull_bundle(&client, &pinned, &limits, &|_| ())
+                        .await
+                        .map(Pulled::Bundle)
+                }
+                ArtifactKind::WasmComponent => artifact::pull_component(&client, &pinned, &limits)
+                    .await
+                    .map(Pulled::Component),
+                ArtifactKind::SpinApp => Err(artifact::spin_not_supported(
+                    format!("{}/{repo}", reference.registry),
+                    format!("manifest {reference} ({})", fetched.digest),
+                )),
+                ArtifactKind::Unknown(media_type) => Err(OciError::MediaType {
+                    at: format!("{}/{repo}", reference.registry),
+                    what: format!("manifest {reference} ({}): config", fetched.digest),
+                    media_type,
+                    expected: format!(
+                        "an Outpost bundle ({}) or a Wasm component ({})",
+                        crate::oci::media::OUTPOST_BUNDLE_CONFIG,
+                        crate::oci::media::WASM_CONFIG
+                    ),
+                }),
+            }
+        })
         .map_err(|e| ExitError::app(anyhow!("{e}")))?;
-    tracing::info!(reference = %raw, manifest = %pulled.manifest_digest, app = %pulled.config.app, version = %pulled.config.version, "pulled bundle from the registry");
-    Ok((pulled.bundle, pulled.signatures))
+    match pulled {
+        Pulled::Bundle(pulled) => {
+            tracing::info!(reference = %raw, manifest = %pulled.manifest_digest, app = %pulled.config.app, version = %pulled.config.version, "pulled bundle from the registry");
+            open_bundle_bytes(
+                raw,
+                &pulled.bundle,
+                &pulled.signatures,
+                &dev.trust,
+                dev.insecure_unsigned,
+                dir,
+            )?;
+            Ok(AppSource::Dir(dir.to_owned()))
+        }
+        Pulled::Component(pulled) => {
+            let app =
+                verify_component(raw, &reference, &pulled, &dev.trust, dev.insecure_unsigned)?;
+            tracing::info!(reference = %raw, manifest = %pulled.manifest_digest, app = %app, bytes = pulled.wasm.len(), "pulled component from the registry");
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ExitError::runtime(anyhow!("{}: cannot create: {e}", dir.display()))
+            })?;
+            let file = dir.join(format!("{app}.wasm"));
+            std::fs::write(&file, &pulled.wasm).map_err(|e| {
+                ExitError::runtime(anyhow!("{}: cannot write: {e}", file.display()))
+            })?;
+            Ok(AppSource::Wasm(file))
+        }
+    }
+}
+
+/// Checks that one of the component's attached signature files signs its manifest (digest and
+/// length) under the `--trust` keys, or with `insecure` warns that nothing was checked. Returns
+/// the app name to serve it as: the signed document's, else the last repository segment's.
+fn verify_component(
+    label: &str,
+    reference: &crate::oci::Reference,
+    pulled: &crate::oci::artifact::PulledComponent,
+    trust: &[String],
+    insecure: bool,
+) -> Result<String, ExitError> {
+    use crate::bundle::sign::{SignedDoc, trust};
+    use anyhow::anyhow;
+    if insecure {
+        tracing::warn!(reference = %label, manifest = %pulled.manifest_digest, "serving a component WITHOUT checking any signature (--insecure-unsigned)");
+        let last = reference
+            .repository
+            .rsplit('/')
+            .next()
+            .unwrap_or(&reference.repository);
+        return Ok(crate::bundle::manifest::sanitise_name(last));
+    }
+    let policy = trust_policy(label, trust)?;
+    let pinned = reference.pinned(&pulled.manifest_digest);
+    if pulled.signatures.is_empty() {
+        return Err(ExitError::app(anyhow!(
+            "{label}: no Outpost signature is attached to this component (manifest {}); sign it \
+             with `outpost bundle sign {pinned} --key RELEASE.key`, or serve it unchecked with \
+             --insecure-unsigned for development",
+            pulled.manifest_digest
+        )));
+    }
+    // Any one attached signature file the --trust keys accept will do.
+    let now = crate::base::clock::unix_now();
+    let mut last = String::new();
+    for sig in &pulled.signatures {
+        let checked = SignedDoc::parse(sig, crate::store::install::MAX_SIG_FILE)
+            .map_err(|e| e.to_string())
+            .and_then(|signed| {
+                trust::verify(
+                    &signed,
+                    pulled.manifest_len,
+                    &pulled.manifest_digest,
+                    &policy,
+                    now,
+                )
+                .map_err(|e| e.to_string())
+            });
+        match checked {
+            Ok(v) => return Ok(v.doc.app),
+            Err(e) => last = e,
+        }
+    }
+    Err(ExitError::app(anyhow!(
+        "{label}: none of the {} signature file(s) attached to manifest {} is accepted: {last}",
+        pulled.signatures.len(),
+        pulled.manifest_digest
+    )))
 }
 
 /// Verifies `bytes` against one of `signatures` under the `--trust` keys (or, with

@@ -1,4 +1,5 @@
-//! An Outpost bundle as an OCI artifact, and its detached signature file as a referrer of it.
+//! An Outpost bundle as an OCI artifact, its detached signature file as a referrer of it, and
+//! the plain Wasm components other tools push, signed by Outpost after the fact.
 //!
 //! Layout (see `docs/distribution.md`):
 //! - the **bundle manifest**: an OCI image manifest whose config is a small JSON
@@ -10,7 +11,13 @@
 //!   by digest; registries with the referrers API index it themselves, for the others it is
 //!   added to the image index at the `sha256-<hex>` tag (the referrers tag schema).
 //!
-//! Owns: pushing and pulling that layout, checking that what was pulled has that shape.
+//! Foreign artifacts: [`kind_of`] tells an Outpost bundle from a plain component in the CNCF
+//! Wasm OCI artifact layout (config `media::WASM_CONFIG`, one `media::WASM_LAYER` layer, as
+//! `wkg oci push` and oras write it) and from a Spin app; [`pull_component`] reads the
+//! component and the Outpost signature files attached to its manifest by
+//! [`attach_signature`] (`outpost bundle sign oci://…`), which sign the manifest's digest.
+//!
+//! Owns: pushing and pulling these layouts, checking that what was pulled has that shape.
 //! Must not: judge the signature — the bytes go back to the caller, which verifies them with
 //! `bundle::sign` against its trust policy; the config is informational and trusted by no one.
 
@@ -126,6 +133,34 @@ pub async fn push_bundle(
         .await?;
 
     progress(Step::Phase("signature"));
+    let attached = attach_signature(client, repo, &manifest_desc, signature).await?;
+    Ok(PushedBundle {
+        manifest: manifest_desc,
+        signature: attached.signature,
+        referrers: attached.referrers,
+    })
+}
+
+/// What [`attach_signature`] pushed.
+#[derive(Debug, Clone)]
+pub struct AttachedSignature {
+    /// The signature manifest's descriptor.
+    pub signature: Descriptor,
+    /// Whether the registry indexed the referrer itself or the fallback tag was written.
+    pub referrers: ReferrersSource,
+}
+
+/// Attaches the signature file `sig` to the manifest `subject` describes (in `repo`): a
+/// signature manifest (artifact type `media::OUTPOST_SIGNATURE_ARTIFACT`, the empty config,
+/// `sig` as its one layer, `subject` as its subject) pushed by digest; on a registry without
+/// the referrers API it is also added to the index at the `sha256-<hex>` fallback tag. Each
+/// call adds one more signature manifest; what is already attached is left as it is.
+pub async fn attach_signature(
+    client: &Client,
+    repo: &str,
+    subject: &Descriptor,
+    sig: Bytes,
+) -> Result<AttachedSignature, OciError> {
     let empty = client
         .push_blob(
             repo,
@@ -135,11 +170,16 @@ pub async fn push_bundle(
         )
         .await?;
     let sig_layer = client
-        .push_blob(repo, media::OUTPOST_SIGNATURE_LAYER, signature, &|_| ())
+        .push_blob(repo, media::OUTPOST_SIGNATURE_LAYER, sig, &|_| ())
         .await?;
     let mut sig_manifest = ImageManifest::new(empty, vec![sig_layer]);
     sig_manifest.artifact_type = Some(media::OUTPOST_SIGNATURE_ARTIFACT.to_owned());
-    sig_manifest.subject = Some(manifest_desc.clone());
+    // The subject descriptor as the spec wants it: media type, digest, size only.
+    sig_manifest.subject = Some(Descriptor {
+        artifact_type: None,
+        annotations: Default::default(),
+        ..subject.clone()
+    });
     let sig_bytes = Bytes::from(sig_manifest.to_bytes());
     let mut sig_desc = Descriptor::of(media::OCI_MANIFEST, &sig_bytes);
     sig_desc.artifact_type = Some(media::OUTPOST_SIGNATURE_ARTIFACT.to_owned());
@@ -155,12 +195,11 @@ pub async fn push_bundle(
         ReferrersSource::Api
     } else {
         client
-            .add_fallback_referrer(repo, &manifest_desc.digest, sig_desc.clone())
+            .add_fallback_referrer(repo, &subject.digest, sig_desc.clone())
             .await?;
         ReferrersSource::FallbackTag
     };
-    Ok(PushedBundle {
-        manifest: manifest_desc,
+    Ok(AttachedSignature {
         signature: sig_desc,
         referrers,
     })
@@ -253,12 +292,170 @@ pub async fn pull_bundle(
         .await?;
 
     progress(Step::Phase("signature"));
+    let (signatures, source) =
+        fetch_signatures(client, repo, &fetched.digest, limits.max_signature).await?;
+    Ok(PulledBundle {
+        manifest_digest: fetched.digest,
+        config,
+        bundle,
+        signatures,
+        referrers: source,
+    })
+}
+
+/// What an image manifest carries, told by its config media type, for callers that dispatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactKind {
+    /// An Outpost bundle (`media::OUTPOST_BUNDLE_CONFIG`): read it with [`pull_bundle`].
+    OutpostBundle,
+    /// A plain component in the CNCF Wasm OCI artifact layout (`media::WASM_CONFIG`): read it
+    /// with [`pull_component`].
+    WasmComponent,
+    /// A Spin app pushed by `spin registry push` (`media::SPIN_APP_CONFIG`): recognised, not
+    /// read yet.
+    SpinApp,
+    /// Anything else; the config media type found.
+    Unknown(String),
+}
+
+/// The kind of artifact `manifest` is, from its config media type alone (the shape is checked
+/// by the pull that reads it).
+pub fn kind_of(manifest: &ImageManifest) -> ArtifactKind {
+    match manifest.config.media_type.as_str() {
+        media::OUTPOST_BUNDLE_CONFIG => ArtifactKind::OutpostBundle,
+        media::WASM_CONFIG => ArtifactKind::WasmComponent,
+        media::SPIN_APP_CONFIG => ArtifactKind::SpinApp,
+        other => ArtifactKind::Unknown(other.to_owned()),
+    }
+}
+
+/// What [`pull_component`] fetched: the component, checked against its layer descriptor, and
+/// what an Outpost signature over the manifest is checked against.
+#[derive(Debug, Clone)]
+pub struct PulledComponent {
+    /// The manifest's digest: what `bundle sign oci://…` signs (the manifest names the layer by
+    /// digest, so signing it covers the component).
+    pub manifest_digest: Digest,
+    /// The manifest's length in bytes (the signed document's `size`).
+    pub manifest_len: u64,
+    /// The component's bytes.
+    pub wasm: Vec<u8>,
+    /// The layer's `org.opencontainers.image.title` annotation, if any (informational).
+    pub title: Option<String>,
+    /// The Outpost signature files attached to the manifest, in the registry's order.
+    pub signatures: Vec<Vec<u8>>,
+    pub referrers: ReferrersSource,
+}
+
+/// Pulls the plain component `reference` names — an image manifest in the CNCF Wasm OCI
+/// artifact layout: config `media::WASM_CONFIG`, exactly one `media::WASM_LAYER` layer — and
+/// the Outpost signature files attached to it. The layer is capped at `limits.max_bundle` and
+/// checked against its digest; any other shape is refused, naming what was found, before it
+/// is fetched. The config blob is not read: nothing in it is needed or trusted.
+pub async fn pull_component(
+    client: &Client,
+    reference: &Reference,
+    limits: &PullLimits,
+) -> Result<PulledComponent, OciError> {
+    let repo = reference.repository.as_str();
+    let at = format!("{}/{repo}", reference.registry);
+    let fetched = client.get_manifest(repo, &reference.target()).await?;
+    let what = format!("manifest {reference} ({})", fetched.digest);
+    let manifest = match fetched.manifest {
+        Manifest::Image(m) => m,
+        Manifest::Index(_) => {
+            return Err(OciError::MediaType {
+                at,
+                what,
+                media_type: fetched.media_type,
+                expected: format!(
+                    "an image manifest of a Wasm component ({})",
+                    media::OCI_MANIFEST
+                ),
+            });
+        }
+    };
+    match kind_of(&manifest) {
+        ArtifactKind::WasmComponent => {}
+        ArtifactKind::SpinApp => return Err(spin_not_supported(at, what)),
+        _ => {
+            return Err(OciError::MediaType {
+                at,
+                what: format!("{what}: config"),
+                media_type: manifest.config.media_type,
+                expected: format!("{} (a Wasm component)", media::WASM_CONFIG),
+            });
+        }
+    }
+    let layer = match manifest.layers.as_slice() {
+        [layer] if layer.media_type == media::WASM_LAYER => layer.clone(),
+        [layer] => {
+            return Err(OciError::MediaType {
+                at,
+                what: format!("{what}: layer {}", layer.digest),
+                media_type: layer.media_type.clone(),
+                expected: media::WASM_LAYER.to_owned(),
+            });
+        }
+        layers => {
+            return Err(OciError::Invalid {
+                at,
+                what,
+                detail: format!(
+                    "{} layers ({}); a Wasm component manifest has exactly one ({})",
+                    layers.len(),
+                    layers
+                        .iter()
+                        .map(|l| l.media_type.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    media::WASM_LAYER
+                ),
+            });
+        }
+    };
+    let wasm = client
+        .get_blob_bytes(repo, &layer, limits.max_bundle, &|_| ())
+        .await?;
+    let (signatures, referrers) =
+        fetch_signatures(client, repo, &fetched.digest, limits.max_signature).await?;
+    Ok(PulledComponent {
+        manifest_digest: fetched.digest,
+        manifest_len: fetched.bytes.len() as u64,
+        wasm,
+        title: layer
+            .annotations
+            .get("org.opencontainers.image.title")
+            .cloned(),
+        signatures,
+        referrers,
+    })
+}
+
+/// The error for a Spin app artifact, which is recognised but not read yet.
+pub fn spin_not_supported(at: String, what: String) -> OciError {
+    OciError::Invalid {
+        at,
+        what,
+        detail: format!(
+            "a Spin app (config media type {}): serving Spin apps from a registry is not \
+             supported yet; `spin registry pull` it and serve the directory",
+            media::SPIN_APP_CONFIG
+        ),
+    }
+}
+
+/// The Outpost signature files attached to the manifest `subject` in `repo` (each at most
+/// `max_signature` bytes), in the order the registry lists their signature manifests, and
+/// where the list came from.
+async fn fetch_signatures(
+    client: &Client,
+    repo: &str,
+    subject: &Digest,
+    max_signature: u64,
+) -> Result<(Vec<Vec<u8>>, ReferrersSource), OciError> {
     let (referrers, source) = client
-        .referrers(
-            repo,
-            &fetched.digest,
-            Some(media::OUTPOST_SIGNATURE_ARTIFACT),
-        )
+        .referrers(repo, subject, Some(media::OUTPOST_SIGNATURE_ARTIFACT))
         .await?;
     let mut signatures = Vec::new();
     for r in referrers {
@@ -267,7 +464,7 @@ pub async fn pull_bundle(
             continue;
         };
         // The referrers list is the registry's word; the manifest itself must say it.
-        if sig_manifest.subject.as_ref().map(|s| &s.digest) != Some(&fetched.digest)
+        if sig_manifest.subject.as_ref().map(|s| &s.digest) != Some(subject)
             || sig_manifest.effective_artifact_type() != media::OUTPOST_SIGNATURE_ARTIFACT
         {
             continue;
@@ -276,17 +473,48 @@ pub async fn pull_bundle(
             if l.media_type == media::OUTPOST_SIGNATURE_LAYER {
                 signatures.push(
                     client
-                        .get_blob_bytes(repo, l, limits.max_signature, &|_| ())
+                        .get_blob_bytes(repo, l, max_signature, &|_| ())
                         .await?,
                 );
             }
         }
     }
-    Ok(PulledBundle {
-        manifest_digest: fetched.digest,
-        config,
-        bundle,
-        signatures,
-        referrers: source,
-    })
+    Ok((signatures, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(config_type: &str) -> ImageManifest {
+        ImageManifest::new(
+            Descriptor::of(config_type, b"{}"),
+            vec![Descriptor::of(media::WASM_LAYER, b"\0asm")],
+        )
+    }
+
+    #[test]
+    fn kind_of_tells_artifacts_apart_by_config_type() {
+        assert_eq!(
+            kind_of(&manifest(media::OUTPOST_BUNDLE_CONFIG)),
+            ArtifactKind::OutpostBundle
+        );
+        assert_eq!(
+            kind_of(&manifest(media::WASM_CONFIG)),
+            ArtifactKind::WasmComponent
+        );
+        assert_eq!(
+            kind_of(&manifest(media::SPIN_APP_CONFIG)),
+            ArtifactKind::SpinApp
+        );
+        assert_eq!(
+            kind_of(&manifest("application/vnd.oci.image.config.v1+json")),
+            ArtifactKind::Unknown("application/vnd.oci.image.config.v1+json".to_owned())
+        );
+        let e = spin_not_supported("r/x".to_owned(), "manifest".to_owned()).to_string();
+        assert!(
+            e.contains("not supported yet") && e.contains(media::SPIN_APP_CONFIG),
+            "{e}"
+        );
+    }
 }

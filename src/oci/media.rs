@@ -1,6 +1,6 @@
 //! The media types Outpost reads and writes, in one place: its own artifact types, the OCI and
 //! Docker manifest types a registry may answer with, and the Wasm ecosystem's (CNCF Wasm OCI
-//! artifact layout, Spin) for the foreign artifacts that later work reads.
+//! artifact layout, Spin) for the foreign artifacts `artifact::kind_of` recognises.
 //!
 //! Must not: hold any logic; these are names.
 
@@ -39,7 +39,7 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json, \
      application/vnd.docker.distribution.manifest.list.v2+json";
 
-// === Wasm ecosystem (read by later work; listed here so there is one list) ===
+// === Wasm ecosystem (foreign artifacts: `artifact::kind_of`, `artifact::pull_component`) ===
 
 /// CNCF Wasm OCI artifact layout: the config of a component pushed by `wkg oci push`/wasmCloud.
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";

@@ -1,13 +1,14 @@
 //! OCI distribution client: references, registry auth, manifests and blobs by digest — the
-//! network half of carrying Outpost bundles (and, later, foreign Wasm artifacts) through any
-//! registry that speaks the OCI distribution spec v1.1 (or the Docker registry API v2 it grew
-//! from).
+//! network half of carrying Outpost bundles (and the plain Wasm components other tools push)
+//! through any registry that speaks the OCI distribution spec v1.1 (or the Docker registry API
+//! v2 it grew from).
 //!
 //! Owns: parsing `oci://HOST[:PORT]/REPO[:TAG][@sha256:HEX]` ([`reference`]), credentials and
 //! the `WWW-Authenticate` challenge flow ([`auth`]), manifest and descriptor shapes
 //! ([`manifest`]), the media types Outpost reads and writes ([`media`]), the HTTP client with its
 //! caps, timeouts, digest checks, redirects and resumes ([`client`]), and the layout of an
-//! Outpost bundle as an OCI artifact with its attached signature ([`artifact`]).
+//! Outpost bundle as an OCI artifact with its attached signature, and of a CNCF Wasm component
+//! signed after the fact ([`artifact`]).
 //! Must not: touch the disk layout (it streams into writers the caller gives; where files go is
 //! the caller's business), verify signatures or decide trust (`bundle::sign` does that from the
 //! bytes this module returns), or panic on anything a registry sends. Every byte it hands back
