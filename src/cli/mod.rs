@@ -55,7 +55,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve apps for development: each PATH is an app directory (with outpost.toml, or a Spin
-    /// app's spin.toml) or a bare .wasm component (served at /). Like `spin up`.
+    /// app's spin.toml), a bare .wasm component (served at /), a signed bundle, or an oci://
+    /// reference to one. Like `spin up`.
     Serve(serve::ServeArgs),
     /// Run the daemon from a config file; with no --config, an embedded default config serves
     /// the built-in demo app on 127.0.0.1:8080 with the admin listener on 127.0.0.1:9090.

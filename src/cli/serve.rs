@@ -12,8 +12,9 @@ use crate::serve::certs::CertPaths;
 pub struct ServeArgs {
     /// App directories (containing outpost.toml, or a Spin app's spin.toml), bare .wasm
     /// components, signed bundles (APP.bundle with APP.bundle.sig next to it; needs --trust),
-    /// or signed bundles in an OCI registry (oci://HOST[:PORT]/REPO:TAG or …@sha256:DIGEST, as
-    /// `outpost bundle push` put them; needs --trust). Several apps may be served at once as
+    /// or OCI artifacts (oci://HOST[:PORT]/REPO:TAG or …@sha256:DIGEST): a signed bundle as
+    /// `outpost bundle push` put it, or a Wasm component in the CNCF layout signed with
+    /// `outpost bundle sign oci://…`; both need --trust. Several apps may be served at once as
     /// long as their routes do not collide.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
