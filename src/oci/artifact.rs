@@ -241,28 +241,13 @@ pub async fn pull_bundle(
             expected: media::OUTPOST_BUNDLE_CONFIG.to_owned(),
         });
     }
-    let layer = match manifest.layers.as_slice() {
-        [layer] if layer.media_type == media::OUTPOST_BUNDLE_LAYER => layer.clone(),
-        [layer] => {
-            return Err(OciError::MediaType {
-                at,
-                what: format!("{what}: layer {}", layer.digest),
-                media_type: layer.media_type.clone(),
-                expected: media::OUTPOST_BUNDLE_LAYER.to_owned(),
-            });
-        }
-        layers => {
-            return Err(OciError::Invalid {
-                at,
-                what,
-                detail: format!(
-                    "{} layers; an Outpost bundle manifest has exactly one ({})",
-                    layers.len(),
-                    media::OUTPOST_BUNDLE_LAYER
-                ),
-            });
-        }
-    };
+    let layer = single_layer(
+        &manifest,
+        media::OUTPOST_BUNDLE_LAYER,
+        "an Outpost bundle",
+        &at,
+        &what,
+    )?;
     progress(Step::Phase("config"));
     let config_bytes = client
         .get_blob_bytes(repo, &manifest.config, limits.max_config, &|_| ())
@@ -387,33 +372,7 @@ pub async fn pull_component(
             });
         }
     }
-    let layer = match manifest.layers.as_slice() {
-        [layer] if layer.media_type == media::WASM_LAYER => layer.clone(),
-        [layer] => {
-            return Err(OciError::MediaType {
-                at,
-                what: format!("{what}: layer {}", layer.digest),
-                media_type: layer.media_type.clone(),
-                expected: media::WASM_LAYER.to_owned(),
-            });
-        }
-        layers => {
-            return Err(OciError::Invalid {
-                at,
-                what,
-                detail: format!(
-                    "{} layers ({}); a Wasm component manifest has exactly one ({})",
-                    layers.len(),
-                    layers
-                        .iter()
-                        .map(|l| l.media_type.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    media::WASM_LAYER
-                ),
-            });
-        }
-    };
+    let layer = single_layer(&manifest, media::WASM_LAYER, "a Wasm component", &at, &what)?;
     let wasm = client
         .get_blob_bytes(repo, &layer, limits.max_bundle, &|_| ())
         .await?;
@@ -480,6 +439,39 @@ async fn fetch_signatures(
         }
     }
     Ok((signatures, source))
+}
+
+/// The one layer of `manifest`, which must be of media type `expected`; `kind` names the
+/// artifact in the error ("an Outpost bundle"), `at` and `what` say where.
+fn single_layer(
+    manifest: &ImageManifest,
+    expected: &str,
+    kind: &str,
+    at: &str,
+    what: &str,
+) -> Result<Descriptor, OciError> {
+    match manifest.layers.as_slice() {
+        [layer] if layer.media_type == expected => Ok(layer.clone()),
+        [layer] => Err(OciError::MediaType {
+            at: at.to_owned(),
+            what: format!("{what}: layer {}", layer.digest),
+            media_type: layer.media_type.clone(),
+            expected: expected.to_owned(),
+        }),
+        layers => Err(OciError::Invalid {
+            at: at.to_owned(),
+            what: what.to_owned(),
+            detail: format!(
+                "{} layers ({}); {kind} manifest has exactly one ({expected})",
+                layers.len(),
+                layers
+                    .iter()
+                    .map(|l| l.media_type.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        }),
+    }
 }
 
 #[cfg(test)]
