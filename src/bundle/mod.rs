@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod request_auth;
 pub mod sign;
 pub mod spin;
+pub mod spin_locked;
 pub mod wasm;
 
 use std::fmt;

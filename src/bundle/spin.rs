@@ -125,6 +125,11 @@ impl SpinApp {
         crate::base::units::parse_document(text, origin, |t| parse_table(t, origin))
     }
 
+    /// The app's name and version as they will be served (made valid, see the notes).
+    pub fn name_and_version(&self) -> (&str, &str) {
+        (&self.name, &self.version)
+    }
+
     /// Whether [`SpinApp::convert`] needs the app directory's file list (some component grants
     /// files).
     pub fn grants_files(&self) -> bool {

@@ -130,7 +130,9 @@ pub enum BundleCommand {
     /// Pull a bundle and its signature file from an OCI registry into DIR as
     /// APP-VERSION.bundle and APP-VERSION.bundle.sig. Every blob is checked against its digest
     /// and size, and the signature file must sign the bundle pulled; nothing is written unless
-    /// all of it arrived whole. Check the signature with `outpost bundle verify`.
+    /// all of it arrived whole. Check the signature with `outpost bundle verify`. A Spin app
+    /// (`spin registry push`) is pulled as its Spin app directory, DIR/APP-VERSION/, to serve
+    /// or to pack and sign as a bundle.
     Pull {
         /// What to pull: oci://HOST[:PORT]/REPO:TAG or oci://HOST[:PORT]/REPO@sha256:HEX.
         reference: String,
@@ -932,6 +934,59 @@ fn sign_oci_cmd(
     Ok(())
 }
 
+/// `bundle pull` of a Spin app: the directory it was pushed from (`spin.toml`, components,
+/// files), as `DIR/APP-VERSION/`, written whole into a temporary sibling and renamed into place
+/// (an existing directory is never touched). Pack, sign and push it as a bundle to give it to
+/// nodes; the attached signatures (over the registry manifest) do not carry over.
+fn write_pulled_spin_app(
+    reference: &oci::Reference,
+    pulled: oci::artifact::PulledSpinApp,
+    output: &Path,
+    t0: Instant,
+) -> CliResult {
+    let origin = format!("{reference} (locked app)");
+    let layout = crate::bundle::spin_locked::layout(&pulled.locked, &origin, None)
+        .map_err(|e| CliError::app(anyhow!(e)))?;
+    // The name and version as the `spin.toml` mapping reads them (made valid, with notes).
+    let spin = crate::bundle::spin::SpinApp::parse(&layout.spin_toml, &origin)
+        .map_err(|e| CliError::app(anyhow!(e)))?;
+    let (name, version) = spin.name_and_version();
+    let dir = output.join(format!("{name}-{version}"));
+    if dir.exists() {
+        return Err(CliError::config(anyhow!(
+            "{}: already exists; remove it or pull into another directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("{}: cannot create directory", output.display()))
+        .map_err(CliError::runtime)?;
+    let tmp = output.join(format!(".{name}-{version}.pulling-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let written =
+        crate::node::dev::write_spin_layout(&tmp, &layout, &pulled.blobs).and_then(|()| {
+            std::fs::rename(&tmp, &dir)
+                .with_context(|| format!("{}: cannot rename into place", dir.display()))
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(CliError::runtime(e));
+    }
+    for note in &layout.notes {
+        eprintln!("note: {note}");
+    }
+    eprintln!(
+        "pulled Spin app {name} {version} ({} layers) from {reference} in {:.2?} into {}; \
+         nothing was verified: serve it with `outpost serve`, or pack and sign it with \
+         `outpost bundle pack` and `outpost bundle sign` for nodes",
+        pulled.blobs.len(),
+        t0.elapsed(),
+        dir.display()
+    );
+    println!("{}", dir.display());
+    Ok(())
+}
+
 /// The app name a repository path suggests: its last segment, lowercased, other characters
 /// made `-`; `None` when nothing valid is left.
 fn default_app_name(repository: &str) -> Option<String> {
@@ -954,6 +1009,18 @@ fn pull_cmd(reference: &str, output: &Path, max_size: u64, args: &RegistryArgs) 
     };
     let rt = crate::ops::process::tokio_runtime(2)?;
     let pb = progress(&format!("pulling {reference}"));
+    // A Spin app is pulled as the Spin app directory it was pushed from.
+    let repo = reference.repository.clone();
+    let fetched = rt.block_on(client.get_manifest(&repo, &reference.target()));
+    if let Ok(f) = &fetched
+        && let oci::Manifest::Image(m) = &f.manifest
+        && oci::artifact::kind_of(m) == oci::artifact::ArtifactKind::SpinApp
+    {
+        let pinned = reference.with_digest(f.digest);
+        let pulled = rt.block_on(oci::artifact::pull_spin_app(&client, &pinned, &limits));
+        pb.finish_and_clear();
+        return write_pulled_spin_app(&pinned, pulled.map_err(oci_error)?, output, t0);
+    }
     let pulled = rt.block_on(oci::artifact::pull_bundle(
         &client,
         &reference,

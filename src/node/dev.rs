@@ -249,15 +249,17 @@ fn trust_policy(
     crate::node::trust::trust_policy(&keys, 1, Default::default()).map_err(ExitError::config)
 }
 
-/// What `oci://` reference pulled: an Outpost bundle or a plain component.
+/// What `oci://` reference pulled: an Outpost bundle, a plain component or a Spin app.
 enum Pulled {
     Bundle(crate::oci::artifact::PulledBundle),
     Component(crate::oci::artifact::PulledComponent),
+    Spin(crate::oci::artifact::PulledSpinApp),
 }
 
 /// Pulls what `raw` names — dispatching on the manifest's kind — verifies it under the
 /// `--trust` keys (unless `--insecure-unsigned`) and puts it into `dir`: a bundle unpacked (an
-/// app directory), a plain component as `APP.wasm` (served at `/` with no grants).
+/// app directory), a plain component as `APP.wasm` (served at `/` with no grants), a Spin app
+/// laid out as the Spin app directory it was pushed from (read through its `spin.toml`).
 fn open_oci(raw: &str, dev: &DevServer, dir: &std::path::Path) -> Result<AppSource, ExitError> {
     use crate::oci::artifact::{self, ArtifactKind, PullLimits};
     use crate::oci::{Manifest, OciError};
@@ -295,18 +297,18 @@ fn open_oci(raw: &str, dev: &DevServer, dir: &std::path::Path) -> Result<AppSour
                 ArtifactKind::WasmComponent => artifact::pull_component(&client, &pinned, &limits)
                     .await
                     .map(Pulled::Component),
-                ArtifactKind::SpinApp => Err(artifact::spin_not_supported(
-                    format!("{}/{repo}", reference.registry),
-                    format!("manifest {reference} ({})", fetched.digest),
-                )),
+                ArtifactKind::SpinApp => artifact::pull_spin_app(&client, &pinned, &limits)
+                    .await
+                    .map(Pulled::Spin),
                 ArtifactKind::Unknown(media_type) => Err(OciError::MediaType {
                     at: format!("{}/{repo}", reference.registry),
                     what: format!("manifest {reference} ({}): config", fetched.digest),
                     media_type,
                     expected: format!(
-                        "an Outpost bundle ({}) or a Wasm component ({})",
+                        "an Outpost bundle ({}), a Wasm component ({}) or a Spin app ({})",
                         crate::oci::media::OUTPOST_BUNDLE_CONFIG,
-                        crate::oci::media::WASM_CONFIG
+                        crate::oci::media::WASM_CONFIG,
+                        crate::oci::media::SPIN_APP_CONFIG
                     ),
                 }),
             }
@@ -325,9 +327,52 @@ fn open_oci(raw: &str, dev: &DevServer, dir: &std::path::Path) -> Result<AppSour
             )?;
             Ok(AppSource::Dir(dir.to_owned()))
         }
+        Pulled::Spin(pulled) => {
+            let signed = ForeignManifest {
+                what: "Spin app",
+                digest: &pulled.manifest_digest,
+                len: pulled.manifest_len,
+                signatures: &pulled.signatures,
+            };
+            let name = verify_foreign(raw, &reference, &signed, &dev.trust, dev.insecure_unsigned)?;
+            let layout = crate::bundle::spin_locked::layout(
+                &pulled.locked,
+                &format!("{raw} (locked app)"),
+                name.as_deref(),
+            )
+            .map_err(|e| ExitError::app(anyhow!("{e}")))?;
+            for note in &layout.notes {
+                tracing::info!(reference = %raw, "{note}");
+            }
+            write_spin_layout(dir, &layout, &pulled.blobs)
+                .map_err(|e| ExitError::app(anyhow!("{raw}: {e}")))?;
+            tracing::info!(reference = %raw, manifest = %pulled.manifest_digest, layers = pulled.blobs.len(), "pulled Spin app from the registry");
+            Ok(AppSource::Dir(dir.to_owned()))
+        }
         Pulled::Component(pulled) => {
-            let app =
-                verify_component(raw, &reference, &pulled, &dev.trust, dev.insecure_unsigned)?;
+            let signed = ForeignManifest {
+                what: "component",
+                digest: &pulled.manifest_digest,
+                len: pulled.manifest_len,
+                signatures: &pulled.signatures,
+            };
+            let app = match verify_foreign(
+                raw,
+                &reference,
+                &signed,
+                &dev.trust,
+                dev.insecure_unsigned,
+            )? {
+                Some(app) => app,
+                None => {
+                    let last = reference
+                        .repository
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(&reference.repository);
+                    crate::bundle::manifest::sanitise_name(last)
+                }
+            };
             tracing::info!(reference = %raw, manifest = %pulled.manifest_digest, app = %app, bytes = pulled.wasm.len(), "pulled component from the registry");
             std::fs::create_dir_all(dir).map_err(|e| {
                 ExitError::runtime(anyhow!("{}: cannot create: {e}", dir.display()))
@@ -341,62 +386,97 @@ fn open_oci(raw: &str, dev: &DevServer, dir: &std::path::Path) -> Result<AppSour
     }
 }
 
-/// Checks that one of the component's attached signature files signs its manifest (digest and
-/// length) under the `--trust` keys, or with `insecure` warns that nothing was checked. Returns
-/// the app name to serve it as: the signed document's, else the last repository segment's.
-fn verify_component(
+/// Writes the Spin app directory `layout` stands for into `dir` (a fresh directory of this
+/// run): `spin.toml` and every file, each from its blob (a layer the manifest named, already
+/// checked against its digest) or its inline bytes. The paths were checked by
+/// `bundle::spin_locked` (relative, no `..`).
+pub(crate) fn write_spin_layout(
+    dir: &std::path::Path,
+    layout: &crate::bundle::spin_locked::LockedLayout,
+    blobs: &std::collections::BTreeMap<crate::bundle::Digest, Vec<u8>>,
+) -> anyhow::Result<()> {
+    use crate::bundle::spin_locked::Content;
+    use anyhow::Context as _;
+    let write = |rel: &str, bytes: &[u8]| -> anyhow::Result<()> {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("{}: cannot create", parent.display()))?;
+        }
+        std::fs::write(&path, bytes).with_context(|| format!("{}: cannot write", path.display()))
+    };
+    for (rel, content) in &layout.files {
+        match content {
+            Content::Inline(bytes) => write(rel, bytes)?,
+            Content::Digest(d) => match blobs.get(d) {
+                Some(bytes) => write(rel, bytes)?,
+                None => anyhow::bail!(
+                    "the locked app names {d} for {rel}, which is no layer of the manifest"
+                ),
+            },
+        }
+    }
+    write(
+        crate::bundle::spin::SPIN_MANIFEST_FILE_NAME,
+        layout.spin_toml.as_bytes(),
+    )
+}
+
+/// A manifest of a foreign artifact (a component, a Spin app) and the Outpost signature files
+/// attached to it.
+struct ForeignManifest<'a> {
+    /// "component", "Spin app": for messages.
+    what: &'a str,
+    digest: &'a crate::bundle::Digest,
+    len: u64,
+    signatures: &'a [Vec<u8>],
+}
+
+/// Checks that one of the attached signature files signs the manifest (digest and length)
+/// under the `--trust` keys, or with `insecure` warns that nothing was checked. Returns the app
+/// name the accepted signature gives (`None` when nothing was checked).
+fn verify_foreign(
     label: &str,
     reference: &crate::oci::Reference,
-    pulled: &crate::oci::artifact::PulledComponent,
+    m: &ForeignManifest<'_>,
     trust: &[String],
     insecure: bool,
-) -> Result<String, ExitError> {
+) -> Result<Option<String>, ExitError> {
     use crate::bundle::sign::{SignedDoc, trust};
     use anyhow::anyhow;
     if insecure {
-        tracing::warn!(reference = %label, manifest = %pulled.manifest_digest, "serving a component WITHOUT checking any signature (--insecure-unsigned)");
-        let last = reference
-            .repository
-            .rsplit('/')
-            .next()
-            .unwrap_or(&reference.repository);
-        return Ok(crate::bundle::manifest::sanitise_name(last));
+        tracing::warn!(reference = %label, manifest = %m.digest, "serving a {} WITHOUT checking any signature (--insecure-unsigned)", m.what);
+        return Ok(None);
     }
     let policy = trust_policy(label, trust)?;
-    let pinned = reference.pinned(&pulled.manifest_digest);
-    if pulled.signatures.is_empty() {
+    if m.signatures.is_empty() {
+        let pinned = reference.pinned(m.digest);
         return Err(ExitError::app(anyhow!(
-            "{label}: no Outpost signature is attached to this component (manifest {}); sign it \
+            "{label}: no Outpost signature is attached to this {} (manifest {}); sign it \
              with `outpost bundle sign {pinned} --key RELEASE.key`, or serve it unchecked with \
              --insecure-unsigned for development",
-            pulled.manifest_digest
+            m.what,
+            m.digest
         )));
     }
     // Any one attached signature file the --trust keys accept will do.
     let now = crate::base::clock::unix_now();
     let mut last = String::new();
-    for sig in &pulled.signatures {
+    for sig in m.signatures {
         let checked = SignedDoc::parse(sig, crate::store::install::MAX_SIG_FILE)
             .map_err(|e| e.to_string())
             .and_then(|signed| {
-                trust::verify(
-                    &signed,
-                    pulled.manifest_len,
-                    &pulled.manifest_digest,
-                    &policy,
-                    now,
-                )
-                .map_err(|e| e.to_string())
+                trust::verify(&signed, m.len, m.digest, &policy, now).map_err(|e| e.to_string())
             });
         match checked {
-            Ok(v) => return Ok(v.doc.app),
+            Ok(v) => return Ok(Some(v.doc.app)),
             Err(e) => last = e,
         }
     }
     Err(ExitError::app(anyhow!(
         "{label}: none of the {} signature file(s) attached to manifest {} is accepted: {last}",
-        pulled.signatures.len(),
-        pulled.manifest_digest
+        m.signatures.len(),
+        m.digest
     )))
 }
 

@@ -13,9 +13,10 @@
 //!
 //! Foreign artifacts: [`kind_of`] tells an Outpost bundle from a plain component in the CNCF
 //! Wasm OCI artifact layout (config `media::WASM_CONFIG`, one `media::WASM_LAYER` layer, as
-//! `wkg oci push` and oras write it) and from a Spin app; [`pull_component`] reads the
-//! component and the Outpost signature files attached to its manifest by
-//! [`attach_signature`] (`outpost bundle sign oci://…`), which sign the manifest's digest.
+//! `wkg oci push` and oras write it) and from a Spin app (`spin registry push`'s layout);
+//! [`pull_component`] and [`pull_spin_app`] read them and the Outpost signature files attached
+//! to their manifests by [`attach_signature`] (`outpost bundle sign oci://…`), which sign the
+//! manifest's digest.
 //!
 //! Owns: pushing and pulling these layouts, checking that what was pulled has that shape.
 //! Must not: judge the signature — the bytes go back to the caller, which verifies them with
@@ -296,20 +297,29 @@ pub enum ArtifactKind {
     /// A plain component in the CNCF Wasm OCI artifact layout (`media::WASM_CONFIG`): read it
     /// with [`pull_component`].
     WasmComponent,
-    /// A Spin app pushed by `spin registry push` (`media::SPIN_APP_CONFIG`): recognised, not
-    /// read yet.
+    /// A Spin app pushed by `spin registry push`: its locked app is the config
+    /// (`media::SPIN_APP_CONFIG`, older Spins) or a layer of that type (Spin 2.3 and later,
+    /// beside an OCI image config); read it with [`pull_spin_app`].
     SpinApp,
     /// Anything else; the config media type found.
     Unknown(String),
 }
 
-/// The kind of artifact `manifest` is, from its config media type alone (the shape is checked
-/// by the pull that reads it).
+/// The kind of artifact `manifest` is, from its config media type (and, for a Spin app
+/// pushed by a newer Spin, a layer of the locked app's type); the shape is checked by the pull
+/// that reads it.
 pub fn kind_of(manifest: &ImageManifest) -> ArtifactKind {
     match manifest.config.media_type.as_str() {
         media::OUTPOST_BUNDLE_CONFIG => ArtifactKind::OutpostBundle,
         media::WASM_CONFIG => ArtifactKind::WasmComponent,
         media::SPIN_APP_CONFIG => ArtifactKind::SpinApp,
+        _ if manifest
+            .layers
+            .iter()
+            .any(|l| l.media_type == media::SPIN_APP_CONFIG) =>
+        {
+            ArtifactKind::SpinApp
+        }
         other => ArtifactKind::Unknown(other.to_owned()),
     }
 }
@@ -362,7 +372,6 @@ pub async fn pull_component(
     };
     match kind_of(&manifest) {
         ArtifactKind::WasmComponent => {}
-        ArtifactKind::SpinApp => return Err(spin_not_supported(at, what)),
         _ => {
             return Err(OciError::MediaType {
                 at,
@@ -391,17 +400,157 @@ pub async fn pull_component(
     })
 }
 
-/// The error for a Spin app artifact, which is recognised but not read yet.
-pub fn spin_not_supported(at: String, what: String) -> OciError {
-    OciError::Invalid {
-        at,
-        what,
-        detail: format!(
-            "a Spin app (config media type {}): serving Spin apps from a registry is not \
-             supported yet; `spin registry pull` it and serve the directory",
-            media::SPIN_APP_CONFIG
-        ),
+/// Most bytes of a Spin locked app (the JSON naming the app's triggers, components and files;
+/// Spin inlines only files under 128 bytes, so a real one is a few kilobytes).
+pub const MAX_SPIN_LOCKED_APP: u64 = 1 << 20;
+/// Most layers of a Spin app manifest (Spin's own `MAX_LAYER_COUNT`).
+pub const MAX_SPIN_LAYERS: usize = 500;
+
+/// What [`pull_spin_app`] fetched: the locked app and every content layer, each checked
+/// against its descriptor, and what an Outpost signature over the manifest is checked against.
+#[derive(Debug, Clone)]
+pub struct PulledSpinApp {
+    /// The manifest's digest: what `bundle sign oci://…` signs (the manifest names the locked
+    /// app and every layer by digest, so signing it covers the whole app).
+    pub manifest_digest: Digest,
+    /// The manifest's length in bytes (the signed document's `size`).
+    pub manifest_len: u64,
+    /// The locked app JSON (read by `bundle::spin_locked`).
+    pub locked: Vec<u8>,
+    /// The Wasm and data layers by digest.
+    pub blobs: std::collections::BTreeMap<Digest, Vec<u8>>,
+    /// The Outpost signature files attached to the manifest, in the registry's order.
+    pub signatures: Vec<Vec<u8>>,
+    pub referrers: ReferrersSource,
+}
+
+/// Pulls the Spin app `reference` names — an image manifest as `spin registry push` writes
+/// it: the locked app as the config (`media::SPIN_APP_CONFIG`) or as one layer of that type
+/// beside an OCI image config, the rest `media::SPIN_WASM_LAYER` and `media::SPIN_DATA_LAYER`
+/// layers — and the Outpost signature files attached to it. Every size is checked before
+/// anything is fetched (the layers together at most `limits.max_bundle`); Spin's archive
+/// layers and any other media type are refused, naming what was found.
+pub async fn pull_spin_app(
+    client: &Client,
+    reference: &Reference,
+    limits: &PullLimits,
+) -> Result<PulledSpinApp, OciError> {
+    let repo = reference.repository.as_str();
+    let at = format!("{}/{repo}", reference.registry);
+    let fetched = client.get_manifest(repo, &reference.target()).await?;
+    let what = format!("manifest {reference} ({})", fetched.digest);
+    let Manifest::Image(manifest) = fetched.manifest else {
+        return Err(OciError::MediaType {
+            at,
+            what,
+            media_type: fetched.media_type,
+            expected: format!("an image manifest of a Spin app ({})", media::OCI_MANIFEST),
+        });
+    };
+    if kind_of(&manifest) != ArtifactKind::SpinApp {
+        return Err(OciError::MediaType {
+            at,
+            what: format!("{what}: config"),
+            media_type: manifest.config.media_type,
+            expected: format!("{} (a Spin app)", media::SPIN_APP_CONFIG),
+        });
     }
+    if manifest.layers.len() > MAX_SPIN_LAYERS {
+        return Err(OciError::Invalid {
+            at,
+            what,
+            detail: format!(
+                "{} layers; a Spin app has at most {MAX_SPIN_LAYERS}",
+                manifest.layers.len()
+            ),
+        });
+    }
+    let mut locked_desc =
+        (manifest.config.media_type == media::SPIN_APP_CONFIG).then(|| manifest.config.clone());
+    let mut content = Vec::new();
+    let mut total: u64 = 0;
+    for l in &manifest.layers {
+        match l.media_type.as_str() {
+            media::SPIN_APP_CONFIG => {
+                if locked_desc.is_some() {
+                    return Err(OciError::Invalid {
+                        at,
+                        what,
+                        detail: format!(
+                            "more than one locked app ({}); a Spin app has one",
+                            media::SPIN_APP_CONFIG
+                        ),
+                    });
+                }
+                locked_desc = Some(l.clone());
+            }
+            media::SPIN_WASM_LAYER | media::SPIN_DATA_LAYER => {
+                total = total.saturating_add(l.size);
+                content.push(l.clone());
+            }
+            media::SPIN_ARCHIVE_LAYER => {
+                return Err(OciError::Invalid {
+                    at,
+                    what: format!("{what}: layer {}", l.digest),
+                    detail: format!(
+                        "an archive layer ({}); Outpost reads Spin apps pushed with a layer \
+                         per file (push again without SPIN_OCI_ARCHIVE_LAYERS)",
+                        media::SPIN_ARCHIVE_LAYER
+                    ),
+                });
+            }
+            other => {
+                return Err(OciError::MediaType {
+                    at,
+                    what: format!("{what}: layer {}", l.digest),
+                    media_type: other.to_owned(),
+                    expected: format!(
+                        "a Spin app's {} or {} layer",
+                        media::SPIN_WASM_LAYER,
+                        media::SPIN_DATA_LAYER
+                    ),
+                });
+            }
+        }
+    }
+    let Some(locked_desc) = locked_desc else {
+        return Err(OciError::Invalid {
+            at,
+            what,
+            detail: format!("no locked app ({})", media::SPIN_APP_CONFIG),
+        });
+    };
+    if total > limits.max_bundle {
+        return Err(OciError::TooLarge {
+            at,
+            what: format!("{what}: the app's layers together"),
+            size: total,
+            limit: limits.max_bundle,
+        });
+    }
+    let locked = client
+        .get_blob_bytes(repo, &locked_desc, MAX_SPIN_LOCKED_APP, &|_| ())
+        .await?;
+    let mut blobs = std::collections::BTreeMap::new();
+    for l in content {
+        if blobs.contains_key(&l.digest) {
+            continue;
+        }
+        let bytes = client
+            .get_blob_bytes(repo, &l, limits.max_bundle, &|_| ())
+            .await?;
+        blobs.insert(l.digest, bytes);
+    }
+    let (signatures, referrers) =
+        fetch_signatures(client, repo, &fetched.digest, limits.max_signature).await?;
+    Ok(PulledSpinApp {
+        manifest_digest: fetched.digest,
+        manifest_len: fetched.bytes.len() as u64,
+        locked,
+        blobs,
+        signatures,
+        referrers,
+    })
 }
 
 /// The Outpost signature files attached to the manifest `subject` in `repo` (each at most
@@ -503,10 +652,11 @@ mod tests {
             kind_of(&manifest("application/vnd.oci.image.config.v1+json")),
             ArtifactKind::Unknown("application/vnd.oci.image.config.v1+json".to_owned())
         );
-        let e = spin_not_supported("r/x".to_owned(), "manifest".to_owned()).to_string();
-        assert!(
-            e.contains("not supported yet") && e.contains(media::SPIN_APP_CONFIG),
-            "{e}"
-        );
+        // A newer Spin: an OCI image config, the locked app a layer.
+        let mut newer = manifest("application/vnd.oci.image.config.v1+json");
+        newer
+            .layers
+            .push(Descriptor::of(media::SPIN_APP_CONFIG, b"{}"));
+        assert_eq!(kind_of(&newer), ArtifactKind::SpinApp);
     }
 }

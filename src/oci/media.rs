@@ -45,9 +45,12 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 /// CNCF Wasm OCI artifact layout: the component itself.
 pub const WASM_LAYER: &str = "application/wasm";
-/// Spin (`spin registry push`): the config, holding the locked app.
+/// Spin (`spin registry push`): the locked app, as the config (older Spins) or as a layer.
 pub const SPIN_APP_CONFIG: &str = "application/vnd.fermyon.spin.application.v1+config";
 /// Spin: a component's wasm.
 pub const SPIN_WASM_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
 /// Spin: a static file.
 pub const SPIN_DATA_LAYER: &str = "application/vnd.wasm.content.layer.v1+data";
+/// Spin: a gzip-compressed tar of a component's files (`SPIN_OCI_ARCHIVE_LAYERS`, or over
+/// 500 layers); recognised and refused.
+pub const SPIN_ARCHIVE_LAYER: &str = "application/vnd.wasm.content.bundle.v1.tar+gzip";
