@@ -77,11 +77,23 @@ struct Fleet {
     nodes: Vec<Daemon>,
     /// The control plane's self-signed certificate (PEM path) when it serves HTTPS.
     ca: Option<String>,
+    /// The nodes' `poll_interval`.
+    poll: &'static str,
 }
 
 impl Fleet {
     fn new(nodes: usize) -> Self {
         Self::with_tls(nodes, false)
+    }
+
+    /// Nodes that poll at `poll` (instead of the tests' 200 ms).
+    fn polling(nodes: usize, poll: &'static str) -> Self {
+        let mut fleet = Self::with_tls(0, false);
+        fleet.poll = poll;
+        for i in 0..nodes {
+            fleet.start_node(i, None);
+        }
+        fleet
     }
 
     /// `tls`: the control plane serves HTTPS with a self-signed certificate for 127.0.0.1 that
@@ -119,6 +131,7 @@ impl Fleet {
             cp,
             nodes: Vec::new(),
             ca,
+            poll: "200ms",
         };
         for i in 0..nodes {
             fleet.start_node(i, None);
@@ -175,7 +188,7 @@ keys = ["{release}"]
 url = "{url}"
 key = "{key}"
 token = "{token}"
-poll_interval = "200ms"
+poll_interval = "{poll}"
 name = "node-{i}"
 labels = {{ site = "lab" }}
 {ca}
@@ -186,6 +199,7 @@ insecure = ["127.0.0.1"]
                 release = self.s("release.pub"),
                 url = self.cp.url,
                 key = self.cp.key,
+                poll = self.poll,
                 ca = self
                     .ca
                     .as_ref()
@@ -516,6 +530,41 @@ async fn a_push_converges_wave_by_wave_and_a_bad_release_rolls_back_in_its_first
     }
     assert!(failed > 0, "the first wave's node served the bad release");
     wait_all_serve(&fleet.nodes, "one").await;
+}
+
+/// Changes are pushed, not polled: nodes that poll once an hour get a release, wave by wave,
+/// within a round trip of each wave starting — the control plane holds each node's sync open
+/// (`Prefer: wait`) and answers it when that node's assignments change. The health endpoint
+/// counts the held syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_reaches_nodes_that_poll_once_an_hour() {
+    let fleet = Fleet::polling(2, "1h");
+    fleet.wait_enrolled(2);
+    let health = format!("{}/v1/health", fleet.cp.url);
+    let held = || async {
+        let v: serde_json::Value = reqwest::get(&health).await.unwrap().json().await.unwrap();
+        v["held_syncs"].as_u64().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held().await < 2 {
+        assert!(Instant::now() < deadline, "the nodes never held a sync");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v1 = fleet.bundle("1.0.0", "config_reader", "pushed");
+    let (code, out, err) = fleet.push(&v1, "50,100", "0s");
+    assert_eq!(code, 0, "push failed:\n{out}\n{err}");
+    wait_all_serve(&fleet.nodes, "pushed").await;
+    let r = fleet.rollout_of("1.0.0");
+    assert_eq!(r["state"], "succeeded", "{r:#}");
+    // Both nodes hold a sync again, each having reported the release it now runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held().await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the nodes did not hold a sync again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

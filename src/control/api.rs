@@ -15,6 +15,11 @@ pub use crate::ops::config::valid_label;
 /// Node endpoints (signed by the node key; enrolment also carries a one-time token).
 pub const ENROLL: &str = "/v1/enroll";
 pub const SYNC: &str = "/v1/sync";
+/// The longest a control plane holds a sync open for a node that sent `Prefer: wait=N`
+/// (RFC 7240) and has nothing new: below the 60 s idle timeout load balancers commonly have.
+/// The answer carries `Preference-Applied: wait=N`, which tells the node its control plane
+/// holds syncs (an older one answers at once, and the node keeps to its poll interval).
+pub const MAX_SYNC_HOLD: std::time::Duration = std::time::Duration::from_secs(55);
 /// `GET /v1/bundles/<digest>` (node or operator) and `PUT` (operator upload).
 pub const BUNDLES: &str = "/v1/bundles/";
 /// Operator endpoints.

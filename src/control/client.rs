@@ -126,6 +126,9 @@ fn with_causes(e: &reqwest::Error) -> String {
 pub struct Response {
     pub status: u16,
     pub etag: Option<String>,
+    /// The server held the request as asked (`Preference-Applied: wait=N`, see
+    /// [`Client::send_held`]).
+    pub held: bool,
     pub body: Bytes,
 }
 
@@ -139,6 +142,8 @@ pub struct Client {
     base: String,
     key: std::sync::Arc<SigningKey>,
     role: Role,
+    /// The request timeout every exchange gets (a held one gets its hold on top).
+    timeout: Duration,
 }
 
 impl Client {
@@ -201,6 +206,7 @@ impl Client {
             base: base.trim_end_matches('/').to_owned(),
             key: std::sync::Arc::new(key),
             role,
+            timeout,
         })
     }
 
@@ -225,6 +231,30 @@ impl Client {
         let auth = self.authorization(&method, path, &body);
         let body = (!body.is_empty()).then(|| reqwest::Body::from(body));
         self.send_signed(method, path, auth, body, headers, limit, None)
+            .await
+    }
+
+    /// Like [`Client::send`], asking the server to hold the request up to `hold` while it has
+    /// nothing new (`Prefer: wait=N`, whole seconds); the exchange may take the request
+    /// timeout plus `hold`. [`Response::held`] says whether the server does this.
+    pub async fn send_held(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+        limit: u64,
+        hold: Duration,
+    ) -> Result<Response, ClientError> {
+        let auth = self.authorization(&method, path, &body);
+        let body = (!body.is_empty()).then(|| reqwest::Body::from(body));
+        let mut headers = headers.to_vec();
+        headers.push(("prefer", format!("wait={}", hold.as_secs())));
+        let timing = DownloadTiming {
+            total: self.timeout + hold,
+            stall: self.timeout + hold,
+        };
+        self.send_signed(method, path, auth, body, &headers, limit, Some(timing))
             .await
     }
 
@@ -432,6 +462,11 @@ async fn read_response(
         .get(http::header::ETAG)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let held = resp
+        .headers()
+        .get("preference-applied")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().starts_with("wait=")));
     if resp.content_length().is_some_and(|n| n > limit) {
         return Err(ClientError::TooLarge {
             method: m,
@@ -472,6 +507,7 @@ async fn read_response(
         return Ok(Response {
             status,
             etag,
+            held,
             body: body.into(),
         });
     }

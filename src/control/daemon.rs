@@ -83,10 +83,7 @@ pub fn run(cfg: ControlConfig) -> Result<(), ExitError> {
             ),
             None => (None, None),
         };
-        let srv = Arc::new(Server {
-            cp: cp.clone(),
-            max_bundle_size: cfg.max_bundle_size,
-        });
+        let srv = Arc::new(Server::new(cp.clone(), cfg.max_bundle_size));
         server::run(
             listeners,
             acceptor,

@@ -33,7 +33,7 @@ use super::service::{Command, ControlError, ControlPlane, SyncReply};
 use crate::base::clock::now_ms;
 use crate::bundle::Digest;
 use crate::bundle::request_auth::{RequestAuth, Role};
-use crate::bundle::sign::{self, VerifyingKey};
+use crate::bundle::sign::{self, KeyId, VerifyingKey};
 use crate::serve::certs::{CertPaths, CertSpec, CertStore, DefaultCert, provider};
 use crate::serve::door::{Door, DoorPolicy, serve_small};
 
@@ -59,6 +59,21 @@ type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub struct Server {
     pub cp: Arc<ControlPlane>,
     pub max_bundle_size: u64,
+    /// Set when the server drains: held syncs answer at once.
+    stopping: watch::Sender<bool>,
+    /// Syncs held open right now (`GET /healthz` reports it).
+    held: std::sync::atomic::AtomicUsize,
+}
+
+impl Server {
+    pub fn new(cp: Arc<ControlPlane>, max_bundle_size: u64) -> Self {
+        Self {
+            cp,
+            max_bundle_size,
+            stopping: watch::channel(false).0,
+            held: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
 }
 
 /// Why a TLS setup failed.
@@ -122,12 +137,14 @@ pub async fn run(
         },
         None,
     );
+    let srv_stopping = srv.stopping.clone();
     let svc = move |req| handle(srv.clone(), req);
     let server = tokio::spawn(serve_small(
         door, listeners, tls, builder, svc, stop_rx, DRAIN,
     ));
     shutdown.await;
     tracing::info!(deadline = ?DRAIN, "draining");
+    srv_stopping.send_replace(true);
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = ticker.await;
@@ -308,7 +325,13 @@ async fn dispatch(
     let Some(roles) = route.roles() else {
         return Ok(match route {
             Route::Key => text_response(StatusCode::OK, srv.cp.public_key_text()),
-            _ => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+            _ => json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "status": "ok",
+                    "held_syncs": srv.held.load(std::sync::atomic::Ordering::Relaxed),
+                }),
+            ),
         });
     };
     let auth = RequestAuth::parse(
@@ -386,18 +409,33 @@ async fn dispatch(
         Route::Sync => {
             let report: SyncReport = parse_json(&body)?;
             let inm = if_none_match(&parts.headers);
+            let hold = prefer_wait(&parts.headers).map(|w| w.min(api::MAX_SYNC_HOLD));
             let id = auth.key;
-            match blocking(move || cp.sync(&id, report, inm, now)).await? {
-                SyncReply::NotModified(seq) => Ok(with_etag(
-                    empty(StatusCode::NOT_MODIFIED),
-                    &format!("\"{seq}\""),
-                )),
+            let reply = {
+                let (cp, report) = (cp.clone(), report.clone());
+                blocking(move || cp.sync(&id, report, inm, now)).await?
+            };
+            let reply = match (reply, hold) {
+                (SyncReply::NotModified(seq), Some(hold)) if !hold.is_zero() => {
+                    held_sync(srv, id, seq, report, inm, hold).await?
+                }
+                (reply, _) => reply,
+            };
+            let mut r = match reply {
+                SyncReply::NotModified(seq) => {
+                    with_etag(empty(StatusCode::NOT_MODIFIED), &format!("\"{seq}\""))
+                }
                 SyncReply::Desired { sequence, envelope } => {
                     let mut r = bytes_response(StatusCode::OK, envelope.into());
                     set(&mut r, header::CONTENT_TYPE, "application/json");
-                    Ok(with_etag(r, &format!("\"{sequence}\"")))
+                    with_etag(r, &format!("\"{sequence}\""))
                 }
+            };
+            if let Some(hold) = hold {
+                let applied = format!("wait={}", hold.as_secs());
+                set(&mut r, PREFERENCE_APPLIED, &applied);
             }
+            Ok(r)
         }
         Route::GetBundle(d) => get_bundle(&cp, &d, &parts.headers).await,
         Route::PutBundle(d) => {
@@ -451,6 +489,71 @@ async fn dispatch(
         Route::Health | Route::Key => Err(ControlError::Internal("unreachable route".into())),
     }
 }
+
+/// Holds a sync that had nothing new for node `id` (at `sequence`) until its assignments
+/// change, `hold` passes or the server drains, then answers it as a fresh sync would. The
+/// report was recorded by the first pass; the second records it again (and the node's
+/// `last_seen` with it).
+async fn held_sync(
+    srv: &Arc<Server>,
+    id: KeyId,
+    sequence: u64,
+    report: SyncReport,
+    inm: Option<u64>,
+    hold: Duration,
+) -> Result<SyncReply, ControlError> {
+    use std::sync::atomic::Ordering;
+    struct Held<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Held<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    srv.held.fetch_add(1, Ordering::Relaxed);
+    let _held = Held(&srv.held);
+    let deadline = tokio::time::Instant::now() + hold;
+    let wakeup = srv.cp.sync_wakeup(&id);
+    let mut stopping = srv.stopping.subscribe();
+    loop {
+        // Registered before the check: a change between the two still wakes this one.
+        let notified = wakeup.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = crate::base::clock::unix_now();
+        // On the blocking pool: the records' lock may be held across a flush. Only this
+        // node's changes wake it, so a push to a wave costs one check per node in the wave.
+        let cp = srv.cp.clone();
+        if blocking(move || Ok(cp.sync_news(&id, sequence, now))).await? {
+            let cp = srv.cp.clone();
+            return blocking(move || cp.sync(&id, report, inm, now)).await;
+        }
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep_until(deadline) => return Ok(SyncReply::NotModified(sequence)),
+            _ = stopping.wait_for(|s| *s) => return Ok(SyncReply::NotModified(sequence)),
+        }
+    }
+}
+
+/// `Prefer: wait=N` (RFC 7240): how long the client lets a sync be held.
+fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all(PREFER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            (k.trim().eq_ignore_ascii_case("wait"))
+                .then(|| v.trim().parse::<u64>().ok())
+                .flatten()
+        })
+        .map(Duration::from_secs)
+}
+
+const PREFER: header::HeaderName = header::HeaderName::from_static("prefer");
+const PREFERENCE_APPLIED: header::HeaderName =
+    header::HeaderName::from_static("preference-applied");
 
 /// Reads a request body of at most `limit` bytes within `timeout`: `Content-Length` is checked
 /// first (413 without reading), then the stream as it arrives (chunked bodies).
@@ -753,6 +856,29 @@ mod tests {
         assert_eq!(route(&Method::GET, "/v1/sync").unwrap_err().status(), 405);
         assert_eq!(route(&Method::GET, "/nope").unwrap_err().status(), 404);
         assert_eq!(route(&Method::GET, api::HEALTH).unwrap().roles(), None);
+    }
+
+    #[test]
+    fn prefer_wait_reads_rfc_7240() {
+        let h = |v: &[&str]| {
+            let mut m = HeaderMap::new();
+            for v in v {
+                m.append(PREFER, v.parse().unwrap());
+            }
+            prefer_wait(&m)
+        };
+        assert_eq!(h(&[]), None);
+        assert_eq!(h(&["wait=10"]), Some(Duration::from_secs(10)));
+        assert_eq!(
+            h(&["respond-async, Wait = 7"]),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            h(&["return=minimal", "wait=3"]),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(h(&["wait=soon"]), None);
+        assert_eq!(h(&["wait=-1"]), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -140,6 +140,41 @@ struct Inner {
     /// Last desired-state sequence handed out.
     sequence: u64,
     last_rollout: u64,
+    /// Held syncs waiting on a node's record ([`ControlPlane::sync_wakeup`]).
+    wakeups: Arc<Wakeups>,
+}
+
+/// A wake-up per node for the syncs held open on it (`Prefer: wait=N`, see
+/// `docs/rollout.md`): whatever changes a node's assignments or revokes it wakes exactly that
+/// node's held syncs — under the records' lock, after the change is visible — so a push reaches
+/// the node within one round trip instead of one poll interval. One entry per node that ever
+/// held a sync (bounded by the fleet); nothing is woken for a node nobody waits on.
+#[derive(Debug, Default)]
+pub struct Wakeups {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+}
+
+impl Wakeups {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Notify>>> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The node's wake-up (created on first use).
+    fn get(&self, node: &str) -> Arc<tokio::sync::Notify> {
+        self.lock().entry(node.to_owned()).or_default().clone()
+    }
+
+    /// Wakes every sync held on `nodes` now.
+    fn wake<'a>(&self, nodes: impl IntoIterator<Item = &'a String>) {
+        let map = self.lock();
+        for id in nodes {
+            if let Some(n) = map.get(id) {
+                n.notify_waiters();
+            }
+        }
+    }
 }
 
 /// The control plane's state and operations.
@@ -155,6 +190,8 @@ pub struct ControlPlane {
     bundles_dir: PathBuf,
     ttl_secs: u64,
     offline_after_secs: u64,
+    /// The same as `Inner::wakeups`, reachable without the records' lock.
+    wakeups: Arc<Wakeups>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -319,6 +356,7 @@ impl Inner {
         if transition {
             self.db.flush()?;
         }
+        self.wakeups.wake(changed.keys());
         for (id, n) in changed {
             self.nodes.insert(id, n);
         }
@@ -382,9 +420,11 @@ impl ControlPlane {
         let last_rollout = db
             .last_rollout_id()?
             .max(rollouts.keys().next_back().copied().unwrap_or(0));
+        let wakeups = Arc::<Wakeups>::default();
         let inner = Inner {
             sequence: db.sequence()?,
             last_rollout,
+            wakeups: wakeups.clone(),
             db,
             nodes,
             rollouts,
@@ -410,6 +450,7 @@ impl ControlPlane {
             bundles_dir,
             ttl_secs: cfg.desired_state_ttl.as_secs(),
             offline_after_secs: cfg.node_offline_after.as_secs().max(1),
+            wakeups,
         })
     }
 
@@ -642,6 +683,35 @@ impl ControlPlane {
         Ok(reply)
     }
 
+    /// The wake-up a sync held on node `id` waits on: create the `notified()` future (and
+    /// enable it) *before* asking [`ControlPlane::sync_news`], so a change in between is not
+    /// missed.
+    pub fn sync_wakeup(&self, id: &KeyId) -> Arc<tokio::sync::Notify> {
+        self.wakeups.get(&id.to_string())
+    }
+
+    /// Whether a sync held on node `id`, which has `sequence`, should be answered now: its
+    /// assignments changed since that state was sealed, the state is due for re-signing, a newer
+    /// one was sealed meanwhile, or the node is gone or revoked (the next sync gets the error).
+    pub fn sync_news(&self, id: &KeyId, sequence: u64, now: u64) -> bool {
+        let inner = self.lock();
+        let Some(node) = inner.nodes.get(&id.to_string()) else {
+            return true;
+        };
+        let Some(sealed) = &node.sealed else {
+            return true;
+        };
+        node.revoked
+            || sealed.sequence != sequence
+            || sealed.expires.saturating_sub(now) < self.ttl_secs / 2
+            || sealed.apps.len() != node.apps.len()
+            || sealed
+                .apps
+                .iter()
+                .zip(node.apps.values())
+                .any(|(a, b)| a != b)
+    }
+
     pub fn bundle_path(&self, digest: &Digest) -> PathBuf {
         self.bundles_dir.join(format!("{}.bundle", digest.hex()))
     }
@@ -827,6 +897,7 @@ impl ControlPlane {
             inner.db.flush()?;
             tracing::warn!(node = %id, name = %node.name, "node revoked");
             inner.nodes.insert(id.to_owned(), node);
+            inner.wakeups.wake([&id.to_owned()]);
         }
         drop(inner);
         let now = crate::base::clock::unix_now();

@@ -329,7 +329,12 @@ impl Agent {
 
     // === polling ===
 
-    /// One `POST /v1/sync`; returns how long to wait before the next.
+    /// One `POST /v1/sync`, which the control plane may hold open until this node's
+    /// desired state changes (`Prefer: wait=N`, N the poll interval, at most
+    /// [`api::MAX_SYNC_HOLD`]); returns how long to wait before the next. A control plane that
+    /// holds syncs is asked again at once — the held sync *is* the wait, and a new state is
+    /// answered the moment it is sealed; one that does not (an older release) is polled at the
+    /// poll interval as before.
     async fn poll(&mut self) -> Duration {
         let report = self.report();
         let body = match serde_json::to_vec(&report) {
@@ -343,15 +348,21 @@ impl Agent {
         if let Some(s) = &self.setup.applied {
             headers.push(("if-none-match", format!("\"{}\"", s.sequence)));
         }
+        let hold = self
+            .setup
+            .poll_interval
+            .clamp(Duration::from_secs(1), api::MAX_SYNC_HOLD);
+        let started = Instant::now();
         let resp = self
             .setup
             .client
-            .send(
+            .send_held(
                 reqwest::Method::POST,
                 api::SYNC,
                 body,
                 &headers,
                 desired::MAX_DESIRED_LEN as u64,
+                hold,
             )
             .await;
         match resp {
@@ -360,7 +371,11 @@ impl Agent {
                 if r.status == 200 {
                     self.received(&r.body).await;
                 }
-                backoff::jittered(self.setup.poll_interval, backoff::sample())
+                next_poll(
+                    &r,
+                    started.elapsed(),
+                    backoff::jittered(self.setup.poll_interval, backoff::sample()),
+                )
             }
             Err(e) => {
                 let f = Failure::of(&e);
@@ -949,9 +964,40 @@ fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// How long to wait after a sync answered `r` in `elapsed`: at once when the control plane
+/// holds syncs and either sent a new state (the next sync reports it applied, then waits held)
+/// or held this one a while; `poll` otherwise — an older control plane, or a held sync answered
+/// within a second with nothing new (a draining server), which must not become a busy loop.
+fn next_poll(r: &crate::control::client::Response, elapsed: Duration, poll: Duration) -> Duration {
+    if r.held && (r.status == 200 || elapsed >= Duration::from_secs(1)) {
+        Duration::ZERO
+    } else {
+        poll
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_syncs_are_asked_again_at_once_but_never_in_a_busy_loop() {
+        let poll = Duration::from_secs(10);
+        let r = |status, held| crate::control::client::Response {
+            status,
+            etag: None,
+            held,
+            body: bytes::Bytes::new(),
+        };
+        let (quick, slow) = (Duration::from_millis(5), Duration::from_secs(9));
+        // A control plane that holds syncs.
+        assert_eq!(next_poll(&r(200, true), quick, poll), Duration::ZERO);
+        assert_eq!(next_poll(&r(304, true), slow, poll), Duration::ZERO);
+        assert_eq!(next_poll(&r(304, true), quick, poll), poll);
+        // An older one.
+        assert_eq!(next_poll(&r(200, false), quick, poll), poll);
+        assert_eq!(next_poll(&r(304, false), slow, poll), poll);
+    }
 
     #[test]
     fn failures_map_to_labels_and_retry_policy() {
