@@ -210,6 +210,16 @@ impl Client {
         })
     }
 
+    /// The same control plane, connection pools and timeouts, signing as `key` in `role`:
+    /// many identities over one set of pools (the fleet simulator's thousands of nodes).
+    pub fn with_key(&self, key: SigningKey, role: Role) -> Self {
+        Self {
+            key: std::sync::Arc::new(key),
+            role,
+            ..self.clone()
+        }
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }
