@@ -12,14 +12,14 @@
 #   bash benches/fleet-sim.sh [-n NODES] [--waves 1,10,50,100] [--idle SECS] [--poll 10s]
 #                             [--binary PATH] [--sim PATH] [--keep]
 #
-# Defaults: 1000 nodes, waves 1,10,50,100, 30 s idle window, 10 s poll (the held sync's length).
+# Defaults: 1000 nodes, waves 1,10,50,100, 70 s idle window (longer than one quiet hold), 10 s poll.
 # Needs jq. Build first: `cargo build --release --bin outpost --example fleet_sim`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NODES=1000
 WAVES=1,10,50,100
-IDLE=30
+IDLE=70
 POLL=10s
 KEEP=
 OUTPOST=

@@ -55,7 +55,8 @@ struct Args {
     /// Labels of every node's token, `k=v,k=v`.
     #[arg(long, default_value = "site=sim")]
     labels: String,
-    /// Each node's poll interval: a held sync waits this long (at most 55 s) for news.
+    /// Each node's poll interval: a sync carrying news is held this long (at most 55 s); one
+    /// with nothing new as long as the control plane allows, as the agent does.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     poll: Duration,
     /// Enrolments in flight at once.
@@ -255,6 +256,9 @@ impl Node {
         let mut applied: Option<DesiredState> = None;
         let mut apps: BTreeMap<String, AppHealth> = BTreeMap::new();
         let mut failures = 0u32;
+        // What the control plane last took: a node with nothing new holds its sync longest,
+        // as the agent does (`sync::agent`'s `hold_for`; the simulated nodes have no traffic).
+        let mut last_sent: Option<Vec<AppHealth>> = None;
         loop {
             let report = SyncReport {
                 applied_sequence: applied.as_ref().map(|s| s.sequence),
@@ -273,6 +277,9 @@ impl Node {
                 .bytes_out
                 .fetch_add(body.len() as u64, Ordering::Relaxed);
             self.stats.holding.fetch_add(1, Ordering::Relaxed);
+            let quiet = last_sent.as_ref() == Some(&report.apps);
+            let hold = if quiet { api::MAX_SYNC_HOLD } else { self.hold };
+            let sent_apps = report.apps.clone();
             let t0 = Instant::now();
             let r = self
                 .client
@@ -282,7 +289,7 @@ impl Node {
                     body,
                     &headers,
                     desired::MAX_DESIRED_LEN as u64,
-                    self.hold,
+                    hold,
                 )
                 .await;
             self.stats.holding.fetch_sub(1, Ordering::Relaxed);
@@ -299,6 +306,7 @@ impl Node {
                 }
             };
             failures = 0;
+            last_sent = Some(sent_apps);
             self.stats
                 .bytes_in
                 .fetch_add(r.body.len() as u64, Ordering::Relaxed);

@@ -32,6 +32,9 @@ fn operator_keys(cfg: &ControlConfig) -> Result<Vec<VerifyingKey>, ExitError> {
 
 /// Runs the control plane `cfg` describes until SIGTERM or SIGINT. Everything that can be wrong
 /// with the config (operator keys, TLS files) is found before any port is bound.
+/// The control plane's blocking pool (see `run`).
+const MAX_BLOCKING_THREADS: usize = 32;
+
 pub fn run(cfg: ControlConfig) -> Result<(), ExitError> {
     let operators = operator_keys(&cfg)?;
     let tls = match &cfg.tls {
@@ -43,7 +46,10 @@ pub fn run(cfg: ControlConfig) -> Result<(), ExitError> {
         None => None,
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
-    let rt = crate::ops::process::tokio_runtime(threads)?;
+    // Every service call takes the one records lock, and bundle reads are short: a small
+    // blocking pool does the same work as tokio's 512 threads without their memory (a push to
+    // thousands of held syncs would otherwise grow the pool and the RSS with it).
+    let rt = crate::ops::process::tokio_runtime_with(threads, Some(MAX_BLOCKING_THREADS))?;
     rt.block_on(async move {
         let cp = ControlPlane::open(&cfg, operators.clone())
             .context("opening the control plane's state")

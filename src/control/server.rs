@@ -409,7 +409,7 @@ async fn dispatch(
         Route::Sync => {
             let report: SyncReport = parse_json(&body)?;
             let inm = if_none_match(&parts.headers);
-            let hold = prefer_wait(&parts.headers).map(|w| w.min(api::MAX_SYNC_HOLD));
+            let hold = prefer_wait(&parts.headers).map(|w| w.min(cp.max_sync_hold()));
             let id = auth.key;
             let reply = {
                 let (cp, report) = (cp.clone(), report.clone());

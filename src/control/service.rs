@@ -683,6 +683,14 @@ impl ControlPlane {
         Ok(reply)
     }
 
+    /// The longest this control plane holds a sync: [`api::MAX_SYNC_HOLD`], and under nine
+    /// tenths of `node_offline_after` — a node seen when its held sync started must not look
+    /// offline before the sync ends.
+    pub fn max_sync_hold(&self) -> std::time::Duration {
+        let cap = std::time::Duration::from_millis(self.offline_after_secs * 900);
+        crate::control::api::MAX_SYNC_HOLD.min(cap.max(std::time::Duration::from_secs(1)))
+    }
+
     /// The wake-up a sync held on node `id` waits on: create the `notified()` future (and
     /// enable it) *before* asking [`ControlPlane::sync_news`], so a change in between is not
     /// missed.

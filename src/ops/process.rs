@@ -39,11 +39,24 @@ impl ExitError {
 
 /// A multi-threaded tokio runtime with `threads` workers.
 pub fn tokio_runtime(threads: usize) -> Result<tokio::runtime::Runtime, ExitError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
+    tokio_runtime_with(threads, None)
+}
+
+/// [`tokio_runtime`] with at most `max_blocking` threads in the blocking pool (tokio's default
+/// is 512): where every blocking task ends up waiting on one lock anyway, hundreds of threads
+/// add only their stacks and allocator arenas to the RSS.
+pub fn tokio_runtime_with(
+    threads: usize,
+    max_blocking: Option<usize>,
+) -> Result<tokio::runtime::Runtime, ExitError> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(threads.max(1))
         .thread_name("outpost-worker")
-        .enable_all()
-        .build()
+        .enable_all();
+    if let Some(n) = max_blocking {
+        b.max_blocking_threads(n.max(1));
+    }
+    b.build()
         .map_err(|e| ExitError::runtime(anyhow::anyhow!("cannot start the async runtime: {e}")))
 }
 

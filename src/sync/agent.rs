@@ -123,6 +123,8 @@ pub struct Agent {
     failed: BTreeMap<String, FailedRelease>,
     backoff: Backoff,
     outage: Outage,
+    /// The last report the control plane took, to tell a quiet node from a busy one.
+    last_report: Option<SyncReport>,
     started: Instant,
     on_swap: Option<super::OnSwap>,
     /// Config reloads from the daemon; `None` once the sender is gone.
@@ -181,6 +183,7 @@ impl Agent {
             failed: BTreeMap::new(),
             backoff,
             outage: Outage::default(),
+            last_report: None,
             started: Instant::now(),
             on_swap: p.on_swap,
             reloads: Some(p.reloads),
@@ -330,11 +333,10 @@ impl Agent {
     // === polling ===
 
     /// One `POST /v1/sync`, which the control plane may hold open until this node's
-    /// desired state changes (`Prefer: wait=N`, N the poll interval, at most
-    /// [`api::MAX_SYNC_HOLD`]); returns how long to wait before the next. A control plane that
-    /// holds syncs is asked again at once — the held sync *is* the wait, and a new state is
-    /// answered the moment it is sealed; one that does not (an older release) is polled at the
-    /// poll interval as before.
+    /// desired state changes (`Prefer: wait=N`, see [`hold_for`]); returns how long to wait
+    /// before the next. A control plane that holds syncs is asked again at once — the held sync
+    /// *is* the wait, and a new state is answered the moment it is sealed; one that does not (an
+    /// older release) is polled at the poll interval as before.
     async fn poll(&mut self) -> Duration {
         let report = self.report();
         let body = match serde_json::to_vec(&report) {
@@ -348,10 +350,7 @@ impl Agent {
         if let Some(s) = &self.setup.applied {
             headers.push(("if-none-match", format!("\"{}\"", s.sequence)));
         }
-        let hold = self
-            .setup
-            .poll_interval
-            .clamp(Duration::from_secs(1), api::MAX_SYNC_HOLD);
+        let hold = hold_for(self.last_report.as_ref(), &report, self.setup.poll_interval);
         let started = Instant::now();
         let resp = self
             .setup
@@ -368,6 +367,7 @@ impl Agent {
         match resp {
             Ok(r) => {
                 self.succeeded();
+                self.last_report = Some(report);
                 if r.status == 200 {
                     self.received(&r.body).await;
                 }
@@ -964,6 +964,25 @@ fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// How long a sync carrying `report` may be held: the poll interval (at least 1 s) while the
+/// node has news for the control plane — its apps, their request or error counts or its
+/// failures changed since `last`, the report it took — so a busy node reports at its poll
+/// interval as before; [`api::MAX_SYNC_HOLD`] for a quiet one, whose next report would say
+/// nothing new. A quiet node that gets traffic reports it at the end of its current hold (at
+/// most 55 s later); a new desired state reaches it at once either way.
+fn hold_for(last: Option<&SyncReport>, report: &SyncReport, poll: Duration) -> Duration {
+    let quiet = last.is_some_and(|l| {
+        l.applied_sequence == report.applied_sequence
+            && l.apps == report.apps
+            && l.failed == report.failed
+    });
+    if quiet {
+        api::MAX_SYNC_HOLD
+    } else {
+        poll.clamp(Duration::from_secs(1), api::MAX_SYNC_HOLD)
+    }
+}
+
 /// How long to wait after a sync answered `r` in `elapsed`: at once when the control plane
 /// holds syncs and either sent a new state (the next sync reports it applied, then waits held)
 /// or held this one a while; `poll` otherwise — an older control plane, or a held sync answered
@@ -979,6 +998,42 @@ fn next_poll(r: &crate::control::client::Response, elapsed: Duration, poll: Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quiet_nodes_hold_long_and_busy_ones_at_their_poll_interval() {
+        let poll = Duration::from_secs(10);
+        let app = |requests| AppHealth {
+            app: "a".into(),
+            version: "1.0.0".into(),
+            digest: crate::bundle::digest(b"x"),
+            active_since: 1,
+            requests,
+            errors: 0,
+            instantiate_failures: 0,
+            latency_p99_ms: None,
+            source: None,
+        };
+        let report = |requests, uptime| SyncReport {
+            applied_sequence: Some(3),
+            outpost_version: "v".into(),
+            uptime_secs: uptime,
+            apps: vec![app(requests)],
+            failed: Vec::new(),
+        };
+        // The first report, and one whose counts moved: the poll interval.
+        assert_eq!(hold_for(None, &report(5, 10), poll), poll);
+        assert_eq!(hold_for(Some(&report(5, 10)), &report(6, 20), poll), poll);
+        // Nothing new but the uptime: the longest hold.
+        assert_eq!(
+            hold_for(Some(&report(5, 10)), &report(5, 20), poll),
+            api::MAX_SYNC_HOLD
+        );
+        // A poll interval under a second still holds a whole second.
+        assert_eq!(
+            hold_for(None, &report(5, 10), Duration::from_millis(200)),
+            Duration::from_secs(1)
+        );
+    }
 
     #[test]
     fn held_syncs_are_asked_again_at_once_but_never_in_a_busy_loop() {
