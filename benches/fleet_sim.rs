@@ -188,7 +188,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let node = Node {
             name: format!("sim-{i}"),
             client: op.with_key(SigningKey::generate(&mut rand_core::OsRng), Role::Node),
-            cp_key: cp_key.clone(),
+            cp_key,
             stats: stats.clone(),
             poll: args.poll,
             hold,

@@ -79,6 +79,8 @@ struct Fleet {
     ca: Option<String>,
     /// The nodes' `poll_interval`.
     poll: &'static str,
+    /// The nodes' `url` list, when not just the control plane's URL.
+    urls: Option<Vec<String>>,
 }
 
 impl Fleet {
@@ -132,6 +134,7 @@ impl Fleet {
             nodes: Vec::new(),
             ca,
             poll: "200ms",
+            urls: None,
         };
         for i in 0..nodes {
             fleet.start_node(i, None);
@@ -185,7 +188,7 @@ instance_slots = 16
 [trust]
 keys = ["{release}"]
 [control_plane]
-url = "{url}"
+url = {url}
 key = "{key}"
 token = "{token}"
 poll_interval = "{poll}"
@@ -197,7 +200,10 @@ insecure = ["127.0.0.1"]
 "#,
                 state = self.s(&format!("node{i}")),
                 release = self.s("release.pub"),
-                url = self.cp.url,
+                url = match &self.urls {
+                    None => format!("\"{}\"", self.cp.url),
+                    Some(urls) => format!("{urls:?}"),
+                },
                 key = self.cp.key,
                 poll = self.poll,
                 ca = self
@@ -565,6 +571,26 @@ async fn a_push_reaches_nodes_that_poll_once_an_hour() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A node given its control plane's URLs in order moves past one it cannot reach: the first
+/// refuses connections, and the node enrols, converges on a push and reports through the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_moves_past_an_unreachable_control_plane_url() {
+    // A port nothing listens on (bound, then closed).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut fleet = Fleet::polling(0, "200ms");
+    fleet.urls = Some(vec![format!("http://{dead}"), fleet.cp.url.clone()]);
+    fleet.start_node(0, None);
+    fleet.wait_enrolled(1);
+    let v1 = fleet.bundle("1.0.0", "config_reader", "through the replica");
+    let (code, out, err) = fleet.push(&v1, "100", "0s");
+    assert_eq!(code, 0, "push failed:\n{out}\n{err}");
+    wait_all_serve(&fleet.nodes, "through the replica").await;
+    fleet.nodes[0].expect_log(&["control plane unreachable; trying the next URL"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

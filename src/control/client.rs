@@ -139,7 +139,9 @@ pub struct Client {
     /// For mirrors: the same roots and timeouts, a few redirects (CDNs and object stores
     /// redirect to the bytes), and no request of it is ever signed.
     mirrors: reqwest::Client,
-    base: String,
+    /// The control plane's URLs (replicas), in order; `current` indexes the one in use.
+    bases: std::sync::Arc<[String]>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     key: std::sync::Arc<SigningKey>,
     role: Role,
     /// The request timeout every exchange gets (a held one gets its hold on top).
@@ -203,7 +205,8 @@ impl Client {
         Ok(Self {
             http,
             mirrors,
-            base: base.trim_end_matches('/').to_owned(),
+            bases: std::sync::Arc::from([base.trim_end_matches('/').to_owned()]),
+            current: std::sync::Arc::default(),
             key: std::sync::Arc::new(key),
             role,
             timeout,
@@ -220,8 +223,35 @@ impl Client {
         }
     }
 
+    /// Adds replicas of the same control plane after the URL given to [`Client::new`]: when
+    /// the one in use cannot be reached (or answers 502/503/504), a request moves to the next,
+    /// and the client stays there. Each must be a URL `new` would take.
+    pub fn with_replicas(mut self, urls: &[String]) -> Result<Self, ClientError> {
+        let mut bases: Vec<String> = self.bases.to_vec();
+        for u in urls {
+            let parsed = reqwest::Url::parse(u).map_err(|e| ClientError::Url {
+                url: u.clone(),
+                problem: e.to_string(),
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(ClientError::Url {
+                    url: u.clone(),
+                    problem: "expected http(s)://host[:port]".into(),
+                });
+            }
+            let u = u.trim_end_matches('/').to_owned();
+            if !bases.contains(&u) {
+                bases.push(u);
+            }
+        }
+        self.bases = std::sync::Arc::from(bases);
+        Ok(self)
+    }
+
+    /// The control-plane URL in use.
     pub fn base(&self) -> &str {
-        &self.base
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
     }
 
     pub fn key(&self) -> &SigningKey {
@@ -238,9 +268,7 @@ impl Client {
         headers: &[(&str, String)],
         limit: u64,
     ) -> Result<Response, ClientError> {
-        let auth = self.authorization(&method, path, &body);
-        let body = (!body.is_empty()).then(|| reqwest::Body::from(body));
-        self.send_signed(method, path, auth, body, headers, limit, None)
+        self.send_failover(method, path, Bytes::from(body), headers, limit, None)
             .await
     }
 
@@ -256,16 +284,21 @@ impl Client {
         limit: u64,
         hold: Duration,
     ) -> Result<Response, ClientError> {
-        let auth = self.authorization(&method, path, &body);
-        let body = (!body.is_empty()).then(|| reqwest::Body::from(body));
         let mut headers = headers.to_vec();
         headers.push(("prefer", format!("wait={}", hold.as_secs())));
         let timing = DownloadTiming {
             total: self.timeout + hold,
             stall: self.timeout + hold,
         };
-        self.send_signed(method, path, auth, body, &headers, limit, Some(timing))
-            .await
+        self.send_failover(
+            method,
+            path,
+            Bytes::from(body),
+            &headers,
+            limit,
+            Some(timing),
+        )
+        .await
     }
 
     /// `GET path` of a large body (a bundle), at most `limit` bytes. Unlike [`Client::send`],
@@ -279,10 +312,15 @@ impl Client {
         limit: u64,
         timing: DownloadTiming,
     ) -> Result<Response, ClientError> {
-        let method = reqwest::Method::GET;
-        let auth = self.authorization(&method, path, &[]);
-        self.send_signed(method, path, auth, None, &[], limit, Some(timing))
-            .await
+        self.send_failover(
+            reqwest::Method::GET,
+            path,
+            Bytes::new(),
+            &[],
+            limit,
+            Some(timing),
+        )
+        .await
     }
 
     /// `GET url` of a bundle mirror, as [`Client::download`] (at most `limit` bytes, `timing`'s
@@ -333,7 +371,9 @@ impl Client {
         let mut headers = headers.to_vec();
         headers.push(("content-length", body.len().to_string()));
         let body = reqwest::Body::wrap_stream(stream);
-        self.send_signed(method, path, auth, Some(body), &headers, limit, None)
+        // A stream cannot be sent twice: an upload goes to the URL in use only.
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.send_to(i, method, path, auth, Some(body), &headers, limit, None)
             .await
     }
 
@@ -352,10 +392,56 @@ impl Client {
         )
     }
 
-    // Private, with three thin public wrappers; a parameter struct would only rename them.
-    #[allow(clippy::too_many_arguments)]
-    async fn send_signed(
+    /// Sends a request signed afresh for each try, to the URL in use and then, while a try
+    /// fails in a way another replica may not ([`moves_on`]), to the next ones in order; the
+    /// client stays on the one that answered. One URL: exactly one try.
+    async fn send_failover(
         &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Bytes,
+        headers: &[(&str, String)],
+        limit: u64,
+        timing: Option<DownloadTiming>,
+    ) -> Result<Response, ClientError> {
+        use std::sync::atomic::Ordering;
+        let first = self.current.load(Ordering::Relaxed);
+        let n = self.bases.len();
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let auth = self.authorization(&method, path, &body);
+            let b = (!body.is_empty()).then(|| reqwest::Body::from(body.clone()));
+            let r = self
+                .send_to(i, method.clone(), path, auth, b, headers, limit, timing)
+                .await;
+            match r {
+                Err(e) if n > 1 && moves_on(&e) => {
+                    let next = &self.bases[(i + 1) % n];
+                    tracing::warn!(url = %self.bases[i], next = %next, error = %e, "control plane unreachable; trying the next URL");
+                    // Only if no other request moved it meanwhile.
+                    let _ = self.current.compare_exchange(
+                        i,
+                        (i + 1) % n,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    last = Some(e);
+                }
+                r => return r,
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Url {
+            url: self.base().to_owned(),
+            problem: "no control-plane URL".into(),
+        }))
+    }
+
+    // Private, with thin public wrappers; a parameter struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_to(
+        &self,
+        base: usize,
         method: reqwest::Method,
         path: &str,
         auth: String,
@@ -365,7 +451,7 @@ impl Client {
         timing: Option<DownloadTiming>,
     ) -> Result<Response, ClientError> {
         let m = method_name(&method);
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.bases[base % self.bases.len()]);
         let mut req = self
             .http
             .request(method, &url)
@@ -410,7 +496,7 @@ impl Client {
     ) -> Result<T, ClientError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
             method: "POST",
-            url: format!("{}{path}", self.base),
+            url: format!("{}{path}", self.base()),
             problem: e.to_string(),
         })?;
         let r = self
@@ -433,9 +519,20 @@ impl Client {
     ) -> Result<T, ClientError> {
         serde_json::from_slice(body).map_err(|e| ClientError::Decode {
             method,
-            url: format!("{}{path}", self.base),
+            url: format!("{}{path}", self.base()),
             problem: e.to_string(),
         })
+    }
+}
+
+/// Whether a failed exchange may succeed on another replica: no connection, a timeout or a
+/// broken transfer, or a proxy's or draining server's 502/503/504. Any other answer is the
+/// control plane's, and another replica would give it too.
+fn moves_on(e: &ClientError) -> bool {
+    match e {
+        ClientError::Transport { .. } | ClientError::TimedOut { .. } => true,
+        ClientError::Status { status, .. } => matches!(status, 502..=504),
+        _ => false,
     }
 }
 

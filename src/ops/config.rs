@@ -2045,6 +2045,7 @@ source = "/srv/x.wasm"
         .expect("valid");
         let cp = c.control_plane.expect("set");
         assert_eq!(cp.url, "https://cp.example:7070");
+        assert_eq!(cp.urls, ["https://cp.example:7070"]);
         assert_eq!(cp.keys, [("control_plane.key".to_owned(), key.clone())]);
         assert_eq!(cp.poll_interval, DEFAULT_POLL_INTERVAL);
         assert_eq!(cp.request_timeout, DEFAULT_REQUEST_TIMEOUT);
@@ -2160,6 +2161,28 @@ source = "/srv/x.wasm"
             "control_plane.url",
             "expected https://host",
         );
+        // Replicas: a list, in order; each checked, no repeats, not empty.
+        let c = parse(&with_key(
+            "url = [\"https://cp-a.example:7070\", \"https://cp-b.example:7070/\"]",
+        ))
+        .expect("valid");
+        let replicas = c.control_plane.expect("set");
+        assert_eq!(replicas.url, "https://cp-a.example:7070");
+        assert_eq!(
+            replicas.urls,
+            ["https://cp-a.example:7070", "https://cp-b.example:7070"]
+        );
+        assert_rejects(
+            &with_key("url = [\"https://cp-a.example\", \"http://cp-b.example\"]"),
+            "control_plane.url[1]",
+            "plain http is only allowed to a loopback address",
+        );
+        assert_rejects(
+            &with_key("url = [\"https://cp-a.example\", \"https://cp-a.example/\"]"),
+            "control_plane.url[1]",
+            "listed twice (first as control_plane.url[0])",
+        );
+        assert_rejects(&with_key("url = []"), "control_plane.url", "no URLs");
         let url = "url = \"https://cp.example\"";
         assert_rejects(
             &cp(&format!("{url}\nkey = []")),

@@ -126,7 +126,11 @@ impl Setup {
             let ours = e.node == node_id;
             if !ours {
                 tracing::warn!(recorded = %e.node, node = %node_id, "enrolment record is for another node key; enrolling again");
-            } else if e.url.trim_end_matches('/') != cp.url.trim_end_matches('/') {
+            } else if !cp
+                .urls
+                .iter()
+                .any(|u| e.url.trim_end_matches('/') == u.trim_end_matches('/'))
+            {
                 tracing::warn!(enrolled_with = %e.url, url = %cp.url, "enrolled with another control-plane URL; keeping the enrolment");
             }
             ours
@@ -162,7 +166,8 @@ impl Setup {
             Role::Node,
             ca.as_ref().map(|(p, pem)| (p.as_str(), pem.as_slice())),
             cp.request_timeout,
-        )?;
+        )?
+        .with_replicas(&cp.urls[1..])?;
         let mut labels = cp.labels.clone();
         labels.insert("arch".into(), std::env::consts::ARCH.into());
         labels.insert("os".into(), std::env::consts::OS.into());

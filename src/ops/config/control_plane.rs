@@ -41,8 +41,13 @@ pub const NODE_SET_LABELS: &[&str] = &["arch", "os"];
 /// `[control_plane]`: the node agent is on when this table is present.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlPlaneConfig {
-    /// `https://host[:port]` (`http://` only for a loopback control plane).
+    /// `https://host[:port]` (`http://` only for a loopback control plane): the first of
+    /// `urls`, the one an enrolment is recorded against.
     pub url: String,
+    /// Every control-plane URL, in order (`url = ["https://cp-a:7070", "https://cp-b:7070"]`):
+    /// replicas of one control plane. The agent sticks to one and moves to the next when it
+    /// cannot be reached or answers 502/503/504.
+    pub urls: Vec<String>,
     /// Pinned desired-state keys: each a public key line or a path to a `.pub` file (absolute
     /// after `Config::load`), with its key path (`control_plane.key[i]`) for errors. More than one
     /// while the control plane rotates its key.
@@ -80,14 +85,26 @@ pub(super) fn parse_control_plane(
 ) -> Result<ControlPlaneConfig, FieldError> {
     let url_field = t.required(
         "url",
-        "the control plane's URL, like \"https://cp.example:7070\"",
+        "the control plane's URL, like \"https://cp.example:7070\", or a list of its replicas' URLs",
     )?;
-    let url_key = url_field.key.clone();
-    let url = url_field.string()?;
-    check_url(&url).map_err(|problem| FieldError {
-        key: url_key,
-        problem,
-    })?;
+    let urls = match url_field.value {
+        toml::Value::String(_) => {
+            let key = url_field.key.clone();
+            let url = url_field.string()?;
+            check_url(&url).map_err(|problem| FieldError { key, problem })?;
+            vec![url]
+        }
+        _ => url_field
+            .distinct_strings(
+                |u| check_url(u).map(|()| u.trim_end_matches('/').to_owned()),
+                |u, first| format!("{:?} is listed twice (first as {first})", quote(u)),
+                "no URLs; expected at least one, like [\"https://cp.example:7070\"]",
+            )?
+            .into_iter()
+            .map(|(_, u)| u)
+            .collect(),
+    };
+    let url = urls[0].clone();
 
     let key_field = t.required(
         "key",
@@ -195,6 +212,7 @@ pub(super) fn parse_control_plane(
     t.finish_section(CONTROL_PLANE_KEYS, top_level)?;
     Ok(ControlPlaneConfig {
         url,
+        urls,
         keys,
         token,
         token_file,
