@@ -192,6 +192,9 @@ pub struct ControlPlane {
     offline_after_secs: u64,
     /// The same as `Inner::wakeups`, reachable without the records' lock.
     wakeups: Arc<Wakeups>,
+    /// Node keys already parsed, by id (an id is its key's, so an entry never goes stale):
+    /// every request's signature check starts here, without the records' lock.
+    node_keys: Mutex<HashMap<String, VerifyingKey>>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -451,6 +454,7 @@ impl ControlPlane {
             ttl_secs: cfg.desired_state_ttl.as_secs(),
             offline_after_secs: cfg.node_offline_after.as_secs().max(1),
             wakeups,
+            node_keys: Mutex::default(),
         })
     }
 
@@ -484,7 +488,21 @@ impl ControlPlane {
             .ok_or_else(|| ControlError::Unauthorized(format!("unknown node {id}")))?;
         let key = sign::parse_public_key(n.public_key.trim_end())
             .map_err(|e| ControlError::Internal(format!("node {id}: stored key: {e}")))?;
+        self.node_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_string(), key);
         Ok((key, n.revoked))
+    }
+
+    /// A node's key if [`ControlPlane::node_key`] parsed it before: no records lock, no
+    /// blocking (whether the node is revoked is checked later, under the lock).
+    pub fn cached_node_key(&self, id: &KeyId) -> Option<VerifyingKey> {
+        self.node_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id.to_string())
+            .copied()
     }
 
     /// Whether a node id is enrolled and revoked.
