@@ -158,16 +158,7 @@ impl Client {
         ca_pem: Option<(&str, &[u8])>,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let url = reqwest::Url::parse(base).map_err(|e| ClientError::Url {
-            url: base.to_owned(),
-            problem: e.to_string(),
-        })?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(ClientError::Url {
-                url: base.to_owned(),
-                problem: "expected http(s)://host[:port]".into(),
-            });
-        }
+        check_base(base)?;
         let builder = || {
             reqwest::Client::builder()
                 .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -229,16 +220,7 @@ impl Client {
     pub fn with_replicas(mut self, urls: &[String]) -> Result<Self, ClientError> {
         let mut bases: Vec<String> = self.bases.to_vec();
         for u in urls {
-            let parsed = reqwest::Url::parse(u).map_err(|e| ClientError::Url {
-                url: u.clone(),
-                problem: e.to_string(),
-            })?;
-            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                return Err(ClientError::Url {
-                    url: u.clone(),
-                    problem: "expected http(s)://host[:port]".into(),
-                });
-            }
+            check_base(u)?;
             let u = u.trim_end_matches('/').to_owned();
             if !bases.contains(&u) {
                 bases.push(u);
@@ -523,6 +505,21 @@ impl Client {
             problem: e.to_string(),
         })
     }
+}
+
+/// A control-plane URL the client takes: `http(s)://host[:port]`.
+fn check_base(base: &str) -> Result<(), ClientError> {
+    let url = reqwest::Url::parse(base).map_err(|e| ClientError::Url {
+        url: base.to_owned(),
+        problem: e.to_string(),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ClientError::Url {
+            url: base.to_owned(),
+            problem: "expected http(s)://host[:port]".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Whether a failed exchange may succeed on another replica: no connection, a timeout or a
