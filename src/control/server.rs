@@ -61,7 +61,7 @@ pub struct Server {
     pub max_bundle_size: u64,
     /// Set when the server drains: held syncs answer at once.
     stopping: watch::Sender<bool>,
-    /// Syncs held open right now (`GET /healthz` reports it).
+    /// Syncs held open right now (`GET /v1/health` reports it).
     held: std::sync::atomic::AtomicUsize,
 }
 
