@@ -540,3 +540,47 @@ fn open_bundle_bytes(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::spin_locked::{Content, LockedLayout};
+
+    #[test]
+    fn a_spin_layout_is_written_whole_and_a_digest_no_layer_carries_is_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let wasm = b"\0asm".to_vec();
+        let d = crate::bundle::digest(&wasm);
+        let layout = |files: Vec<(String, Content)>| LockedLayout {
+            spin_toml: "spin_manifest_version = 2\n".to_owned(),
+            files,
+            notes: Vec::new(),
+        };
+        let blobs = std::collections::BTreeMap::from([(d, wasm.clone())]);
+        let ok = layout(vec![
+            ("wasm/a.wasm".to_owned(), Content::Digest(d)),
+            (
+                "files/a/x/y.txt".to_owned(),
+                Content::Inline(b"hi".to_vec()),
+            ),
+        ]);
+        let at = dir.path().join("ok");
+        write_spin_layout(&at, &ok, &blobs).expect("written");
+        assert_eq!(std::fs::read(at.join("wasm/a.wasm")).expect("wasm"), wasm);
+        assert_eq!(
+            std::fs::read(at.join("files/a/x/y.txt")).expect("file"),
+            b"hi"
+        );
+        assert!(at.join("spin.toml").is_file());
+
+        let missing = crate::bundle::digest(b"other");
+        let bad = layout(vec![("wasm/b.wasm".to_owned(), Content::Digest(missing))]);
+        let e = write_spin_layout(&dir.path().join("bad"), &bad, &blobs)
+            .expect_err("a digest no layer carries")
+            .to_string();
+        assert!(
+            e.contains("no layer of the manifest") && e.contains("wasm/b.wasm"),
+            "{e}"
+        );
+    }
+}
