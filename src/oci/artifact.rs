@@ -216,24 +216,14 @@ pub async fn pull_bundle(
     progress: &(dyn Fn(Step<'_>) + Sync),
 ) -> Result<PulledBundle, OciError> {
     let repo = reference.repository.as_str();
-    let at = format!("{}/{repo}", reference.registry);
     progress(Step::Phase("manifest"));
-    let fetched = client.get_manifest(repo, &reference.target()).await?;
-    let what = format!("manifest {reference} ({})", fetched.digest);
-    let manifest = match fetched.manifest {
-        Manifest::Image(m) => m,
-        Manifest::Index(_) => {
-            return Err(OciError::MediaType {
-                at,
-                what,
-                media_type: fetched.media_type,
-                expected: format!(
-                    "an image manifest of an Outpost bundle ({})",
-                    media::OCI_MANIFEST
-                ),
-            });
-        }
-    };
+    let Image {
+        manifest,
+        digest,
+        len: _,
+        at,
+        what,
+    } = image_manifest(client, reference, "an Outpost bundle").await?;
     if manifest.config.media_type != media::OUTPOST_BUNDLE_CONFIG {
         return Err(OciError::MediaType {
             at,
@@ -279,9 +269,9 @@ pub async fn pull_bundle(
 
     progress(Step::Phase("signature"));
     let (signatures, source) =
-        fetch_signatures(client, repo, &fetched.digest, limits.max_signature).await?;
+        fetch_signatures(client, repo, &digest, limits.max_signature).await?;
     Ok(PulledBundle {
-        manifest_digest: fetched.digest,
+        manifest_digest: digest,
         config,
         bundle,
         signatures,
@@ -353,23 +343,13 @@ pub async fn pull_component(
     limits: &PullLimits,
 ) -> Result<PulledComponent, OciError> {
     let repo = reference.repository.as_str();
-    let at = format!("{}/{repo}", reference.registry);
-    let fetched = client.get_manifest(repo, &reference.target()).await?;
-    let what = format!("manifest {reference} ({})", fetched.digest);
-    let manifest = match fetched.manifest {
-        Manifest::Image(m) => m,
-        Manifest::Index(_) => {
-            return Err(OciError::MediaType {
-                at,
-                what,
-                media_type: fetched.media_type,
-                expected: format!(
-                    "an image manifest of a Wasm component ({})",
-                    media::OCI_MANIFEST
-                ),
-            });
-        }
-    };
+    let Image {
+        manifest,
+        digest,
+        len,
+        at,
+        what,
+    } = image_manifest(client, reference, "a Wasm component").await?;
     match kind_of(&manifest) {
         ArtifactKind::WasmComponent => {}
         _ => {
@@ -386,10 +366,10 @@ pub async fn pull_component(
         .get_blob_bytes(repo, &layer, limits.max_bundle, &|_| ())
         .await?;
     let (signatures, referrers) =
-        fetch_signatures(client, repo, &fetched.digest, limits.max_signature).await?;
+        fetch_signatures(client, repo, &digest, limits.max_signature).await?;
     Ok(PulledComponent {
-        manifest_digest: fetched.digest,
-        manifest_len: fetched.bytes.len() as u64,
+        manifest_digest: digest,
+        manifest_len: len,
         wasm,
         title: layer
             .annotations
@@ -436,17 +416,13 @@ pub async fn pull_spin_app(
     limits: &PullLimits,
 ) -> Result<PulledSpinApp, OciError> {
     let repo = reference.repository.as_str();
-    let at = format!("{}/{repo}", reference.registry);
-    let fetched = client.get_manifest(repo, &reference.target()).await?;
-    let what = format!("manifest {reference} ({})", fetched.digest);
-    let Manifest::Image(manifest) = fetched.manifest else {
-        return Err(OciError::MediaType {
-            at,
-            what,
-            media_type: fetched.media_type,
-            expected: format!("an image manifest of a Spin app ({})", media::OCI_MANIFEST),
-        });
-    };
+    let Image {
+        manifest,
+        digest,
+        len,
+        at,
+        what,
+    } = image_manifest(client, reference, "a Spin app").await?;
     if kind_of(&manifest) != ArtifactKind::SpinApp {
         return Err(OciError::MediaType {
             at,
@@ -542,10 +518,10 @@ pub async fn pull_spin_app(
         blobs.insert(l.digest, bytes);
     }
     let (signatures, referrers) =
-        fetch_signatures(client, repo, &fetched.digest, limits.max_signature).await?;
+        fetch_signatures(client, repo, &digest, limits.max_signature).await?;
     Ok(PulledSpinApp {
-        manifest_digest: fetched.digest,
-        manifest_len: fetched.bytes.len() as u64,
+        manifest_digest: digest,
+        manifest_len: len,
         locked,
         blobs,
         signatures,
@@ -588,6 +564,45 @@ async fn fetch_signatures(
         }
     }
     Ok((signatures, source))
+}
+
+/// An image manifest fetched for one of the pulls, with where (`at`) and what (`what`) to name
+/// in their errors.
+struct Image {
+    manifest: ImageManifest,
+    digest: Digest,
+    /// The manifest's length in bytes.
+    len: u64,
+    at: String,
+    what: String,
+}
+
+/// Fetches the manifest `reference` names; an image index is refused as no image manifest of
+/// `kind` ("an Outpost bundle").
+async fn image_manifest(
+    client: &Client,
+    reference: &Reference,
+    kind: &str,
+) -> Result<Image, OciError> {
+    let repo = reference.repository.as_str();
+    let at = format!("{}/{repo}", reference.registry);
+    let fetched = client.get_manifest(repo, &reference.target()).await?;
+    let what = format!("manifest {reference} ({})", fetched.digest);
+    match fetched.manifest {
+        Manifest::Image(manifest) => Ok(Image {
+            manifest,
+            digest: fetched.digest,
+            len: fetched.bytes.len() as u64,
+            at,
+            what,
+        }),
+        Manifest::Index(_) => Err(OciError::MediaType {
+            at,
+            what,
+            media_type: fetched.media_type,
+            expected: format!("an image manifest of {kind} ({})", media::OCI_MANIFEST),
+        }),
+    }
 }
 
 /// The one layer of `manifest`, which must be of media type `expected`; `kind` names the
